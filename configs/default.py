@@ -1,0 +1,105 @@
+r"""The embedded default: trains ProCrop on CAD data generated from scikit-image's photos.
+
+Runs on 2 CPU cores in a few minutes with no downloads beyond the installed packages:
+
+  python -m procrop_jax.main --config=configs/default.py --workdir=workdirs/default
+
+Every other config starts from this one and changes only what differs.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Returns the default configuration."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # ---------------------------------------------------------------- data
+  config.data = ml_collections.ConfigDict()
+  config.data.dataset = "procrop_cad"  # A TFDS builder name (procrop_jax.datasets).
+  config.data.builder_config = "default"
+  config.data.data_dir = "data/tfds"  # TFDS data directory.
+  config.data.manual_dir = "data/manual/procrop_cad_default"  # Where the builder reads raw files.
+  config.data.train_split = "train[:90%]"
+  config.data.eval_split = "train[90%:]"
+  config.data.image_size = 320  # Images are resized (aspect kept) and padded to this square.
+  config.data.max_boxes = 16  # Ground-truth boxes padded to this count, with a mask.
+  config.data.shuffle_buffer = 1024
+  config.data.augment = True
+  config.data.prefetch = 2
+
+  # Weak-label generation for the embedded default (procrop_jax.cad).
+  config.cad = ml_collections.ConfigDict()
+  config.cad.source = "skimage"  # "skimage" or a folder of photos.
+  config.cad.variants_per_photo = 8
+  config.cad.min_area_fraction = 0.3
+  config.cad.max_area_fraction = 0.8
+  config.cad.workers = 2
+
+  # --------------------------------------------------------------- model
+  config.model = ml_collections.ConfigDict()
+  config.model.backbone = "lite0"  # lite0 | lite1 | lite2
+  config.model.pretrained = True  # ImageNet weights from the efficientnet-liteN packages.
+  config.model.freeze_backbone_bn = True
+  config.model.use_stride16 = True  # Fuse stride-16 features into the stride-32 tokens.
+  config.model.d_model = 256
+  config.model.num_heads = 8
+  config.model.mlp_dim = 1024
+  config.model.num_encoder_layers = 3
+  config.model.num_decoder_layers = 3
+  config.model.num_queries = 90
+  config.model.dropout = 0.1
+  config.model.fusion = "concat_mlp"  # concat_mlp (the paper's) | cross_attention
+  config.model.num_references = 10  # K retrieved professional photos; 0 disables retrieval.
+
+  # ----------------------------------------------------------- retrieval
+  config.retrieval = ml_collections.ConfigDict()
+  config.retrieval.index_dir = ""  # Empty: an in-memory database of the training photos.
+  config.retrieval.tokens_grid = 4  # Reference tokens per photo: tokens_grid ** 2.
+  config.retrieval.embedding_grid = 4
+  config.retrieval.search = "auto"  # auto | brute_force | scann
+
+  # ---------------------------------------------------------------- loss
+  config.loss = ml_collections.ConfigDict()
+  config.loss.focal_alpha = 0.25
+  config.loss.focal_gamma = 2.0
+  config.loss.score_weight = 2.0
+  config.loss.l1_weight = 5.0
+  config.loss.giou_weight = 2.0
+  config.loss.match_score_cost = 2.0
+  config.loss.match_l1_cost = 5.0
+  config.loss.match_giou_cost = 2.0
+  config.loss.soft_label_iou = 0.85  # Unmatched queries this close to a GT box get a soft target.
+  config.loss.aux_loss = True
+
+  # ----------------------------------------------------------- optimizer
+  config.optim = ml_collections.ConfigDict()
+  config.optim.learning_rate = 1e-4
+  config.optim.backbone_learning_rate = 1e-5
+  config.optim.weight_decay = 1e-4
+  config.optim.warmup_steps = 20
+  config.optim.schedule = "cosine"  # cosine | constant
+  config.optim.grad_clip_norm = 0.1
+  config.optim.ema_decay = 0.0  # 0 disables the EMA of parameters.
+
+  # --------------------------------------------------------------- train
+  config.train = ml_collections.ConfigDict()
+  config.train.batch_size = 8  # Global batch size, split over the mesh's data axis.
+  config.train.num_steps = 200
+  config.train.log_every = 10
+  config.train.checkpoint_every = 100
+  config.train.keep_checkpoints = 3
+  config.train.eval_every = 100
+
+  # ---------------------------------------------------------------- mesh
+  config.mesh = ml_collections.ConfigDict()
+  # -1 takes all remaining devices. "data" splits the batch; "model" shards parameters.
+  config.mesh.shape = (-1, 1)
+  config.mesh.axes = ("data", "model")
+
+  # ---------------------------------------------------------------- eval
+  config.eval = ml_collections.ConfigDict()
+  config.eval.batch_size = 8
+  config.eval.best_metric = "iou"  # Tracked for the best checkpoint.
+  return config

