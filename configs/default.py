@@ -97,6 +97,11 @@ def get_config() -> ml_collections.ConfigDict:
   # -1 takes all remaining devices. "data" splits the batch; "model" shards parameters.
   config.mesh.shape = (-1, 1)
   config.mesh.axes = ("data", "model")
+  # (regex over the parameter path, spec of its trailing dims); first match wins. See sharding.py.
+  config.mesh.param_rules = (
+      (r"backbone/.*", ()),  # The backbone is small: replicated.
+      (r".*kernel", (None, "model")),  # Head matrices: output features split over "model".
+  )
 
   # ---------------------------------------------------------------- eval
   config.eval = ml_collections.ConfigDict()

@@ -1,0 +1,107 @@
+r"""Command-line entry point.
+
+  python -m procrop_jax.main --config=configs/default.py --workdir=workdirs/default [--mode=train]
+
+Kept short on purpose: flags, device set-up, and one call into the library.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+# mode -> (module, function); imported lazily so that `--help` and flag errors are instant.
+MODES = {
+    "train": ("procrop_jax.train", "train_and_evaluate"),
+    "eval": ("procrop_jax.evaluate", "evaluate_checkpoint"),
+    "build_index": ("procrop_jax.retrieval.build", "build_index"),
+    "crop": ("procrop_jax.crop", "crop_folder"),
+}
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.")
+flags.DEFINE_enum("mode", "train", list(MODES), "What to run.")
+config_flags.DEFINE_config_file(
+    "config", None, "Path to an ml_collections config file (configs/NAME.py).",
+    lock_config=True)
+
+
+def _hide_gpus_from_tensorflow() -> None:
+  # TensorFlow only feeds data here; left alone it reserves all GPU memory that JAX needs.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], "GPU")
+
+
+def _maybe_initialize_distributed() -> None:
+  """Joins a multi-process run when the launcher says there is one.
+
+  Cluster managers that JAX detects (SLURM, Open MPI, TPU pod slices) need no arguments;
+  a manual launch sets PROCROP_COORDINATOR, PROCROP_NUM_PROCESSES and PROCROP_PROCESS_ID.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  coordinator = os.environ.get("PROCROP_COORDINATOR")
+  if coordinator:
+    jax.distributed.initialize(
+        coordinator_address=coordinator,
+        num_processes=int(os.environ["PROCROP_NUM_PROCESSES"]),
+        process_id=int(os.environ["PROCROP_PROCESS_ID"]))
+  elif any(k in os.environ for k in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_ID")):
+    jax.distributed.initialize()
+
+
+def _available_configs() -> str:
+  configs_dir = os.path.join(os.getcwd(), "configs")
+  names = sorted(f for f in os.listdir(configs_dir) if f.endswith(".py") and f != "__init__.py"
+                ) if os.path.isdir(configs_dir) else []
+  return ", ".join(f"configs/{n}" for n in names) or "(no configs/ folder in this directory)"
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """Parses flags, turning every user mistake into one line naming the valid choices."""
+  try:
+    remaining = FLAGS(argv)
+    if FLAGS.config is None:
+      sys.exit(f"error: --config is required. Available configs: {_available_configs()}")
+    FLAGS.config.get("seed")  # A config that failed to load raises here.
+  except flags.UnrecognizedFlagError as e:
+    if e.flagname.startswith("config."):
+      sys.exit(f"error: --{e.flagname}: the config has no field '{e.flagname[7:]}'.")
+    sys.exit(f"error: {e}")
+  except flags.Error as e:
+    sys.exit(f"error: {e}")
+  except (AttributeError, KeyError) as e:
+    sys.exit(f"error: a --config.* override names a field the config does not have: {e}")
+  except (OSError, ImportError, SyntaxError) as e:
+    sys.exit(f"error: could not load --config: {str(e).splitlines()[-1].strip()}\n"
+             f"Available configs: {_available_configs()}")
+  if not FLAGS.workdir:
+    sys.exit("error: --workdir is required (a directory for checkpoints and outputs).")
+  return remaining
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  _hide_gpus_from_tensorflow()
+  _maybe_initialize_distributed()
+  import jax  # pylint: disable=g-import-not-at-top
+  logging.info("JAX process %d/%d, local devices: %s", jax.process_index(),
+               jax.process_count(), jax.local_devices())
+  module_name, function_name = MODES[FLAGS.mode]
+  module = __import__(module_name, fromlist=[function_name])
+  getattr(module, function_name)(FLAGS.config, FLAGS.workdir)
+
+
+def run() -> None:
+  """Console-script entry point (`procrop`)."""
+  try:
+    app.run(main, flags_parser=_parse_flags)
+  except KeyboardInterrupt:
+    sys.exit("Interrupted.")
+
+
+if __name__ == "__main__":
+  run()
