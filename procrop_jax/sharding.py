@@ -65,7 +65,7 @@ def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh,
     if not re.fullmatch(pattern, path):
       continue
     trailing_spec = tuple(trailing_spec)
-    if len(trailing_spec) > len(shape):
+    if all(axis is None for axis in trailing_spec) or len(trailing_spec) > len(shape):
       return P()
     spec = (None,) * (len(shape) - len(trailing_spec)) + trailing_spec
     for dim, axis in zip(shape, spec):
