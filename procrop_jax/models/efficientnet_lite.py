@@ -21,6 +21,7 @@ import math
 from flax import nnx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # The Lite checkpoints were trained on RGB pixels mapped with (p - 127) / 128 (TensorFlow
 # efficientnet_lite_builder MEAN_RGB / STDDEV_RGB), not with torchvision's ImageNet mean/std.
@@ -116,24 +117,85 @@ def stage_specs(variant: str) -> list[list[BlockSpec]]:
   return stages
 
 
+def _constant_init(value: float):
+  # A host constant, not jnp.full: eager jnp.full compiles one XLA program per shape.
+  def init(key, shape, dtype=jnp.float32):
+    del key
+    return jnp.asarray(np.full(shape, value, dtype))
+  return init
+
+
 def _batch_norm(features: int, rngs: nnx.Rngs, dtype) -> nnx.BatchNorm:
   return nnx.BatchNorm(features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype,
-                       rngs=rngs)
+                       scale_init=_constant_init(1.0), bias_init=_constant_init(0.0), rngs=rngs)
 
 
-# TF EfficientNet's conv initialiser; only matters for weights not loaded from a checkpoint.
-_CONV_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+class KernelSampler:
+  """Cuts every conv/linear kernel of one network from a single normal draw.
+
+  Drawing the ~150 kernels one by one makes XLA compile a threefry program per distinct shape
+  (about 50 s on a 2-core CPU, eagerly or under jit); one draw compiles once. Eagerly the draw
+  is sliced on the host, so no per-shape program is compiled either. Scaling follows TF
+  EfficientNet: N(0, 2 / fan_out) for convs, fan_out = kh * kw * out (kh * kw for depthwise).
+  Only matters for weights that are not loaded from a checkpoint.
+  """
+
+  def __init__(self, key: jax.Array, total: int):
+    noise = jax.random.normal(key, (total,), jnp.float32)
+    self._noise = noise if isinstance(noise, jax.core.Tracer) else np.asarray(noise)
+    self._offset = 0
+    self.total = total
+
+  def init(self, stddev_fn):
+    """An initialiser taking the next prod(shape) draws, scaled by stddev_fn(shape)."""
+    def init(key, shape, dtype=jnp.float32):
+      del key  # Randomness comes from the shared draw.
+      size = math.prod(shape)
+      if self._offset + size > self.total:
+        raise ValueError("KernelSampler exhausted: the precomputed kernel count is wrong.")
+      chunk = self._noise[self._offset:self._offset + size]
+      self._offset += size
+      return jnp.asarray(chunk.reshape(shape) * stddev_fn(shape), dtype)
+    return init
+
+  def check_used_up(self) -> None:
+    if self._offset != self.total:
+      raise ValueError(f"KernelSampler drew {self.total} values but {self._offset} were used.")
+
+  def conv(self, *, depthwise: bool = False):
+    # HWIO kernels; a depthwise kernel is [kh, kw, 1, C] and each output sees one channel.
+    return self.init(lambda s: math.sqrt(2.0 / (s[0] * s[1] * (1 if depthwise else s[3]))))
+
+  def dense(self):
+    # Variance of TF's uniform(-1/sqrt(out), 1/sqrt(out)) dense initialiser.
+    return self.init(lambda s: math.sqrt(1.0 / (3.0 * s[1])))
+
+
+def kernel_count(variant: str, *, with_classifier: bool) -> int:
+  """Number of conv (and classifier) kernel weights, i.e. the KernelSampler draw size."""
+  stages = stage_specs(variant)
+  total = 3 * 3 * 3 * STEM_CHANNELS
+  for spec in (spec for stage in stages for spec in stage):
+    hidden = spec.in_channels * spec.expand_ratio
+    if spec.expand_ratio != 1:
+      total += spec.in_channels * hidden
+    total += spec.kernel_size ** 2 * hidden + hidden * spec.out_channels
+  total += stages[-1][-1].out_channels * HEAD_CHANNELS
+  if with_classifier:
+    total += HEAD_CHANNELS * NUM_CLASSES
+  return total
 
 
 class MBConvBlock(nnx.Module):
   """Inverted residual: 1x1 expand -> depthwise kxk -> 1x1 project, each with BN (no SE)."""
 
-  def __init__(self, spec: BlockSpec, *, rngs: nnx.Rngs, dtype=jnp.float32):
+  def __init__(self, spec: BlockSpec, *, sampler: KernelSampler, rngs: nnx.Rngs,
+               dtype=jnp.float32):
     self.spec = spec
     hidden = spec.in_channels * spec.expand_ratio
     if spec.expand_ratio != 1:
       self.expand_conv = nnx.Conv(spec.in_channels, hidden, (1, 1), use_bias=False, dtype=dtype,
-                                  kernel_init=_CONV_INIT, rngs=rngs)
+                                  kernel_init=sampler.conv(), rngs=rngs)
       self.bn0 = _batch_norm(hidden, rngs, dtype)
     else:
       self.expand_conv = None
@@ -141,10 +203,10 @@ class MBConvBlock(nnx.Module):
     k = spec.kernel_size
     self.depthwise_conv = nnx.Conv(hidden, hidden, (k, k), strides=spec.stride, padding="SAME",
                                    feature_group_count=hidden, use_bias=False, dtype=dtype,
-                                   kernel_init=_CONV_INIT, rngs=rngs)
+                                   kernel_init=sampler.conv(depthwise=True), rngs=rngs)
     self.bn1 = _batch_norm(hidden, rngs, dtype)
     self.project_conv = nnx.Conv(hidden, spec.out_channels, (1, 1), use_bias=False, dtype=dtype,
-                                 kernel_init=_CONV_INIT, rngs=rngs)
+                                 kernel_init=sampler.conv(), rngs=rngs)
     self.bn2 = _batch_norm(spec.out_channels, rngs, dtype)
     self.has_skip = spec.stride == 1 and spec.in_channels == spec.out_channels
 
@@ -187,27 +249,31 @@ class EfficientNetLite(nnx.Module):
     self.with_classifier = with_classifier
     self.frozen_bn = frozen_bn
     self.dtype = dtype
+    sampler = KernelSampler(rngs.params(), kernel_count(variant, with_classifier=with_classifier))
     self.stem_conv = nnx.Conv(3, STEM_CHANNELS, (3, 3), strides=2, padding="SAME",
-                              use_bias=False, dtype=dtype, kernel_init=_CONV_INIT, rngs=rngs)
+                              use_bias=False, dtype=dtype, kernel_init=sampler.conv(), rngs=rngs)
     self.stem_bn = _batch_norm(STEM_CHANNELS, rngs, dtype)
-    self.blocks = nnx.List([MBConvBlock(spec, rngs=rngs, dtype=dtype)
+    self.blocks = nnx.List([MBConvBlock(spec, sampler=sampler, rngs=rngs, dtype=dtype)
                             for stage in stages for spec in stage])
     # Index (into self.blocks) of the block whose output is each intermediate feature map.
     ends = [sum(len(s) for s in stages[:i + 1]) - 1 for i in range(len(stages))]
     self.feature_blocks = {name: ends[stage] for name, stage in _FEATURE_STAGES.items()}
     last_channels = stages[-1][-1].out_channels
     self.head_conv = nnx.Conv(last_channels, HEAD_CHANNELS, (1, 1), use_bias=False, dtype=dtype,
-                              kernel_init=_CONV_INIT, rngs=rngs)
+                              kernel_init=sampler.conv(), rngs=rngs)
     self.head_bn = _batch_norm(HEAD_CHANNELS, rngs, dtype)
     self.feature_channels = {
         name: stages[stage][-1].out_channels for name, stage in _FEATURE_STAGES.items()}
     self.feature_channels["stride32"] = HEAD_CHANNELS
     if with_classifier:
       self.dropout = nnx.Dropout(VARIANTS[variant][3], rngs=rngs)
-      self.classifier = nnx.Linear(HEAD_CHANNELS, NUM_CLASSES, dtype=dtype, rngs=rngs)
+      self.classifier = nnx.Linear(HEAD_CHANNELS, NUM_CLASSES, dtype=dtype,
+                                   kernel_init=sampler.dense(),
+                                   bias_init=_constant_init(0.0), rngs=rngs)
     else:
       self.dropout = None
       self.classifier = None
+    sampler.check_used_up()
 
   def normalize(self, images: jax.Array) -> jax.Array:
     """Maps [0, 1] RGB to the network's input range."""
