@@ -1,0 +1,325 @@
+"""Training: mesh -> data -> model -> shardings -> jitted step -> restore -> loop.
+
+`train_and_evaluate(config, workdir)` is what `main --mode=train` runs. The loop is resumable:
+the step number fixes the data position (the input pipeline seeks to it) and every random key
+(folded from the seed and the step), so an interrupted run restarted with the same command
+continues exactly where its last checkpoint stopped.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Any, Iterator
+
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from procrop_jax import input_pipeline
+from procrop_jax import losses
+from procrop_jax import sharding
+from procrop_jax.models import pretrained
+from procrop_jax.models import procrop
+
+State = dict[str, Any]
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Raised when a step's loss or gradients are not finite; training stops there."""
+
+
+# ----------------------------------------------------------------------------- model & optimizer
+def create_model(config: ml_collections.ConfigDict, *, seed: int | None = None,
+                 load_weights: bool = True) -> procrop.ProCrop:
+  """The ProCrop model, with ImageNet backbone weights when `config.model.pretrained`."""
+  seed = config.seed if seed is None else seed
+  model = procrop.ProCrop(config.model, tokens_grid=config.retrieval.tokens_grid,
+                          rngs=nnx.Rngs(seed))
+  if load_weights and config.model.pretrained:
+    pretrained.load_pretrained(model.backbone, config.model.backbone)
+  return model
+
+
+def _is_backbone(path: tuple[Any, ...]) -> bool:
+  return sharding.path_to_string(path).startswith("backbone/")
+
+
+def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """AdamW with separate backbone/head learning rates, warm-up + decay, and clipping."""
+  optim, num_steps = config.optim, config.train.num_steps
+
+  def schedule(peak: float) -> optax.Schedule:
+    warmup = min(optim.warmup_steps, max(num_steps - 1, 0))
+    if optim.schedule == "cosine":
+      return optax.warmup_cosine_decay_schedule(
+          0.0, peak, warmup_steps=warmup, decay_steps=max(num_steps, warmup + 1),
+          end_value=peak * 0.01)
+    if optim.schedule == "constant":
+      return optax.join_schedules(
+          [optax.linear_schedule(0.0, peak, max(warmup, 1)), optax.constant_schedule(peak)],
+          [warmup])
+    raise ValueError(f"config.optim.schedule={optim.schedule!r}: use 'cosine' or 'constant'.")
+
+  def adamw(peak: float) -> optax.GradientTransformation:
+    if peak == 0:
+      return optax.set_to_zero()
+    # No weight decay on biases and normalisation scales (vectors).
+    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+    return optax.adamw(schedule(peak), weight_decay=optim.weight_decay, mask=decay_mask)
+
+  labels = lambda params: jax.tree_util.tree_map_with_path(
+      lambda path, _: "backbone" if _is_backbone(path) else "head", params)
+  return optax.chain(
+      optax.clip_by_global_norm(optim.grad_clip_norm),
+      optax.multi_transform({"backbone": adamw(optim.backbone_learning_rate),
+                             "head": adamw(optim.learning_rate)}, labels))
+
+
+# ------------------------------------------------------------------------------ step functions
+def _targets(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  return {k: batch[k] for k in ("boxes", "box_scores", "box_mask")}
+
+
+def _forward(graphdef, params, rest, rng_state, batch, *, train: bool, dropout_key=None):
+  """Runs the model from its split state; returns outputs and the updated non-param state."""
+  model = nnx.merge(graphdef, params, rng_state, rest)
+  if dropout_key is not None:
+    nnx.reseed(model, dropout=dropout_key)
+  outputs = model(batch["image"], image_valid_hw=batch["image_valid_hw"],
+                  reference_tokens=batch.get("reference_tokens"), train=train)
+  return outputs, nnx.state(model, nnx.Not(nnx.Any(nnx.Param, nnx.RngState)))
+
+
+def train_step(state: State, batch: dict[str, jax.Array], *, graphdef, rng_state, tx,
+               loss_config, ema_decay: float, base_key: jax.Array) -> tuple[State, dict]:
+  """One optimisation step. A non-finite loss or gradient leaves the state unchanged."""
+  dropout_key = jax.random.fold_in(base_key, state["step"])
+
+  def loss_fn(params):
+    outputs, rest = _forward(graphdef, params, state["rest"], rng_state, batch, train=True,
+                             dropout_key=dropout_key)
+    loss, terms = losses.crop_loss(outputs, _targets(batch), loss_config)
+    return loss, (terms, rest)
+
+  (loss, (terms, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+  updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+  params = optax.apply_updates(state["params"], updates)
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  new_state = {
+      "step": state["step"] + 1,
+      "params": keep_if_finite(params, state["params"]),
+      "rest": keep_if_finite(rest, state["rest"]),
+      "opt_state": keep_if_finite(opt_state, state["opt_state"]),
+  }
+  if "ema_params" in state:
+    ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p,
+                       state["ema_params"], new_state["params"])
+    new_state["ema_params"] = keep_if_finite(ema, state["ema_params"])
+  metrics = {"loss": loss, "grad_norm": grad_norm, **terms}
+  return new_state, metrics
+
+
+def eval_step(state: State, batch: dict[str, jax.Array], *, graphdef, rng_state,
+              loss_config) -> dict[str, jax.Array]:
+  """Loss terms on one batch in inference mode (EMA parameters when present)."""
+  params = state.get("ema_params", state["params"])
+  outputs, _ = _forward(graphdef, params, state["rest"], rng_state, batch, train=False)
+  loss, terms = losses.crop_loss(outputs, _targets(batch), loss_config)
+  return {"loss": loss, **terms}
+
+
+# ------------------------------------------------------------------------------- checkpointing
+def create_checkpoint_manager(workdir: str, config: ml_collections.ConfigDict
+                              ) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=config.train.keep_checkpoints, create=True,
+      save_interval_steps=max(config.train.checkpoint_every, 1))
+  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
+                               options=options)
+
+
+def restore_state(manager: ocp.CheckpointManager, abstract_state: State,
+                  step: int | None = None) -> tuple[State, dict]:
+  """Restores `step` (default: latest) into the shardings of `abstract_state`."""
+  step = manager.latest_step() if step is None else step
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+  return restored["state"], restored["meta"]
+
+
+# --------------------------------------------------------------------------------- the trainer
+class Trainer:
+  """Builds everything a run needs once; `train_and_evaluate` drives it.
+
+  Attributes are public so that tests and notebooks can poke at a step.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    self.config = config
+    self.workdir = workdir
+    # Mesh.
+    self.mesh = sharding.create_mesh(config.mesh.shape, config.mesh.axes)
+    num_data = self.mesh.shape[sharding.DATA_AXIS]
+    if config.train.batch_size % num_data:
+      raise ValueError(f"config.train.batch_size={config.train.batch_size} must be divisible "
+                       f"by the mesh's data axis ({num_data} devices).")
+    # Model and its split state.
+    model = create_model(config)
+    self.graphdef, params, self.rng_state, rest = nnx.split(model, nnx.Param, nnx.RngState, ...)
+    self.tx = create_optimizer(config)
+    # Shardings: parameters from the rule table; optimizer state mirrors them.
+    replicated = sharding.replicated(self.mesh)
+    param_shardings = sharding.param_shardings(params, self.mesh, config.mesh.param_rules)
+    params = jax.device_put(params, param_shardings)
+    state = {
+        "step": jax.device_put(jnp.zeros((), jnp.int32), replicated),
+        "params": params,
+        "rest": jax.device_put(rest, replicated),
+        "opt_state": jax.jit(self.tx.init)(params),
+    }
+    if config.optim.ema_decay > 0:
+      state["ema_params"] = jax.tree.map(jnp.copy, params)
+    self.state_shardings = jax.tree.map(lambda x: x.sharding, state)
+    self.state = jax.device_put(state, self.state_shardings)
+    self.rng_state = jax.device_put(self.rng_state, replicated)
+    self.batch_sharding = sharding.batch_sharding(self.mesh)
+
+    base_key = jax.random.key(config.seed)
+    self.train_step = jax.jit(
+        functools.partial(train_step, graphdef=self.graphdef, rng_state=self.rng_state,
+                          tx=self.tx, loss_config=config.loss,
+                          ema_decay=config.optim.ema_decay, base_key=base_key),
+        in_shardings=(self.state_shardings, self.batch_sharding),
+        out_shardings=(self.state_shardings, replicated),
+        donate_argnums=0)
+    self.eval_step = jax.jit(
+        functools.partial(eval_step, graphdef=self.graphdef, rng_state=self.rng_state,
+                          loss_config=config.loss),
+        in_shardings=(self.state_shardings, self.batch_sharding), out_shardings=replicated)
+
+  @property
+  def abstract_state(self) -> State:
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        self.state, self.state_shardings)
+
+  def device_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    return input_pipeline.to_global_arrays(batch, self.mesh)
+
+  def model(self, use_ema: bool = True) -> procrop.ProCrop:
+    """The current model as an NNX module (EMA parameters when present and asked for)."""
+    params = self.state.get("ema_params") if use_ema else None
+    params = self.state["params"] if params is None else params
+    return nnx.merge(self.graphdef, params, self.rng_state, self.state["rest"])
+
+  def validation_loss(self, batches: Iterator[dict[str, np.ndarray]]) -> dict[str, float]:
+    totals, count = {}, 0
+    for batch in batches:
+      metrics = jax.device_get(self.eval_step(self.state, self.device_batch(batch)))
+      for k, v in metrics.items():
+        totals[k] = totals.get(k, 0.0) + float(v)
+      count += 1
+    return {f"val_{k}": v / max(count, 1) for k, v in totals.items()}
+
+
+def _write_jsonl(path: str, record: dict[str, Any]) -> None:
+  with open(path, "a") as f:
+    f.write(json.dumps(record) + "\n")
+
+
+def _check_finite(step: int, metrics: dict[str, Any]) -> None:
+  metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  if not (np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])):
+    terms = ", ".join(f"{k}={v:.6g}" for k, v in sorted(metrics.items()))
+    raise NonFiniteLossError(
+        f"Non-finite loss at step {step}: {terms}. Training stopped; the parameters were not "
+        "updated by this step and the last checkpoint is kept.")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (resuming from the latest checkpoint in `workdir`) and evaluates.
+
+  Returns:
+    A summary: the final step, the last logged metrics and how often the train step compiled.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  is_chief = jax.process_index() == 0
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+
+  # Data first: building the embedded default's dataset is the slow part of a first run.
+  from procrop_jax.datasets import prepare  # pylint: disable=g-import-not-at-top
+  prepare.ensure_dataset(config.data, config.cad)
+
+  trainer = Trainer(config, workdir)
+  manager = create_checkpoint_manager(workdir, config)
+  start_step = 0
+  if manager.latest_step() is not None:
+    trainer.state, meta = restore_state(manager, trainer.abstract_state)
+    start_step = int(trainer.state["step"])
+    logging.info("Resumed from %s at step %d (data position %s).", manager.directory,
+                 start_step, meta.get("examples_seen"))
+  num_params = sum(x.size for x in jax.tree.leaves(trainer.state["params"]))
+  logging.info("ProCrop: %.2fM parameters, mesh %s, global batch %d, steps %d -> %d.",
+               num_params / 1e6, dict(trainer.mesh.shape), config.train.batch_size,
+               start_step, config.train.num_steps)
+
+  train_iter = input_pipeline.create_train_iterator(
+      config.data, seed=config.seed, global_batch_size=config.train.batch_size,
+      start_step=start_step)
+  report_progress = periodic_actions.ReportProgress(
+      num_train_steps=config.train.num_steps, writer=writer, every_steps=config.train.log_every)
+
+  def save(step: int, force: bool = False) -> None:
+    meta = {"step": step, "examples_seen": step * config.train.batch_size,
+            "seed": config.seed}
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(trainer.state), meta=ocp.args.JsonSave(meta)), force=force)
+
+  last_metrics: dict[str, float] = {}
+  pending = None  # (step, metrics) of the previous step: checked one step late to keep pipelining.
+  step = start_step
+  with metric_writers.ensure_flushes(writer):
+    while step < config.train.num_steps:
+      batch = trainer.device_batch(next(train_iter))
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        trainer.state, metrics = trainer.train_step(trainer.state, batch)
+      step += 1
+      if pending is not None:
+        _check_finite(*pending)
+      pending = (step, metrics)
+      report_progress(step)
+      is_last = step == config.train.num_steps
+      if step % config.train.log_every == 0 or is_last:
+        _check_finite(step, metrics)
+        last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        writer.write_scalars(step, last_metrics)
+        if is_chief:
+          _write_jsonl(metrics_path, {"step": step, **last_metrics})
+      if config.train.eval_every and (step % config.train.eval_every == 0 or is_last):
+        val = trainer.validation_loss(input_pipeline.create_eval_iterator(
+            config.data, global_batch_size=config.eval.batch_size))
+        writer.write_scalars(step, val)
+        if is_chief:
+          _write_jsonl(metrics_path, {"step": step, **val})
+      if step % config.train.checkpoint_every == 0 or is_last:
+        _check_finite(step, metrics)
+        save(step, force=is_last)
+    manager.wait_until_finished()
+
+  summary = {"step": step, "metrics": last_metrics,
+             "train_step_compilations": trainer.train_step._cache_size()}  # pylint: disable=protected-access
+  logging.info("Training done: %s", summary)
+  return summary
