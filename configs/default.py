@@ -106,5 +106,11 @@ def get_config() -> ml_collections.ConfigDict:
   # ---------------------------------------------------------------- eval
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 8
-  config.eval.best_metric = "iou"  # Tracked for the best checkpoint.
+  config.eval.best_metric = "iou"  # Of the first benchmark; tracked for the best checkpoint.
+  # name -> benchmark; see procrop_jax/evaluate.py for the fields and protocols.
+  config.eval.benchmarks = ml_collections.ConfigDict()
+  config.eval.benchmarks.cad_val = dict(
+      dataset=config.data.dataset, builder_config=config.data.builder_config,
+      split=config.data.eval_split, manual_dir=config.data.manual_dir, protocols="iou",
+      max_boxes=config.data.max_boxes)
   return config

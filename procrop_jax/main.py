@@ -16,7 +16,7 @@ from ml_collections import config_flags
 # mode -> (module, function); imported lazily so that `--help` and flag errors are instant.
 MODES = {
     "train": ("procrop_jax.train", "train_and_evaluate"),
-    "eval": ("procrop_jax.evaluate", "evaluate_checkpoint"),
+    "eval": ("procrop_jax.train", "evaluate_checkpoint"),
     "build_index": ("procrop_jax.retrieval.build", "build_index"),
     "crop": ("procrop_jax.crop", "crop_folder"),
 }

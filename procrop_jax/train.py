@@ -25,6 +25,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from procrop_jax import evaluate
 from procrop_jax import input_pipeline
 from procrop_jax import losses
 from procrop_jax import sharding
@@ -43,8 +44,7 @@ def create_model(config: ml_collections.ConfigDict, *, seed: int | None = None,
                  load_weights: bool = True) -> procrop.ProCrop:
   """The ProCrop model, with ImageNet backbone weights when `config.model.pretrained`."""
   seed = config.seed if seed is None else seed
-  model = procrop.ProCrop(config.model, tokens_grid=config.retrieval.tokens_grid,
-                          rngs=nnx.Rngs(seed))
+  model = procrop.ProCrop.from_config(config, rngs=nnx.Rngs(seed))
   if load_weights and config.model.pretrained:
     pretrained.load_pretrained(model.backbone, config.model.backbone)
   return model
@@ -140,6 +140,17 @@ def eval_step(state: State, batch: dict[str, jax.Array], *, graphdef, rng_state,
   return {"loss": loss, **terms}
 
 
+def predict_step(state: State, batch: dict[str, jax.Array], *, graphdef, rng_state,
+                 score_given_boxes: bool) -> dict[str, jax.Array]:
+  """Inference: proposed crops, or scores for the batch's own boxes when score_given_boxes."""
+  params = state.get("ema_params", state["params"])
+  model = nnx.merge(graphdef, params, rng_state, state["rest"])
+  outputs = model(batch["image"], image_valid_hw=batch["image_valid_hw"],
+                  reference_tokens=batch.get("reference_tokens"),
+                  query_boxes=batch["boxes"] if score_given_boxes else None, train=False)
+  return {"boxes": outputs["boxes"], "scores": jax.nn.sigmoid(outputs["logits"])}
+
+
 # ------------------------------------------------------------------------------- checkpointing
 def create_checkpoint_manager(workdir: str, config: ml_collections.ConfigDict
                               ) -> ocp.CheckpointManager:
@@ -208,6 +219,12 @@ class Trainer:
         functools.partial(eval_step, graphdef=self.graphdef, rng_state=self.rng_state,
                           loss_config=config.loss),
         in_shardings=(self.state_shardings, self.batch_sharding), out_shardings=replicated)
+    self._predict_steps = {
+        given: jax.jit(functools.partial(predict_step, graphdef=self.graphdef,
+                                         rng_state=self.rng_state, score_given_boxes=given),
+                       in_shardings=(self.state_shardings, self.batch_sharding),
+                       out_shardings=replicated)
+        for given in (False, True)}
 
   @property
   def abstract_state(self) -> State:
@@ -223,6 +240,15 @@ class Trainer:
     params = self.state.get("ema_params") if use_ema else None
     params = self.state["params"] if params is None else params
     return nnx.merge(self.graphdef, params, self.rng_state, self.state["rest"])
+
+  def predict(self, batch: dict[str, jax.Array], score_given_boxes: bool = False
+              ) -> dict[str, jax.Array]:
+    return self._predict_steps[score_given_boxes](self.state, batch)
+
+  def run_benchmarks(self, output_dir: str | None, step: int | None = None
+                     ) -> dict[str, dict[str, Any]]:
+    return evaluate.run_benchmarks(self.predict, self.config, to_device=self.device_batch,
+                                   output_dir=output_dir, step=step)
 
   def validation_loss(self, batches: Iterator[dict[str, np.ndarray]]) -> dict[str, float]:
     totals, count = {}, 0
@@ -246,6 +272,64 @@ def _check_finite(step: int, metrics: dict[str, Any]) -> None:
     raise NonFiniteLossError(
         f"Non-finite loss at step {step}: {terms}. Training stopped; the parameters were not "
         "updated by this step and the last checkpoint is kept.")
+
+
+class BestCheckpoint:
+  """Keeps the checkpoint with the best value of one benchmark metric (checkpoints_best/)."""
+
+  def __init__(self, workdir: str, metric: str):
+    self.metric = metric
+    self.manager = ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, "checkpoints_best")),
+        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+    self.best = None
+    if self.manager.latest_step() is not None:
+      meta = self.manager.restore(self.manager.latest_step(),
+                                  args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+      self.best = meta.get("value")
+
+  def update(self, step: int, value: float | None, state: State) -> bool:
+    if value is None or not evaluate.is_better(self.metric, value, self.best):
+      return False
+    self.best = float(value)
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        meta=ocp.args.JsonSave({"step": step, "metric": self.metric, "value": self.best})),
+        force=True)
+    logging.info("New best %s = %.4f at step %d.", self.metric, self.best, step)
+    return True
+
+
+def evaluate_during_training(trainer: Trainer, step: int, writer, best: BestCheckpoint,
+                             metrics_path: str | None) -> dict[str, float]:
+  """Validation loss and the configured benchmarks; tracks the best checkpoint."""
+  config = trainer.config
+  scalars = trainer.validation_loss(input_pipeline.create_eval_iterator(
+      config.data, global_batch_size=config.eval.batch_size))
+  results = trainer.run_benchmarks(os.path.join(trainer.workdir, "eval"), step=step)
+  for name, result in results.items():
+    scalars.update({f"{name}/{k}": float(v) for k, v in result.items()
+                    if isinstance(v, (int, float)) and k != "step"})
+  writer.write_scalars(step, scalars)
+  if metrics_path:
+    _write_jsonl(metrics_path, {"step": step, **scalars})
+  if results:  # The first benchmark decides the best checkpoint.
+    best.update(step, next(iter(results.values())).get(best.metric), trainer.state)
+  return scalars
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str
+                        ) -> dict[str, dict[str, Any]]:
+  """`main --mode=eval`: restores the latest checkpoint and runs every configured benchmark."""
+  trainer = Trainer(config, workdir)
+  manager = create_checkpoint_manager(workdir, config)
+  if manager.latest_step() is None:
+    raise FileNotFoundError(
+        f"No checkpoint in {manager.directory}: train first (--mode=train with this workdir).")
+  trainer.state, _ = restore_state(manager, trainer.abstract_state)
+  step = int(trainer.state["step"])
+  logging.info("Evaluating the checkpoint of step %d.", step)
+  return trainer.run_benchmarks(os.path.join(workdir, "eval"), step=step)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -288,6 +372,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(trainer.state), meta=ocp.args.JsonSave(meta)), force=force)
 
+  best_tracker = BestCheckpoint(workdir, config.eval.best_metric)
   last_metrics: dict[str, float] = {}
   pending = None  # (step, metrics) of the previous step: checked one step late to keep pipelining.
   step = start_step
@@ -309,11 +394,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if is_chief:
           _write_jsonl(metrics_path, {"step": step, **last_metrics})
       if config.train.eval_every and (step % config.train.eval_every == 0 or is_last):
-        val = trainer.validation_loss(input_pipeline.create_eval_iterator(
-            config.data, global_batch_size=config.eval.batch_size))
-        writer.write_scalars(step, val)
-        if is_chief:
-          _write_jsonl(metrics_path, {"step": step, **val})
+        evaluate_during_training(trainer, step, writer, best_tracker,
+                                 metrics_path if is_chief else None)
       if step % config.train.checkpoint_every == 0 or is_last:
         _check_finite(step, metrics)
         save(step, force=is_last)

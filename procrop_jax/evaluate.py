@@ -1,0 +1,175 @@
+"""Benchmark evaluation: model predictions -> the cropping protocols of `metrics.py`.
+
+A benchmark is an entry of `config.eval.benchmarks` (a ConfigDict keyed by name):
+
+  dataset         TFDS builder name (fcdb, flms, gaicd, procrop_cad, ...)
+  builder_config  its config name, or "" for none
+  split           e.g. "test" or "train[85%:]"
+  manual_dir      where its raw files are (see data/README.md)
+  protocols       comma-separated: "iou" (FCDB/FLMS: top-1 IoU and BDE, top-k recall),
+                  "proposal" (GAICD/CPC: Acc5/Acc10 and mAP of the proposed crops),
+                  "ranking" (GAIC: the model scores the annotated candidate crops)
+  max_boxes       ground-truth boxes kept per image (GAICD has about 90 candidates)
+
+Predictions are made in fixed order over the mesh (the batch split over the data axis) and are
+deterministic. Boxes go from the model's normalised coordinates to pixels of the stored image with
+its own width (x) and height (y); the metrics then follow their documented formulas.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any, Callable, Iterator, Mapping
+
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+import ml_collections
+import numpy as np
+
+from procrop_jax import input_pipeline
+from procrop_jax import metrics
+
+PROTOCOLS = ("iou", "proposal", "ranking")
+# Metrics where lower is better (for best-checkpoint tracking).
+LOWER_IS_BETTER = frozenset({"bde"})
+
+# (device batch, score given boxes?) -> {"boxes": [B, N, 4] normalised, "scores": [B, N]}.
+PredictFn = Callable[[dict[str, jax.Array], bool], dict[str, jax.Array]]
+
+
+def parse_protocols(text: str) -> tuple[str, ...]:
+  protocols = tuple(p.strip() for p in text.split(",") if p.strip())
+  unknown = [p for p in protocols if p not in PROTOCOLS]
+  if unknown or not protocols:
+    raise ValueError(f"protocols={text!r}: choose from {', '.join(PROTOCOLS)} "
+                     "(comma-separated).")
+  return protocols
+
+
+def benchmark_data_config(config: ml_collections.ConfigDict,
+                          benchmark: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """`config.data` with the benchmark's dataset, split and box budget, no augmentation."""
+  data = ml_collections.ConfigDict(config.data.to_dict())
+  data.dataset = benchmark["dataset"]
+  data.builder_config = benchmark.get("builder_config", "") or None
+  data.manual_dir = benchmark.get("manual_dir", data.manual_dir)
+  data.eval_split = benchmark["split"]
+  data.max_boxes = benchmark.get("max_boxes", data.max_boxes)
+  data.augment = False
+  return data
+
+
+def result_filename(dataset: str, split: str) -> str:
+  """`<dataset>_<split>.json`, the split made filesystem-safe (train[85%:] -> train_85pct_)."""
+  split = split.replace("%", "pct")
+  return f"{dataset}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', split)}.json"
+
+
+def _host_view(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The numeric host arrays of every process's batch (identity on a single process)."""
+  keys = ("image_size", "boxes", "box_scores", "box_mask", "valid")
+  local = {k: np.asarray(batch[k]) for k in keys}
+  ids = [x.decode() if isinstance(x, bytes) else str(x) for x in batch["image_id"]]
+  if jax.process_count() == 1:
+    return {**local, "image_id": ids}
+  gathered = multihost_utils.process_allgather(local, tiled=True)
+  # Ids are strings: tag them by process so they stay unique without a string all-gather.
+  all_ids = [f"p{p}/{i}" for p in range(jax.process_count()) for i in range(len(ids))]
+  return {**jax.tree.map(np.asarray, gathered), "image_id": all_ids}
+
+
+def _device_to_host(outputs: dict[str, jax.Array]) -> dict[str, np.ndarray]:
+  if jax.process_count() == 1:
+    return jax.device_get(outputs)
+  return jax.tree.map(np.asarray, multihost_utils.process_allgather(outputs, tiled=True))
+
+
+def evaluate_benchmark(predict: PredictFn, batches: Iterator[dict[str, np.ndarray]],
+                       to_device: Callable[[dict[str, np.ndarray]], dict[str, jax.Array]],
+                       protocols: tuple[str, ...]) -> dict[str, float]:
+  """Runs `predict` over `batches` and returns the protocols' metrics, merged into one dict."""
+  accumulators = {
+      "iou": metrics.IoUProtocol(),
+      "proposal": metrics.ProposalProtocol(),
+      "ranking": metrics.RankingProtocol(),
+  }
+  accumulators = {p: accumulators[p] for p in protocols}
+  for batch in batches:
+    device_batch = to_device(batch)
+    host = _host_view(batch)
+    proposals = scored = None
+    if "iou" in protocols or "proposal" in protocols:
+      proposals = _device_to_host(predict(device_batch, False))
+    if "ranking" in protocols:
+      scored = _device_to_host(predict(device_batch, True))
+    for i in np.flatnonzero(host["valid"]):
+      height, width = (int(v) for v in host["image_size"][i])
+      to_px = np.array([width, height, width, height], np.float64)
+      mask = host["box_mask"][i].astype(bool)
+      gt_px = host["boxes"][i][mask] * to_px
+      gt_scores = host["box_scores"][i][mask]
+      image_id = host["image_id"][i]
+      if proposals is not None:
+        order = np.argsort(-proposals["scores"][i], kind="stable")
+        pred_px = proposals["boxes"][i][order] * to_px
+        pred_scores = proposals["scores"][i][order]
+        if "iou" in accumulators:
+          accumulators["iou"].add(image_id, pred_px, gt_px, (height, width),
+                                  pred_scores=pred_scores)
+        if "proposal" in accumulators:
+          accumulators["proposal"].add(image_id, pred_px, pred_scores, gt_px, gt_scores)
+      if scored is not None:
+        accumulators["ranking"].add(image_id, scored["scores"][i][mask], gt_scores)
+  results: dict[str, float] = {}
+  for protocol in protocols:
+    results.update(accumulators[protocol].result())
+  return results
+
+
+def run_benchmarks(predict: PredictFn, config: ml_collections.ConfigDict, *,
+                   to_device: Callable[[dict[str, np.ndarray]], dict[str, jax.Array]],
+                   output_dir: str | None, step: int | None = None,
+                   prepare: bool = True) -> dict[str, dict[str, Any]]:
+  """Evaluates every entry of `config.eval.benchmarks`; writes `<dataset>_<split>.json` files.
+
+  Returns:
+    name -> metrics (plus num_images, skipped counts by reason, dataset, split, step).
+  """
+  from procrop_jax.datasets import prepare as prepare_lib  # pylint: disable=g-import-not-at-top
+  from procrop_jax.datasets import schema  # pylint: disable=g-import-not-at-top
+  all_results = {}
+  for name, benchmark in config.eval.benchmarks.items():
+    protocols = parse_protocols(benchmark["protocols"])
+    data_config = benchmark_data_config(config, benchmark)
+    if prepare:
+      builder = prepare_lib.ensure_dataset(data_config, config.get("cad"), seed=config.seed)
+    else:
+      builder = input_pipeline.load_builder(input_pipeline.DataSettings.from_config(data_config))
+    batches = input_pipeline.create_eval_iterator(
+        data_config, global_batch_size=config.eval.batch_size)
+    result = evaluate_benchmark(predict, batches, to_device, protocols)
+    split_name = benchmark["split"].split("[")[0]
+    skipped = schema.build_report(builder).get(split_name, {}).get("skipped", {})
+    result.update(dataset=benchmark["dataset"], split=benchmark["split"], skipped=skipped,
+                  step=step)
+    all_results[name] = result
+    if output_dir and jax.process_index() == 0:
+      os.makedirs(output_dir, exist_ok=True)
+      path = os.path.join(output_dir, result_filename(benchmark["dataset"], benchmark["split"]))
+      with open(path, "w") as f:
+        json.dump(result, f, indent=2, sort_keys=True)
+      logging.info("Wrote %s", path)
+  if all_results:
+    numeric = {name: {k: v for k, v in r.items() if isinstance(v, (int, float)) and k != "step"}
+               for name, r in all_results.items()}
+    print(metrics.format_table(numeric, transpose=True), flush=True)
+  return all_results
+
+
+def is_better(metric: str, value: float, best: float | None) -> bool:
+  if best is None or not np.isfinite(best):
+    return bool(np.isfinite(value))
+  return value < best if metric in LOWER_IS_BETTER else value > best
