@@ -90,11 +90,24 @@ def _targets(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
   return {k: batch[k] for k in ("boxes", "box_scores", "box_mask")}
 
 
+def _reseed(rng_state: nnx.State, key: jax.Array) -> nnx.State:
+  """Gives every RNG stream a fresh key derived from `key` (one per stream, so they differ).
+
+  The step's key is folded from the seed and the step number, so dropout is reproducible and a
+  resumed run draws what an uninterrupted one would. (Functional, unlike `nnx.reseed`, which
+  mutates variables and cannot run under `jax.grad`.)
+  """
+  leaves, treedef = jax.tree.flatten(rng_state)
+  leaves = [jax.random.fold_in(key, i) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+            else x for i, x in enumerate(leaves)]
+  return jax.tree.unflatten(treedef, leaves)
+
+
 def _forward(graphdef, params, rest, rng_state, batch, *, train: bool, dropout_key=None):
   """Runs the model from its split state; returns outputs and the updated non-param state."""
-  model = nnx.merge(graphdef, params, rng_state, rest)
   if dropout_key is not None:
-    nnx.reseed(model, dropout=dropout_key)
+    rng_state = _reseed(rng_state, dropout_key)
+  model = nnx.merge(graphdef, params, rng_state, rest)
   outputs = model(batch["image"], image_valid_hw=batch["image_valid_hw"],
                   reference_tokens=batch.get("reference_tokens"), train=train)
   return outputs, nnx.state(model, nnx.Not(nnx.Any(nnx.Param, nnx.RngState)))
