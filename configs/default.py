@@ -106,7 +106,9 @@ def get_config() -> ml_collections.ConfigDict:
   # ---------------------------------------------------------------- eval
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 8
-  config.eval.best_metric = "iou"  # Of the first benchmark; tracked for the best checkpoint.
+  # The checkpoint with the best value of this benchmark's metric is kept in checkpoints_best/.
+  config.eval.best_benchmark = "cad_val"
+  config.eval.best_metric = "iou"
   # name -> benchmark; see procrop_jax/evaluate.py for the fields and protocols.
   config.eval.benchmarks = ml_collections.ConfigDict()
   config.eval.benchmarks.cad_val = dict(

@@ -10,6 +10,8 @@ A benchmark is an entry of `config.eval.benchmarks` (a ConfigDict keyed by name)
                   "proposal" (GAICD/CPC: Acc5/Acc10 and mAP of the proposed crops),
                   "ranking" (GAIC: the model scores the annotated candidate crops)
   max_boxes       ground-truth boxes kept per image (GAICD has about 90 candidates)
+  optional        (default False) skip with a message when the data or split is absent, e.g. a
+                  test split that is held out
 
 Predictions are made in fixed order over the mesh (the batch split over the data axis) and are
 deterministic. Boxes go from the model's normalised coordinates to pixels of the stored image with
@@ -144,14 +146,24 @@ def run_benchmarks(predict: PredictFn, config: ml_collections.ConfigDict, *,
   for name, benchmark in config.eval.benchmarks.items():
     protocols = parse_protocols(benchmark["protocols"])
     data_config = benchmark_data_config(config, benchmark)
-    if prepare:
-      builder = prepare_lib.ensure_dataset(data_config, config.get("cad"), seed=config.seed)
-    else:
-      builder = input_pipeline.load_builder(input_pipeline.DataSettings.from_config(data_config))
+    split_name = benchmark["split"].split("[")[0]
+    try:
+      if prepare:
+        builder = prepare_lib.ensure_dataset(data_config, config.get("cad"), seed=config.seed)
+      else:
+        builder = input_pipeline.load_builder(
+            input_pipeline.DataSettings.from_config(data_config))
+      if split_name not in builder.info.splits:
+        raise FileNotFoundError(f"{builder.info.full_name} has no split {split_name!r} "
+                                f"(its splits: {', '.join(builder.info.splits) or 'none'})")
+    except Exception as e:  # pylint: disable=broad-except
+      if not benchmark.get("optional", False):
+        raise
+      print(f"Skipping optional benchmark {name}: {e}", flush=True)
+      continue
     batches = input_pipeline.create_eval_iterator(
         data_config, global_batch_size=config.eval.batch_size)
     result = evaluate_benchmark(predict, batches, to_device, protocols)
-    split_name = benchmark["split"].split("[")[0]
     skipped = schema.build_report(builder).get(split_name, {}).get("skipped", {})
     result.update(dataset=benchmark["dataset"], split=benchmark["split"], skipped=skipped,
                   step=step)

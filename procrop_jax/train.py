@@ -326,8 +326,8 @@ def evaluate_during_training(trainer: Trainer, step: int, writer, best: BestChec
   writer.write_scalars(step, scalars)
   if metrics_path:
     _write_jsonl(metrics_path, {"step": step, **scalars})
-  if results:  # The first benchmark decides the best checkpoint.
-    best.update(step, next(iter(results.values())).get(best.metric), trainer.state)
+  if config.eval.best_benchmark in results:
+    best.update(step, results[config.eval.best_benchmark].get(best.metric), trainer.state)
   return scalars
 
 
