@@ -1,0 +1,129 @@
+"""ProCrop's set-prediction loss: Hungarian matching, then focal + L1 + GIoU on every decoder layer.
+
+For each decoder layer (the final one and, with `aux_loss`, every earlier one) the predictions are
+matched one-to-one to the valid ground-truth crops (`matching.hungarian_match`), and
+
+* score: sigmoid focal loss (alpha 0.25, gamma 2) over all queries, weight 2. Targets:
+  - a matched query: 1 (every ground-truth crop counts as a good crop; its own score only enters
+    through the soft targets below, as in the reference code);
+  - an unmatched query whose predicted box has IoU >= `soft_label_iou` (0.85) with a valid
+    ground-truth box: the soft target `clip(0.5 * (s - 2) / 1.5, 0, 0.5)` where s is the score
+    of the ground-truth box it overlaps most (the reference code's rule; on GAICD's 1-5 scale a
+    crop scored 2 or less gives 0, 3.5 or more gives 0.5). A near-duplicate of a good crop is
+    thus not pushed to 0, which would contradict the matched query next to it;
+  - any other query: 0.
+* L1 between the matched (cx, cy, w, h) vectors, weight 5 (DETR's box parametrisation).
+* GIoU loss 1 - GIoU of the matched boxes, weight 2.
+
+Every term is summed over the batch and divided by the number of valid ground-truth boxes in the
+batch (at least 1), as in DETR; the total is the weighted sum over terms and layers.
+"""
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from procrop_jax import box_ops
+from procrop_jax import matching
+
+
+def sigmoid_focal_loss(logits: jax.Array, targets: jax.Array, *, alpha: float = 0.25,
+                       gamma: float = 2.0) -> jax.Array:
+  """Elementwise focal loss (Lin et al. 2017) for soft targets in [0, 1] (torchvision's form)."""
+  prob = jax.nn.sigmoid(logits)
+  ce = -(targets * jax.nn.log_sigmoid(logits) + (1 - targets) * jax.nn.log_sigmoid(-logits))
+  p_t = prob * targets + (1 - prob) * (1 - targets)
+  loss = ce * (1 - p_t) ** gamma
+  if alpha >= 0:
+    loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+  return loss
+
+
+def soft_score_target(box_scores: jax.Array) -> jax.Array:
+  """The reference code's soft target for near-duplicates of a crop scored s:
+  clip(0.5 * (s - 2) / 1.5, 0, 0.5)."""
+  return jnp.clip(0.5 * (box_scores - 2.0) / 1.5, 0.0, 0.5)
+
+
+def score_targets(pred_boxes: jax.Array, query_idx: jax.Array, targets: Mapping[str, jax.Array],
+                  *, soft_label_iou: float = 0.85) -> jax.Array:
+  """Per-query score targets [B, N]: 1 for matched, the soft target for unmatched near-duplicates
+  (IoU >= soft_label_iou with a valid ground truth), else 0. See the module docstring.
+
+  Args:
+    pred_boxes: [B, N, 4] predicted xyxy boxes (no gradient flows through the targets).
+    query_idx: [B, M] matched query per ground truth, -1 for padding.
+    targets: "boxes" [B, M, 4], "box_scores" [B, M], "box_mask" [B, M].
+  """
+  n = pred_boxes.shape[1]
+  mask = targets["box_mask"].astype(bool)
+  matched = jnp.any((query_idx[:, :, None] == jnp.arange(n)) & mask[:, :, None], axis=1)
+  iou = box_ops.pairwise_box_iou(jax.lax.stop_gradient(pred_boxes),
+                                 targets["boxes"].astype(pred_boxes.dtype))  # [B, N, M]
+  iou = jnp.where(mask[:, None, :], iou, -1.0)
+  best = jnp.argmax(iou, axis=-1)
+  best_iou = jnp.take_along_axis(iou, best[..., None], axis=-1)[..., 0]
+  best_score = jnp.take_along_axis(targets["box_scores"].astype(pred_boxes.dtype), best, axis=-1)
+  soft = jnp.where(best_iou >= soft_label_iou, soft_score_target(best_score), 0.0)
+  return jnp.where(matched, 1.0, soft)
+
+
+def layer_loss(outputs: Mapping[str, jax.Array], targets: Mapping[str, jax.Array],
+               loss_config: Mapping[str, Any], num_boxes: jax.Array) -> dict[str, jax.Array]:
+  """Unweighted loss terms ("score", "l1", "giou") of one decoder layer's predictions."""
+  cfg = loss_config
+  if "boxes_cxcywh" in outputs:
+    pred_cxcywh = outputs["boxes_cxcywh"]
+  else:
+    pred_cxcywh = box_ops.xyxy_to_cxcywh(outputs["boxes"])
+  pred_xyxy = box_ops.cxcywh_to_xyxy(pred_cxcywh)
+  query_idx = matching.hungarian_match(
+      {"logits": outputs["logits"], "boxes_cxcywh": pred_cxcywh}, targets,
+      **matching.match_weights(cfg))
+  mask = targets["box_mask"].astype(pred_cxcywh.dtype)
+  gt = targets["boxes"].astype(pred_cxcywh.dtype)
+
+  safe_idx = jnp.maximum(query_idx, 0)[..., None]
+  matched_cxcywh = jnp.take_along_axis(pred_cxcywh, safe_idx, axis=1)  # [B, M, 4]
+  l1 = jnp.abs(matched_cxcywh - box_ops.xyxy_to_cxcywh(gt)).sum(-1)
+  giou = box_ops.generalized_box_iou(box_ops.cxcywh_to_xyxy(matched_cxcywh), gt)
+
+  score_target = score_targets(pred_xyxy, query_idx, targets, soft_label_iou=cfg["soft_label_iou"])
+  focal = sigmoid_focal_loss(outputs["logits"], score_target, alpha=cfg["focal_alpha"],
+                             gamma=cfg["focal_gamma"])
+  return {
+      "score": focal.sum() / num_boxes,
+      "l1": (l1 * mask).sum() / num_boxes,
+      "giou": ((1 - giou) * mask).sum() / num_boxes,
+  }
+
+
+def crop_loss(outputs: Mapping[str, Any], targets: Mapping[str, jax.Array],
+              loss_config: Mapping[str, Any]) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The total training loss and its terms. Pure and jit-able.
+
+  Args:
+    outputs: the model's output dict ("logits", "boxes_cxcywh" or "boxes", and "aux": a list of
+      such dicts for the earlier decoder layers).
+    targets: "boxes" [B, M, 4] normalised xyxy, "box_scores" [B, M], "box_mask" [B, M].
+    loss_config: config.loss (focal_alpha, focal_gamma, score/l1/giou weights, match_* costs,
+      soft_label_iou, aux_loss).
+
+  Returns:
+    (total, terms): terms has the final layer's weighted "loss_score", "loss_l1", "loss_giou",
+    the same with suffix "_{i}" for auxiliary layer i, and "num_boxes".
+  """
+  cfg = loss_config
+  weights = {"score": cfg["score_weight"], "l1": cfg["l1_weight"], "giou": cfg["giou_weight"]}
+  num_boxes = jnp.maximum(targets["box_mask"].astype(jnp.float32).sum(), 1.0)
+  layers = [("", outputs)]
+  if cfg.get("aux_loss", True):
+    layers += [(f"_{i}", aux) for i, aux in enumerate(outputs.get("aux", ()))]
+  terms = {}
+  for suffix, layer_outputs in layers:
+    for name, value in layer_loss(layer_outputs, targets, cfg, num_boxes).items():
+      terms[f"loss_{name}{suffix}"] = weights[name] * value
+  total = sum(terms.values())
+  terms["num_boxes"] = num_boxes
+  return total, terms

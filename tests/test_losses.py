@@ -1,0 +1,131 @@
+"""Set-prediction loss: focal + L1 + GIoU over matched queries, soft targets, aux layers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import default
+from procrop_jax import box_ops
+from procrop_jax import losses
+
+LOSS_CONFIG = default.get_config().loss
+
+
+_JITTED = {}
+
+
+def _crop_loss(outputs, targets, config=LOSS_CONFIG):
+  # Jitted once per config: eager dispatch of the matching loops is far slower than a compile.
+  if id(config) not in _JITTED:
+    _JITTED[id(config)] = jax.jit(lambda o, t: losses.crop_loss(o, t, config))
+  return _JITTED[id(config)](outputs, targets)
+
+
+def _targets():
+  boxes = np.array([[[0.1, 0.1, 0.6, 0.7], [0.3, 0.2, 0.9, 0.9], [0, 0, 0, 0]],
+                    [[0.0, 0.0, 1.0, 1.0], [0, 0, 0, 0], [0, 0, 0, 0]]], np.float32)
+  return {"boxes": boxes,
+          "box_scores": np.array([[4.0, 3.0, 0.0], [5.0, 0.0, 0.0]], np.float32),
+          "box_mask": np.array([[True, True, False], [True, False, False]])}
+
+
+def _outputs(targets, *, perfect_at=(3, 1), logit_hit=8.0, logit_miss=-8.0, n=6):
+  """Predictions with the ground truths at the given query slots, small far boxes elsewhere."""
+  b = targets["boxes"].shape[0]
+  pred = np.tile(np.array([0.45, 0.45, 0.5, 0.5], np.float32), (b, n, 1))
+  logits = np.full((b, n), logit_miss, np.float32)
+  for i in range(b):
+    for j, q in enumerate(perfect_at):
+      if targets["box_mask"][i, j]:
+        pred[i, q] = targets["boxes"][i, j]
+        logits[i, q] = logit_hit
+  cxcywh = np.asarray(box_ops.xyxy_to_cxcywh(pred))
+  return {"logits": logits, "boxes": pred, "boxes_cxcywh": cxcywh}
+
+
+def test_focal_loss_hand_values():
+  # p = 0.5: ce = ln 2, (1 - p_t)^2 = 1/4; alpha_t = 0.25 for target 1, 0.75 for target 0.
+  got = losses.sigmoid_focal_loss(jnp.zeros(2), jnp.array([1.0, 0.0]))
+  np.testing.assert_allclose(got, [0.25 * np.log(2) / 4, 0.75 * np.log(2) / 4], rtol=1e-6)
+  # Confident correct predictions cost almost nothing.
+  assert losses.sigmoid_focal_loss(jnp.array(10.0), jnp.array(1.0)) < 1e-8
+
+
+def test_soft_score_target_rule():
+  np.testing.assert_allclose(losses.soft_score_target(jnp.array([1.0, 2.0, 2.75, 3.5, 5.0])),
+                             [0.0, 0.0, 0.25, 0.5, 0.5], atol=1e-6)
+
+
+def test_score_targets_matched_soft_and_background():
+  targets = _targets()
+  gt = targets["boxes"]
+  near0 = gt[0, 0] + np.array([0.0, 0.0, 0.02, 0.0])  # IoU 0.96 with GT 0 (score 4 -> 0.5).
+  near1 = gt[0, 1] + np.array([0.0, 0.0, -0.03, 0.0])  # IoU 0.95 with GT 1 (score 3 -> 1/3).
+  loose = np.array([0.1, 0.1, 0.4, 0.4])  # IoU < 0.85 with both.
+  pred = np.zeros((2, 5, 4), np.float32)
+  pred[0] = [gt[0, 0], near0, near1, loose, gt[0, 1]]
+  pred[1] = [gt[1, 0]] * 5  # All on GT 0 (score 5) but only query 2 is matched.
+  query_idx = np.array([[0, 4, -1], [2, -1, -1]], np.int32)
+  got = jax.jit(losses.score_targets)(pred, query_idx, targets)
+  np.testing.assert_allclose(got[0], [1.0, 0.5, 1 / 3, 0.0, 1.0], atol=1e-6)
+  np.testing.assert_allclose(got[1], [0.5, 0.5, 1.0, 0.5, 0.5], atol=1e-6)
+
+
+def test_perfect_predictions_have_near_zero_loss():
+  targets = _targets()
+  total, terms = _crop_loss(_outputs(targets), targets)
+  assert float(terms["num_boxes"]) == 3.0
+  assert float(terms["loss_l1"]) < 1e-5 and float(terms["loss_giou"]) < 1e-5
+  assert float(terms["loss_score"]) < 1e-3
+  assert np.isclose(float(total), sum(float(v) for k, v in terms.items() if k != "num_boxes"))
+  # Moving the predictions to other query slots (a permutation) changes nothing.
+  _, moved = _crop_loss(_outputs(targets, perfect_at=(0, 5)), targets)
+  np.testing.assert_allclose(float(moved["loss_l1"]), float(terms["loss_l1"]), atol=1e-6)
+
+
+def test_loss_values_by_hand_for_one_box():
+  # One ground truth, one query that predicts it shifted by 0.1: L1 on (cx, cy, w, h) = 0.1.
+  targets = {"boxes": np.array([[[0.2, 0.2, 0.6, 0.6]]], np.float32),
+             "box_scores": np.array([[1.0]], np.float32), "box_mask": np.array([[True]])}
+  outputs = {"logits": np.zeros((1, 1), np.float32),
+             "boxes_cxcywh": np.array([[[0.5, 0.4, 0.4, 0.4]]], np.float32)}
+  _, terms = _crop_loss(outputs, targets)
+  np.testing.assert_allclose(terms["loss_l1"], 5.0 * 0.1, rtol=1e-5)
+  iou = 0.3 * 0.4 / (0.16 + 0.16 - 0.12)  # Enclosing box == union here, so GIoU == IoU.
+  np.testing.assert_allclose(terms["loss_giou"], 2.0 * (1 - iou), rtol=1e-5)
+  np.testing.assert_allclose(terms["loss_score"], 2.0 * 0.25 * np.log(2) / 4, rtol=1e-5)
+
+
+def test_aux_layers_and_no_ground_truth():
+  targets = _targets()
+  out = _outputs(targets)
+  out["aux"] = [_outputs(targets, logit_hit=0.0), _outputs(targets, perfect_at=(2, 4))]
+  total, terms = _crop_loss(out, targets)
+  for suffix in ("", "_0", "_1"):
+    assert {f"loss_score{suffix}", f"loss_l1{suffix}", f"loss_giou{suffix}"} <= set(terms)
+  config = LOSS_CONFIG.copy_and_resolve_references()
+  config.aux_loss = False
+  total_final_only, final_terms = _crop_loss(out, targets, config)
+  assert "loss_score_0" not in final_terms and float(total_final_only) < float(total)
+
+  empty = {**targets, "box_mask": np.zeros_like(targets["box_mask"])}
+  total, terms = _crop_loss(out, empty)
+  assert np.isfinite(float(total)) and float(terms["num_boxes"]) == 1.0
+  assert float(terms["loss_l1"]) == 0.0 and float(terms["loss_giou"]) == 0.0
+
+
+def test_gradients_are_finite_and_reach_boxes_and_logits():
+  targets = _targets()
+  out = _outputs(targets, logit_hit=0.5, logit_miss=-1.0)
+  out["boxes_cxcywh"] = out["boxes_cxcywh"] + 0.03
+  del out["boxes"]
+
+  def loss_fn(logits, cxcywh):
+    return losses.crop_loss({"logits": logits, "boxes_cxcywh": cxcywh}, targets, LOSS_CONFIG)[0]
+
+  g_logits, g_boxes = jax.jit(jax.grad(loss_fn, argnums=(0, 1)))(out["logits"],
+                                                                 out["boxes_cxcywh"])
+  assert np.all(np.isfinite(g_logits)) and np.all(np.isfinite(g_boxes))
+  assert np.abs(g_boxes[0, 3]).sum() > 0 and np.abs(g_boxes[0, 1]).sum() > 0  # Matched queries.
+  assert np.abs(g_boxes[0, 0]).sum() == 0  # Unmatched: no box loss.
+  assert np.all(np.abs(g_logits) > 0)
