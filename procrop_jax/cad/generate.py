@@ -1,0 +1,279 @@
+r"""Writes a CAD dataset (ProCrop's format) from professional photos.
+
+Each photo is placed in several larger canvases: the photo covers a random fraction of
+the canvas's area in [min_area_fraction, max_area_fraction], at a random position, in
+a canvas of random aspect ratio; the margin is out-painted and the photo's frame is
+written as the first (pseudo-label) line of the annotation:
+
+  <out>/images/<id>_<k>.jpg
+  <out>/annotations/<id>_<k>.txt     "y1 x1 y2 x2 5"  (pixels, GAIC's row/column order)
+
+Each variant's randomness comes from (seed, photo id, k), so a variant is the same
+whichever worker makes it and whenever. Existing outputs are kept: an interrupted run
+is resumed by running it again. Files are written under temporary names and renamed,
+the annotation last, so a variant exists only once it is complete.
+
+  python -m procrop_jax.cad.generate --source=skimage --out=data/manual/procrop_cad_default
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import io
+import json
+import os
+import pathlib
+import re
+import time
+import zlib
+from typing import Sequence
+
+from absl import logging
+import numpy as np
+from PIL import Image
+from PIL import ImageOps
+import tqdm
+
+from procrop_jax.cad import outpaint as outpaint_lib
+from procrop_jax.cad import sources
+
+MARKER = "cad_generation.json"  # Written by the generator: its parameters and sources.
+JPEG_QUALITY = 95
+PSEUDO_LABEL_SCORE = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class CanvasPlan:
+  """Where a photo of (photo_h, photo_w) sits in a canvas of (canvas_h, canvas_w)."""
+  canvas_h: int
+  canvas_w: int
+  top: int
+  left: int
+  photo_h: int
+  photo_w: int
+
+  @property
+  def area_fraction(self) -> float:
+    return self.photo_h * self.photo_w / (self.canvas_h * self.canvas_w)
+
+  @property
+  def box_yxyx(self) -> tuple[int, int, int, int]:
+    return self.top, self.left, self.top + self.photo_h, self.left + self.photo_w
+
+
+@dataclasses.dataclass
+class GenerationReport:
+  photos: int = 0
+  written: int = 0
+  kept: int = 0  # Variants already present (a resumed run).
+  failed_photos: list[str] = dataclasses.field(default_factory=list)
+  seconds: float = 0.0
+
+  @property
+  def images_per_second(self) -> float:
+    return self.written / self.seconds if self.seconds > 0 else 0.0
+
+
+def plan_canvas(photo_hw: tuple[int, int], rng: np.random.Generator, *,
+                min_area_fraction: float = 0.3, max_area_fraction: float = 0.8,
+                aspect_range: tuple[float, float] = (0.5, 2.0)) -> CanvasPlan:
+  """Picks a canvas size and the photo's position in it.
+
+  The area fraction is uniform in [min, max]; the canvas's aspect ratio (W / H) is
+  log-uniform over what `aspect_range` and the fraction allow (a canvas must contain
+  the photo); the position is uniform over the canvas.
+  """
+  if not 0 < min_area_fraction <= max_area_fraction <= 1:
+    raise ValueError(f"need 0 < min_area_fraction <= max_area_fraction <= 1, got "
+                     f"{min_area_fraction}, {max_area_fraction}")
+  h, w = photo_hw
+  fraction = rng.uniform(min_area_fraction, max_area_fraction)
+  area = h * w / fraction
+  photo_aspect = w / h
+  # W >= w and H >= h  <=>  photo_aspect * fraction <= W / H <= photo_aspect / fraction.
+  low, high = photo_aspect * fraction, photo_aspect / fraction
+  lo, hi = max(low, aspect_range[0]), min(high, aspect_range[1])
+  if lo > hi:  # The photo itself is outside the aspect range: stay as close as allowed.
+    lo, hi = (low, low) if low > aspect_range[1] else (high, high)
+  aspect = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+  canvas_h = max(h, int(round(np.sqrt(area / aspect))))
+  canvas_w = max(w, int(round(canvas_h * aspect)))
+  top = int(rng.integers(0, canvas_h - h + 1))
+  left = int(rng.integers(0, canvas_w - w + 1))
+  return CanvasPlan(canvas_h, canvas_w, top, left, h, w)
+
+
+def annotation_text(plan: CanvasPlan) -> str:
+  y1, x1, y2, x2 = plan.box_yxyx
+  return f"{y1} {x1} {y2} {x2} {PSEUDO_LABEL_SCORE}\n"
+
+
+def load_photo(path: str | pathlib.Path, *, max_side: int | None = 1024) -> np.ndarray:
+  """An upright RGB uint8 photo, downscaled so that its longer side <= max_side."""
+  with Image.open(path) as image:
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+      array = np.asarray(image).astype(np.float64)
+      top = 65535.0 if array.max() > 255 else 255.0
+      image = Image.fromarray((array / top * 255 + 0.5).astype(np.uint8), "L")
+    image = image.convert("RGB")
+    if max_side and max(image.size) > max_side:
+      scale = max_side / max(image.size)
+      size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+      image = image.resize(size, Image.Resampling.LANCZOS)
+    return np.asarray(image)
+
+
+def photo_ids(paths: Sequence[pathlib.Path]) -> list[str]:
+  """Short ids from file names: [A-Za-z0-9.-] only, unique (a hash suffix if needed)."""
+  ids = [re.sub(r"[^A-Za-z0-9.-]+", "-", p.stem).strip("-") or "photo" for p in paths]
+  counts: dict[str, int] = {}
+  for i in ids:
+    counts[i] = counts.get(i, 0) + 1
+  return [f"{i}-{zlib.crc32(str(p).encode()):08x}" if counts[i] > 1 else i
+          for i, p in zip(ids, paths)]
+
+
+def variant_rng(seed: int, photo_id: str, k: int) -> np.random.Generator:
+  return np.random.default_rng([seed, zlib.crc32(photo_id.encode()), k])
+
+
+def _write_atomic(path: pathlib.Path, data: bytes) -> None:
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  tmp.write_bytes(data)
+  os.replace(tmp, path)
+
+
+def _variant_done(out_dir: pathlib.Path, name: str) -> bool:
+  return (out_dir / "annotations" / f"{name}.txt").exists() and (
+      out_dir / "images" / f"{name}.jpg").exists()
+
+
+def _make_photo_variants(path: pathlib.Path, photo_id: str, variants: Sequence[int],
+                         out_dir: pathlib.Path, *, seed: int, min_area_fraction: float,
+                         max_area_fraction: float, max_side: int | None,
+                         outpainter: outpaint_lib.OutPainter) -> int:
+  """Writes the given variants of one photo; returns how many were written."""
+  photo = load_photo(path, max_side=max_side)
+  written = 0
+  for k in variants:
+    rng = variant_rng(seed, photo_id, k)
+    plan = plan_canvas(photo.shape[:2], rng, min_area_fraction=min_area_fraction,
+                       max_area_fraction=max_area_fraction)
+    canvas = outpainter(photo, canvas_hw=(plan.canvas_h, plan.canvas_w),
+                        offset_yx=(plan.top, plan.left), rng=rng)
+    canvas = np.array(canvas, np.uint8, copy=True)
+    # The pseudo-label must point at the original pixels whatever the out-painter did.
+    canvas[plan.top:plan.top + plan.photo_h, plan.left:plan.left + plan.photo_w] = photo
+    name = f"{photo_id}_{k}"
+    buffer = _encode_jpeg(canvas)
+    _write_atomic(out_dir / "images" / f"{name}.jpg", buffer)
+    _write_atomic(out_dir / "annotations" / f"{name}.txt", annotation_text(plan).encode())
+    written += 1
+  return written
+
+
+def _encode_jpeg(canvas: np.ndarray) -> bytes:
+  buffer = io.BytesIO()
+  # 4:4:4 chroma keeps the photo's pixels close to the original inside the frame.
+  Image.fromarray(canvas).save(buffer, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
+  return buffer.getvalue()
+
+
+def generate_cad(photos: Sequence[str | pathlib.Path] | str, out_dir: str | pathlib.Path, *,
+                 variants_per_photo: int = 8, min_area_fraction: float = 0.3,
+                 max_area_fraction: float = 0.8, workers: int = 2, seed: int = 0,
+                 max_side: int | None = 1024,
+                 outpainter: outpaint_lib.OutPainter | None = None,
+                 progress: bool = True) -> GenerationReport:
+  """Generates (or completes) a CAD dataset in `out_dir`.
+
+  Args:
+    photos: photo paths, or a source name for `sources.photo_paths` ("skimage" or a
+      folder).
+    out_dir: the dataset's root (the `procrop_cad` builder's manual directory).
+    variants_per_photo: canvases per photo.
+    min_area_fraction, max_area_fraction: range of the photo's share of the canvas.
+    workers: parallel workers (threads: the heavy work is in PIL and NumPy, which
+      release the GIL, and threads are safe beside JAX and TensorFlow).
+    seed: the dataset's seed.
+    max_side: photos are first downscaled to this longer side (None: never).
+    outpainter: defaults to `ReflectBlurOutPainter()`.
+    progress: show a progress bar.
+
+  Returns:
+    What was written, kept and failed, and how long it took.
+  """
+  start = time.perf_counter()
+  paths = [pathlib.Path(p) for p in (sources.photo_paths(photos) if isinstance(photos, str)
+                                     else photos)]
+  out_dir = pathlib.Path(out_dir)
+  (out_dir / "images").mkdir(parents=True, exist_ok=True)
+  (out_dir / "annotations").mkdir(parents=True, exist_ok=True)
+  outpainter = outpainter or outpaint_lib.ReflectBlurOutPainter()
+  ids = photo_ids(paths)
+  marker = {
+      "format": "procrop_cad", "seed": seed, "variants_per_photo": variants_per_photo,
+      "min_area_fraction": min_area_fraction, "max_area_fraction": max_area_fraction,
+      "max_side": max_side, "outpainter": type(outpainter).__name__,
+      "photos": {i: str(p) for i, p in zip(ids, paths)},
+  }
+  (out_dir / MARKER).write_text(json.dumps(marker, indent=1))
+
+  report = GenerationReport(photos=len(paths))
+  todo = []
+  for path, photo_id in zip(paths, ids):
+    missing = [k for k in range(variants_per_photo)
+               if not _variant_done(out_dir, f"{photo_id}_{k}")]
+    report.kept += variants_per_photo - len(missing)
+    if missing:
+      todo.append((path, photo_id, missing))
+  total = sum(len(m) for _, _, m in todo)
+  kwargs = dict(seed=seed, min_area_fraction=min_area_fraction,
+                max_area_fraction=max_area_fraction, max_side=max_side,
+                outpainter=outpainter)
+  with tqdm.tqdm(total=total, desc=f"CAD -> {out_dir}", unit="img",
+                 disable=not progress or not total) as bar:
+    with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+      futures = {pool.submit(_make_photo_variants, path, pid, missing, out_dir, **kwargs):
+                 (path, missing) for path, pid, missing in todo}
+      for future in concurrent.futures.as_completed(futures):
+        path, missing = futures[future]
+        try:
+          report.written += future.result()
+        except Exception as e:  # pylint: disable=broad-except
+          # An unreadable photo is skipped, not fatal: count it and go on.
+          logging.warning("CAD: skipping %s: %s", path, e)
+          report.failed_photos.append(str(path))
+        bar.update(len(missing))
+  report.seconds = time.perf_counter() - start
+  logging.info("CAD: %d photos, %d variants written, %d kept, %d photos failed, %.1f s",
+               report.photos, report.written, report.kept, len(report.failed_photos),
+               report.seconds)
+  return report
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  report = generate_cad(FLAGS.source, FLAGS.out, variants_per_photo=FLAGS.variants,
+                        min_area_fraction=FLAGS.min_area_fraction,
+                        max_area_fraction=FLAGS.max_area_fraction, workers=FLAGS.workers,
+                        seed=FLAGS.seed, max_side=FLAGS.max_side or None)
+  print(f"{report.written} written, {report.kept} kept, {len(report.failed_photos)} photos "
+        f"failed, {report.images_per_second:.1f} images/s")
+
+
+if __name__ == "__main__":
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("source", "skimage", "'skimage' or a folder of photos.")
+  flags.DEFINE_string("out", None, "Output directory.", required=True)
+  flags.DEFINE_integer("variants", 8, "Canvases per photo.")
+  flags.DEFINE_float("min_area_fraction", 0.3, "Smallest share of the canvas.")
+  flags.DEFINE_float("max_area_fraction", 0.8, "Largest share of the canvas.")
+  flags.DEFINE_integer("workers", 2, "Parallel workers.")
+  flags.DEFINE_integer("seed", 0, "Seed.")
+  flags.DEFINE_integer("max_side", 1024, "Downscale photos to this longer side (0: never).")
+  FLAGS = flags.FLAGS
+  app.run(main)

@@ -1,0 +1,97 @@
+"""ProCrop's CAD format: weakly-labelled crops of out-painted professional photos.
+
+Manual directory (the layout of ProCrop's released set, and what `procrop_jax.cad`
+writes):
+
+  images/<id>_<k>.jpg         variant k of professional photo <id>, out-painted
+  annotations/<id>_<k>.txt    one box per line, `y1 x1 y2 x2 [score]` in pixels
+                              (GAIC's row/column order); the first line is the
+                              pseudo-label, where the original photo sits; a missing
+                              score is 5; a line with score -2 is ignored.
+
+One split, `train`. Examples are stored grouped by photo (variants of one photo are
+adjacent, photos in a fixed pseudo-random order), so that a slice such as
+`train[90%:]` holds photos that `train[:90%]` does not (one photo may straddle).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from etils import epath
+import tensorflow_datasets as tfds
+
+from procrop_jax.datasets import schema
+
+
+def photo_id(stem: str) -> str:
+  """`<id>_<k>` -> `<id>` (the photo the variant was made from)."""
+  head, sep, tail = stem.rpartition("_")
+  return head if sep and tail.isdigit() else stem
+
+
+def list_examples(root: epath.PathLike) -> list[dict[str, Any]]:
+  """Pairs images with annotation files, in the stored (photo-grouped) order."""
+  root = epath.Path(root)
+  images = {p.stem: p for p in sorted((root / "images").glob("*"))
+            if p.suffix.lower() in schema.IMAGE_EXTENSIONS}
+  notes = {p.stem: p for p in sorted((root / "annotations").glob("*.txt"))}
+  stems = sorted(set(images) | set(notes),
+                 key=lambda s: (schema.stable_key(photo_id(s)), photo_id(s), s))
+  return [{"stem": s, "image": images.get(s), "annotation": notes.get(s)} for s in stems]
+
+
+class ProcropCad(schema.CropBuilder):
+  """ProCrop's composition-aware dataset (CAD) format."""
+
+  DISABLE_SHUFFLING = True  # Keep the photo-grouped order (see the module docstring).
+  DESCRIPTION = (
+      "Weakly-labelled cropping data in the format of ProCrop's CAD set: professional "
+      "photos placed in larger out-painted canvases; the first box (the pseudo-label) "
+      "is where the original photo sits. Boxes are x1y1x2y2 in pixels and normalised.")
+  HOMEPAGE = "https://bwgzk-keke.github.io/ProCrop/"
+  CITATION = r"""@inproceedings{zhang2026procrop,
+  title     = {ProCrop: Learning Aesthetic Image Cropping from Professional Compositions},
+  author    = {Zhang, Ke and Ding, Tianyu and Jiang, Jiachen and Chen, Tianyi and
+               Zharkov, Ilya and Patel, Vishal M. and Liang, Luming},
+  booktitle = {AAAI Conference on Artificial Intelligence},
+  year      = {2026},
+  note      = {arXiv:2505.22490}
+}"""
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """
+  Either download ProCrop's released CAD set (linked from
+  https://bwgzk-keke.github.io/ProCrop/) and place its `images/` and `annotations/` in
+  the manual directory, or generate a set from your own professional photos with
+  `python -m procrop_jax.cad.generate --source=<photo folder> --out=<manual dir>`.
+  The embedded default generates one from scikit-image's photos on first use.
+  """
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    root = self._manual_dir(dl_manager)
+    if not (root / "annotations").is_dir():
+      raise FileNotFoundError(f"{root / 'annotations'} not found.\n"
+                              f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    entries = list_examples(root)
+    # Parse every annotation before reading an image: a malformed file stops the build
+    # at once, naming the file and line.
+    for entry in entries:
+      if entry["annotation"] is not None:
+        entry["boxes_px"], entry["scores"] = schema.parse_yxyx_lines(entry["annotation"])
+    return {"train": self._generate_examples(entries, "train")}
+
+  def _generate_examples(self, entries: list[dict[str, Any]],
+                         split: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    stats = schema.BuildStats(split)
+
+    def load(entry):
+      stem = entry["stem"]
+      if entry["annotation"] is None:
+        stats.entry()
+        stats.skip("missing_annotation", stem)
+        return stem, None
+      return stem, schema.build_example(
+          stem, schema.read_bytes(entry["image"]), entry["boxes_px"], entry["scores"],
+          stats, require_first_box=True)
+
+    yield from self._counted(split, schema.ordered_map(load, entries, workers=self.WORKERS),
+                             stats)

@@ -1,0 +1,447 @@
+"""tf.data input pipeline: prepared TFDS datasets -> host-local numpy batches -> global arrays.
+
+Reading. Datasets are stored as ArrayRecord (the builders' default), read with
+`tfds.data_source` for random access. Training visits, in epoch e, the host's examples
+in the order of a permutation seeded by (seed, e) (`tf.random.experimental.
+index_shuffle`, O(1) per position), and every random choice of the augmentation is a
+stateless function of (seed, position). A run is therefore a pure function of the
+seed, and starting at step s seeks straight to position s * local_batch_size: nothing
+before it is read or decoded. Batches run across epoch boundaries.
+
+Sharding. Each host reads its own slice of the split (`tfds.split_for_jax_process`) and
+yields a local batch of global_batch_size / process_count examples;
+`to_global_arrays` assembles the global `jax.Array`s for the mesh.
+
+Examples. Decoded (JPEG's DCT scaling skips detail that the resize would discard),
+for training augmented (random crop that keeps the target box, horizontal flip, colour
+jitter), resized so the longer side is `image_size` and padded at the bottom and right
+to an `image_size` square, boxes sorted by score and padded to `max_boxes` with a
+mask. The batch is the dict of AGENTS_CONTRACT.md:
+
+  image           float32 [B, S, S, 3]  in [0, 1], content at the top-left
+  image_valid_hw  float32 [B, 2]        (h, w) of the content / S
+  image_size      int32   [B, 2]        (height, width) of the (cropped) source, pixels
+  boxes           float32 [B, M, 4]     x1y1x2y2 normalised by the (cropped) source
+  box_scores      float32 [B, M]
+  box_mask        bool    [B, M]
+  image_id        bytes   [B]           host only
+  valid           bool    [B]           eval only: False for padding examples
+
+The target box of the crop augmentation is the highest-scored box (the first of ties:
+FCDB's crop, CAD's pseudo-label, GAICD's best candidate); boxes that the crop cuts are
+masked out; the target never is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Iterator, Mapping
+
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+HOST_ONLY_KEYS = frozenset({"image_id"})
+# The map functions use TF ops only (no Python control flow on tensors): skipping
+# autograph's conversion makes building a pipeline several times faster.
+_no_autograph = tf.autograph.experimental.do_not_convert
+_DECODE_RATIOS = (1, 2, 4, 8)  # What tf.io.decode_jpeg's DCT scaling supports.
+_SEED_SALT_ORDER = 0x5EED
+_SEED_SALT_AUGMENT = 0xA06
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+  """Training augmentation. Probabilities in [0, 1]; ranges are multiplicative."""
+  crop_probability: float = 0.5
+  flip_probability: float = 0.5
+  brightness_delta: float = 0.1
+  contrast_range: tuple[float, float] = (0.8, 1.25)
+  saturation_range: tuple[float, float] = (0.8, 1.25)
+
+
+NO_AUGMENTATION = Augmentation(crop_probability=0.0, flip_probability=0.0,
+                               brightness_delta=0.0, contrast_range=(1.0, 1.0),
+                               saturation_range=(1.0, 1.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSettings:
+  """What the pipeline needs from `config.data` (read in `from_config` only)."""
+  dataset: str = "procrop_cad"
+  builder_config: str | None = "default"
+  data_dir: str | None = "data/tfds"
+  train_split: str = "train"
+  eval_split: str = "test"
+  image_size: int = 320
+  max_boxes: int = 16
+  augment: bool = True
+  prefetch: int = 2
+
+  @classmethod
+  def from_config(cls, config_data: Any) -> "DataSettings":
+    """Reads an ml_collections `config.data` (or any object with those attributes)."""
+    values = {}
+    for field in dataclasses.fields(cls):
+      if hasattr(config_data, field.name) or (isinstance(config_data, Mapping)
+                                              and field.name in config_data):
+        values[field.name] = (config_data[field.name] if isinstance(config_data, Mapping)
+                              else getattr(config_data, field.name))
+    return cls(**values)
+
+
+# ------------------------------------------------------------------------- source
+
+
+def load_builder(settings: DataSettings) -> tfds.core.DatasetBuilder:
+  """The prepared builder; raises if it is not prepared."""
+  import procrop_jax.datasets  # pylint: disable=g-import-not-at-top,unused-import  (registers)
+  builder = tfds.builder(settings.dataset, config=settings.builder_config or None,
+                         data_dir=settings.data_dir)
+  if not builder.is_prepared():
+    raise FileNotFoundError(
+        f"{settings.dataset}/{settings.builder_config} is not prepared in "
+        f"{settings.data_dir}: run procrop_jax.datasets.prepare.ensure_dataset first "
+        "(see data/README.md).")
+  return builder
+
+
+def open_source(builder: tfds.core.DatasetBuilder, split: str):
+  """A random-access source of the serialized examples of `split`."""
+  try:
+    return builder.as_data_source(split, deserialize_method=tfds.decode.DeserializeMethod
+                                  .RAW_BYTES)
+  except (NotImplementedError, ValueError) as e:
+    raise ValueError(
+        f"{builder.name} in {builder.data_dir} is stored as {builder.info.file_format}; "
+        "the input pipeline needs random access: rebuild it with "
+        "--file_format=array_record (the default of procrop_jax's builders) or run "
+        "`tfds convert_format --out_file_format=array_record`.") from e
+
+
+def _fetch_fn(source):
+  def fetch(indices: np.ndarray) -> np.ndarray:
+    records = source.__getitems__([int(i) for i in indices])
+    return np.array(records, dtype=object)
+  return fetch
+
+
+def _serialized(source, indices: tf.data.Dataset, chunk: int = 16) -> tf.data.Dataset:
+  """Maps a dataset of (index, ...) tuples to (serialized example, ...)."""
+  fetch = _fetch_fn(source)
+
+  @_no_autograph
+
+  def read(index, *rest):
+    records = tf.numpy_function(fetch, [index], tf.string, stateful=False)
+    records.set_shape(index.shape)
+    return (records, *rest)
+
+  # Batched reads amortise the Python call; one reader thread keeps the
+  # ArrayRecord reader single-threaded.
+  return indices.batch(chunk).map(read, num_parallel_calls=1).unbatch()
+
+
+# ------------------------------------------------------------------- one example
+
+
+def parse(serialized: tf.Tensor, features: tfds.features.FeaturesDict) -> dict[str, tf.Tensor]:
+  """The example's features, with the image still encoded."""
+  return features.deserialize_example(
+      serialized, decoders={"image": tfds.decode.SkipDecoding()})
+
+
+def decode_image(encoded: tf.Tensor, source_hw: tf.Tensor, *, image_size: int,
+                 oversample: float) -> tf.Tensor:
+  """Decodes a JPEG at the smallest DCT scale whose longer side is >= oversample * S."""
+  longer = tf.cast(tf.reduce_max(source_hw), tf.float32)
+  target = float(image_size) * oversample
+  branch = tf.constant(0)
+  for i, ratio in enumerate(_DECODE_RATIOS[1:], start=1):
+    branch = tf.where(longer / ratio >= target, i, branch)
+  return tf.switch_case(branch, [
+      (lambda r=r: tf.io.decode_jpeg(encoded, channels=3, ratio=r))
+      for r in _DECODE_RATIOS
+  ])
+
+
+def _sort_and_pad(boxes, scores, valid, max_boxes):
+  """Valid boxes first, by descending score (stable), truncated/padded to max_boxes."""
+  key = tf.where(valid, scores, tf.fill(tf.shape(scores), -np.inf))
+  order = tf.argsort(key, direction="DESCENDING", stable=True)[:max_boxes]
+  boxes, scores, valid = (tf.gather(boxes, order), tf.gather(scores, order),
+                          tf.gather(valid, order))
+  pad = max_boxes - tf.shape(order)[0]
+  boxes = tf.pad(boxes, [[0, pad], [0, 0]])
+  scores = tf.pad(scores, [[0, pad]])
+  valid = tf.pad(valid, [[0, pad]])
+  boxes = tf.where(valid[:, None], boxes, 0.0)
+  scores = tf.where(valid, scores, 0.0)
+  return (tf.ensure_shape(boxes, [max_boxes, 4]), tf.ensure_shape(scores, [max_boxes]),
+          tf.ensure_shape(valid, [max_boxes]))
+
+
+def preprocess(example: Mapping[str, tf.Tensor], *, seed: tf.Tensor | None, image_size: int,
+               max_boxes: int, augment: Augmentation = NO_AUGMENTATION,
+               image: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+  """Turns one parsed example into the batch layout (without the batch axis).
+
+  Args:
+    example: features as parsed by `parse` ("image" encoded) or with a decoded
+      uint8 "image" when `image` is given.
+    seed: int64 [2] stateless seed of this example's augmentation (None: no
+      augmentation).
+    image_size: S.
+    max_boxes: M.
+    augment: the augmentation (ignored when seed is None).
+    image: the decoded uint8 [H, W, 3] image (default: decode example["image"]).
+  """
+  source_hw = tf.cast(example["image_size"], tf.int32)
+  if image is None:
+    image = decode_image(example["image"], source_hw, image_size=image_size,
+                         oversample=1.5 if seed is not None else 1.0)
+  boxes = tf.reshape(tf.cast(example["boxes"], tf.float32), [-1, 4])
+  scores = tf.reshape(tf.cast(example["box_scores"], tf.float32), [-1])
+  valid = tf.ones(tf.shape(scores), tf.bool)
+  shape = tf.shape(image)
+  height, width = shape[0], shape[1]
+  h_f, w_f = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+  out_hw = tf.cast(source_hw, tf.float32)
+
+  if seed is not None:
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    # Target: the best-scored box, first of ties; the whole image when there is none.
+    best = tf.argsort(scores, direction="DESCENDING", stable=True)[:1]
+    target = tf.reshape(tf.concat([tf.gather(boxes, best), [[0.0, 0.0, 1.0, 1.0]]], 0)[0],
+                        [4])
+    u = tf.random.stateless_uniform([4], seeds[0])
+    crop = tf.random.stateless_uniform([], seeds[1]) < augment.crop_probability
+    window = tf.stack([u[0] * target[0], u[1] * target[1],
+                       target[2] + u[2] * (1.0 - target[2]),
+                       target[3] + u[3] * (1.0 - target[3])])
+    window = tf.where(crop, window, tf.constant([0.0, 0.0, 1.0, 1.0]))
+    # Round outwards so that the target stays inside the pixel window.
+    x1 = tf.clip_by_value(tf.cast(tf.floor(window[0] * w_f), tf.int32), 0, width - 1)
+    y1 = tf.clip_by_value(tf.cast(tf.floor(window[1] * h_f), tf.int32), 0, height - 1)
+    x2 = tf.clip_by_value(tf.cast(tf.math.ceil(window[2] * w_f), tf.int32), x1 + 1, width)
+    y2 = tf.clip_by_value(tf.cast(tf.math.ceil(window[3] * h_f), tf.int32), y1 + 1, height)
+    image = image[y1:y2, x1:x2]
+    cw, ch = tf.cast(x2 - x1, tf.float32), tf.cast(y2 - y1, tf.float32)
+    boxes = (boxes * tf.stack([w_f, h_f, w_f, h_f])
+             - tf.cast(tf.stack([x1, y1, x1, y1]), tf.float32)) / tf.stack([cw, ch, cw, ch])
+    eps = 1e-3
+    inside = tf.reduce_all((boxes[:, :2] >= -eps) & (boxes[:, 2:] <= 1.0 + eps), axis=1)
+    valid &= inside
+    boxes = tf.clip_by_value(boxes, 0.0, 1.0)
+    out_hw = tf.round(out_hw * tf.stack([ch / h_f, cw / w_f]))
+
+    flip = tf.random.stateless_uniform([], seeds[2]) < augment.flip_probability
+    image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
+    boxes = tf.where(flip, tf.stack([1.0 - boxes[:, 2], boxes[:, 1], 1.0 - boxes[:, 0],
+                                     boxes[:, 3]], axis=1), boxes)
+
+  # Resize so that the longer side is S; keep the aspect ratio.
+  shape = tf.shape(image)
+  h_f, w_f = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+  scale = float(image_size) / tf.maximum(h_f, w_f)
+  new_h = tf.clip_by_value(tf.cast(tf.round(h_f * scale), tf.int32), 1, image_size)
+  new_w = tf.clip_by_value(tf.cast(tf.round(w_f * scale), tf.int32), 1, image_size)
+  image = tf.image.resize(tf.cast(image, tf.float32) / 255.0, tf.stack([new_h, new_w]),
+                          method="bilinear", antialias=True)
+
+  if seed is not None:
+    image = _colour_jitter(image, seeds[3], augment)
+  image = tf.clip_by_value(image, 0.0, 1.0)
+  image = tf.pad(image, [[0, image_size - new_h], [0, image_size - new_w], [0, 0]])
+  image = tf.ensure_shape(image, [image_size, image_size, 3])
+
+  boxes, scores, mask = _sort_and_pad(boxes, scores, valid, max_boxes)
+  return {
+      "image": image,
+      "image_valid_hw": tf.cast(tf.stack([new_h, new_w]), tf.float32) / float(image_size),
+      "image_size": tf.cast(out_hw, tf.int32),
+      "boxes": boxes,
+      "box_scores": scores,
+      "box_mask": mask,
+      "image_id": example["image_id"],
+  }
+
+
+def _colour_jitter(image: tf.Tensor, seed: tf.Tensor, augment: Augmentation) -> tf.Tensor:
+  """Brightness, contrast and saturation jitter, as cheap per-pixel blends.
+
+  (tf.image's saturation goes through HSV and costs as much as the resize.)
+  """
+  u = tf.random.stateless_uniform([3], seed)
+  brightness = (2.0 * u[0] - 1.0) * augment.brightness_delta
+  log_lo, log_hi = np.log(augment.contrast_range)
+  contrast = tf.exp(log_lo + u[1] * (log_hi - log_lo))
+  log_lo, log_hi = np.log(augment.saturation_range)
+  saturation = tf.exp(log_lo + u[2] * (log_hi - log_lo))
+  gray = tf.reduce_sum(image * tf.constant([0.299, 0.587, 0.114]), axis=-1, keepdims=True)
+  image = gray + saturation * (image - gray)
+  mean = tf.reduce_mean(gray)
+  return mean + contrast * (image - mean) + brightness
+
+
+# ------------------------------------------------------------------------ datasets
+
+
+def _options() -> tf.data.Options:
+  options = tf.data.Options()
+  options.deterministic = True
+  options.autotune.enabled = True
+  return options
+
+
+def local_batch_size(global_batch_size: int) -> int:
+  if global_batch_size % jax.process_count():
+    raise ValueError(f"global batch size {global_batch_size} is not divisible by the "
+                     f"{jax.process_count()} processes")
+  return global_batch_size // jax.process_count()
+
+
+def create_train_dataset(settings: DataSettings, *, seed: int, batch_size: int,
+                         start_step: int = 0, augment: Augmentation | None = None,
+                         num_parallel_calls: int = tf.data.AUTOTUNE) -> tf.data.Dataset:
+  """The (infinite) training tf.data.Dataset of this host's local batches.
+
+  Args:
+    settings: data settings.
+    seed: the run's seed; the order and the augmentation are functions of it.
+    batch_size: the local batch size.
+    start_step: the first batch to produce (resume): seeks, reads nothing before it.
+    augment: the augmentation; default `Augmentation()` if settings.augment, else none.
+    num_parallel_calls: parallelism of decoding and augmentation.
+  """
+  builder = load_builder(settings)
+  split = tfds.split_for_jax_process(settings.train_split, drop_remainder=True)
+  source = open_source(builder, split)
+  n = len(source)
+  if n == 0:
+    raise ValueError(f"split {split!r} of {builder.name} is empty on this host")
+  if augment is None:
+    augment = Augmentation() if settings.augment else NO_AUGMENTATION
+  features = builder.info.features
+  seed_order = tf.constant(seed ^ _SEED_SALT_ORDER, tf.int64)
+  seed_augment = tf.constant(seed ^ _SEED_SALT_AUGMENT, tf.int64)
+
+  @_no_autograph
+
+  def position_to_index(position):
+    epoch, offset = position // n, position % n
+    index = tf.random.experimental.index_shuffle(
+        offset, tf.stack([seed_order, epoch]), tf.constant(n - 1, tf.int64))
+    return index, position
+
+  @_no_autograph
+
+  def process(serialized, position):
+    example = parse(serialized, features)
+    return preprocess(example, seed=tf.stack([seed_augment, position]),
+                      image_size=settings.image_size, max_boxes=settings.max_boxes,
+                      augment=augment)
+
+  start = int(start_step) * batch_size
+  positions = tf.data.Dataset.range(start, np.iinfo(np.int64).max)
+  ds = _serialized(source, positions.map(position_to_index))
+  ds = ds.map(process, num_parallel_calls=num_parallel_calls, deterministic=True)
+  ds = ds.batch(batch_size, drop_remainder=True)
+  return ds.prefetch(settings.prefetch or tf.data.AUTOTUNE).with_options(_options())
+
+
+def create_eval_dataset(settings: DataSettings, *, batch_size: int,
+                        split: str | None = None, max_boxes: int | None = None,
+                        num_parallel_calls: int = tf.data.AUTOTUNE) -> tf.data.Dataset:
+  """One pass over this host's slice of the eval split, padded to full batches.
+
+  Every host yields the same number of batches (what the largest slice needs); the
+  padding examples have `valid` False, a zero image and no boxes.
+
+  Args:
+    settings: data settings.
+    batch_size: the local batch size.
+    split: default settings.eval_split.
+    max_boxes: default settings.max_boxes (GAICD's ~90 candidates need 128).
+    num_parallel_calls: parallelism of decoding.
+  """
+  builder = load_builder(settings)
+  split = split or settings.eval_split
+  total = builder.info.splits[split].num_examples
+  host_split = tfds.split_for_jax_process(split, drop_remainder=False)
+  source = open_source(builder, host_split)
+  n = len(source)
+  per_host = math.ceil(total / jax.process_count())
+  num_batches = max(1, math.ceil(per_host / batch_size))
+  max_boxes = max_boxes or settings.max_boxes
+  features = builder.info.features
+
+  @_no_autograph
+
+  def position_to_index(position):
+    return tf.minimum(position, max(n - 1, 0)), position < n
+
+  @_no_autograph
+
+  def process(serialized, valid):
+    example = preprocess(parse(serialized, features), seed=None,
+                         image_size=settings.image_size, max_boxes=max_boxes)
+    example["image"] = tf.where(valid, example["image"], 0.0)
+    example["box_mask"] = example["box_mask"] & valid
+    example["valid"] = valid
+    return example
+
+  if n == 0:
+    raise ValueError(f"split {host_split!r} of {builder.name} is empty on this host")
+  positions = tf.data.Dataset.range(num_batches * batch_size)
+  ds = _serialized(source, positions.map(position_to_index))
+  ds = ds.map(process, num_parallel_calls=num_parallel_calls, deterministic=True)
+  ds = ds.batch(batch_size, drop_remainder=True)
+  return ds.prefetch(settings.prefetch or tf.data.AUTOTUNE).with_options(_options())
+
+
+def create_train_iterator(config_data: Any, *, seed: int, global_batch_size: int,
+                          start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  """Host-local numpy training batches, forever; resumable at `start_step`.
+
+  Args:
+    config_data: `config.data`.
+    seed: the run's seed.
+    global_batch_size: the batch over all hosts; each host yields its share.
+    start_step: the step of the first batch (e.g. the restored checkpoint's step).
+
+  Returns:
+    An iterator of batch dicts (see the module docstring).
+  """
+  settings = DataSettings.from_config(config_data)
+  ds = create_train_dataset(settings, seed=seed,
+                            batch_size=local_batch_size(global_batch_size),
+                            start_step=start_step)
+  return ds.as_numpy_iterator()
+
+
+def create_eval_iterator(config_data: Any, *, global_batch_size: int,
+                         split: str | None = None, max_boxes: int | None = None
+                         ) -> Iterator[dict[str, np.ndarray]]:
+  """Host-local numpy eval batches, one pass in a fixed order, with a `valid` mask.
+
+  Call again for another pass. `split` defaults to config_data.eval_split and
+  `max_boxes` to config_data.max_boxes.
+  """
+  settings = DataSettings.from_config(config_data)
+  ds = create_eval_dataset(settings, batch_size=local_batch_size(global_batch_size),
+                           split=split, max_boxes=max_boxes)
+  return ds.as_numpy_iterator()
+
+
+def to_global_arrays(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh,
+                     data_axis: str | tuple[str, ...] = "data") -> dict[str, jax.Array]:
+  """Assembles each host's local batch into global arrays split over `data_axis`.
+
+  Host-only keys (`HOST_ONLY_KEYS`, e.g. image_id) are dropped.
+  """
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(data_axis))
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch.items() if k not in HOST_ONLY_KEYS}
