@@ -29,14 +29,31 @@ from procrop_jax.datasets import prepare  # pylint: disable=g-import-not-at-top
 from procrop_jax.datasets import schema  # pylint: disable=g-import-not-at-top
 
 
-def pipeline_rate(config_data, *, batch_size: int, steps: int) -> float:
+class Timer:
+  """Wall and process CPU time: on a shared machine, CPU time is the stable figure."""
+
+  def __enter__(self):
+    self.wall, self.cpu = time.perf_counter(), time.process_time()
+    return self
+
+  def __exit__(self, *unused):
+    self.wall = time.perf_counter() - self.wall
+    self.cpu = time.process_time() - self.cpu
+
+  def __str__(self):
+    return f"{self.wall:.1f} s wall, {self.cpu:.1f} s CPU"
+
+
+def pipeline_rate(config_data, *, batch_size: int, steps: int) -> str:
   iterator = input_pipeline.create_train_iterator(config_data, seed=0,
                                                   global_batch_size=batch_size)
   next(iterator)  # Warm-up: graph building and the first fills.
-  start = time.perf_counter()
-  for _ in range(steps):
-    next(iterator)
-  return steps * batch_size / (time.perf_counter() - start)
+  with Timer() as timer:
+    for _ in range(steps):
+      next(iterator)
+  n = steps * batch_size
+  return (f"{n / timer.wall:.1f} examples/s ({n / timer.cpu:.1f} examples per CPU-second; "
+          f"{timer})")
 
 
 def main():
@@ -47,44 +64,43 @@ def main():
   parser.add_argument("--batch_size", type=int, default=8)
   parser.add_argument("--workers", type=int, default=2)
   args = parser.parse_args()
-  print(f"CPU cores visible: {os.cpu_count()}; load average: {os.getloadavg()}")
+  print(f"CPU cores: {os.cpu_count()}; load average before: {os.getloadavg()}")
 
   with tempfile.TemporaryDirectory() as tmp:
     tmp = pathlib.Path(tmp)
     # CAD generation from scikit-image's photos (the embedded default's data).
     config = default.get_config()
-    report = cad.generate_cad("skimage", tmp / "cad", variants_per_photo=8,
-                              workers=args.workers, progress=False)
-    print(f"CAD generation: {report.written} images in {report.seconds:.1f} s = "
-          f"{report.images_per_second:.2f} images/s ({args.workers} workers)")
+    with Timer() as timer:
+      report = cad.generate_cad("skimage", tmp / "cad", variants_per_photo=8,
+                                workers=args.workers, progress=False)
+    print(f"CAD generation: {report.written} images, {timer} = "
+          f"{report.images_per_second:.2f} images/s ({args.workers} workers; "
+          f"{timer.cpu / max(report.written, 1):.3f} CPU-s per image)")
 
     config.data.data_dir = str(tmp / "tfds")
     config.data.manual_dir = str(tmp / "cad")
-    start = time.perf_counter()
-    prepare.ensure_dataset(config.data, config.cad)
-    print(f"procrop_cad build ({report.written} images): "
-          f"{time.perf_counter() - start:.1f} s")
+    with Timer() as timer:
+      prepare.ensure_dataset(config.data, config.cad)
+    print(f"procrop_cad build ({report.written} images): {timer}")
     rate = pipeline_rate(config.data, batch_size=args.batch_size, steps=args.steps)
-    print(f"Pipeline, procrop_cad, {config.data.image_size} px, augmented: "
-          f"{rate:.1f} examples/s")
+    print(f"Pipeline, procrop_cad, {config.data.image_size} px, augmented: {rate}")
 
     fcdb_dir = pathlib.Path(args.fcdb_dir)
     if (fcdb_dir / "cropping_training_set.json").exists():
-      start = time.perf_counter()
-      builder = fcdb.Fcdb(data_dir=str(tmp / "tfds"))
-      builder.download_and_prepare(
-          download_config=tfds.download.DownloadConfig(manual_dir=str(fcdb_dir)))
-      seconds = time.perf_counter() - start
+      with Timer() as timer:
+        builder = fcdb.Fcdb(data_dir=str(tmp / "tfds"))
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=str(fcdb_dir)))
       counts = schema.build_report(builder)["train"]
-      print(f"FCDB build: {seconds:.1f} s for {counts['entries']} entries "
+      print(f"FCDB build: {timer} for {counts['entries']} entries "
             f"({counts['kept']} kept, skipped {counts['skipped']})")
       config.data.dataset = "fcdb"
       config.data.train_split = "train"
       rate = pipeline_rate(config.data, batch_size=args.batch_size, steps=args.steps)
-      print(f"Pipeline, fcdb, {config.data.image_size} px, augmented: "
-            f"{rate:.1f} examples/s")
+      print(f"Pipeline, fcdb, {config.data.image_size} px, augmented: {rate}")
     else:
       print(f"FCDB: {fcdb_dir} not found, skipped")
+  print(f"Load average after: {os.getloadavg()}")
 
 
 if __name__ == "__main__":
