@@ -231,3 +231,25 @@ def test_missing_dataset_says_how_to_prepare(tmp_path):
   config.data_dir = str(tmp_path / "empty")
   with pytest.raises(FileNotFoundError, match="ensure_dataset"):
     input_pipeline.create_train_iterator(config, seed=0, global_batch_size=8)
+
+
+def test_example_without_boxes_gets_an_empty_mask():
+  example = {
+      "image_size": tf.constant([30, 40], tf.int32),
+      "boxes": tf.zeros([0, 4]),
+      "box_scores": tf.zeros([0]),
+      "image_id": tf.constant("photo"),
+  }
+  image = tf.constant(np.full((30, 40, 3), 200, np.uint8))
+  for seed in (None, tf.constant([1, 2], tf.int64)):
+    out = input_pipeline.preprocess(example, seed=seed, image_size=32, max_boxes=3,
+                                    image=image, augment=input_pipeline.Augmentation())
+    assert out["boxes"].shape == (3, 4) and not out["box_mask"].numpy().any()
+    assert out["image"].shape == (32, 32, 3)
+
+
+def test_settings_read_from_a_dict():
+  settings = input_pipeline.DataSettings.from_config(
+      {"dataset": "fcdb", "image_size": 128, "unrelated": 1})
+  assert settings.dataset == "fcdb" and settings.image_size == 128
+  assert settings.max_boxes == input_pipeline.DataSettings().max_boxes
