@@ -8,7 +8,8 @@ compiles and runs it `warmup` times, then times repeated calls (each waited on w
 block_until_ready) until `min_seconds` have passed and at least `min_iters` calls were made.
 Reported: the median and minimum wall milliseconds per batch, the median per image, images/s,
 the CPU time per image summed over this process's threads (the steadier figure when other
-processes share the CPU), the compile time, the device, and the 1-minute load average. Weights are random: speed does not depend on them.
+processes share the CPU), the compile time, the device, and the 1-minute load average.
+Weights are random: speed does not depend on them.
 """
 
 import json

@@ -1,4 +1,4 @@
-"""EfficientNet-Lite backbone: ImageNet weights classify real photos, shapes, loader errors, cache."""
+"""EfficientNet-Lite: ImageNet weights classify real photos; shapes, loader errors, cache."""
 
 import importlib
 

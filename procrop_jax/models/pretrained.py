@@ -93,7 +93,10 @@ def path_to_torch_key(path: str) -> str:
 
 
 def _to_nnx_layout(array: np.ndarray) -> np.ndarray:
-  """OIHW conv kernels (depthwise: [C, 1, kh, kw]) -> HWIO ([kh, kw, 1, C]); [out, in] -> [in, out]."""
+  """Torch -> NNX layout.
+
+  Conv OIHW -> HWIO (depthwise [C, 1, kh, kw] -> [kh, kw, 1, C]); linear [out, in] -> [in, out].
+  """
   if array.ndim == 4:
     return array.transpose(2, 3, 1, 0)
   if array.ndim == 2:
