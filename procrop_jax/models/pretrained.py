@@ -19,6 +19,7 @@ import tempfile
 import warnings
 
 from flax import nnx
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -179,7 +180,11 @@ def apply_params(model: nnx.Module, params: dict[str, np.ndarray], *, source: st
         lines += [f"    {item}" for item in items]
     raise PretrainedMismatchError("\n".join(lines))
   for path, var in variables.items():
-    var.set_value(jnp.asarray(params[path], dtype=var.get_value().dtype))
+    old = var.get_value()
+    value = np.asarray(params[path], dtype=old.dtype)
+    # Keep the placement of already-sharded parameters (e.g. after a sharded jitted init).
+    var.set_value(jax.device_put(value, old.sharding) if isinstance(old, jax.Array)
+                  else jnp.asarray(value))
 
 
 def load_torch_state_dict(model: nnx.Module, state_dict: dict[str, np.ndarray], *,
