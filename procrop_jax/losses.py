@@ -89,7 +89,9 @@ def layer_loss(outputs: Mapping[str, jax.Array], targets: Mapping[str, jax.Array
   l1 = jnp.abs(matched_cxcywh - box_ops.xyxy_to_cxcywh(gt)).sum(-1)
   giou = box_ops.generalized_box_iou(box_ops.cxcywh_to_xyxy(matched_cxcywh), gt)
 
-  score_target = score_targets(pred_xyxy, query_idx, targets, soft_label_iou=cfg["soft_label_iou"])
+  # Overlaps for the soft targets use the boxes as the model reports them (clipped to the image).
+  score_target = score_targets(jnp.clip(pred_xyxy, 0.0, 1.0), query_idx, targets,
+                               soft_label_iou=cfg["soft_label_iou"])
   focal = sigmoid_focal_loss(outputs["logits"], score_target, alpha=cfg["focal_alpha"],
                              gamma=cfg["focal_gamma"])
   return {

@@ -1,0 +1,332 @@
+"""ProCrop (arXiv 2505.22490): crop proposals guided by retrieved professional compositions.
+
+EfficientNet-Lite features (stride 32, optionally fused with stride 16) -> d_model tokens with
+2-D sine positions -> transformer encoder -> fusion with the K retrieved professional photos'
+reference tokens -> Conditional-DETR decoder with N crop queries, each predicting a crop box and
+a sigmoid score.
+
+Image tokens live on the padded S x S canvas (image at the top-left): tokens that cover only
+padding are masked out of encoder attention and decoder cross-attention, and every position
+(token encodings, anchors, predicted boxes) is in image coordinates, 1.0 = the image's edge.
+
+Queries. Each crop query is an anchor box (cx, cy, w, h) plus a content vector that starts at
+zero (Conditional DETR's decoder input). The anchor gives the query's positional embedding (an
+MLP of its sine embedding) and its reference point (cx, cy), from which the conditional spatial
+query is built. The N learned queries have learned anchors and predict their box as an offset to
+the anchor in logit space. User-given boxes (`query_boxes`) go through exactly the same path as
+anchors, with the box kept fixed, and get a score each: this is how candidate crops are ranked
+(GAIC-style benchmarks, aspect-constrained cropping). They are appended to the learned queries
+and attend to them but not to each other, so a box's score does not depend on the other
+candidates. Making the learned part of a query its anchor box, rather than a free embedding, is
+what keeps this scoring path the one training shapes (a given box is just another anchor).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+
+from procrop_jax import box_ops
+from procrop_jax.models import efficientnet_lite
+from procrop_jax.models import position_encoding
+from procrop_jax.models import transformer
+
+FUSIONS = ("concat_mlp", "cross_attention")
+# The score head starts at this probability for every query (focal-loss practice, RetinaNet).
+_PRIOR_PROB = 0.01
+
+
+def _inverse_sigmoid(x: jax.Array, eps: float = 1e-5) -> jax.Array:
+  x = jnp.clip(x, eps, 1 - eps)
+  return jnp.log(x / (1 - x))
+
+
+class ReferenceEncoder(nnx.Module):
+  """Reference tokens [B, K, T, C_ref] -> [B, K * T, d_model]: LayerNorm, Linear, plus a learned
+  embedding per (reference, token) so the fusion knows which photo and which cell a token is."""
+
+  def __init__(self, in_channels: int, d_model: int, num_references: int, num_tokens: int, *,
+               rngs: nnx.Rngs):
+    self.norm = nnx.LayerNorm(in_channels, epsilon=1e-5, rngs=rngs)
+    self.proj = nnx.Linear(in_channels, d_model, rngs=rngs)
+    self.embed = nnx.Param(
+        nnx.initializers.normal(0.02)(rngs.params(), (num_references, num_tokens, d_model)))
+
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    x = self.proj(self.norm(tokens.astype(jnp.float32))) + self.embed[...]
+    return x.reshape(x.shape[0], -1, x.shape[-1])
+
+
+class ConcatMLPFusion(nnx.Module):
+  """The paper's fusion: [image tokens; reference tokens] -> token-mixing MLP -> image tokens.
+
+  The concatenated sequence (N_img + K * T tokens) is mapped back to N_img tokens by an MLP along
+  the token axis (LayerNorm over channels, Linear, ReLU, Dropout, Linear), then ReLU and
+  LayerNorm. Tokens on padding are zeroed before mixing, so padding contributes nothing, and
+  zeroed again after (they stay masked in the decoder).
+  """
+
+  def __init__(self, d_model: int, num_image_tokens: int, num_reference_tokens: int,
+               dropout: float, *, rngs: nnx.Rngs):
+    n_in = num_image_tokens + num_reference_tokens
+    self.num_image_tokens = num_image_tokens
+    self.norm = nnx.LayerNorm(d_model, epsilon=1e-5, rngs=rngs)
+    self.fc1 = nnx.Linear(n_in, n_in, rngs=rngs)
+    self.dropout = nnx.Dropout(dropout, rngs=rngs)
+    self.fc2 = nnx.Linear(n_in, num_image_tokens, rngs=rngs)
+    self.out_norm = nnx.LayerNorm(d_model, epsilon=1e-5, rngs=rngs)
+
+  def __call__(self, x: jax.Array, mask: jax.Array, refs: jax.Array, *,
+               train: bool = False) -> jax.Array:
+    keep = jnp.concatenate([mask, jnp.ones(refs.shape[:2], bool)], axis=1)[..., None]
+    z = self.norm(jnp.concatenate([x, refs], axis=1)) * keep
+    z = jnp.swapaxes(z, 1, 2)  # [B, D, tokens]: mix along the token axis.
+    z = self.fc2(self.dropout(jax.nn.relu(self.fc1(z)), deterministic=not train))
+    z = self.out_norm(jax.nn.relu(jnp.swapaxes(z, 1, 2)))
+    return z * mask[..., None]
+
+
+class ProCrop(nnx.Module):
+  """The ProCrop crop proposer. See the module docstring.
+
+  Constructor: `ProCrop(model_config, *, image_size=320, tokens_grid=4, rngs)`, or
+  `ProCrop.from_config(config, rngs=...)` which reads config.model, config.data.image_size and
+  config.retrieval.tokens_grid. `image_size` (the padded canvas side S) fixes the number of image
+  tokens, ceil(S / 32) ** 2, which the concat_mlp fusion's token-mixing layers depend on (other
+  variants run at any size).
+  ImageNet weights are not loaded here: call `pretrained.load_pretrained(model.backbone, ...)`.
+  """
+
+  def __init__(self, model_config: Mapping[str, Any], *, image_size: int = 320,
+               tokens_grid: int = 4, rngs: nnx.Rngs):
+    cfg = model_config
+    d = cfg["d_model"]
+    if d % 4 or d % cfg["num_heads"]:
+      raise ValueError(f"d_model={d} must be a multiple of 4 and of num_heads="
+                       f"{cfg['num_heads']}")
+    if cfg["fusion"] not in FUSIONS:
+      raise ValueError(f"config.model.fusion={cfg['fusion']!r}: use one of {FUSIONS}")
+    self.d_model = d
+    self.num_heads = cfg["num_heads"]
+    self.num_queries = cfg["num_queries"]
+    self.num_references = cfg["num_references"]
+    self.fusion_type = cfg["fusion"]
+    self.use_stride16 = cfg["use_stride16"]
+    self.image_size = image_size
+    self.tokens_grid = tokens_grid
+    self.grid = math.ceil(image_size / 32)  # Backbone convs are "SAME": ceil at every stride.
+    dropout = cfg["dropout"]
+    # Dropout layers draw from a stream tagged "dropout", so `nnx.reseed(model, dropout=key)`
+    # reaches them whatever streams the caller's Rngs has.
+    try:
+      drop_key = rngs.dropout()
+    except (AttributeError, KeyError):  # An Rngs with only a "params" stream.
+      drop_key = rngs.params()
+    drop_rngs = nnx.Rngs(dropout=drop_key)
+
+    # Backbone and input projection.
+    self.backbone = efficientnet_lite.EfficientNetLite(
+        cfg["backbone"], rngs=rngs, frozen_bn=cfg["freeze_backbone_bn"])
+    channels = self.backbone.feature_channels
+    self.input_proj = nnx.Linear(channels["stride32"], d, rngs=rngs)  # A 1x1 convolution.
+    self.stride16_proj = (nnx.Conv(channels["stride16"], d, (3, 3), strides=2, padding="SAME",
+                                   rngs=rngs) if self.use_stride16 else None)
+    self.input_norm = nnx.LayerNorm(d, epsilon=1e-5, rngs=rngs)
+
+    layer_args = (d, cfg["num_heads"], cfg["mlp_dim"], dropout)
+    self.encoder_layers = nnx.List([
+        transformer.EncoderLayer(*layer_args, rngs=_mixed(rngs, drop_rngs))
+        for _ in range(cfg["num_encoder_layers"])])
+
+    # Fusion with the professional references (absent when K == 0).
+    num_ref_tokens = tokens_grid ** 2
+    if self.num_references > 0:
+      self.reference_encoder = ReferenceEncoder(channels["stride32"], d, self.num_references,
+                                                num_ref_tokens, rngs=rngs)
+      if self.fusion_type == "concat_mlp":
+        self.fusion = ConcatMLPFusion(d, self.grid ** 2, self.num_references * num_ref_tokens,
+                                      dropout, rngs=_mixed(rngs, drop_rngs))
+      else:
+        self.fusion = transformer.CrossAttentionBlock(d, cfg["num_heads"], dropout,
+                                                      rngs=_mixed(rngs, drop_rngs))
+    else:
+      self.reference_encoder = None
+      self.fusion = None
+
+    # Conditional-DETR decoder.
+    key_xy, key_wh = jax.random.split(rngs.params())
+    n = self.num_queries
+    # Anchor centres spread over the image; sizes from half to nearly all of it (crops are big).
+    anchors = jnp.concatenate([jax.random.uniform(key_xy, (n, 2), minval=0.05, maxval=0.95),
+                               jax.random.uniform(key_wh, (n, 2), minval=0.4, maxval=0.9)], -1)
+    self.anchor_logits = nnx.Param(_inverse_sigmoid(anchors))
+    self.anchor_pos = transformer.MLP(2 * d, d, d, 2, rngs=rngs)  # sine(cx,cy,w,h) -> query_pos.
+    self.query_scale = transformer.MLP(d, d, d, 2, rngs=rngs)
+    self.decoder_layers = nnx.List([
+        transformer.ConditionalDecoderLayer(*layer_args, is_first=i == 0,
+                                            rngs=_mixed(rngs, drop_rngs))
+        for i in range(cfg["num_decoder_layers"])])
+    self.decoder_norm = nnx.LayerNorm(d, epsilon=1e-5, rngs=rngs)
+    self.box_head = transformer.MLP(d, d, 4, 3, zero_last=True, rngs=rngs)
+    prior_bias = -math.log((1 - _PRIOR_PROB) / _PRIOR_PROB)
+    self.score_head = nnx.Linear(d, 1, bias_init=nnx.initializers.constant(prior_bias),
+                                 rngs=rngs)
+
+  @classmethod
+  def from_config(cls, config: Mapping[str, Any], *, rngs: nnx.Rngs) -> "ProCrop":
+    """Builds from the full experiment config (model, data.image_size, retrieval.tokens_grid)."""
+    return cls(config["model"], image_size=config["data"]["image_size"],
+               tokens_grid=config["retrieval"]["tokens_grid"], rngs=rngs)
+
+  # ------------------------------------------------------------------------------ image tokens
+  def encode(self, images: jax.Array, image_valid_hw: jax.Array, *,
+             train: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Backbone + projection + encoder: (tokens [B, S, D], positions [B, S, D], mask [B, S])."""
+    feats = self.backbone(images, train=train)
+    x = self.input_proj(feats["stride32"])
+    b, h, w, _ = x.shape
+    # Only the concat_mlp fusion's token mixing needs the token count it was built for.
+    if isinstance(self.fusion, ConcatMLPFusion) and (h, w) != (self.grid, self.grid):
+      raise ValueError(
+          f"ProCrop was built for {self.image_size}px canvases ({self.grid}x{self.grid} tokens) "
+          f"but got images of {images.shape[1]}x{images.shape[2]} ({h}x{w} tokens); build it "
+          "with image_size=config.data.image_size (or ProCrop.from_config).")
+    if self.stride16_proj is not None:
+      x = x + self.stride16_proj(feats["stride16"])
+    x = self.input_norm(x).reshape(b, h * w, self.d_model)
+    mask = position_encoding.token_valid_mask(h, w, image_valid_hw)
+    pos = position_encoding.grid_sine_embedding(h, w, image_valid_hw, self.d_model)
+    for layer in self.encoder_layers:
+      x = layer(x, pos, mask, train=train)
+    return x, pos, mask
+
+  def fuse(self, x: jax.Array, pos: jax.Array, mask: jax.Array,
+           reference_tokens: jax.Array | None, *, train: bool = False) -> jax.Array:
+    """Fuses the image tokens with the reference tokens (a no-op without references)."""
+    if self.fusion is None or reference_tokens is None or reference_tokens.shape[1] == 0:
+      if reference_tokens is not None and reference_tokens.shape[1] and self.fusion is None:
+        raise ValueError("this model was built with num_references=0 but got "
+                         f"reference_tokens of shape {reference_tokens.shape}")
+      return x
+    expected = (self.num_references, self.tokens_grid ** 2,
+                self.backbone.feature_channels["stride32"])
+    if reference_tokens.ndim != 4 or reference_tokens.shape[1:] != expected:
+      raise ValueError(f"reference_tokens must be [B, K, T, C_ref] = [B, {expected[0]}, "
+                       f"{expected[1]}, {expected[2]}], got {reference_tokens.shape}")
+    refs = self.reference_encoder(reference_tokens)
+    if self.fusion_type == "concat_mlp":
+      return self.fusion(x, mask, refs, train=train)
+    return self.fusion(x, pos, refs, train=train)
+
+  # -------------------------------------------------------------------------------- the decoder
+  def decode(self, memory: jax.Array, pos: jax.Array, mask: jax.Array,
+             query_boxes: jax.Array | None = None, *, train: bool = False) -> list[dict]:
+    """Runs the decoder; returns one prediction dict per decoder layer (last = final).
+
+    With `query_boxes` [B, Q, 4], the Q given boxes are appended to the N learned queries as
+    fixed anchors. The learned queries attend only to each other (exactly as without given boxes)
+    and each given box attends to the learned queries and itself, never to the other given
+    boxes: a box's score does not depend on which other candidates are scored with it, and the
+    context it sees is the one training builds. Only the Q given boxes' predictions are returned.
+    """
+    b = memory.shape[0]
+    d = self.d_model
+    n = self.num_queries
+    anchors = jnp.broadcast_to(jax.nn.sigmoid(self.anchor_logits[...]), (b, n, 4))
+    self_attn_mask = None
+    if query_boxes is not None:
+      given = jnp.clip(box_ops.xyxy_to_cxcywh(query_boxes.astype(jnp.float32)), 0.0, 1.0)
+      anchors = jnp.concatenate([anchors, given], axis=1)
+      total = anchors.shape[1]
+      rows = jnp.arange(total)
+      self_attn_mask = (rows[None, :] < n) | (rows[:, None] == rows[None, :])
+    query_pos = self.anchor_pos(position_encoding.sine_embedding(anchors, d // 2))
+    # (cy, cx) order and d/2 features each, to match the tokens' (y, x) encodings.
+    ref_sine = position_encoding.sine_embedding(anchors[..., 1::-1], d // 2)
+    tgt = jnp.zeros((b, anchors.shape[1], d), memory.dtype)
+    predictions = []
+    for i, layer in enumerate(self.decoder_layers):
+      # Conditional spatial query: the reference's embedding scaled by a function of the content.
+      scale = 1.0 if i == 0 else self.query_scale(tgt)
+      tgt = layer(tgt, memory, query_pos=query_pos, query_sine_embed=ref_sine * scale,
+                  memory_pos=pos, memory_mask=mask, self_attn_mask=self_attn_mask, train=train)
+      hs = self.decoder_norm(tgt)
+      logits = self.score_head(hs)[..., 0]
+      if query_boxes is None:
+        cxcywh = jax.nn.sigmoid(self.box_head(hs) + _inverse_sigmoid(anchors))
+      else:  # Given boxes are scored, not moved.
+        logits, cxcywh = logits[:, n:], anchors[:, n:]
+      predictions.append({
+          "logits": logits,
+          "boxes": jnp.clip(box_ops.cxcywh_to_xyxy(cxcywh), 0.0, 1.0),
+          "boxes_cxcywh": cxcywh,
+      })
+    return predictions
+
+  def __call__(self, images: jax.Array, *, image_valid_hw: jax.Array | None = None,
+               reference_tokens: jax.Array | None = None, query_boxes: jax.Array | None = None,
+               train: bool = False) -> dict[str, Any]:
+    """Predicts (or scores) crops.
+
+    Args:
+      images: [B, S, S, 3] float32 in [0, 1], the image at the canvas's top-left.
+      image_valid_hw: [B, 2] (h, w) of the image content as a fraction of S; None = all image.
+      reference_tokens: [B, K, T, C_ref] (any float dtype) tokens of the K retrieved photos,
+        T = tokens_grid ** 2, C_ref = backbone stride-32 channels; None (or K = 0) = no fusion.
+      query_boxes: optional [B, Q, 4] normalised xyxy boxes to score instead of proposing.
+      train: dropout on, and backbone BN batch statistics unless freeze_backbone_bn.
+
+    Returns:
+      "logits" [B, N] (sigmoid -> score), "boxes" [B, N, 4] normalised xyxy clipped to [0, 1]
+      (the given boxes when scoring), "boxes_cxcywh" [B, N, 4] the unclipped (cx, cy, w, h)
+      that the losses use, and "aux": a list with the same dict for each earlier decoder layer.
+      N = num_queries, or Q when scoring given boxes.
+    """
+    if image_valid_hw is None:
+      image_valid_hw = jnp.ones((images.shape[0], 2), jnp.float32)
+    image_valid_hw = image_valid_hw.astype(jnp.float32)
+    x, pos, mask = self.encode(images, image_valid_hw, train=train)
+    memory = self.fuse(x, pos, mask, reference_tokens, train=train)
+    predictions = self.decode(memory, pos, mask, query_boxes, train=train)
+    return {**predictions[-1], "aux": predictions[:-1]}
+
+
+def _mixed(rngs: nnx.Rngs, drop_rngs: nnx.Rngs) -> nnx.Rngs:
+  """An Rngs whose "params" come from `rngs` and "dropout" from the "dropout"-tagged stream."""
+  return nnx.Rngs(params=rngs.params(), dropout=drop_rngs.dropout())
+
+
+# ----------------------------------------------------------------------------------- statistics
+def param_count(model: nnx.Module) -> int:
+  """Number of trainable parameters (nnx.Param leaves)."""
+  return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def flops_per_image(model: ProCrop, *, num_references: int | None = None,
+                    num_query_boxes: int | None = None) -> float:
+  """XLA's FLOP count of one inference forward pass on a single image at model.image_size.
+
+  num_references defaults to the model's K; num_query_boxes scores that many given boxes instead
+  of proposing.
+  """
+  k = model.num_references if num_references is None else num_references
+  s = model.image_size
+  graphdef, state = nnx.split(model)
+  c_ref = model.backbone.feature_channels["stride32"]
+
+  def forward(state, images, valid, refs, boxes):
+    return nnx.merge(graphdef, state)(images, image_valid_hw=valid, reference_tokens=refs,
+                                      query_boxes=boxes)
+
+  args = (jax.ShapeDtypeStruct((1, s, s, 3), jnp.float32),
+          jax.ShapeDtypeStruct((1, 2), jnp.float32),
+          jax.ShapeDtypeStruct((1, k, model.tokens_grid ** 2, c_ref), jnp.float32) if k else None,
+          jax.ShapeDtypeStruct((1, num_query_boxes, 4), jnp.float32) if num_query_boxes else None)
+  cost = jax.jit(forward).lower(state, *args).cost_analysis()
+  if isinstance(cost, (list, tuple)):  # Older JAX returns one dict per computation.
+    cost = cost[0]
+  return float(cost["flops"])
