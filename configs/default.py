@@ -25,7 +25,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.eval_split = "train[90%:]"
   config.data.image_size = 320  # Images are resized (aspect kept) and padded to this square.
   config.data.max_boxes = 16  # Ground-truth boxes padded to this count, with a mask.
-  config.data.shuffle_buffer = 1024
   config.data.augment = True
   config.data.prefetch = 2
 
@@ -36,6 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.cad.min_area_fraction = 0.3
   config.cad.max_area_fraction = 0.8
   config.cad.workers = 2
+  config.cad.max_side = 640  # Longer side of generated canvases, in pixels.
 
   # --------------------------------------------------------------- model
   config.model = ml_collections.ConfigDict()

@@ -12,7 +12,6 @@ def get_config() -> ml_collections.ConfigDict:
   config = default.get_config()
   config.data.image_size = 128
   config.data.max_boxes = 4
-  config.data.shuffle_buffer = 64
   config.cad.variants_per_photo = 2
   config.model.pretrained = False  # Random backbone: no weight conversion in unit tests.
   config.model.d_model = 32
@@ -29,5 +28,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.checkpoint_every = 3
   config.train.eval_every = 0  # No periodic evaluation.
   config.optim.warmup_steps = 2
+  config.optim.backbone_learning_rate = 0.0  # Frozen backbone: no backbone backward pass.
   config.eval.batch_size = 8
   return config

@@ -54,6 +54,10 @@ def _is_backbone(path: tuple[Any, ...]) -> bool:
   return sharding.path_to_string(path).startswith("backbone/")
 
 
+def _is_backbone_filter(path: tuple[Any, ...], _) -> bool:
+  return _is_backbone(path)
+
+
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """AdamW with separate backbone/head learning rates, warm-up + decay, and clipping."""
   optim, num_steps = config.optim, config.train.num_steps
@@ -114,17 +118,26 @@ def _forward(graphdef, params, rest, rng_state, batch, *, train: bool, dropout_k
 
 
 def train_step(state: State, batch: dict[str, jax.Array], *, graphdef, rng_state, tx,
-               loss_config, ema_decay: float, base_key: jax.Array) -> tuple[State, dict]:
+               loss_config, ema_decay: float, base_key: jax.Array,
+               train_backbone: bool = True) -> tuple[State, dict]:
   """One optimisation step. A non-finite loss or gradient leaves the state unchanged."""
   dropout_key = jax.random.fold_in(base_key, state["step"])
 
-  def loss_fn(params):
+  # A frozen backbone is not differentiated at all: its backward pass is most of the step's
+  # compute and compile time.
+  frozen, trainable = (nnx.split_state(state["params"], _is_backbone_filter, ...)
+                       if not train_backbone else ({}, state["params"]))
+
+  def loss_fn(trainable_params):
+    params = nnx.merge_state(frozen, trainable_params) if frozen else trainable_params
     outputs, rest = _forward(graphdef, params, state["rest"], rng_state, batch, train=True,
                              dropout_key=dropout_key)
     loss, terms = losses.crop_loss(outputs, _targets(batch), loss_config)
     return loss, (terms, rest)
 
-  (loss, (terms, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+  (loss, (terms, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+  if frozen:
+    grads = nnx.merge_state(jax.tree.map(jnp.zeros_like, frozen), grads)
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
   grad_norm = optax.global_norm(grads)
@@ -190,11 +203,12 @@ class Trainer:
   Attributes are public so that tests and notebooks can poke at a step.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str,
+               devices: list[jax.Device] | None = None):
     self.config = config
     self.workdir = workdir
-    # Mesh.
-    self.mesh = sharding.create_mesh(config.mesh.shape, config.mesh.axes)
+    # Mesh (over all devices of all processes unless `devices` says otherwise).
+    self.mesh = sharding.create_mesh(config.mesh.shape, config.mesh.axes, devices)
     num_data = self.mesh.shape[sharding.DATA_AXIS]
     if config.train.batch_size % num_data:
       raise ValueError(f"config.train.batch_size={config.train.batch_size} must be divisible "
@@ -224,7 +238,8 @@ class Trainer:
     self.train_step = jax.jit(
         functools.partial(train_step, graphdef=self.graphdef, rng_state=self.rng_state,
                           tx=self.tx, loss_config=config.loss,
-                          ema_decay=config.optim.ema_decay, base_key=base_key),
+                          ema_decay=config.optim.ema_decay, base_key=base_key,
+                          train_backbone=config.optim.backbone_learning_rate > 0),
         in_shardings=(self.state_shardings, self.batch_sharding),
         out_shardings=(self.state_shardings, replicated),
         donate_argnums=0)
