@@ -1,0 +1,97 @@
+"""End to end: build_index over a photo folder, load it, precompute cached neighbours."""
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from configs import testing
+from procrop_jax.retrieval import build
+from procrop_jax.retrieval import database as database_lib
+from procrop_jax.retrieval import neighbors
+
+
+def _photos(folder, n=10):
+  rng = np.random.default_rng(0)
+  folder.mkdir(parents=True)
+  for i in range(n):
+    h, w = [(48, 80), (80, 48), (64, 64)][i % 3]
+    image = (rng.random((h, w, 3)) * 255).astype(np.uint8)
+    image[: h // 2, : w // 3] = 255 * (i % 2)  # A few shared "layouts".
+    Image.fromarray(image).save(folder / f"pro_{i:02d}.png")
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("retrieval_build")
+  _photos(tmp / "photos")
+  config = testing.get_config()
+  config.data.image_size = 64
+  config.data.data_dir = str(tmp / "tfds")
+  # The photo folder is also the "training" split whose neighbours are precomputed.
+  config.data.dataset = "photo_folder"
+  config.data.builder_config = "default"
+  config.data.manual_dir = str(tmp / "photos")
+  config.retrieval.index_dir = str(tmp / "db")
+  config.retrieval.embedding_grid = 2
+  config.retrieval.embedding_dim = 32
+  config.retrieval.database_config = "default"
+  config.retrieval.database_manual_dir = str(tmp / "photos")
+  config.retrieval.batch_size = 8
+  return config
+
+
+@pytest.mark.slow
+def test_build_index_load_and_precompute_neighbours(config, tmp_path):
+  directory = build.build_index(config, str(tmp_path / "workdir"))
+  assert directory == build.pathlib.Path(config.retrieval.index_dir)
+  db = build.load_database(config)
+  assert db.num_photos == 10 and db.index.method == "brute_force"
+  assert db.token_shape == (config.retrieval.tokens_grid ** 2, 1280)
+  # 2x2 x 1280 float16 tokens = 10 KB/photo here (40 KB at the default 4x4).
+  tokens_file = next((directory / database_lib.SHARDS_DIR).glob("*.tokens.npy"))
+  assert tokens_file.stat().st_size < 10 * 4 * 1280 * 2 + 1024
+
+  # Re-running finds the finished shard and rebuilds the same database.
+  build.build_index(config, str(tmp_path / "workdir"))
+  assert build.load_database(config).fingerprint == db.fingerprint
+
+  extractor = build.create_extractor(config)
+  table = neighbors.precompute_neighbors(config, db, split="train", cache_dir=tmp_path / "nn",
+                                         extractor=extractor)
+  k = config.model.num_references
+  assert sorted(table.ids) == sorted(db.ids) and table.rows.shape == (10, k)
+  for image_id, rows in zip(table.ids, table.rows):
+    assert db.ids.index(image_id) not in rows  # Never itself.
+  cached = list((tmp_path / "nn").glob("neighbors-*.npz"))
+  assert len(cached) == 1
+  again = neighbors.precompute_neighbors(config, db, split="train", cache_dir=tmp_path / "nn",
+                                         extractor=object())  # Cached: nothing is computed.
+  np.testing.assert_array_equal(again.rows, table.rows)
+  refs = neighbors.gather_reference_tokens(db, table.lookup(table.ids[:3]))
+  assert refs.shape == (3, k, config.retrieval.tokens_grid ** 2, 1280)
+
+  # Inference: a database photo retrieves itself first when nothing is excluded.
+  _, batches = build._open_photos(config, batch_size=8, all_processes=True)  # pylint: disable=protected-access
+  batch = next(batches)
+  out = neighbors.Retriever(db, extractor, k=k)(batch["image"], batch["image_valid_hw"])
+  assert out["reference_tokens"].shape == (8, k, config.retrieval.tokens_grid ** 2, 1280)
+  np.testing.assert_array_equal(out["rows"][:, 0],
+                                [db.ids.index(i.decode()) for i in batch["image_id"]])
+
+  # With no index_dir, the same photos are embedded into an in-memory database.
+  in_memory = config.copy_and_resolve_references()
+  in_memory.retrieval.index_dir = ""
+  mem = build.load_database(in_memory, extractor=extractor)
+  assert mem.directory is None and sorted(mem.ids) == sorted(db.ids)
+
+  mismatched = config.copy_and_resolve_references()
+  mismatched.data.image_size = 96
+  with pytest.raises(database_lib.DatabaseMismatchError, match="image_size"):
+    build.load_database(mismatched)
+
+
+def test_bad_grid_settings_fail_before_any_work(config, tmp_path):
+  bad = config.copy_and_resolve_references()
+  bad.retrieval.embedding_grid = 3
+  with pytest.raises(ValueError, match="multiple of config.retrieval.embedding_grid"):
+    build.build_index(bad, str(tmp_path))

@@ -1,0 +1,157 @@
+"""The reference database: exact search, exclusion of ids, save/load, metadata checks, errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+from configs import testing
+from procrop_jax.retrieval import database as database_lib
+from procrop_jax.retrieval import neighbors
+
+T, C = 4, 24  # 2x2 tokens of 24 channels: small stand-ins for 4x4 x 1280.
+
+
+def _config():
+  config = testing.get_config()
+  config.retrieval.tokens_grid = 2
+  config.retrieval.embedding_grid = 2
+  config.retrieval.embedding_dim = 16
+  return config
+
+
+def _tokens(n, seed=0):
+  rng = np.random.default_rng(seed)
+  layouts = rng.random((8, T, C))  # Eight "compositions" the photos vary around.
+  return (layouts[rng.integers(0, 8, n)] + 0.2 * rng.random((n, T, C))).astype(np.float16)
+
+
+def _ids(n):
+  return [f"photos/pro {i:03d}.jpg" for i in range(n)]
+
+
+def _database(n=60, method="brute_force"):
+  return database_lib.ReferenceDatabase.from_tokens(
+      _ids(n), _tokens(n), metadata=database_lib.expected_metadata(_config()),
+      index_method=method)
+
+
+def test_photo_keys_and_exclusion_ids():
+  assert database_lib.photo_key("photos/pro 007.jpg") == "pro-007"
+  assert database_lib.photo_key(b"astronaut.png") == "astronaut"
+  assert database_lib.exclusion_ids("pro-007_3") == ("pro-007_3", "pro-007")
+  assert database_lib.exclusion_ids(b"pro.v2_12") == ("pro.v2_12", "pro.v2")
+  assert database_lib.exclusion_ids("pro-007") == ("pro-007",)
+
+
+@pytest.mark.parametrize("method", ["exact", "brute_force"])
+def test_search_is_exact_on_a_small_database(method):
+  db = _database(method=method)
+  queries = db.embed_tokens(_tokens(10, seed=1))
+  rows, scores = db.search(queries, 5)
+  expected = np.argsort(-(queries @ np.asarray(db.embeddings).T), axis=1, kind="stable")[:, :5]
+  np.testing.assert_array_equal(rows, expected)
+  np.testing.assert_allclose(np.linalg.norm(db.embeddings, axis=1), 1.0, rtol=1e-5)
+  assert np.all(scores[:, :-1] >= scores[:, 1:])
+
+
+def test_a_photo_finds_itself_unless_excluded_and_cad_ids_exclude_their_source():
+  db = _database()
+  queries = db.embed_tokens(np.asarray(db.tokens[:6]))
+  rows, _ = db.search(queries, 3)
+  np.testing.assert_array_equal(rows[:, 0], np.arange(6))
+  # By database id, and by a CAD variant's name `<photo key>_<k>`.
+  excluded = [[db.ids[i]] for i in range(3)] + [
+      database_lib.exclusion_ids(f"pro-{i:03d}_{i}") for i in range(3, 6)]
+  rows, _ = db.search(queries, 3, exclude_ids=excluded)
+  for i, r in enumerate(rows):
+    assert i not in r and np.all(r >= 0)
+
+
+def test_save_load_round_trip_gives_identical_results(tmp_path):
+  db = _database(n=80)
+  queries = db.embed_tokens(_tokens(12, seed=2))
+  exclude = [[db.ids[i]] for i in range(12)]
+  before = db.search(queries, 6, exclude_ids=exclude)
+  db.save(tmp_path / "db")
+  loaded = database_lib.ReferenceDatabase.load(tmp_path / "db", config=_config())
+  after = loaded.search(loaded.embed_tokens(_tokens(12, seed=2)), 6, exclude_ids=exclude)
+  np.testing.assert_array_equal(before[0], after[0])
+  np.testing.assert_allclose(before[1], after[1], rtol=1e-6)
+  assert loaded.ids == db.ids and loaded.fingerprint == db.fingerprint
+  np.testing.assert_array_equal(loaded.gather_tokens(before[0]), db.gather_tokens(before[0]))
+  meta = json.loads((tmp_path / "db" / database_lib.METADATA).read_text())
+  assert meta["num_photos"] == 80 and meta["image_size"] == 128 and meta["backbone"] == "lite0"
+
+
+def test_gather_tokens_across_shards_and_missing_rows():
+  tokens = _tokens(10)
+  sharded = database_lib.ShardedTokens([tokens[:3], tokens[3:4], tokens[4:]])
+  rows = np.array([[9, 0, -1], [3, 4, 2]])
+  out = sharded.take(rows)
+  assert out.shape == (2, 3, T, C) and out.dtype == np.float16
+  np.testing.assert_array_equal(out[0, 0], tokens[9])
+  np.testing.assert_array_equal(out[1], tokens[[3, 4, 2]])
+  assert not out[0, 2].any()
+  np.testing.assert_array_equal(sharded[2:5], tokens[2:5])
+
+
+@pytest.mark.parametrize("field,value", [("image_size", 320), ("backbone", "lite1"),
+                                         ("tokens_grid", 4)])
+def test_metadata_mismatch_is_refused_with_a_clear_error(tmp_path, field, value):
+  _database().save(tmp_path / "db")
+  config = _config()
+  if field == "image_size":
+    config.data.image_size = value
+  elif field == "backbone":
+    config.model.backbone = value
+  else:
+    config.retrieval.tokens_grid = value
+  with pytest.raises(database_lib.DatabaseMismatchError,
+                     match=rf"{field}: database .* != config {value!r}.*--mode=build_index"):
+    database_lib.ReferenceDatabase.load(tmp_path / "db", config=config)
+
+
+def test_empty_and_missing_databases_are_clear_errors(tmp_path):
+  with pytest.raises(database_lib.EmptyDatabaseError, match="no photos"):
+    database_lib.ReferenceDatabase.from_tokens(
+        [], np.zeros((0, T, C), np.float16),
+        metadata=database_lib.expected_metadata(_config()))
+  with pytest.raises(database_lib.DatabaseError, match="no reference database"):
+    database_lib.ReferenceDatabase.load(tmp_path / "nothing")
+  _database().save(tmp_path / "db")
+  meta_path = tmp_path / "db" / database_lib.METADATA
+  meta = json.loads(meta_path.read_text())
+  meta_path.write_text(json.dumps({**meta, "num_photos": 0}))
+  with pytest.raises(database_lib.EmptyDatabaseError, match="no photos"):
+    database_lib.ReferenceDatabase.load(tmp_path / "db")
+
+
+def test_neighbor_rows_fill_to_k_and_gather_to_model_shape():
+  db = _database(n=4)
+  rows, scores = db.search(db.embed_tokens(np.asarray(db.tokens[:2])), 5,
+                           exclude_ids=[[db.ids[0]], [db.ids[1]]])
+  assert np.sum(rows[0] >= 0) == 3  # 4 photos, one excluded.
+  rows, scores = neighbors.fill_missing(rows, scores)
+  assert np.all(rows >= 0) and 0 not in rows[0] and 1 not in rows[1]
+  refs = neighbors.gather_reference_tokens(db, rows)
+  assert refs.shape == (2, 5, T, C)
+
+
+def test_neighbor_table_lookup_and_cache_round_trip(tmp_path):
+  table = neighbors.NeighborTable(["a_0", "a_1", "b"], np.arange(6, dtype=np.int32).reshape(3, 2),
+                                  np.ones((3, 2), np.float32), "abc")
+  np.testing.assert_array_equal(table.lookup([b"b", "a_0"]), [[4, 5], [0, 1]])
+  with pytest.raises(KeyError, match="another split"):
+    table.lookup(["zzz"])
+  path = neighbors.neighbors_cache_path(tmp_path, data_config={"dataset": "procrop_cad",
+                                                               "image_size": 128},
+                                        split="train[:90%]", k=2, database_fingerprint="abc")
+  table.save(path)
+  loaded = neighbors.NeighborTable.load(path)
+  assert loaded.ids == table.ids and loaded.database_fingerprint == "abc"
+  np.testing.assert_array_equal(loaded.rows, table.rows)
+  other = neighbors.neighbors_cache_path(tmp_path, data_config={"dataset": "procrop_cad",
+                                                                "image_size": 128},
+                                         split="train[:90%]", k=2, database_fingerprint="abd")
+  assert other != path
