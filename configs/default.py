@@ -111,8 +111,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.best_metric = "iou"
   # name -> benchmark; see procrop_jax/evaluate.py for the fields and protocols.
   config.eval.benchmarks = ml_collections.ConfigDict()
-  config.eval.benchmarks.cad_val = dict(
-      dataset=config.data.dataset, builder_config=config.data.builder_config,
-      split=config.data.eval_split, manual_dir=config.data.manual_dir, protocols="iou",
-      max_boxes=config.data.max_boxes)
+  # The held-out slice of the training data (dataset and directories as in config.data).
+  config.eval.benchmarks.cad_val = dict(split=config.data.eval_split, protocols="iou")
   return config

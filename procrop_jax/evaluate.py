@@ -2,16 +2,18 @@
 
 A benchmark is an entry of `config.eval.benchmarks` (a ConfigDict keyed by name):
 
-  dataset         TFDS builder name (fcdb, flms, gaicd, procrop_cad, ...)
-  builder_config  its config name, or "" for none
+  dataset         TFDS builder name (fcdb, flms, gaicd, procrop_cad, ...)*
+  builder_config  its config name, or "" for none*
   split           e.g. "test" or "train[85%:]"
-  manual_dir      where its raw files are (see data/README.md)
+  manual_dir      where its raw files are (see data/README.md)*
   protocols       comma-separated: "iou" (FCDB/FLMS: top-1 IoU and BDE, top-k recall),
                   "proposal" (GAICD/CPC: Acc5/Acc10 and mAP of the proposed crops),
                   "ranking" (GAIC: the model scores the annotated candidate crops)
   max_boxes       ground-truth boxes kept per image (GAICD has about 90 candidates)
   optional        (default False) skip with a message when the data or split is absent, e.g. a
                   test split that is held out
+
+Fields marked * (and max_boxes) default to those of `config.data`.
 
 Predictions are made in fixed order over the mesh (the batch split over the data axis) and are
 deterministic. Boxes go from the model's normalised coordinates to pixels of the stored image with
@@ -55,8 +57,8 @@ def benchmark_data_config(config: ml_collections.ConfigDict,
                           benchmark: Mapping[str, Any]) -> ml_collections.ConfigDict:
   """`config.data` with the benchmark's dataset, split and box budget, no augmentation."""
   data = ml_collections.ConfigDict(config.data.to_dict())
-  data.dataset = benchmark["dataset"]
-  data.builder_config = benchmark.get("builder_config", "") or None
+  data.dataset = benchmark.get("dataset", data.dataset)
+  data.builder_config = benchmark.get("builder_config", data.builder_config) or None
   data.manual_dir = benchmark.get("manual_dir", data.manual_dir)
   data.eval_split = benchmark["split"]
   data.max_boxes = benchmark.get("max_boxes", data.max_boxes)
@@ -165,12 +167,12 @@ def run_benchmarks(predict: PredictFn, config: ml_collections.ConfigDict, *,
         data_config, global_batch_size=config.eval.batch_size)
     result = evaluate_benchmark(predict, batches, to_device, protocols)
     skipped = schema.build_report(builder).get(split_name, {}).get("skipped", {})
-    result.update(dataset=benchmark["dataset"], split=benchmark["split"], skipped=skipped,
+    result.update(dataset=data_config.dataset, split=benchmark["split"], skipped=skipped,
                   step=step)
     all_results[name] = result
     if output_dir and jax.process_index() == 0:
       os.makedirs(output_dir, exist_ok=True)
-      path = os.path.join(output_dir, result_filename(benchmark["dataset"], benchmark["split"]))
+      path = os.path.join(output_dir, result_filename(data_config.dataset, benchmark["split"]))
       with open(path, "w") as f:
         json.dump(result, f, indent=2, sort_keys=True)
       logging.info("Wrote %s", path)

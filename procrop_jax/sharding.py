@@ -47,7 +47,12 @@ def create_mesh(shape: Sequence[int], axes: Sequence[str],
 
 
 def path_to_string(path: tuple[Any, ...]) -> str:
-  """`('head', 'layers', 0, 'kernel')`-style key paths as 'head/layers/0/kernel'."""
+  """`('head', 'layers', 0, 'kernel')`-style key paths as 'head/layers/0/kernel'.
+
+  The `.value` attribute that NNX Variables add at the end of a path is left out.
+  """
+  if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
+    path = path[:-1]
   parts = []
   for key in path:
     for attr in ("key", "name", "idx"):

@@ -225,7 +225,7 @@ class Trainer:
         "step": jax.device_put(jnp.zeros((), jnp.int32), replicated),
         "params": params,
         "rest": jax.device_put(rest, replicated),
-        "opt_state": jax.jit(self.tx.init)(params),
+        "opt_state": self._on_mesh(jax.jit(self.tx.init)(params), replicated),
     }
     if config.optim.ema_decay > 0:
       state["ema_params"] = jax.tree.map(jnp.copy, params)
@@ -253,6 +253,14 @@ class Trainer:
                        in_shardings=(self.state_shardings, self.batch_sharding),
                        out_shardings=replicated)
         for given in (False, True)}
+
+  def _on_mesh(self, tree: Any, fallback: jax.sharding.NamedSharding) -> Any:
+    """Leaves whose sharding XLA did not tie to the mesh (e.g. step counts) get `fallback`."""
+    def place(x):
+      on_mesh = (isinstance(x.sharding, jax.sharding.NamedSharding)
+                 and x.sharding.mesh == self.mesh)
+      return x if on_mesh else jax.device_put(x, fallback)
+    return jax.tree.map(place, tree)
 
   @property
   def abstract_state(self) -> State:

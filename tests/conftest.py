@@ -25,3 +25,38 @@ def shared_data() -> pathlib.Path:
     pytest.skip(f"real data not available: {SHARED_DATA} does not exist "
                 "(it is only present in the development sandbox)")
   return SHARED_DATA
+
+
+def _enable_compilation_cache(path: pathlib.Path) -> None:
+  """Identical jitted steps compiled by several tests (and xdist workers) are compiled once."""
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_compilation_cache_dir", str(path))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+@pytest.fixture(scope="session")
+def shared_tmp(tmp_path_factory) -> pathlib.Path:
+  """A directory shared by all xdist workers of this test run."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent
+  path = root / "procrop_shared"
+  path.mkdir(exist_ok=True)
+  _enable_compilation_cache(path / "xla_cache")
+  return path
+
+
+@pytest.fixture(scope="session")
+def tiny_config(shared_tmp):
+  """configs/testing.py with its CAD data built (once per run, under a lock) in a temp dir."""
+  import fcntl  # pylint: disable=g-import-not-at-top
+  from configs import testing  # pylint: disable=g-import-not-at-top
+  from procrop_jax.datasets import prepare  # pylint: disable=g-import-not-at-top
+  config = testing.get_config()
+  config.data.data_dir = str(shared_tmp / "tfds")
+  config.data.manual_dir = str(shared_tmp / "manual" / "procrop_cad_tiny")
+  with open(shared_tmp / "data.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    prepare.ensure_dataset(config.data, config.cad, seed=config.seed)
+  return config
