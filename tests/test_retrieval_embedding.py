@@ -78,6 +78,23 @@ def test_bad_grids_are_rejected(tokens_grid, embedding_grid, dim):
     embedding.check_grids(tokens_grid, embedding_grid, dim)
 
 
+def test_extractor_accepts_any_backbone_callable():
+  def fake_backbone(images):  # 32x32 patch means as a 3-channel "stride-32" map.
+    b, s = images.shape[0], images.shape[1]
+    return {"stride32": images.reshape(b, s // 32, 32, s // 32, 32, 3).mean(axis=(2, 4))}
+
+  extractor = embedding.TokenExtractor(fake_backbone, tokens_grid=2, image_size=64,
+                                       batch_size=8)
+  images = np.zeros((3, 64, 64, 3), np.float32)
+  images[:, :32, 32:] = 1.0  # Bright top-right quadrant.
+  tokens = extractor(images)
+  assert tokens.shape == (3, 4, 3) and extractor.token_shape == (4, 3)
+  np.testing.assert_array_equal(tokens[0, :, 0], [0.0, 1.0, 0.0, 0.0])
+  # A wide image (content = the top 32 rows): its right half is bright, in both grid rows.
+  tokens = extractor(images, np.array([[0.5, 1.0]] * 3, np.float32))
+  np.testing.assert_array_equal(tokens[0, :, 0], [0.0, 1.0, 0.0, 1.0])
+
+
 @pytest.fixture(scope="module")
 def backbone():
   return efficientnet_lite.EfficientNetLite("lite0", rngs=nnx.Rngs(0))

@@ -302,19 +302,21 @@ class ReferenceDatabase:
                index=index, metadata=metadata)
 
   def save(self, directory: str | os.PathLike[str]) -> pathlib.Path:
-    """Writes the database (tokens as one shard unless already on disk there)."""
+    """Writes the database. Where it already lives there (`build`), writes only what is new:
+    the shards and embeddings are in place (memory-mapped) and are not rewritten."""
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     shards = self.metadata.get("shards")
-    if self.directory is None or self.directory.resolve() != directory.resolve():
+    in_place = self.directory is not None and self.directory.resolve() == directory.resolve()
+    if not in_place:
       writer = ShardWriter(directory, 0, 1, num_photos=self.num_photos,
                            tokens_shape=self.token_shape)
       for start in range(0, self.num_photos, 4096):
         writer.add(self.ids[start:start + 4096], self.tokens[start:start + 4096])
       writer.close()
       shards = 1
+      np.save(directory / EMBEDDINGS, np.asarray(self.embeddings, np.float32))
     self.projection.save(directory / PROJECTION)
-    np.save(directory / EMBEDDINGS, np.asarray(self.embeddings, np.float32))
     self.index.save(directory / INDEX_DIR)
     metadata = {**self.metadata, "shards": shards}
     tmp = directory / (METADATA + ".tmp")

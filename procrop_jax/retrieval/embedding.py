@@ -157,20 +157,27 @@ def fit_projection(tokens: np.ndarray, *, tokens_grid: int, embedding_grid: int,
     raise ValueError("cannot fit the embedding projection on an empty database")
   rows = np.arange(n) if n <= max_photos else np.sort(
       np.random.default_rng(seed).choice(n, max_photos, replace=False))
-  total = np.zeros((c,), np.float64)
-  gram = np.zeros((c, c), np.float64)
-  count = 0
-  for start in range(0, len(rows), chunk):
-    cells = tokens_to_cells(tokens[rows[start:start + chunk]], tokens_grid, embedding_grid)
-    cells = cells.reshape(-1, c)
-    total += cells.sum(axis=0, dtype=np.float64)
-    gram += (cells.T @ cells).astype(np.float64)
-    count += len(cells)
-  mean = total / count
-  cov = gram / count - np.outer(mean, mean)
-  eigvals, eigvecs = np.linalg.eigh(cov)  # Ascending.
+  num_cells = len(rows) * embedding_grid ** 2
+  if num_cells <= 4 * c:
+    # Few samples (a small database): SVD of the centred cells. The covariance would be rank
+    # deficient, and eigensolvers are slow on its cluster of zero eigenvalues.
+    cells = tokens_to_cells(tokens[rows], tokens_grid, embedding_grid).reshape(-1, c)
+    mean = cells.mean(axis=0, dtype=np.float64)
+    _, svals, vt = np.linalg.svd(cells - mean, full_matrices=False)
+    eigvals, eigvecs = svals ** 2 / num_cells, vt.T
+  else:
+    total = np.zeros((c,), np.float64)
+    gram = np.zeros((c, c), np.float64)
+    for start in range(0, len(rows), chunk):
+      cells = tokens_to_cells(tokens[rows[start:start + chunk]], tokens_grid, embedding_grid)
+      cells = cells.reshape(-1, c)
+      total += cells.sum(axis=0, dtype=np.float64)
+      gram += (cells.T @ cells).astype(np.float64)
+    mean = total / num_cells
+    eigvals, eigvecs = np.linalg.eigh(gram / num_cells - np.outer(mean, mean))
   order = np.argsort(eigvals)[::-1][:per_cell]
-  components = eigvecs[:, order] * (eigvals[order] > 1e-9 * max(eigvals.max(), 1e-30))
+  eigvals, eigvecs = eigvals[order], eigvecs[:, order]
+  components = eigvecs * (eigvals > 1e-9 * max(eigvals.max(initial=0.0), 1e-30))
   if components.shape[1] < per_cell:  # Fewer channels than requested axes.
     components = np.pad(components, ((0, 0), (0, per_cell - components.shape[1])))
   # A fixed sign per axis (largest |loading| positive) makes refits on the same data identical.
