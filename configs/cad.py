@@ -18,6 +18,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.manual_dir = "data/manual/procrop_cad"
   config.data.train_split = "train"
   config.cad.source = ""  # Set to a folder of professional photos to generate CAD from them.
+  config.model.num_references = 10  # As in the paper.
+  # The professional-photo database (e.g. AVA's or Unsplash's photos; see data/README.md).
+  # Build it once with --mode=build_index and set retrieval.index_dir to skip re-embedding.
+  config.retrieval.database_config = "default"
+  config.retrieval.database_manual_dir = "data/manual/professional_photos"
   config.train.num_steps = 50_000
   config.train.batch_size = 32
   config.train.log_every = 100

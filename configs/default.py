@@ -51,14 +51,27 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.num_queries = 90
   config.model.dropout = 0.1
   config.model.fusion = "concat_mlp"  # concat_mlp (the paper's) | cross_attention
-  config.model.num_references = 10  # K retrieved professional photos; 0 disables retrieval.
+  # K retrieved professional photos; 0 disables retrieval. The default database has 9 photos,
+  # so each example sees the 8 that are not its own source.
+  config.model.num_references = 8
 
   # ----------------------------------------------------------- retrieval
   config.retrieval = ml_collections.ConfigDict()
-  config.retrieval.index_dir = ""  # Empty: an in-memory database of the training photos.
-  config.retrieval.tokens_grid = 4  # Reference tokens per photo: tokens_grid ** 2.
-  config.retrieval.embedding_grid = 4
-  config.retrieval.search = "auto"  # auto | brute_force | scann
+  # A database from `--mode=build_index`; empty: built in memory from the database photos below.
+  config.retrieval.index_dir = ""
+  config.retrieval.tokens_grid = 4  # Reference tokens per photo: tokens_grid ** 2 (fp16, 40 KB).
+  config.retrieval.embedding_grid = 4  # Layout cells of the composition embedding.
+  config.retrieval.embedding_dim = 256
+  config.retrieval.search = "auto"  # auto | brute_force | scann | exact
+  config.retrieval.scann = ml_collections.ConfigDict()  # ScaNN parameter overrides.
+  config.retrieval.batch_size = 32  # Photos per embedding batch.
+  # The professional photos: a TFDS dataset (photo_folder by default). Empty fields follow the
+  # CAD source: "skimage" -> scikit-image's photos, a folder -> that folder.
+  config.retrieval.database_dataset = "photo_folder"
+  config.retrieval.database_config = ""
+  config.retrieval.database_manual_dir = ""
+  config.retrieval.database_data_dir = ""  # Empty: config.data.data_dir.
+  config.retrieval.database_split = "train"
 
   # ---------------------------------------------------------------- loss
   config.loss = ml_collections.ConfigDict()

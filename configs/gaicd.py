@@ -24,6 +24,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.eval_split = "test"
   config.data.max_boxes = 16  # The 16 best-scored candidates are the training targets.
   config.cad.source = ""
+  config.model.num_references = 10  # As in the paper.
+  # The professional-photo database (e.g. AVA's or Unsplash's photos; see data/README.md).
+  # Build it once with --mode=build_index and set retrieval.index_dir to skip re-embedding.
+  config.retrieval.database_config = "default"
+  config.retrieval.database_manual_dir = "data/manual/professional_photos"
   config.train.num_steps = 20_000
   config.train.batch_size = 16
   config.train.log_every = 50

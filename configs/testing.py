@@ -17,11 +17,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.d_model = 32
   config.model.num_heads = 2
   config.model.mlp_dim = 64
+  config.model.dropout = 0.0  # Dropout's random bits roughly double the step's compile time.
   config.model.num_encoder_layers = 1
   config.model.num_decoder_layers = 2
   config.model.num_queries = 8
   config.model.num_references = 2
   config.retrieval.tokens_grid = 2
+  config.retrieval.embedding_grid = 2
+  config.retrieval.batch_size = 8
   config.train.batch_size = 8
   config.train.num_steps = 6
   config.train.log_every = 1

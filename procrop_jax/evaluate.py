@@ -136,8 +136,14 @@ def evaluate_benchmark(predict: PredictFn, batches: Iterator[dict[str, np.ndarra
 def run_benchmarks(predict: PredictFn, config: ml_collections.ConfigDict, *,
                    to_device: Callable[[dict[str, np.ndarray]], dict[str, jax.Array]],
                    output_dir: str | None, step: int | None = None,
-                   prepare: bool = True) -> dict[str, dict[str, Any]]:
+                   prepare: bool = True,
+                   batch_transform: Callable[[Iterator, ml_collections.ConfigDict, str],
+                                             Iterator] | None = None
+                   ) -> dict[str, dict[str, Any]]:
   """Evaluates every entry of `config.eval.benchmarks`; writes `<dataset>_<split>.json` files.
+
+  `batch_transform(batches, data_config, split)`, if given, adapts the host batches (the trainer
+  adds reference tokens with it).
 
   Returns:
     name -> metrics (plus num_images, skipped counts by reason, dataset, split, step).
@@ -165,6 +171,8 @@ def run_benchmarks(predict: PredictFn, config: ml_collections.ConfigDict, *,
       continue
     batches = input_pipeline.create_eval_iterator(
         data_config, global_batch_size=config.eval.batch_size)
+    if batch_transform is not None:
+      batches = batch_transform(batches, data_config, benchmark["split"])
     result = evaluate_benchmark(predict, batches, to_device, protocols)
     skipped = schema.build_report(builder).get(split_name, {}).get("skipped", {})
     result.update(dataset=data_config.dataset, split=benchmark["split"], skipped=skipped,

@@ -12,7 +12,7 @@ import functools
 import json
 import os
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from absl import logging
 from clu import metric_writers
@@ -233,6 +233,7 @@ class Trainer:
     self.state = jax.device_put(state, self.state_shardings)
     self.rng_state = jax.device_put(self.rng_state, replicated)
     self.batch_sharding = sharding.batch_sharding(self.mesh)
+    self.references = References(config, workdir) if config.model.num_references else None
 
     base_key = jax.random.key(config.seed)
     self.train_step = jax.jit(
@@ -271,6 +272,14 @@ class Trainer:
   def device_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     return input_pipeline.to_global_arrays(batch, self.mesh)
 
+  def with_references(self, batches: Iterator[dict[str, np.ndarray]],
+                      data_config: ml_collections.ConfigDict, split: str
+                      ) -> Iterator[dict[str, np.ndarray]]:
+    """`batches` with their reference tokens when the model uses retrieval."""
+    if self.references is None:
+      return batches
+    return map(self.references.for_split(data_config, split), batches)
+
   def model(self, use_ema: bool = True) -> procrop.ProCrop:
     """The current model as an NNX module (EMA parameters when present and asked for)."""
     params = self.state.get("ema_params") if use_ema else None
@@ -284,7 +293,8 @@ class Trainer:
   def run_benchmarks(self, output_dir: str | None, step: int | None = None
                      ) -> dict[str, dict[str, Any]]:
     return evaluate.run_benchmarks(self.predict, self.config, to_device=self.device_batch,
-                                   output_dir=output_dir, step=step)
+                                   output_dir=output_dir, step=step,
+                                   batch_transform=self.with_references)
 
   def validation_loss(self, batches: Iterator[dict[str, np.ndarray]]) -> dict[str, float]:
     totals, count = {}, 0
@@ -294,6 +304,41 @@ class Trainer:
         totals[k] = totals.get(k, 0.0) + float(v)
       count += 1
     return {f"val_{k}": v / max(count, 1) for k, v in totals.items()}
+
+
+class References:
+  """Reference tokens of the retrieved professional photos, added to host batches (K > 0).
+
+  The database is `config.retrieval.index_dir` (from `--mode=build_index`) or, when that is
+  empty, built in memory from the configured photos. Each example's neighbours are computed once
+  per (dataset, split) and cached under WORKDIR/neighbors; an example never retrieves itself or
+  its own source photo.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    from procrop_jax.retrieval import build as retrieval_build  # pylint: disable=g-import-not-at-top
+    self.config = config
+    self.cache_dir = os.path.join(workdir, "neighbors")
+    self.database = retrieval_build.load_database(config)
+    self._tables = {}
+
+  def for_split(self, data_config: ml_collections.ConfigDict, split: str
+                ) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """A function adding `reference_tokens` [B, K, T, C] to batches of `split`."""
+    from procrop_jax.retrieval import neighbors  # pylint: disable=g-import-not-at-top
+    key = (data_config.dataset, data_config.builder_config, split)
+    if key not in self._tables:
+      config = self.config.copy_and_resolve_references()
+      with config.unlocked():
+        config.data = data_config
+      self._tables[key] = neighbors.precompute_neighbors(config, self.database, split=split,
+                                                         cache_dir=self.cache_dir)
+    table = self._tables[key]
+
+    def add(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+      tokens = neighbors.gather_reference_tokens(self.database, table.lookup(batch["image_id"]))
+      return {**batch, "reference_tokens": tokens}
+    return add
 
 
 def _write_jsonl(path: str, record: dict[str, Any]) -> None:
@@ -340,8 +385,9 @@ def evaluate_during_training(trainer: Trainer, step: int, writer, best: BestChec
                              metrics_path: str | None) -> dict[str, float]:
   """Validation loss and the configured benchmarks; tracks the best checkpoint."""
   config = trainer.config
-  scalars = trainer.validation_loss(input_pipeline.create_eval_iterator(
-      config.data, global_batch_size=config.eval.batch_size))
+  scalars = trainer.validation_loss(trainer.with_references(
+      input_pipeline.create_eval_iterator(config.data, global_batch_size=config.eval.batch_size),
+      config.data, config.data.eval_split))
   results = trainer.run_benchmarks(os.path.join(trainer.workdir, "eval"), step=step)
   for name, result in results.items():
     scalars.update({f"{name}/{k}": float(v) for k, v in result.items()
@@ -396,9 +442,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                num_params / 1e6, dict(trainer.mesh.shape), config.train.batch_size,
                start_step, config.train.num_steps)
 
-  train_iter = input_pipeline.create_train_iterator(
+  train_iter = trainer.with_references(input_pipeline.create_train_iterator(
       config.data, seed=config.seed, global_batch_size=config.train.batch_size,
-      start_step=start_step)
+      start_step=start_step), config.data, config.data.train_split)
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=config.train.num_steps, writer=writer, every_steps=config.train.log_every)
 
