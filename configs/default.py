@@ -126,4 +126,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.benchmarks = ml_collections.ConfigDict()
   # The held-out slice of the training data (dataset and directories as in config.data).
   config.eval.benchmarks.cad_val = dict(split=config.data.eval_split, protocols="iou")
+
+  # ---------------------------------------------------------------- crop
+  config.crop = ml_collections.ConfigDict()
+  config.crop.input_dir = ""  # Photos to crop with --mode=crop; empty: scikit-image's photos.
+  config.crop.output_dir = ""  # Empty: WORKDIR/crops.
+  config.crop.top_k = 5
+  config.crop.nms_iou = 0.7  # Crops overlapping a better one more than this are dropped.
+  config.crop.aspect_ratio = 0.0  # width / height of every crop; 0: free.
+  config.crop.after_training = True  # The main job ends by cropping config.crop.input_dir.
   return config

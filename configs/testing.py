@@ -33,4 +33,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.warmup_steps = 2
   config.optim.backbone_learning_rate = 0.0  # Frozen backbone: no backbone backward pass.
   config.eval.batch_size = 8
+  config.crop.after_training = False
   return config

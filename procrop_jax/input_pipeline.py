@@ -183,6 +183,28 @@ def _sort_and_pad(boxes, scores, valid, max_boxes):
           tf.ensure_shape(valid, [max_boxes]))
 
 
+def resize_longer_side(image: tf.Tensor, image_size: int
+                       ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+  """uint8 [H, W, 3] -> float [h, w, 3] in [0, 1] with max(h, w) == S, aspect kept; and h, w."""
+  shape = tf.shape(image)
+  h_f, w_f = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+  scale = float(image_size) / tf.maximum(h_f, w_f)
+  new_h = tf.clip_by_value(tf.cast(tf.round(h_f * scale), tf.int32), 1, image_size)
+  new_w = tf.clip_by_value(tf.cast(tf.round(w_f * scale), tf.int32), 1, image_size)
+  image = tf.image.resize(tf.cast(image, tf.float32) / 255.0, tf.stack([new_h, new_w]),
+                          method="bilinear", antialias=True)
+  return image, new_h, new_w
+
+
+def to_canvas(image: np.ndarray, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """An uint8 [H, W, 3] photo as the model sees it at inference: (canvas [S, S, 3], valid_hw)."""
+  resized, new_h, new_w = resize_longer_side(tf.convert_to_tensor(image), image_size)
+  resized = tf.clip_by_value(resized, 0.0, 1.0)
+  canvas = tf.pad(resized, [[0, image_size - new_h], [0, image_size - new_w], [0, 0]])
+  valid_hw = np.array([int(new_h), int(new_w)], np.float32) / image_size
+  return canvas.numpy(), valid_hw
+
+
 def preprocess(example: Mapping[str, tf.Tensor], *, seed: tf.Tensor | None, image_size: int,
                max_boxes: int, augment: Augmentation = NO_AUGMENTATION,
                image: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
@@ -242,14 +264,7 @@ def preprocess(example: Mapping[str, tf.Tensor], *, seed: tf.Tensor | None, imag
     boxes = tf.where(flip, tf.stack([1.0 - boxes[:, 2], boxes[:, 1], 1.0 - boxes[:, 0],
                                      boxes[:, 3]], axis=1), boxes)
 
-  # Resize so that the longer side is S; keep the aspect ratio.
-  shape = tf.shape(image)
-  h_f, w_f = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
-  scale = float(image_size) / tf.maximum(h_f, w_f)
-  new_h = tf.clip_by_value(tf.cast(tf.round(h_f * scale), tf.int32), 1, image_size)
-  new_w = tf.clip_by_value(tf.cast(tf.round(w_f * scale), tf.int32), 1, image_size)
-  image = tf.image.resize(tf.cast(image, tf.float32) / 255.0, tf.stack([new_h, new_w]),
-                          method="bilinear", antialias=True)
+  image, new_h, new_w = resize_longer_side(image, image_size)
 
   if seed is not None:
     image = _colour_jitter(image, seeds[3], augment)

@@ -486,4 +486,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   summary = {"step": step, "metrics": last_metrics,
              "train_step_compilations": trainer.train_step._cache_size()}  # pylint: disable=protected-access
   logging.info("Training done: %s", summary)
+  if config.crop.after_training:
+    from procrop_jax import crop  # pylint: disable=g-import-not-at-top  (crop builds on train)
+    summary["crop"] = crop.crop_folder(config, workdir)
   return summary
