@@ -27,6 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Build it once with --mode=build_index and set retrieval.index_dir to skip re-embedding.
   config.retrieval.database_config = "default"
   config.retrieval.database_manual_dir = "data/manual/professional_photos"
+  config.data.image_size = 320
+  config.optim.backbone_learning_rate = 1e-5  # Fine-tune the backbone.
   config.train.num_steps = 20_000
   config.train.batch_size = 16
   config.train.log_every = 50
