@@ -8,6 +8,7 @@ continues exactly where its last checkpoint stopped.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -197,6 +198,25 @@ def restore_state(manager: ocp.CheckpointManager, abstract_state: State,
 
 
 # --------------------------------------------------------------------------------- the trainer
+def _put_leaf(x: Any, sharding: jax.sharding.Sharding) -> jax.Array:
+  if jax.process_count() == 1:
+    return jax.device_put(x, sharding)
+  # Across processes device_put cannot target other hosts' devices: every process holds the
+  # same host value (same seed, same weights) and contributes its own shards of it.
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    data = _put_leaf(jax.random.key_data(x), sharding)
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+  host = np.asarray(x)
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def _put(tree: Any, shardings: Any) -> Any:
+  """Places a host-identical pytree on the mesh (one sharding, or a tree of them)."""
+  if isinstance(shardings, jax.sharding.Sharding):
+    return jax.tree.map(lambda x: _put_leaf(x, shardings), tree)
+  return jax.tree.map(_put_leaf, tree, shardings)
+
+
 class Trainer:
   """Builds everything a run needs once; `train_and_evaluate` drives it.
 
@@ -220,18 +240,18 @@ class Trainer:
     # Shardings: parameters from the rule table; optimizer state mirrors them.
     replicated = sharding.replicated(self.mesh)
     param_shardings = sharding.param_shardings(params, self.mesh, config.mesh.param_rules)
-    params = jax.device_put(params, param_shardings)
+    params = _put(params, param_shardings)
     state = {
-        "step": jax.device_put(jnp.zeros((), jnp.int32), replicated),
+        "step": _put(jnp.zeros((), jnp.int32), replicated),
         "params": params,
-        "rest": jax.device_put(rest, replicated),
+        "rest": _put(rest, replicated),
         "opt_state": self._on_mesh(jax.jit(self.tx.init)(params), replicated),
     }
     if config.optim.ema_decay > 0:
       state["ema_params"] = jax.tree.map(jnp.copy, params)
     self.state_shardings = jax.tree.map(lambda x: x.sharding, state)
-    self.state = jax.device_put(state, self.state_shardings)
-    self.rng_state = jax.device_put(self.rng_state, replicated)
+    self.state = state
+    self.rng_state = _put(self.rng_state, replicated)
     self.batch_sharding = sharding.batch_sharding(self.mesh)
     self.references = References(config, workdir) if config.model.num_references else None
 
@@ -260,7 +280,7 @@ class Trainer:
     def place(x):
       on_mesh = (isinstance(x.sharding, jax.sharding.NamedSharding)
                  and x.sharding.mesh == self.mesh)
-      return x if on_mesh else jax.device_put(x, fallback)
+      return x if on_mesh else _put(x, fallback)
     return jax.tree.map(place, tree)
 
   @property
@@ -339,6 +359,16 @@ class References:
       tokens = neighbors.gather_reference_tokens(self.database, table.lookup(batch["image_id"]))
       return {**batch, "reference_tokens": tokens}
     return add
+
+
+@contextlib.contextmanager
+def _finish_saves(*managers: ocp.CheckpointManager):
+  """Waits for asynchronous checkpoint saves on the way out, also when training fails."""
+  try:
+    yield
+  finally:
+    for manager in managers:
+      manager.wait_until_finished()
 
 
 def _write_jsonl(path: str, record: dict[str, Any]) -> None:
@@ -458,7 +488,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   last_metrics: dict[str, float] = {}
   pending = None  # (step, metrics) of the previous step: checked one step late to keep pipelining.
   step = start_step
-  with metric_writers.ensure_flushes(writer):
+  with metric_writers.ensure_flushes(writer), _finish_saves(manager, best_tracker.manager):
     while step < config.train.num_steps:
       batch = trainer.device_batch(next(train_iter))
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
@@ -481,7 +511,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if step % config.train.checkpoint_every == 0 or is_last:
         _check_finite(step, metrics)
         save(step, force=is_last)
-    manager.wait_until_finished()
 
   summary = {"step": step, "metrics": last_metrics,
              "train_step_compilations": trainer.train_step._cache_size()}  # pylint: disable=protected-access

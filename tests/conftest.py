@@ -60,3 +60,18 @@ def tiny_config(shared_tmp):
     fcntl.flock(lock, fcntl.LOCK_EX)
     prepare.ensure_dataset(config.data, config.cad, seed=config.seed)
   return config
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_workdir(shared_tmp, tiny_config) -> pathlib.Path:
+  """A workdir of the tiny config trained for 1 step (once per run, under a lock)."""
+  import fcntl  # pylint: disable=g-import-not-at-top
+  from procrop_jax import train  # pylint: disable=g-import-not-at-top
+  workdir = shared_tmp / "trained_tiny"
+  with open(shared_tmp / "trained.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not (workdir / "checkpoints").is_dir():
+      config = tiny_config.copy_and_resolve_references()
+      config.train.num_steps = 1
+      train.train_and_evaluate(config, str(workdir))
+  return workdir

@@ -7,7 +7,6 @@ import pytest
 from PIL import Image
 
 from procrop_jax import crop
-from procrop_jax import train
 
 
 def test_aspect_candidates_have_exactly_the_requested_ratio_and_fit_the_photo():
@@ -27,10 +26,11 @@ def test_nms_keeps_the_best_of_overlapping_boxes():
 
 
 @pytest.mark.slow
-def test_crop_mode_crops_good_photos_and_reports_a_corrupt_one(tiny_config, tmp_path):
+def test_crop_mode_crops_good_photos_and_reports_a_corrupt_one(tiny_config,
+                                                              tiny_trained_workdir, tmp_path):
   config = tiny_config.copy_and_resolve_references()
-  config.train.num_steps = 1
-  train.train_and_evaluate(config, str(tmp_path / "run"))
+  config.crop.output_dir = str(tmp_path / "crops")
+  run = str(tiny_trained_workdir)
   photos = tmp_path / "photos"
   photos.mkdir()
   rng = np.random.default_rng(0)
@@ -39,22 +39,22 @@ def test_crop_mode_crops_good_photos_and_reports_a_corrupt_one(tiny_config, tmp_
   (photos / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
   config.crop.input_dir = str(photos)
   config.crop.top_k = 3
-  summary = crop.crop_folder(config, str(tmp_path / "run"))
+  summary = crop.crop_folder(config, run)
 
   assert summary["cropped"] == 2
   assert list(summary["failed"]) == [str(photos / "broken.jpg")]
   assert "broken.jpg" in summary["failed"][str(photos / "broken.jpg")]
-  record = json.loads((tmp_path / "run" / "crops" / "wide.json").read_text())
+  record = json.loads((tmp_path / "crops" / "wide.json").read_text())
   assert record["image_size"] == [60, 90] and 1 <= len(record["crops"]) <= 3
   scores = [c["score"] for c in record["crops"]]
   assert scores == sorted(scores, reverse=True)
   for c in record["crops"]:
     x1, y1, x2, y2 = c["box"]
     assert 0 <= x1 < x2 <= 90 + 1e-3 and 0 <= y1 < y2 <= 60 + 1e-3
-  assert (tmp_path / "run" / "crops" / "gray_crop.jpg").exists()
+  assert (tmp_path / "crops" / "gray_crop.jpg").exists()
 
   # Aspect-constrained: every crop has the requested width / height.
-  cropper = crop.Cropper(config, str(tmp_path / "run"))
+  cropper = crop.Cropper(config, run)
   photo = crop.load_photo(photos / "wide.jpg")
   for c in cropper.crop(photo, top_k=3, aspect_ratio=1.0):
     x1, y1, x2, y2 = c.box

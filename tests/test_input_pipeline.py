@@ -220,7 +220,8 @@ def test_default_config_prepares_and_feeds(tmp_path):
   prepare.ensure_dataset(config.data, config.cad)
   batch = next(input_pipeline.create_train_iterator(config.data, seed=0,
                                                     global_batch_size=8))
-  assert batch["image"].shape == (8, 320, 320, 3)
+  size = config.data.image_size
+  assert batch["image"].shape == (8, size, size, 3)
   evals = list(input_pipeline.create_eval_iterator(config.data, global_batch_size=8))
   assert sum(b["valid"].sum() for b in evals) == tfds.builder(
       "procrop_cad", data_dir=config.data.data_dir).info.splits["train[90%:]"].num_examples

@@ -170,7 +170,8 @@ def test_bad_inputs_fail_loudly(model):
 
 
 @pytest.mark.slow  # Compiling the decoder with dropout's random bits takes ~30 s on 2 CPUs.
-def test_dropout_only_in_training_and_reseedable(model):
+def test_dropout_only_in_training_and_reseedable():
+  model = _build(dropout=0.1)  # The testing config itself trains without dropout.
   memory, pos, mask = _memory(model)
   decode = lambda train: _decode(model, memory, pos, mask, train=train)[-1]["logits"]
   np.testing.assert_array_equal(decode(False), decode(False))

@@ -54,6 +54,10 @@ class _Tensor:
 
 
 class _Pickler(pickle._Pickler):  # The pure-Python pickler lets save_global be overridden.
+  # dill (imported by tfds.testing in the same process) rewrites the shared dispatch table so
+  # that classes pickle as dill globals; classes here must pickle by reference, as torch's do.
+  dispatch = dict(pickle._Pickler.dispatch)
+  dispatch[type] = lambda self, obj: self.save_global(obj)
 
   def persistent_id(self, obj):
     if isinstance(obj, _Storage):

@@ -82,26 +82,44 @@ def _final_params(config, workdir):
   return params_of(state), meta
 
 
-@pytest.mark.slow
-def test_resumed_run_matches_an_uninterrupted_one(tiny_config, tmp_path):
-  config = tiny_config.copy_and_resolve_references()
-  config.train.eval_every = 6
-  straight = _train(config, tmp_path / "straight", 6)
-  _train(config, tmp_path / "resumed", 3)
-  resumed = _train(config, tmp_path / "resumed", 6)
+class Preempted(Exception):
+  pass
 
-  assert straight["step"] == resumed["step"] == 6
+
+@pytest.mark.slow
+def test_resumed_run_matches_an_uninterrupted_one(tiny_config, tmp_path, monkeypatch):
+  config = tiny_config.copy_and_resolve_references()
+  config.train.eval_every = 4
+  config.train.checkpoint_every = 2
+  straight = _train(config, tmp_path / "straight", 4)
+
+  # The same run, killed while fetching the batch of step 3, then started again.
+  real = input_pipeline.create_train_iterator
+
+  def preempted_after_two_steps(*args, **kwargs):
+    iterator = real(*args, **kwargs)
+    yield next(iterator)
+    yield next(iterator)
+    raise Preempted()
+
+  monkeypatch.setattr(input_pipeline, "create_train_iterator", preempted_after_two_steps)
+  with pytest.raises(Preempted):
+    _train(config, tmp_path / "resumed", 4)
+  monkeypatch.setattr(input_pipeline, "create_train_iterator", real)
+  resumed = _train(config, tmp_path / "resumed", 4)
+
+  assert straight["step"] == resumed["step"] == 4
   assert straight["train_step_compilations"] == 1  # No recompilation after the first step.
   np.testing.assert_allclose(straight["metrics"]["loss"], resumed["metrics"]["loss"], rtol=1e-5)
   a, meta = _final_params(config, tmp_path / "straight")
   b, _ = _final_params(config, tmp_path / "resumed")
-  assert meta["step"] == 6 and meta["examples_seen"] == 6 * config.train.batch_size
+  assert meta["step"] == 4 and meta["examples_seen"] == 4 * config.train.batch_size
   assert_params_close(a, b, atol=1e-6)
 
   # One JSON line per logged step, and the evaluation at the last step.
   lines = [json.loads(l) for l in open(tmp_path / "straight" / "metrics.jsonl")]
   train_lines = [l for l in lines if "grad_norm" in l]
-  assert [l["step"] for l in train_lines] == [1, 2, 3, 4, 5, 6]
+  assert [l["step"] for l in train_lines] == [1, 2, 3, 4]
   assert all(np.isfinite(l["loss"]) for l in train_lines)
   assert any("cad_val/iou" in l for l in lines)
   result = json.load(open(tmp_path / "straight" / "eval" / "procrop_cad_train_90pct_.json"))
@@ -111,10 +129,9 @@ def test_resumed_run_matches_an_uninterrupted_one(tiny_config, tmp_path):
 
 
 @pytest.mark.slow
-def test_eval_mode_restores_and_writes_the_documented_keys(tiny_config, tmp_path):
-  _train(tiny_config, tmp_path, 1)
-  results = train.evaluate_checkpoint(tiny_config, str(tmp_path))
-  path = tmp_path / "eval" / "procrop_cad_train_90pct_.json"
+def test_eval_mode_restores_and_writes_the_documented_keys(tiny_config, tiny_trained_workdir):
+  results = train.evaluate_checkpoint(tiny_config, str(tiny_trained_workdir))
+  path = tiny_trained_workdir / "eval" / "procrop_cad_train_90pct_.json"
   saved = json.load(open(path))
   assert saved == json.loads(json.dumps(results["cad_val"]))
   for key in ("iou", "bde", "iou_top5", "num_images", "skipped", "step", "dataset", "split"):
