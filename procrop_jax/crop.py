@@ -26,11 +26,12 @@ import jax
 import ml_collections
 import numpy as np
 from PIL import Image
-from PIL import ImageOps
 import tqdm
 
 from procrop_jax import input_pipeline
+from procrop_jax import metrics
 from procrop_jax import train
+from procrop_jax.cad import generate
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -42,20 +43,11 @@ class Crop:
   score: float
 
 
-def box_iou_matrix(boxes: np.ndarray) -> np.ndarray:
-  x1, y1, x2, y2 = (boxes[:, i] for i in range(4))
-  area = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-  w = np.clip(np.minimum(x2[:, None], x2) - np.maximum(x1[:, None], x1), 0, None)
-  h = np.clip(np.minimum(y2[:, None], y2) - np.maximum(y1[:, None], y1), 0, None)
-  inter = w * h
-  return inter / np.maximum(area[:, None] + area - inter, 1e-12)
-
-
 def non_max_suppression(boxes: np.ndarray, scores: np.ndarray, *, iou_threshold: float,
                         top_k: int) -> np.ndarray:
   """Indices of up to top_k boxes, best first, none overlapping a kept one above the threshold."""
   order = np.argsort(-scores, kind="stable")
-  ious = box_iou_matrix(boxes)
+  ious = metrics.box_iou(boxes, boxes)
   kept: list[int] = []
   for i in order:
     if all(ious[i, j] <= iou_threshold for j in kept):
@@ -88,11 +80,7 @@ def aspect_candidates(aspect_ratio: float, image_hw: tuple[int, int], *,
 def load_photo(path: str | os.PathLike[str]) -> np.ndarray:
   """An upright RGB uint8 photo; raises ValueError naming the file if it cannot be read."""
   try:
-    with Image.open(path) as image:
-      image = ImageOps.exif_transpose(image)
-      if image.mode == "I;16" or image.mode == "I":
-        image = Image.fromarray((np.asarray(image, np.float32) / 256).clip(0, 255).astype(np.uint8))
-      return np.asarray(image.convert("RGB"))
+    return generate.load_photo(path, max_side=None)
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
 
@@ -111,12 +99,11 @@ class Cropper:
     self.trainer.state, _ = train.restore_state(manager, self.trainer.abstract_state)
     self.step = int(self.trainer.state["step"])
     self.retriever = None
-    if self.trainer.references is not None:
-      from procrop_jax.retrieval import build as retrieval_build  # pylint: disable=g-import-not-at-top
+    references = self.trainer.references
+    if references is not None:
       from procrop_jax.retrieval import neighbors  # pylint: disable=g-import-not-at-top
-      self.retriever = neighbors.Retriever(
-          self.trainer.references.database, retrieval_build.create_extractor(config),
-          k=config.model.num_references)
+      self.retriever = neighbors.Retriever(references.database, references.extractor,
+                                           k=config.model.num_references)
     self._data_size = self.trainer.mesh.shape["data"]
 
   def _batch(self, photo: np.ndarray, boxes: np.ndarray | None) -> dict[str, np.ndarray]:

@@ -108,13 +108,15 @@ def _reseed(rng_state: nnx.State, key: jax.Array) -> nnx.State:
   return jax.tree.unflatten(treedef, leaves)
 
 
-def _forward(graphdef, params, rest, rng_state, batch, *, train: bool, dropout_key=None):
+def _forward(graphdef, params, rest, rng_state, batch, *, train: bool, dropout_key=None,
+             query_boxes=None):
   """Runs the model from its split state; returns outputs and the updated non-param state."""
   if dropout_key is not None:
     rng_state = _reseed(rng_state, dropout_key)
   model = nnx.merge(graphdef, params, rng_state, rest)
   outputs = model(batch["image"], image_valid_hw=batch["image_valid_hw"],
-                  reference_tokens=batch.get("reference_tokens"), train=train)
+                  reference_tokens=batch.get("reference_tokens"), query_boxes=query_boxes,
+                  train=train)
   return outputs, nnx.state(model, nnx.Not(nnx.Any(nnx.Param, nnx.RngState)))
 
 
@@ -171,10 +173,8 @@ def predict_step(state: State, batch: dict[str, jax.Array], *, graphdef, rng_sta
                  score_given_boxes: bool) -> dict[str, jax.Array]:
   """Inference: proposed crops, or scores for the batch's own boxes when score_given_boxes."""
   params = state.get("ema_params", state["params"])
-  model = nnx.merge(graphdef, params, rng_state, state["rest"])
-  outputs = model(batch["image"], image_valid_hw=batch["image_valid_hw"],
-                  reference_tokens=batch.get("reference_tokens"),
-                  query_boxes=batch["boxes"] if score_given_boxes else None, train=False)
+  outputs, _ = _forward(graphdef, params, state["rest"], rng_state, batch, train=False,
+                        query_boxes=batch["boxes"] if score_given_boxes else None)
   return {"boxes": outputs["boxes"], "scores": jax.nn.sigmoid(outputs["logits"])}
 
 
@@ -339,8 +339,16 @@ class References:
     from procrop_jax.retrieval import build as retrieval_build  # pylint: disable=g-import-not-at-top
     self.config = config
     self.cache_dir = os.path.join(workdir, "neighbors")
-    self.database = retrieval_build.load_database(config)
+    # An on-disk database needs no extractor unless a neighbour table must be computed.
+    self.database = retrieval_build.load_database(
+        config, extractor=None if config.retrieval.index_dir else self.extractor)
     self._tables = {}
+
+  @functools.cached_property
+  def extractor(self):
+    """The database's token extractor (backbone + jitted pass), built once and shared."""
+    from procrop_jax.retrieval import build as retrieval_build  # pylint: disable=g-import-not-at-top
+    return retrieval_build.create_extractor(self.config)
 
   def for_split(self, data_config: ml_collections.ConfigDict, split: str
                 ) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
@@ -351,8 +359,10 @@ class References:
       config = self.config.copy_and_resolve_references()
       with config.unlocked():
         config.data = data_config
-      self._tables[key] = neighbors.precompute_neighbors(config, self.database, split=split,
-                                                         cache_dir=self.cache_dir)
+      self._tables[key] = neighbors.precompute_neighbors(
+          config, self.database, split=split, cache_dir=self.cache_dir,
+          # The shared extractor if it exists; else precompute builds one only on a cache miss.
+          extractor=self.__dict__.get("extractor"))
     table = self._tables[key]
 
     def add(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -376,13 +386,15 @@ def _write_jsonl(path: str, record: dict[str, Any]) -> None:
     f.write(json.dumps(record) + "\n")
 
 
-def _check_finite(step: int, metrics: dict[str, Any]) -> None:
+def _check_finite(step: int, metrics: dict[str, Any]) -> dict[str, float]:
+  """The step's metrics on the host; raises NonFiniteLossError if the loss is not finite."""
   metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
   if not (np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])):
     terms = ", ".join(f"{k}={v:.6g}" for k, v in sorted(metrics.items()))
     raise NonFiniteLossError(
         f"Non-finite loss at step {step}: {terms}. Training stopped; the parameters were not "
         "updated by this step and the last checkpoint is kept.")
+  return metrics
 
 
 class BestCheckpoint:
@@ -496,20 +508,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       step += 1
       if pending is not None:
         _check_finite(*pending)
-      pending = (step, metrics)
       report_progress(step)
       is_last = step == config.train.num_steps
-      if step % config.train.log_every == 0 or is_last:
-        _check_finite(step, metrics)
-        last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      is_log = step % config.train.log_every == 0 or is_last
+      is_save = step % config.train.checkpoint_every == 0 or is_last
+      pending = None
+      if is_log or is_save:  # This step's values are needed now: check them now.
+        host_metrics = _check_finite(step, metrics)
+      else:
+        pending = (step, metrics)
+      if is_log:
+        last_metrics = host_metrics
         writer.write_scalars(step, last_metrics)
         if is_chief:
           _write_jsonl(metrics_path, {"step": step, **last_metrics})
       if config.train.eval_every and (step % config.train.eval_every == 0 or is_last):
         evaluate_during_training(trainer, step, writer, best_tracker,
                                  metrics_path if is_chief else None)
-      if step % config.train.checkpoint_every == 0 or is_last:
-        _check_finite(step, metrics)
+      if is_save:
         save(step, force=is_last)
 
   summary = {"step": step, "metrics": last_metrics,
