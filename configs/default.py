@@ -27,6 +27,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.max_boxes = 16  # Ground-truth boxes padded to this count, with a mask.
   config.data.augment = True
   config.data.prefetch = 2
+  # Frozen-backbone features cached for `views` augmented views of every training example
+  # (procrop_jax/feature_cache.py); 0 trains from images. Needs backbone_learning_rate = 0.
+  config.data.feature_cache = ml_collections.ConfigDict()
+  config.data.feature_cache.views = 0
+  config.data.feature_cache.dir = ""  # Empty: DATA_DIR/feature_cache.
 
   # Weak-label generation for the embedded default (procrop_jax.cad).
   config.cad = ml_collections.ConfigDict()
@@ -128,6 +133,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.benchmarks = ml_collections.ConfigDict()
   # The held-out slice of the training data (dataset and directories as in config.data).
   config.eval.benchmarks.cad_val = dict(split=config.data.eval_split, protocols="iou")
+
+  # ----------------------------------------------------------- inference
+  # Test-time refinements used by evaluation and cropping (procrop_jax/tta.py).
+  config.inference = ml_collections.ConfigDict()
+  config.inference.flip = False  # Also run the mirrored photo; average / pool the results.
+  config.inference.vote_iou = 0.0  # > 0: each crop -> score-weighted mean of its overlaps.
 
   # ---------------------------------------------------------------- crop
   config.crop = ml_collections.ConfigDict()

@@ -46,7 +46,7 @@ import tensorflow_datasets as tfds
 HOST_ONLY_KEYS = frozenset({"image_id"})
 # The map functions use TF ops only (no Python control flow on tensors): skipping
 # autograph's conversion makes building a pipeline several times faster.
-_no_autograph = tf.autograph.experimental.do_not_convert
+no_autograph = tf.autograph.experimental.do_not_convert
 _DECODE_RATIOS = (1, 2, 4, 8)  # What tf.io.decode_jpeg's DCT scaling supports.
 _SEED_SALT_ORDER = 0x5EED
 _SEED_SALT_AUGMENT = 0xA06
@@ -128,11 +128,11 @@ def _fetch_fn(source):
   return fetch
 
 
-def _serialized(source, indices: tf.data.Dataset, chunk: int = 16) -> tf.data.Dataset:
+def serialized(source, indices: tf.data.Dataset, chunk: int = 16) -> tf.data.Dataset:
   """Maps a dataset of (index, ...) tuples to (serialized example, ...)."""
   fetch = _fetch_fn(source)
 
-  @_no_autograph
+  @no_autograph
 
   def read(index, *rest):
     records = tf.numpy_function(fetch, [index], tf.string, stateful=False)
@@ -343,7 +343,7 @@ def create_train_dataset(settings: DataSettings, *, seed: int, batch_size: int,
   seed_order = tf.constant(seed ^ _SEED_SALT_ORDER, tf.int64)
   seed_augment = tf.constant(seed ^ _SEED_SALT_AUGMENT, tf.int64)
 
-  @_no_autograph
+  @no_autograph
 
   def position_to_index(position):
     epoch, offset = position // n, position % n
@@ -351,7 +351,7 @@ def create_train_dataset(settings: DataSettings, *, seed: int, batch_size: int,
         offset, tf.stack([seed_order, epoch]), tf.constant(n - 1, tf.int64))
     return index, position
 
-  @_no_autograph
+  @no_autograph
 
   def process(serialized, position):
     example = parse(serialized, features)
@@ -361,7 +361,7 @@ def create_train_dataset(settings: DataSettings, *, seed: int, batch_size: int,
 
   start = int(start_step) * batch_size
   positions = tf.data.Dataset.range(start, np.iinfo(np.int64).max)
-  ds = _serialized(source, positions.map(position_to_index))
+  ds = serialized(source, positions.map(position_to_index))
   ds = ds.map(process, num_parallel_calls=num_parallel_calls, deterministic=True)
   ds = ds.batch(batch_size, drop_remainder=True)
   return ds.prefetch(settings.prefetch or tf.data.AUTOTUNE).with_options(_options())
@@ -393,12 +393,12 @@ def create_eval_dataset(settings: DataSettings, *, batch_size: int,
   max_boxes = max_boxes or settings.max_boxes
   features = builder.info.features
 
-  @_no_autograph
+  @no_autograph
 
   def position_to_index(position):
     return tf.minimum(position, max(n - 1, 0)), position < n
 
-  @_no_autograph
+  @no_autograph
 
   def process(serialized, valid):
     example = preprocess(parse(serialized, features), seed=None,
@@ -411,7 +411,7 @@ def create_eval_dataset(settings: DataSettings, *, batch_size: int,
   if n == 0:
     raise ValueError(f"split {host_split!r} of {builder.name} is empty on this host")
   positions = tf.data.Dataset.range(num_batches * batch_size)
-  ds = _serialized(source, positions.map(position_to_index))
+  ds = serialized(source, positions.map(position_to_index))
   ds = ds.map(process, num_parallel_calls=num_parallel_calls, deterministic=True)
   ds = ds.batch(batch_size, drop_remainder=True)
   return ds.prefetch(settings.prefetch or tf.data.AUTOTUNE).with_options(_options())

@@ -27,9 +27,11 @@ import optax
 import orbax.checkpoint as ocp
 
 from procrop_jax import evaluate
+from procrop_jax import feature_cache
 from procrop_jax import input_pipeline
 from procrop_jax import losses
 from procrop_jax import sharding
+from procrop_jax import tta
 from procrop_jax.models import pretrained
 from procrop_jax.models import procrop
 
@@ -114,9 +116,9 @@ def _forward(graphdef, params, rest, rng_state, batch, *, train: bool, dropout_k
   if dropout_key is not None:
     rng_state = _reseed(rng_state, dropout_key)
   model = nnx.merge(graphdef, params, rng_state, rest)
-  outputs = model(batch["image"], image_valid_hw=batch["image_valid_hw"],
+  outputs = model(batch.get("image"), image_valid_hw=batch["image_valid_hw"],
                   reference_tokens=batch.get("reference_tokens"), query_boxes=query_boxes,
-                  train=train)
+                  train=train, features=feature_cache.batch_features(batch))
   return outputs, nnx.state(model, nnx.Not(nnx.Any(nnx.Param, nnx.RngState)))
 
 
@@ -170,12 +172,43 @@ def eval_step(state: State, batch: dict[str, jax.Array], *, graphdef, rng_state,
 
 
 def predict_step(state: State, batch: dict[str, jax.Array], *, graphdef, rng_state,
-                 score_given_boxes: bool) -> dict[str, jax.Array]:
-  """Inference: proposed crops, or scores for the batch's own boxes when score_given_boxes."""
+                 score_given_boxes: bool, flip: bool = False, vote_iou: float = 0.0
+                 ) -> dict[str, jax.Array]:
+  """Inference: proposed crops, or scores for the batch's own boxes when score_given_boxes.
+
+  `flip` adds the mirrored photo's pass and `vote_iou` > 0 votes proposals (see tta.py).
+  """
   params = state.get("ema_params", state["params"])
+  given = batch["boxes"] if score_given_boxes else None
+  if flip:  # Both passes in one batch: [plain; mirrored].
+    batch = dict(batch)
+    batch["image"] = jnp.concatenate(
+        [batch["image"], tta.flip_canvas(batch["image"], batch["image_valid_hw"])])
+    for key in ("image_valid_hw", "reference_tokens"):
+      if key in batch:
+        batch[key] = jnp.concatenate([batch[key], batch[key]])
+    if given is not None:
+      given = jnp.concatenate([given, tta.flip_boxes(given)])
   outputs, _ = _forward(graphdef, params, state["rest"], rng_state, batch, train=False,
-                        query_boxes=batch["boxes"] if score_given_boxes else None)
-  return {"boxes": outputs["boxes"], "scores": jax.nn.sigmoid(outputs["logits"])}
+                        query_boxes=given)
+  boxes, scores = outputs["boxes"], jax.nn.sigmoid(outputs["logits"])
+  if flip:
+    plain, mirrored = jnp.split(boxes, 2), jnp.split(scores, 2)
+    if given is None:  # The mirrored pass's proposals join the plain ones.
+      boxes = jnp.concatenate([plain[0], tta.flip_boxes(plain[1])], axis=1)
+      scores = jnp.concatenate(mirrored, axis=1)
+    else:  # A given box's score: the mean over both passes.
+      boxes, scores = plain[0], 0.5 * (mirrored[0] + mirrored[1])
+  if vote_iou > 0 and given is None:
+    boxes = tta.vote_boxes(boxes, scores, vote_iou)
+  return {"boxes": boxes, "scores": scores}
+
+
+def inference_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """predict_step's test-time options from `config.inference` (absent: none)."""
+  inference = config.get("inference") or {}
+  return {"flip": bool(inference.get("flip", False)),
+          "vote_iou": float(inference.get("vote_iou", 0.0))}
 
 
 # ------------------------------------------------------------------------------- checkpointing
@@ -270,7 +303,8 @@ class Trainer:
         in_shardings=(self.state_shardings, self.batch_sharding), out_shardings=replicated)
     self._predict_steps = {
         given: jax.jit(functools.partial(predict_step, graphdef=self.graphdef,
-                                         rng_state=self.rng_state, score_given_boxes=given),
+                                         rng_state=self.rng_state, score_given_boxes=given,
+                                         **inference_options(config)),
                        in_shardings=(self.state_shardings, self.batch_sharding),
                        out_shardings=replicated)
         for given in (False, True)}
@@ -442,18 +476,11 @@ def evaluate_during_training(trainer: Trainer, step: int, writer, best: BestChec
   return scalars
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str
+def evaluate_checkpoint(config: ml_collections.ConfigDict | None, workdir: str
                         ) -> dict[str, dict[str, Any]]:
-  """`main --mode=eval`: restores the latest checkpoint and runs every configured benchmark."""
-  trainer = Trainer(config, workdir)
-  manager = create_checkpoint_manager(workdir, config)
-  if manager.latest_step() is None:
-    raise FileNotFoundError(
-        f"No checkpoint in {manager.directory}: train first (--mode=train with this workdir).")
-  trainer.state, _ = restore_state(manager, trainer.abstract_state)
-  step = int(trainer.state["step"])
-  logging.info("Evaluating the checkpoint of step %d.", step)
-  return trainer.run_benchmarks(os.path.join(workdir, "eval"), step=step)
+  """`main --mode=eval`, now `inference.evaluate_checkpoint` (no optimizer); kept for callers."""
+  from procrop_jax import inference  # pylint: disable=g-import-not-at-top  (inference imports train)
+  return inference.evaluate_checkpoint(config, workdir)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -464,12 +491,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   os.makedirs(workdir, exist_ok=True)
   is_chief = jax.process_index() == 0
+  if is_chief:  # The run describes itself: eval, crop and the Predictor read this back.
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      json.dump(config.copy_and_resolve_references().to_dict(), f, indent=2, default=list)
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
 
   # Data first: building the embedded default's dataset is the slow part of a first run.
   from procrop_jax.datasets import prepare  # pylint: disable=g-import-not-at-top
   prepare.ensure_dataset(config.data, config.cad)
+  if feature_cache.enabled(config):
+    feature_cache.check_frozen(config)
+    feature_cache.build(config)
 
   trainer = Trainer(config, workdir)
   manager = create_checkpoint_manager(workdir, config)
@@ -484,9 +517,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                num_params / 1e6, dict(trainer.mesh.shape), config.train.batch_size,
                start_step, config.train.num_steps)
 
-  train_iter = trainer.with_references(input_pipeline.create_train_iterator(
-      config.data, seed=config.seed, global_batch_size=config.train.batch_size,
-      start_step=start_step), config.data, config.data.train_split)
+  if feature_cache.enabled(config):
+    batches = feature_cache.create_train_iterator(
+        config, seed=config.seed, global_batch_size=config.train.batch_size,
+        start_step=start_step)
+  else:
+    batches = input_pipeline.create_train_iterator(
+        config.data, seed=config.seed, global_batch_size=config.train.batch_size,
+        start_step=start_step)
+  train_iter = trainer.with_references(batches, config.data, config.data.train_split)
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=config.train.num_steps, writer=writer, every_steps=config.train.log_every)
 

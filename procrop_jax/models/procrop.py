@@ -36,6 +36,7 @@ from procrop_jax.models import position_encoding
 from procrop_jax.models import transformer
 
 FUSIONS = ("concat_mlp", "cross_attention")
+FEATURE_KEYS = ("stride32", "stride16")  # Backbone maps the head reads.
 # The score head starts at this probability for every query (focal-loss practice, RetinaNet).
 _PRIOR_PROB = 0.01
 
@@ -183,26 +184,38 @@ class ProCrop(nnx.Module):
                tokens_grid=config["retrieval"]["tokens_grid"], rngs=rngs)
 
   # ------------------------------------------------------------------------------ image tokens
-  def encode(self, images: jax.Array, image_valid_hw: jax.Array, *,
-             train: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Backbone + projection + encoder: (tokens [B, S, D], positions [B, S, D], mask [B, S])."""
-    feats = self.backbone(images, train=train)
-    x = self.input_proj(feats["stride32"])
+  def encode(self, images: jax.Array | None, image_valid_hw: jax.Array, *,
+             train: bool = False, features: Mapping[str, jax.Array] | None = None
+             ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Backbone + projection + encoder: (tokens [B, S, D], positions [B, S, D], mask [B, S]).
+
+    `features` (the backbone's "stride32" and "stride16" maps, e.g. from a feature cache)
+    replace the backbone pass; `images` is then unused.
+    """
+    feats = self.backbone_features(images, train=train) if features is None else features
+    x = self.input_proj(feats["stride32"].astype(jnp.float32))
     b, h, w, _ = x.shape
     # Only the concat_mlp fusion's token mixing needs the token count it was built for.
     if isinstance(self.fusion, ConcatMLPFusion) and (h, w) != (self.grid, self.grid):
       raise ValueError(
           f"ProCrop was built for {self.image_size}px canvases ({self.grid}x{self.grid} tokens) "
-          f"but got images of {images.shape[1]}x{images.shape[2]} ({h}x{w} tokens); build it "
+          f"but got {h}x{w} tokens; build it "
           "with image_size=config.data.image_size (or ProCrop.from_config).")
     if self.stride16_proj is not None:
-      x = x + self.stride16_proj(feats["stride16"])
+      x = x + self.stride16_proj(feats["stride16"].astype(jnp.float32))
     x = self.input_norm(x).reshape(b, h * w, self.d_model)
     mask = position_encoding.token_valid_mask(h, w, image_valid_hw)
     pos = position_encoding.grid_sine_embedding(h, w, image_valid_hw, self.d_model)
     for layer in self.encoder_layers:
       x = layer(x, pos, mask, train=train)
     return x, pos, mask
+
+  def backbone_features(self, images: jax.Array, *, train: bool = False
+                        ) -> dict[str, jax.Array]:
+    """The backbone maps the head reads: {"stride32", "stride16" (when used)}, NHWC."""
+    feats = self.backbone(images, train=train)
+    return {k: feats[k] for k in FEATURE_KEYS if k in feats and
+            (k == "stride32" or self.use_stride16)}
 
   def fuse(self, x: jax.Array, pos: jax.Array, mask: jax.Array,
            reference_tokens: jax.Array | None, *, train: bool = False) -> jax.Array:
@@ -267,9 +280,10 @@ class ProCrop(nnx.Module):
       })
     return predictions
 
-  def __call__(self, images: jax.Array, *, image_valid_hw: jax.Array | None = None,
+  def __call__(self, images: jax.Array | None, *, image_valid_hw: jax.Array | None = None,
                reference_tokens: jax.Array | None = None, query_boxes: jax.Array | None = None,
-               train: bool = False) -> dict[str, Any]:
+               train: bool = False, features: Mapping[str, jax.Array] | None = None
+               ) -> dict[str, Any]:
     """Predicts (or scores) crops.
 
     Args:
@@ -279,6 +293,8 @@ class ProCrop(nnx.Module):
         T = tokens_grid ** 2, C_ref = backbone stride-32 channels; None (or K = 0) = no fusion.
       query_boxes: optional [B, Q, 4] normalised xyxy boxes to score instead of proposing.
       train: dropout on, and backbone BN batch statistics unless freeze_backbone_bn.
+      features: precomputed `backbone_features(images)` (a feature cache); then `images` may
+        be None.
 
     Returns:
       "logits" [B, N] (sigmoid -> score), "boxes" [B, N, 4] normalised xyxy clipped to [0, 1]
@@ -287,9 +303,10 @@ class ProCrop(nnx.Module):
       N = num_queries, or Q when scoring given boxes.
     """
     if image_valid_hw is None:
-      image_valid_hw = jnp.ones((images.shape[0], 2), jnp.float32)
+      batch = images.shape[0] if features is None else features["stride32"].shape[0]
+      image_valid_hw = jnp.ones((batch, 2), jnp.float32)
     image_valid_hw = image_valid_hw.astype(jnp.float32)
-    x, pos, mask = self.encode(images, image_valid_hw, train=train)
+    x, pos, mask = self.encode(images, image_valid_hw, train=train, features=features)
     memory = self.fuse(x, pos, mask, reference_tokens, train=train)
     predictions = self.decode(memory, pos, mask, query_boxes, train=train)
     return {**predictions[-1], "aux": predictions[:-1]}

@@ -1,0 +1,33 @@
+r"""FCDB on a laptop-sized CPU: the FCDB recipe (configs/fcdb.py) with a frozen, cached backbone.
+
+Trains on 2 CPU cores in under an hour, end to end from data/manual/fcdb (see data/README.md):
+
+  python -m procrop_jax.main --config=configs/fcdb_cpu.py --workdir=workdirs/fcdb_cpu
+
+What differs from configs/fcdb.py and why: the ImageNet backbone is frozen and its features are
+computed once for 8 augmented views of every training photo (procrop_jax/feature_cache.py), so
+a step runs only the head; fewer crop queries (one expert crop per photo needs few); no retrieval
+(K = 0: see experiments/fcdb/RESULTS.md for the K > 0 rows). Model selection uses the validation
+slice train[85%:] only; the test split is never looked at.
+"""
+
+import ml_collections
+
+from configs import fcdb
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = fcdb.get_config()
+  config.data.feature_cache.views = 8
+  config.model.num_references = 0
+  config.model.num_queries = 30
+  config.optim.backbone_learning_rate = 0.0  # Frozen: what makes the feature cache valid.
+  config.optim.learning_rate = 2e-4
+  config.optim.warmup_steps = 100
+  config.optim.ema_decay = 0.998
+  config.train.batch_size = 16
+  config.train.num_steps = 3000
+  config.train.log_every = 50
+  config.train.checkpoint_every = 250
+  config.train.eval_every = 250
+  return config

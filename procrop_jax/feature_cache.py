@@ -1,0 +1,258 @@
+"""A cache of frozen-backbone features over a fixed set of augmented views of the training split.
+
+With a frozen backbone (`config.optim.backbone_learning_rate == 0` and frozen BN statistics) the
+backbone's output for an augmented image never changes during training, yet computing it is about
+half of a CPU train step. The cache computes it once for `views` augmented versions of every
+training example (view 0 unaugmented, the others drawn by the input pipeline's own augmentation:
+box-keeping crop, flip, colour jitter) and training then samples (example, view) pairs: the head
+sees `views` fixed augmentations instead of a fresh one each epoch, in exchange for steps that
+skip the backbone.
+
+On disk (one folder per cache key, under `config.data.feature_cache.dir`):
+
+  metadata.json           the key (dataset, version, split, canvas, backbone, views, seed, ...),
+                          shapes, and the process slice it covers; written last
+  features_stride32.npy   float16 [V * N, g, g, C32]      (memory-mapped when read)
+  features_stride16.npy   float16 [V * N, 2g, 2g, C16]    (when the model uses stride 16)
+  image_valid_hw.npy, boxes.npy, box_scores.npy, box_mask.npy, image_size.npy, image_id.npy
+
+Row v * N + i is view v of example i. A cache is built into a temporary folder and renamed into
+place when complete, so an interrupted build leaves nothing that looks finished; the folder name
+is a hash of the key, so a change of dataset, backbone, canvas or augmentation builds a new cache
+instead of reusing a stale one. Each process of a multi-host run caches its own slice of the split.
+
+Batches from `create_train_iterator` have the input pipeline's layout with `features_stride32`
+(and `features_stride16`) in place of `image`; the model reads them through `batch_features`.
+The order is a pure function of (seed, step): permutations of the examples per epoch, a view per
+position, so a resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+import time
+from typing import Any, Iterator, Mapping
+
+from absl import logging
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from procrop_jax import input_pipeline
+from procrop_jax.models import procrop
+
+FEATURE_PREFIX = "features_"
+# Bump when what is cached (or how) changes, so older caches are not reused.
+_CACHE_VERSION = 1
+_SEED_SALT_VIEWS = 0xCAC4E
+_LABEL_KEYS = ("image_valid_hw", "boxes", "box_scores", "box_mask", "image_size")
+
+
+def enabled(config: ml_collections.ConfigDict) -> bool:
+  """True when `config.data.feature_cache.views` asks for a cache."""
+  cache = config.data.get("feature_cache")
+  return bool(cache and cache.get("views", 0))
+
+
+def check_frozen(config: ml_collections.ConfigDict) -> None:
+  """Raises unless the backbone is frozen, the only case where cached features stay right."""
+  if config.optim.backbone_learning_rate != 0 or not config.model.freeze_backbone_bn:
+    raise ValueError(
+        "config.data.feature_cache.views > 0 needs a frozen backbone "
+        "(config.optim.backbone_learning_rate=0 and config.model.freeze_backbone_bn=True): "
+        "a trained backbone would make the cached features stale. Set "
+        "--config.data.feature_cache.views=0 to train from images.")
+
+
+def batch_features(batch: Mapping[str, Any]) -> dict[str, Any] | None:
+  """The cached backbone maps of a batch ({"stride32", ...}), or None for an image batch."""
+  feats = {k[len(FEATURE_PREFIX):]: v for k, v in batch.items() if k.startswith(FEATURE_PREFIX)}
+  return feats or None
+
+
+def cache_key(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder,
+              split: str) -> dict[str, Any]:
+  """Everything the cached arrays depend on."""
+  settings = input_pipeline.DataSettings.from_config(config.data)
+  augment = input_pipeline.Augmentation() if settings.augment else input_pipeline.NO_AUGMENTATION
+  return {
+      "cache_version": _CACHE_VERSION,
+      "dataset": builder.info.full_name,  # name/config/version
+      "num_examples": builder.info.splits[split].num_examples,
+      "split": split,
+      "image_size": settings.image_size,
+      "max_boxes": settings.max_boxes,
+      "augmentation": repr(augment),
+      "backbone": config.model.backbone,
+      "pretrained": bool(config.model.pretrained),
+      "use_stride16": bool(config.model.use_stride16),
+      "views": int(config.data.feature_cache.views),
+      "seed": int(config.seed),
+      "process": [jax.process_index(), jax.process_count()],
+  }
+
+
+def cache_dir(config: ml_collections.ConfigDict, key: Mapping[str, Any]) -> pathlib.Path:
+  root = config.data.feature_cache.get("dir") or os.path.join(config.data.data_dir,
+                                                                "feature_cache")
+  digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+  name = f"{config.data.dataset}-{config.model.backbone}-{config.data.image_size}px-{digest}"
+  return pathlib.Path(root) / name
+
+
+def _views_dataset(source, features, settings: input_pipeline.DataSettings, view: int,
+                   seed: int, batch_size: int) -> tf.data.Dataset:
+  """View `view` of every example of `source`, in order, batched (the last batch padded)."""
+  n = len(source)
+  augment = input_pipeline.Augmentation() if settings.augment else input_pipeline.NO_AUGMENTATION
+  view_seed = tf.constant(seed ^ _SEED_SALT_VIEWS, tf.int64)
+
+  @input_pipeline.no_autograph
+  def process(serialized, position):
+    example = input_pipeline.parse(serialized, features)
+    # View 0 is the plain image; the others draw the training augmentation.
+    return input_pipeline.preprocess(
+        example, seed=None if view == 0 else tf.stack([view_seed, view * n + position]),
+        image_size=settings.image_size, max_boxes=settings.max_boxes, augment=augment)
+
+  positions = tf.data.Dataset.range(n).map(lambda p: (p, p))
+  ds = input_pipeline.serialized(source, positions)
+  ds = ds.map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return ds.batch(batch_size).prefetch(2)
+
+
+def build(config: ml_collections.ConfigDict, *, batch_size: int = 16) -> pathlib.Path:
+  """Builds (or finds) the feature cache of `config.data.train_split`; returns its folder."""
+  check_frozen(config)
+  settings = input_pipeline.DataSettings.from_config(config.data)
+  builder = input_pipeline.load_builder(settings)
+  split = tfds.split_for_jax_process(settings.train_split, drop_remainder=True)
+  key = cache_key(config, builder, settings.train_split)
+  out = cache_dir(config, key)
+  if (out / "metadata.json").is_file():
+    logging.info("Feature cache found: %s", out)
+    return out
+  source = input_pipeline.open_source(builder, split)
+  n, views = len(source), key["views"]
+  if n == 0:
+    raise ValueError(f"split {split!r} of {builder.name} is empty on this host")
+
+  # The backbone exactly as the trainer builds it (same weights, frozen BN).
+  from procrop_jax import train  # pylint: disable=g-import-not-at-top  (train imports us)
+  model = train.create_model(config)
+  graphdef, state = nnx.split(model.backbone)
+
+  @jax.jit
+  def extract(images):
+    backbone = nnx.merge(graphdef, state)
+    feats = backbone(images, train=False)
+    keep = procrop.FEATURE_KEYS if config.model.use_stride16 else ("stride32",)
+    return {k: feats[k].astype(jnp.float16) for k in keep}
+
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+  try:
+    arrays: dict[str, np.ndarray] = {}
+    ids = []
+    start, done = time.time(), 0
+    for view in range(views):
+      row = view * n
+      for batch in _views_dataset(source, builder.info.features, settings, view, config.seed,
+                                  batch_size).as_numpy_iterator():
+        feats = jax.device_get(extract(batch["image"]))
+        values = {**{FEATURE_PREFIX + k: v for k, v in feats.items()},
+                  **{k: batch[k] for k in _LABEL_KEYS}}
+        if not arrays:  # Shapes are known after the first batch: open the files.
+          arrays = {k: np.lib.format.open_memmap(tmp / f"{k}.npy", mode="w+", dtype=v.dtype,
+                                                 shape=(views * n,) + v.shape[1:])
+                    for k, v in values.items()}
+        count = len(batch["image"])
+        for k, v in values.items():
+          arrays[k][row:row + count] = v
+        ids.extend(batch["image_id"].tolist())
+        row += count
+        done += count
+        elapsed = time.time() - start
+        if done % (batch_size * 20) < batch_size or done == views * n:
+          logging.info("Feature cache: %d/%d views (%.1f/s, %.0f s left).", done, views * n,
+                       done / elapsed, (views * n - done) * elapsed / done)
+    for array in arrays.values():
+      array.flush()
+    np.save(tmp / "image_id.npy", np.array(ids, dtype=object).astype(bytes))
+    metadata = {"key": key, "num_examples": n, "views": views,
+                "shapes": {k: list(v.shape) for k, v in arrays.items()},
+                "seconds": round(time.time() - start, 1)}
+    (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2))
+    del arrays
+    os.replace(tmp, out)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  logging.info("Feature cache of %d examples x %d views written to %s in %.0f s.", n, views,
+               out, time.time() - start)
+  return out
+
+
+class FeatureCache:
+  """A built cache, memory-mapped."""
+
+  def __init__(self, path: str | os.PathLike[str]):
+    self.path = pathlib.Path(path)
+    meta_path = self.path / "metadata.json"
+    if not meta_path.is_file():
+      raise FileNotFoundError(f"{self.path} is not a complete feature cache (no metadata.json)")
+    self.metadata = json.loads(meta_path.read_text())
+    self.num_examples = self.metadata["num_examples"]
+    self.views = self.metadata["views"]
+    self.arrays = {k: np.load(self.path / f"{k}.npy", mmap_mode="r")
+                   for k in self.metadata["shapes"]}
+    self.image_id = np.load(self.path / "image_id.npy")
+    rows = self.num_examples * self.views
+    for k, v in {**self.arrays, "image_id": self.image_id}.items():
+      if len(v) != rows:
+        raise ValueError(f"{self.path}/{k}.npy has {len(v)} rows, expected {rows}: "
+                         "the cache is damaged; delete the folder to rebuild it.")
+
+  def rows(self, positions: np.ndarray, seed: int) -> np.ndarray:
+    """Row of each training position: epoch permutations of the examples, a view each."""
+    n = self.num_examples
+    rows = np.empty(len(positions), np.int64)
+    for j, position in enumerate(positions):
+      epoch, offset = divmod(int(position), n)
+      order = np.random.default_rng([seed, epoch]).permutation(n)
+      view = np.random.default_rng([seed, int(position), 1]).integers(self.views)
+      rows[j] = view * n + order[offset]
+    return rows
+
+  def batch(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+    # Sorted reads are sequential in the memory map; the batch keeps the sampled order.
+    order = np.argsort(rows)
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    out = {k: np.asarray(v[rows[order]])[inverse] for k, v in self.arrays.items()}
+    out["image_id"] = self.image_id[rows]
+    return out
+
+
+def create_train_iterator(config: ml_collections.ConfigDict, *, seed: int,
+                          global_batch_size: int, start_step: int = 0
+                          ) -> Iterator[dict[str, np.ndarray]]:
+  """Host-local training batches from the feature cache (built first if needed), forever."""
+  cache = FeatureCache(build(config))
+  batch_size = input_pipeline.local_batch_size(global_batch_size)
+  logging.info("Training from the feature cache %s (%d examples x %d views).", cache.path,
+               cache.num_examples, cache.views)
+  step = start_step
+  while True:
+    positions = np.arange(step * batch_size, (step + 1) * batch_size)
+    yield cache.batch(cache.rows(positions, seed))
+    step += 1

@@ -1,0 +1,213 @@
+"""Shipped models: trained ProCrop weights that come with the package, loaded with no workdir.
+
+A shipped model is a folder (`procrop_jax/shipped/<name>/` for the ones in the package) holding:
+
+  config.json      the training run's resolved config (`ConfigDict.to_dict()`)
+  params.npz       trained parameters, "path/to/param" -> array, stored as float16 (halves the
+                   size; every parameter is cast back to float32 on load). With a frozen
+                   ImageNet backbone the backbone is left out and comes from the
+                   efficientnet-liteN package, exactly as in training.
+  model_card.json  what made it: the training command, the validation figures, the code
+                   version, the parameter dtype and the sha256 of params.npz (checked on load)
+
+`load()` reads only numpy arrays and JSON (no pickle), so a model folder from elsewhere cannot run
+code when loaded. `export()` writes such a folder from a trained model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import tempfile
+from typing import Any
+
+from flax import nnx
+import jax
+import ml_collections
+import numpy as np
+
+from procrop_jax import sharding
+from procrop_jax.models import pretrained
+from procrop_jax.models import procrop
+
+DEFAULT_MODEL = "fcdb_lite0"
+SHIPPED_DIR = pathlib.Path(__file__).resolve().parent / "shipped"
+_FILES = ("config.json", "params.npz", "model_card.json")
+_STORAGE_DTYPES = ("float16", "float32")
+
+
+@dataclasses.dataclass
+class ShippedModel:
+  """A loaded shipped model: the config it was trained with, the model, and its card."""
+  config: ml_collections.ConfigDict
+  model: procrop.ProCrop
+  card: dict[str, Any]
+  path: pathlib.Path
+
+
+def available() -> list[str]:
+  """Names of the models shipped in the package."""
+  if not SHIPPED_DIR.is_dir():
+    return []
+  return sorted(p.name for p in SHIPPED_DIR.iterdir()
+                if all((p / f).is_file() for f in _FILES))
+
+
+def model_dir(name_or_path: str | os.PathLike[str] | None = None) -> pathlib.Path:
+  """The folder of a shipped model: a name from `available()`, or a path to a folder."""
+  name_or_path = DEFAULT_MODEL if name_or_path is None else name_or_path
+  path = pathlib.Path(name_or_path)
+  if not path.is_dir():
+    path = SHIPPED_DIR / str(name_or_path)
+  missing = [f for f in _FILES if not (path / f).is_file()]
+  if missing:
+    raise FileNotFoundError(
+        f"{name_or_path!s} is not a shipped model: {path} lacks {', '.join(missing)}. "
+        f"Models in the package: {', '.join(available()) or 'none'}.")
+  return path
+
+
+def _sha256(path: pathlib.Path) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _named_variables(model: nnx.Module) -> dict[str, nnx.Variable]:
+  """Every parameter and batch statistic of the model by its "a/b/c" path."""
+  return {sharding.path_to_string(path): var for path, var in nnx.iter_graph(model)
+          if isinstance(var, (nnx.Param, nnx.BatchStat))}
+
+
+def _atomic_write(path: pathlib.Path, data: bytes) -> None:
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def backbone_is_frozen(config: ml_collections.ConfigDict) -> bool:
+  """True when training left the ImageNet backbone untouched (weights and BN statistics)."""
+  return (config.model.pretrained and config.optim.backbone_learning_rate == 0
+          and config.model.freeze_backbone_bn)
+
+
+def export(model: procrop.ProCrop, config: ml_collections.ConfigDict,
+           out_dir: str | os.PathLike[str], *, card: dict[str, Any] | None = None,
+           dtype: str = "float16") -> pathlib.Path:
+  """Writes `model` as a shipped-model folder; returns its path.
+
+  Args:
+    model: the trained model (its parameters are read, not changed).
+    config: the config it was trained with.
+    out_dir: the folder to write (created; existing files are replaced).
+    card: what to record about the model (training command, validation figures, ...).
+    dtype: storage dtype of the parameters, "float16" or "float32".
+  """
+  if dtype not in _STORAGE_DTYPES:
+    raise ValueError(f"dtype={dtype!r}: use one of {_STORAGE_DTYPES}")
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  skip_backbone = backbone_is_frozen(config)
+  arrays = {}
+  for name, var in _named_variables(model).items():
+    if skip_backbone and name.startswith("backbone/"):
+      continue
+    value = np.asarray(jax.device_get(var.get_value()), np.float32)
+    if dtype == "float16" and np.abs(value).max(initial=0.0) > np.finfo(np.float16).max:
+      raise ValueError(f"parameter {name} exceeds the float16 range; export with "
+                       "dtype='float32'")
+    arrays[name] = value.astype(dtype)
+  params_path = out / "params.npz"
+  with tempfile.NamedTemporaryFile(dir=out, prefix=".params.", suffix=".npz",
+                                   delete=False) as f:
+    np.savez(f, **arrays)
+  os.replace(f.name, params_path)
+  resolved = config.copy_and_resolve_references()
+  _atomic_write(out / "config.json", json.dumps(resolved.to_dict(), indent=2,
+                                                default=list).encode())
+  full_card = {
+      **(card or {}),
+      "param_dtype": dtype,
+      "num_params_stored": int(sum(a.size for a in arrays.values())),
+      "backbone_from_package": skip_backbone,
+      "params_sha256": _sha256(params_path),
+  }
+  _atomic_write(out / "model_card.json", json.dumps(full_card, indent=2).encode())
+  return out
+
+
+def load_config(name_or_path: str | os.PathLike[str] | None = None
+                ) -> ml_collections.ConfigDict:
+  """The config a shipped model was trained with."""
+  path = model_dir(name_or_path)
+  return _config_from_json(path / "config.json")
+
+
+def _config_from_json(path: pathlib.Path) -> ml_collections.ConfigDict:
+  try:
+    values = json.loads(path.read_text())
+  except (OSError, json.JSONDecodeError) as e:
+    raise ValueError(f"{path}: not a readable config ({e})") from e
+  # JSON has no tuples; the mesh rules and shapes are tuples in the configs.
+  mesh = values.get("mesh", {})
+  for key in ("shape", "axes"):
+    if key in mesh:
+      mesh[key] = tuple(mesh[key])
+  if "param_rules" in mesh:
+    mesh["param_rules"] = tuple((rule, tuple(spec)) for rule, spec in mesh["param_rules"])
+  return ml_collections.ConfigDict(values)
+
+
+def load(name_or_path: str | os.PathLike[str] | None = None, *,
+         verify: bool = True) -> ShippedModel:
+  """Loads a shipped model (default: `DEFAULT_MODEL`) with every weight in place.
+
+  Raises:
+    FileNotFoundError: no such model.
+    ValueError: the parameter file is corrupt, does not match its card's checksum, or does not
+      fit the model its config describes (naming every missing or mis-shaped parameter).
+  """
+  path = model_dir(name_or_path)
+  config = _config_from_json(path / "config.json")
+  card = json.loads((path / "model_card.json").read_text())
+  params_path = path / "params.npz"
+  if verify and card.get("params_sha256") and _sha256(params_path) != card["params_sha256"]:
+    raise ValueError(f"{params_path}: checksum differs from model_card.json (corrupt or "
+                     "replaced file)")
+  model = procrop.ProCrop.from_config(config, rngs=nnx.Rngs(0))
+  if card.get("backbone_from_package", False):
+    pretrained.load_pretrained(model.backbone, config.model.backbone)
+  try:
+    with np.load(params_path, allow_pickle=False) as data:
+      arrays = {k: data[k] for k in data.files}
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{params_path}: not a readable parameter file ({e})") from e
+  variables = _named_variables(model)
+  expected = {k for k in variables
+              if not (card.get("backbone_from_package") and k.startswith("backbone/"))}
+  missing = sorted(expected - arrays.keys())
+  unexpected = sorted(arrays.keys() - variables.keys())
+  mismatched = sorted(f"{k}: file {arrays[k].shape}, model {variables[k].get_value().shape}"
+                      for k in expected & arrays.keys()
+                      if arrays[k].shape != variables[k].get_value().shape)
+  if missing or unexpected or mismatched:
+    problems = [f"{len(v)} {t}: {', '.join(v[:5])}{' ...' if len(v) > 5 else ''}"
+                for t, v in (("missing", missing), ("unexpected", unexpected),
+                             ("mis-shaped", mismatched)) if v]
+    raise ValueError(f"{params_path} does not fit the model of its config.json: "
+                     + "; ".join(problems))
+  for name, array in arrays.items():
+    var = variables[name]
+    var.set_value(jax.numpy.asarray(array, var.get_value().dtype))
+  return ShippedModel(config=config, model=model, card=card, path=path)

@@ -1,0 +1,103 @@
+"""The frozen-backbone feature cache: what it stores, that the head sees the same features, resume,
+keys, atomic builds and training from it."""
+
+import json
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from procrop_jax import feature_cache
+from procrop_jax import input_pipeline
+from procrop_jax import train
+
+
+@pytest.fixture
+def cache_config(tiny_config, tmp_path):
+  config = tiny_config.copy_and_resolve_references()
+  config.model.num_references = 0
+  config.data.feature_cache.views = 2
+  config.data.feature_cache.dir = str(tmp_path / "cache")
+  return config
+
+
+def test_view_zero_holds_the_backbone_features_of_the_plain_images(cache_config):
+  cache = feature_cache.FeatureCache(feature_cache.build(cache_config, batch_size=8))
+  n = cache.num_examples
+  assert cache.views == 2 and len(cache.image_id) == 2 * n
+  assert cache.arrays["features_stride32"].dtype == np.float16
+  model = train.create_model(cache_config)
+  data = cache_config.data.copy_and_resolve_references()
+  data.eval_split = data.train_split
+  batch = next(input_pipeline.create_eval_iterator(data, global_batch_size=8))
+  feats = model.backbone_features(jnp.asarray(batch["image"]))
+  np.testing.assert_allclose(cache.arrays["features_stride32"][:8], feats["stride32"],
+                             rtol=1e-2, atol=1e-2)
+  np.testing.assert_allclose(cache.arrays["features_stride16"][:8], feats["stride16"],
+                             rtol=1e-2, atol=1e-2)
+  np.testing.assert_array_equal(cache.arrays["boxes"][:8], batch["boxes"])
+  np.testing.assert_array_equal(cache.image_id[:8], batch["image_id"])
+  # The augmented view is another image of the same examples.
+  np.testing.assert_array_equal(cache.image_id[n:n + 8], batch["image_id"])
+  assert not np.allclose(cache.arrays["features_stride32"][n:n + 8],
+                         cache.arrays["features_stride32"][:8])
+
+  # The model on cached features predicts what it predicts from the images.
+  from_images = model(jnp.asarray(batch["image"]), image_valid_hw=batch["image_valid_hw"])
+  from_cache = model(None, image_valid_hw=batch["image_valid_hw"],
+                     features={k: jnp.asarray(v, jnp.float16).astype(jnp.float32)
+                               for k, v in feats.items()})
+  np.testing.assert_allclose(from_cache["boxes"], from_images["boxes"], atol=2e-2)
+
+
+def test_a_second_build_reuses_the_cache_and_a_changed_key_builds_a_new_one(cache_config):
+  first = feature_cache.build(cache_config, batch_size=8)
+  stamp = (first / "metadata.json").stat().st_mtime_ns
+  assert feature_cache.build(cache_config, batch_size=8) == first
+  assert (first / "metadata.json").stat().st_mtime_ns == stamp
+  other = cache_config.copy_and_resolve_references()
+  other.data.feature_cache.views = 1
+  second = feature_cache.build(other, batch_size=8)
+  assert second != first
+  assert json.loads((second / "metadata.json").read_text())["views"] == 1
+
+
+def test_an_interrupted_build_leaves_nothing_that_looks_finished(cache_config, monkeypatch):
+  def broken(*args, **kwargs):
+    raise OSError("disk full")
+  monkeypatch.setattr(feature_cache, "_views_dataset", broken)
+  with pytest.raises(OSError, match="disk full"):
+    feature_cache.build(cache_config, batch_size=8)
+  root = cache_config.data.feature_cache.dir
+  assert not list(__import__("pathlib").Path(root).iterdir())
+
+
+def test_a_trained_backbone_is_refused(cache_config):
+  cache_config.optim.backbone_learning_rate = 1e-5
+  with pytest.raises(ValueError, match="frozen backbone"):
+    feature_cache.build(cache_config)
+
+
+def test_batches_are_a_function_of_seed_and_step_so_a_resume_continues_exactly(cache_config):
+  make = lambda start: feature_cache.create_train_iterator(
+      cache_config, seed=3, global_batch_size=4, start_step=start)
+  from_zero = make(0)
+  batches = [next(from_zero) for _ in range(4)]
+  resumed = next(make(3))
+  for key in resumed:
+    np.testing.assert_array_equal(resumed[key], batches[3][key])
+  assert resumed["features_stride32"].shape[0] == 4
+  # Within an epoch every example comes once.
+  cache = feature_cache.FeatureCache(feature_cache.build(cache_config))
+  rows = cache.rows(np.arange(cache.num_examples), seed=3)
+  assert sorted(rows % cache.num_examples) == list(range(cache.num_examples))
+
+
+@pytest.mark.slow
+def test_training_from_the_cache_runs_and_compiles_once(cache_config, tmp_path):
+  cache_config.train.num_steps = 3
+  summary = train.train_and_evaluate(cache_config, str(tmp_path / "run"))
+  assert summary["step"] == 3 and summary["train_step_compilations"] == 1
+  assert np.isfinite(summary["metrics"]["loss"])
