@@ -42,6 +42,8 @@ setuptools.setup(
         " + Conditional-DETR crop head) in JAX/Flax NNX."
     ),
     packages=setuptools.find_packages(include=["procrop_jax", "procrop_jax.*"]),
+    # The shipped trained models (procrop_jax/model_zoo.py): config, parameters, model card.
+    package_data={"procrop_jax": ["shipped/*/*.json", "shipped/*/*.npz"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

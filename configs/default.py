@@ -139,6 +139,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.inference = ml_collections.ConfigDict()
   config.inference.flip = False  # Also run the mirrored photo; average / pool the results.
   config.inference.vote_iou = 0.0  # > 0: each crop -> score-weighted mean of its overlaps.
+  config.inference.rescore = False  # Rank proposals by the given-box path's scores.
+
+  # -------------------------------------------------------------- export
+  # --mode=export: the run as a shipped model (procrop_jax/export.py, model_zoo.py).
+  config.export = ml_collections.ConfigDict()
+  config.export.output_dir = ""  # Empty: WORKDIR/export.
+  config.export.best = True  # The best checkpoint by config.eval.best_benchmark; else latest.
+  config.export.dtype = "float16"  # float16 | float32 storage of the parameters.
 
   # ---------------------------------------------------------------- crop
   config.crop = ml_collections.ConfigDict()

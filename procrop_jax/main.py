@@ -21,6 +21,7 @@ MODES = {
     "eval": ("procrop_jax.inference", "evaluate_checkpoint"),
     "build_index": ("procrop_jax.retrieval.build", "build_index"),
     "crop": ("procrop_jax.crop", "crop_folder"),
+    "export": ("procrop_jax.export", "export_run"),
 }
 
 FLAGS = flags.FLAGS
@@ -63,7 +64,7 @@ def _available_configs() -> str:
 
 def _run_has_config() -> bool:
   """True where eval/crop can use the run's own config (training wrote WORKDIR/config.json)."""
-  return (FLAGS.mode in ("eval", "crop") and bool(FLAGS.workdir)
+  return (FLAGS.mode in ("eval", "crop", "export") and bool(FLAGS.workdir)
           and os.path.isfile(os.path.join(FLAGS.workdir, "config.json")))
 
 
@@ -91,6 +92,14 @@ def _parse_flags(argv: list[str]) -> list[str]:
   return remaining
 
 
+def _record_command(workdir: str) -> None:
+  """Writes the training command to WORKDIR/command.txt (exported models record it)."""
+  import shlex  # pylint: disable=g-import-not-at-top
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "command.txt"), "w") as f:
+    f.write(shlex.join(["python", "-m", "procrop_jax.main", *sys.argv[1:]]) + "\n")
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
@@ -103,6 +112,8 @@ def main(argv) -> None:
   if config is None:  # eval/crop of a run that wrote its config (checked in _parse_flags).
     from procrop_jax import inference  # pylint: disable=g-import-not-at-top
     config = inference.read_config(FLAGS.workdir)
+  if FLAGS.mode == "train" and jax.process_index() == 0:
+    _record_command(FLAGS.workdir)
   module_name, function_name = MODES[FLAGS.mode]
   module = __import__(module_name, fromlist=[function_name])
   getattr(module, function_name)(config, FLAGS.workdir)

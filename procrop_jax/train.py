@@ -172,12 +172,19 @@ def eval_step(state: State, batch: dict[str, jax.Array], *, graphdef, rng_state,
 
 
 def predict_step(state: State, batch: dict[str, jax.Array], *, graphdef, rng_state,
-                 score_given_boxes: bool, flip: bool = False, vote_iou: float = 0.0
-                 ) -> dict[str, jax.Array]:
+                 score_given_boxes: bool, flip: bool = False, vote_iou: float = 0.0,
+                 rescore: bool = False) -> dict[str, jax.Array]:
   """Inference: proposed crops, or scores for the batch's own boxes when score_given_boxes.
 
-  `flip` adds the mirrored photo's pass and `vote_iou` > 0 votes proposals (see tta.py).
+  `flip` adds the mirrored photo's pass and `vote_iou` > 0 votes proposals (see tta.py);
+  `rescore` replaces each proposal's score by the given-box path's score of its final box.
   """
+  if rescore and not score_given_boxes:
+    proposals = predict_step(state, batch, graphdef=graphdef, rng_state=rng_state,
+                             score_given_boxes=False, flip=flip, vote_iou=vote_iou)
+    scored = predict_step(state, {**batch, "boxes": proposals["boxes"]}, graphdef=graphdef,
+                          rng_state=rng_state, score_given_boxes=True, flip=flip)
+    return {"boxes": proposals["boxes"], "scores": scored["scores"]}
   params = state.get("ema_params", state["params"])
   given = batch["boxes"] if score_given_boxes else None
   if flip:  # Both passes in one batch: [plain; mirrored].
@@ -208,7 +215,8 @@ def inference_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """predict_step's test-time options from `config.inference` (absent: none)."""
   inference = config.get("inference") or {}
   return {"flip": bool(inference.get("flip", False)),
-          "vote_iou": float(inference.get("vote_iou", 0.0))}
+          "vote_iou": float(inference.get("vote_iou", 0.0)),
+          "rescore": bool(inference.get("rescore", False))}
 
 
 # ------------------------------------------------------------------------------- checkpointing

@@ -1,0 +1,76 @@
+"""`main --mode=export`: a trained run -> a shipped-model folder (the format of model_zoo.py).
+
+  python -m procrop_jax.main --config=configs/fcdb_cpu.py --workdir=workdirs/fcdb_cpu \
+      --mode=export --config.export.output_dir=procrop_jax/shipped/fcdb_lite0
+
+Takes the run's best checkpoint (by `config.eval.best_benchmark`, chosen on validation data
+only) or its latest, stores its parameters compactly, then loads the written folder back and
+runs the config's benchmarks with it, so the validation figures in model_card.json are those of
+the parameters that ship (after the float16 conversion, with the config's inference settings).
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import os
+import pathlib
+import subprocess
+from typing import Any
+
+from absl import logging
+import ml_collections
+
+from procrop_jax import inference
+from procrop_jax import model_zoo
+
+COMMAND_FILE = "command.txt"  # main --mode=train records its command line here.
+_REPORTED = ("iou", "bde", "iou_top5", "num_images", "split", "dataset")
+
+
+def code_version() -> str:
+  """The package version, and the git commit when running from a checkout."""
+  try:
+    version = importlib.metadata.version("procrop_jax")
+  except importlib.metadata.PackageNotFoundError:
+    version = "unknown"
+  root = pathlib.Path(__file__).resolve().parents[1]
+  try:
+    commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True, timeout=10, check=True).stdout
+    return f"{version}+git.{commit.strip()}"
+  except (OSError, subprocess.SubprocessError):
+    return version
+
+
+def export_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Exports the run in `workdir` as a shipped model; returns its model card."""
+  settings = config.get("export") or ml_collections.ConfigDict()
+  out_dir = settings.get("output_dir") or os.path.join(workdir, "export")
+  predictor = inference.Predictor.from_workdir(workdir, config=config,
+                                               best=settings.get("best", True))
+  command_path = pathlib.Path(workdir) / COMMAND_FILE
+  card = {
+      "name": pathlib.Path(out_dir).name,
+      "training_command": (command_path.read_text().strip() if command_path.is_file()
+                           else "unknown (the run did not record its command)"),
+      "trained_steps": predictor.step,
+      "checkpoint": predictor.source,
+      "code_version": code_version(),
+      "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "inference": dict(config.get("inference") or {}),
+  }
+  path = model_zoo.export(predictor.model(), predictor.config, out_dir, card=card,
+                          dtype=settings.get("dtype", "float16"))
+  # The figures of what ships: the written folder, loaded back.
+  shipped = inference.Predictor.from_pretrained(path)
+  results = shipped.run_benchmarks(None)
+  card = json.loads((path / "model_card.json").read_text())
+  card["benchmarks"] = {name: {k: r[k] for k in _REPORTED if k in r}
+                        for name, r in results.items()}
+  (path / "model_card.json").write_text(json.dumps(card, indent=2))
+  size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+  logging.info("Exported %s (%.1f MB): %s", path, size / 1e6, card["benchmarks"])
+  print(f"Exported {path} ({size / 1e6:.1f} MB): {json.dumps(card['benchmarks'])}", flush=True)
+  return card

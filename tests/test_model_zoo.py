@@ -1,0 +1,132 @@
+"""Shipped models: the export/load round trip, safe and checked loading, and the shipped model."""
+
+import json
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from procrop_jax import model_zoo
+from procrop_jax import train
+
+
+@pytest.fixture(scope="module")
+def tiny_model_config():
+  from configs import testing  # pylint: disable=g-import-not-at-top
+  config = testing.get_config()
+  config.model.num_references = 0
+  return config
+
+
+def _outputs(model, config):
+  images = jnp.asarray(np.random.default_rng(0).uniform(
+      0, 1, (2, config.data.image_size, config.data.image_size, 3)), jnp.float32)
+  return model(images)
+
+
+def test_export_then_load_gives_the_same_model(tiny_model_config, tmp_path):
+  model = train.create_model(tiny_model_config, seed=3)
+  folder = model_zoo.export(model, tiny_model_config, tmp_path / "m", card={"note": "x"},
+                            dtype="float32")
+  shipped = model_zoo.load(folder)
+  assert shipped.card["note"] == "x" and shipped.card["param_dtype"] == "float32"
+  assert not shipped.card["backbone_from_package"]  # A random backbone must travel.
+  assert shipped.config.model.to_dict() == tiny_model_config.model.to_dict()
+  assert shipped.config.mesh.param_rules == tiny_model_config.mesh.param_rules
+  expected, got = _outputs(model, tiny_model_config), _outputs(shipped.model, shipped.config)
+  np.testing.assert_allclose(got["boxes"], expected["boxes"], atol=1e-6)
+  np.testing.assert_allclose(got["logits"], expected["logits"], atol=1e-5)
+
+
+def test_float16_storage_halves_the_file_and_barely_moves_predictions(tiny_model_config,
+                                                                      tmp_path):
+  model = train.create_model(tiny_model_config, seed=3)
+  f32 = model_zoo.export(model, tiny_model_config, tmp_path / "f32", dtype="float32")
+  f16 = model_zoo.export(model, tiny_model_config, tmp_path / "f16")
+  ratio = (f16 / "params.npz").stat().st_size / (f32 / "params.npz").stat().st_size
+  assert 0.45 < ratio < 0.6
+  expected = _outputs(model, tiny_model_config)
+  got = _outputs(model_zoo.load(f16).model, tiny_model_config)
+  np.testing.assert_allclose(got["boxes"], expected["boxes"], atol=5e-3)
+
+
+def test_a_frozen_imagenet_backbone_comes_from_its_package_not_the_file(tiny_model_config,
+                                                                        tmp_path):
+  config = tiny_model_config.copy_and_resolve_references()
+  config.model.pretrained = True
+  model = train.create_model(config, seed=1)
+  folder = model_zoo.export(model, config, tmp_path / "m")
+  with np.load(folder / "params.npz") as data:
+    assert data.files and not any(k.startswith("backbone/") for k in data.files)
+  loaded = model_zoo.load(folder).model
+  original = nnx.state(model.backbone, nnx.Param)
+  for a, b in zip(jax.tree.leaves(original), jax.tree.leaves(nnx.state(loaded.backbone,
+                                                                       nnx.Param))):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_changed_parameter_file_is_refused(tiny_model_config, tmp_path):
+  folder = model_zoo.export(train.create_model(tiny_model_config), tiny_model_config,
+                            tmp_path / "m")
+  with np.load(folder / "params.npz") as data:
+    arrays = {k: data[k] for k in data.files}
+  name = sorted(arrays)[0]
+  arrays[name] = arrays[name] + 1
+  np.savez(folder / "params.npz", **arrays)
+  with pytest.raises(ValueError, match="checksum"):
+    model_zoo.load(folder)
+  # Without the checksum, a missing parameter is named.
+  del arrays[name]
+  np.savez(folder / "params.npz", **arrays)
+  with pytest.raises(ValueError, match=f"1 missing: {name}"):
+    model_zoo.load(folder, verify=False)
+
+
+def test_pickled_arrays_are_never_loaded(tiny_model_config, tmp_path):
+  folder = model_zoo.export(train.create_model(tiny_model_config), tiny_model_config,
+                            tmp_path / "m")
+  np.savez(folder / "params.npz", evil=np.array([object()], dtype=object))
+  with pytest.raises(ValueError, match="params.npz"):
+    model_zoo.load(folder, verify=False)
+
+
+def test_an_unknown_model_names_the_available_ones(tmp_path):
+  with pytest.raises(FileNotFoundError, match="Models in the package"):
+    model_zoo.load(tmp_path / "nothing-here")
+
+
+@pytest.mark.skipif(model_zoo.DEFAULT_MODEL not in model_zoo.available(),
+                    reason=f"the default model {model_zoo.DEFAULT_MODEL!r} is not in "
+                    f"{model_zoo.SHIPPED_DIR}")
+def test_the_shipped_model_records_how_it_was_made_and_fits_the_size_budget():
+  folder = model_zoo.model_dir()
+  card = json.loads((folder / "model_card.json").read_text())
+  for key in ("training_command", "code_version", "benchmarks", "params_sha256"):
+    assert card[key], key
+  assert "procrop_jax.main" in card["training_command"]
+  size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+  assert size <= 25e6, f"{size / 1e6:.1f} MB"
+  model_zoo.load()  # The checksum and every parameter's shape check out.
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(model_zoo.DEFAULT_MODEL not in model_zoo.available(),
+                    reason=f"the default model {model_zoo.DEFAULT_MODEL!r} is not in "
+                    f"{model_zoo.SHIPPED_DIR}")
+def test_the_shipped_model_scores_its_recorded_validation_figures(shared_data, tmp_path):
+  from procrop_jax import inference  # pylint: disable=g-import-not-at-top
+  predictor = inference.Predictor.from_pretrained()
+  card = json.loads((model_zoo.model_dir() / "model_card.json").read_text())
+  config = predictor.config
+  name = config.eval.best_benchmark
+  recorded = card["benchmarks"][name]
+  with config.unlocked():
+    config.data.data_dir = str(tmp_path / "tfds")
+    config.eval.benchmarks = {name: {**config.eval.benchmarks[name].to_dict(),
+                                     "manual_dir": str(shared_data / "fcdb")}}
+  results = predictor.run_benchmarks(None)[name]
+  assert results["num_images"] == recorded["num_images"]
+  assert results["iou"] == pytest.approx(recorded["iou"], abs=1e-3)
+  assert results["bde"] == pytest.approx(recorded["bde"], abs=1e-3)
