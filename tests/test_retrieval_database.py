@@ -39,8 +39,8 @@ def _database(n=60, method="brute_force"):
 def test_photo_keys_and_exclusion_ids():
   assert database_lib.photo_key("photos/pro 007.jpg") == "pro-007"
   assert database_lib.photo_key(b"astronaut.png") == "astronaut"
-  assert database_lib.exclusion_ids("pro-007_3") == ("pro-007_3", "pro-007")
-  assert database_lib.exclusion_ids(b"pro.v2_12") == ("pro.v2_12", "pro.v2")
+  assert database_lib.exclusion_ids("pro-007_3") == ("pro-007_3", "pro-007", "pro-007-3")
+  assert database_lib.exclusion_ids(b"pro.v2_12") == ("pro.v2_12", "pro.v2", "pro.v2-12")
   assert database_lib.exclusion_ids("pro-007") == ("pro-007",)
 
 

@@ -72,7 +72,7 @@ def photo_key(image_id: str | bytes) -> str:
 
 
 def exclusion_ids(image_id: str | bytes) -> tuple[str, ...]:
-  """What a training image must not retrieve: itself and, for a CAD image `<id>_<k>`, `<id>`.
+  """What a training image must not retrieve: itself, its key and, for CAD's `<id>_<k>`, `<id>`.
 
   `ReferenceDatabase.rows_for_ids` matches these against database ids and photo keys. The source
   is derived by name, so a query named like "IMG_1234" also excludes a database photo whose key
@@ -80,7 +80,10 @@ def exclusion_ids(image_id: str | bytes) -> tuple[str, ...]:
   """
   if isinstance(image_id, bytes):
     image_id = image_id.decode("utf-8")
-  return tuple(dict.fromkeys([image_id, procrop_cad.photo_id(image_id)]))
+  # Its own photo key too: a database photo saved as "<id>.jpg" (e.g. the example's expert crop,
+  # retrieval/crop_regions.py) has that key although its id differs.
+  own_key = photo_key(f"{image_id}.jpg")  # The key of "<id>.jpg", whatever dots the id has.
+  return tuple(dict.fromkeys([image_id, procrop_cad.photo_id(image_id), own_key]))
 
 
 # -------------------------------------------------------------------------------------- shards
