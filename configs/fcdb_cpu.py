@@ -20,6 +20,10 @@ def get_config() -> ml_collections.ConfigDict:
   config = fcdb.get_config()
   config.data.feature_cache.views = 8
   config.model.num_references = 0
+  # With K > 0 the references are the expert crops of the training slice (never the validation
+  # slice's): python -m procrop_jax.retrieval.crop_regions --config=configs/fcdb_cpu.py \
+  #     --split='train[:85%]' --out=data/manual/fcdb_crops
+  config.retrieval.database_manual_dir = "data/manual/fcdb_crops"
   config.model.num_queries = 30
   config.optim.backbone_learning_rate = 0.0  # Frozen: what makes the feature cache valid.
   config.optim.learning_rate = 2e-4

@@ -130,3 +130,23 @@ def test_the_shipped_model_scores_its_recorded_validation_figures(shared_data, t
   assert results["num_images"] == recorded["num_images"]
   assert results["iou"] == pytest.approx(recorded["iou"], abs=1e-3)
   assert results["bde"] == pytest.approx(recorded["bde"], abs=1e-3)
+
+
+@pytest.mark.slow
+def test_export_mode_ships_a_run_with_its_command_and_measured_figures(tiny_config,
+                                                                       tiny_trained_workdir,
+                                                                       tmp_path):
+  from procrop_jax import export  # pylint: disable=g-import-not-at-top
+  config = tiny_config.copy_and_resolve_references()
+  config.export.output_dir = str(tmp_path / "shipped")
+  config.export.best = False  # The tiny run evaluates no benchmark, so it has no best.
+  (tiny_trained_workdir / export.COMMAND_FILE).write_text("python -m procrop_jax.main x\n")
+  card = export.export_run(config, str(tiny_trained_workdir))
+  assert card["training_command"] == "python -m procrop_jax.main x"
+  assert card["trained_steps"] == 1 and card["code_version"]
+  assert set(card["benchmarks"]) == set(config.eval.benchmarks)
+  for result in card["benchmarks"].values():
+    assert 0.0 <= result["iou"] <= 1.0 and result["num_images"] > 0
+  on_disk = json.loads((tmp_path / "shipped" / "model_card.json").read_text())
+  assert on_disk == card
+  model_zoo.load(tmp_path / "shipped")  # Its checksum still matches after the card's update.

@@ -129,3 +129,21 @@ def test_query_dimension_is_checked():
   index = index_lib.build_index(_clustered(20, 8), method="exact")
   with pytest.raises(ValueError, match=r"queries must be \[Q, 8\]"):
     index.search(np.zeros((2, 9), np.float32), 3)
+
+
+def test_an_index_with_a_pickled_docid_file_is_refused_without_running_it(tmp_path):
+  import pickle  # pylint: disable=g-import-not-at-top
+  db = _clustered(300, 16)
+  index_lib.build_index(db, method="brute_force").save(tmp_path / "index")
+  marker = tmp_path / "pwned"
+
+  class Payload:
+    def __reduce__(self):
+      return (open, (str(marker), "w"))
+
+  scann_dirs = [p for p in (tmp_path / "index").iterdir() if p.is_dir()]
+  assert len(scann_dirs) == 1
+  (scann_dirs[0] / "scann_docids.pkl").write_bytes(pickle.dumps(Payload()))
+  with pytest.raises(ValueError, match="scann_docids.pkl"):
+    index_lib.load_index(tmp_path / "index", db)
+  assert not marker.exists()

@@ -323,7 +323,15 @@ def load_index(directory: str | os.PathLike[str], embeddings: np.ndarray, *,
     return ExactIndex(embeddings)
   import scann  # pylint: disable=g-import-not-at-top
 
-  searcher = scann.scann_ops_pybind.load_searcher(str(directory / _SCANN_DIR))
+  # ScaNN unpickles scann_docids.pkl when present: a shared or downloaded index could then run
+  # code on load. procrop_jax never writes one (rows are the ids), so its presence is refused.
+  docids = directory / _SCANN_DIR / "scann_docids.pkl"
+  if docids.exists():
+    raise ValueError(f"{docids}: refusing to load an index with a pickled docid file (loading "
+                     "it would run code from it); procrop_jax indexes have none. Rebuild the "
+                     "index (--mode=build_index) or delete that file if you trust it.")
+  searcher = scann.scann_ops_pybind.load_searcher(str(directory / _SCANN_DIR),
+                                                  assets_backcompat_shim=False)
   if searcher.size() != embeddings.shape[0]:
     raise ValueError(f"index at {directory} holds {searcher.size()} rows but the database has "
                      f"{embeddings.shape[0]}; rebuild it (--mode=build_index)")
