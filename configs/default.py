@@ -89,6 +89,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss.match_l1_cost = 5.0
   config.loss.match_giou_cost = 2.0
   config.loss.soft_label_iou = 0.85  # Unmatched queries this close to a GT box get a soft target.
+  # "matched": 1 for the matched query (DETR, the paper); "iou": every query's score learns its
+  # box's IoU with the ground truth (quality focal loss; see losses.py).
+  config.loss.score_target = "matched"
   config.loss.aux_loss = True
 
   # ----------------------------------------------------------- optimizer

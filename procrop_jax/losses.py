@@ -12,6 +12,10 @@ matched one-to-one to the valid ground-truth crops (`matching.hungarian_match`),
     crop scored 2 or less gives 0, 3.5 or more gives 0.5). A near-duplicate of a good crop is
     thus not pushed to 0, which would contradict the matched query next to it;
   - any other query: 0.
+  With `score_target="iou"` (quality targets, as in GFL's quality focal loss / VarifocalNet)
+  every query's target is instead the IoU of its box with the ground truth it overlaps most,
+  and the loss is BCE * |target - p| ** gamma: the score then estimates how good the box is,
+  which is what choosing the top-1 crop needs.
 * L1 between the matched (cx, cy, w, h) vectors, weight 5 (DETR's box parametrisation).
 * GIoU loss 1 - GIoU of the matched boxes, weight 2.
 
@@ -38,6 +42,23 @@ def sigmoid_focal_loss(logits: jax.Array, targets: jax.Array, *, alpha: float = 
   if alpha >= 0:
     loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
   return loss
+
+
+def quality_focal_loss(logits: jax.Array, targets: jax.Array, *, gamma: float = 2.0
+                       ) -> jax.Array:
+  """Elementwise quality focal loss (Li et al. 2020): BCE(p, t) * |t - p| ** gamma, t in [0, 1]."""
+  prob = jax.nn.sigmoid(logits)
+  ce = -(targets * jax.nn.log_sigmoid(logits) + (1 - targets) * jax.nn.log_sigmoid(-logits))
+  return ce * jnp.abs(targets - prob) ** gamma
+
+
+def iou_score_targets(pred_boxes: jax.Array, targets: Mapping[str, jax.Array]) -> jax.Array:
+  """Per-query quality targets [B, N]: IoU of each box with the valid ground truth it overlaps
+  most (0 without any), with no gradient."""
+  mask = targets["box_mask"].astype(bool)
+  iou = box_ops.pairwise_box_iou(jax.lax.stop_gradient(pred_boxes),
+                                 targets["boxes"].astype(pred_boxes.dtype))  # [B, N, M]
+  return jnp.max(jnp.where(mask[:, None, :], iou, 0.0), axis=-1, initial=0.0)
 
 
 def soft_score_target(box_scores: jax.Array) -> jax.Array:
@@ -89,11 +110,19 @@ def layer_loss(outputs: Mapping[str, jax.Array], targets: Mapping[str, jax.Array
   l1 = jnp.abs(matched_cxcywh - box_ops.xyxy_to_cxcywh(gt)).sum(-1)
   giou = box_ops.generalized_box_iou(box_ops.cxcywh_to_xyxy(matched_cxcywh), gt)
 
-  # Overlaps for the soft targets use the boxes as the model reports them (clipped to the image).
-  score_target = score_targets(jnp.clip(pred_xyxy, 0.0, 1.0), query_idx, targets,
-                               soft_label_iou=cfg["soft_label_iou"])
-  focal = sigmoid_focal_loss(outputs["logits"], score_target, alpha=cfg["focal_alpha"],
-                             gamma=cfg["focal_gamma"])
+  # Overlaps for the score targets use the boxes as the model reports them (clipped to the image).
+  reported = jnp.clip(pred_xyxy, 0.0, 1.0)
+  mode = cfg.get("score_target", "matched")
+  if mode == "iou":
+    focal = quality_focal_loss(outputs["logits"], iou_score_targets(reported, targets),
+                               gamma=cfg["focal_gamma"])
+  elif mode == "matched":
+    score_target = score_targets(reported, query_idx, targets,
+                                 soft_label_iou=cfg["soft_label_iou"])
+    focal = sigmoid_focal_loss(outputs["logits"], score_target, alpha=cfg["focal_alpha"],
+                               gamma=cfg["focal_gamma"])
+  else:
+    raise ValueError(f"config.loss.score_target={mode!r}: use 'matched' or 'iou'")
   return {
       "score": focal.sum() / num_boxes,
       "l1": (l1 * mask).sum() / num_boxes,

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from configs import default
 from procrop_jax import box_ops
@@ -129,3 +130,40 @@ def test_gradients_are_finite_and_reach_boxes_and_logits():
   assert np.abs(g_boxes[0, 3]).sum() > 0 and np.abs(g_boxes[0, 1]).sum() > 0  # Matched queries.
   assert np.abs(g_boxes[0, 0]).sum() == 0  # Unmatched: no box loss.
   assert np.all(np.abs(g_logits) > 0)
+
+
+def test_quality_focal_loss_vanishes_where_the_score_equals_its_target():
+  targets = jnp.array([0.0, 0.3, 0.9, 1.0])
+  at_target = losses.quality_focal_loss(jnp.log(targets / (1 - targets + 1e-12) + 1e-12),
+                                        targets)
+  np.testing.assert_allclose(at_target, 0.0, atol=1e-6)
+  off = losses.quality_focal_loss(jnp.zeros(4), targets)  # p = 0.5 everywhere.
+  assert np.all(np.asarray(off) > 0)
+  # Further from the target costs more.
+  assert (losses.quality_focal_loss(jnp.array([-2.0]), jnp.array([0.9]))
+          > losses.quality_focal_loss(jnp.array([1.0]), jnp.array([0.9])))
+
+
+def test_iou_score_targets_are_each_boxes_best_iou_with_a_valid_ground_truth():
+  pred = jnp.array([[[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.5, 1.0], [0.6, 0.6, 0.7, 0.7]]])
+  targets = {"boxes": jnp.array([[[0.0, 0.0, 0.5, 1.0], [0.0, 0.0, 1.0, 1.0]]]),
+             "box_mask": jnp.array([[True, False]])}
+  np.testing.assert_allclose(losses.iou_score_targets(pred, targets), [[0.5, 1.0, 0.0]],
+                             atol=1e-6)
+
+
+def test_the_iou_score_target_mode_trains_scores_towards_box_quality():
+  outputs = {"logits": jnp.zeros((1, 2)),
+             "boxes_cxcywh": jnp.array([[[0.5, 0.5, 1.0, 1.0], [0.25, 0.5, 0.5, 1.0]]])}
+  targets = {"boxes": jnp.array([[[0.0, 0.0, 0.5, 1.0]]]), "box_scores": jnp.array([[5.0]]),
+             "box_mask": jnp.array([[True]])}
+  config = {"focal_alpha": 0.25, "focal_gamma": 2.0, "score_weight": 1.0, "l1_weight": 0.0,
+            "giou_weight": 0.0, "match_score_cost": 1.0, "match_l1_cost": 1.0,
+            "match_giou_cost": 1.0, "soft_label_iou": 0.85, "aux_loss": False,
+            "score_target": "iou"}
+  grad = jax.grad(lambda logits: losses.crop_loss({**outputs, "logits": logits}, targets,
+                                                  config)[0])(outputs["logits"])
+  # Targets 0.5 and 1.0 from p = 0.5: the first box's score stays, the exact box's rises.
+  assert abs(float(grad[0, 0])) < 1e-6 and float(grad[0, 1]) < 0
+  with pytest.raises(ValueError, match="score_target"):
+    losses.crop_loss(outputs, targets, {**config, "score_target": "nope"})
