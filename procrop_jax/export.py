@@ -56,7 +56,7 @@ def export_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
       "training_command": (command_path.read_text().strip() if command_path.is_file()
                            else "unknown (the run did not record its command)"),
       "trained_steps": predictor.step,
-      "checkpoint": predictor.source,
+      "checkpoint": os.path.relpath(predictor.source),
       "code_version": code_version(),
       "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "inference": dict(config.get("inference") or {}),

@@ -144,6 +144,8 @@ def export(model: procrop.ProCrop, config: ml_collections.ConfigDict,
       "params_sha256": _sha256(params_path),
   }
   _atomic_write(out / "model_card.json", json.dumps(full_card, indent=2).encode())
+  for name in _FILES:  # Temporary files are private; package data is world-readable.
+    os.chmod(out / name, 0o644)
   return out
 
 
