@@ -293,9 +293,7 @@ class Predictor:
                       data_config: ml_collections.ConfigDict, split: str
                       ) -> Iterator[dict[str, np.ndarray]]:
     """Benchmark batches with the run's cached neighbours (never an image's own source)."""
-    if self.references is None:
-      return batches
-    return map(self.references.for_split(data_config, split), batches)
+    return train.add_references(self.references, batches, data_config, split)
 
   def run_benchmarks(self, output_dir: str | None) -> dict[str, dict[str, Any]]:
     """Every benchmark of `config.eval.benchmarks` (see evaluate.py)."""

@@ -17,7 +17,6 @@ code when loaded. `export()` writes such a folder from a trained model.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import pathlib
@@ -68,14 +67,6 @@ def model_dir(name_or_path: str | os.PathLike[str] | None = None) -> pathlib.Pat
         f"{name_or_path!s} is not a shipped model: {path} lacks {', '.join(missing)}. "
         f"Models in the package: {', '.join(available()) or 'none'}.")
   return path
-
-
-def _sha256(path: pathlib.Path) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
 
 
 def _named_variables(model: nnx.Module) -> dict[str, nnx.Variable]:
@@ -141,7 +132,7 @@ def export(model: procrop.ProCrop, config: ml_collections.ConfigDict,
       "param_dtype": dtype,
       "num_params_stored": int(sum(a.size for a in arrays.values())),
       "backbone_from_package": skip_backbone,
-      "params_sha256": _sha256(params_path),
+      "params_sha256": pretrained.file_sha256(params_path),
   }
   _atomic_write(out / "model_card.json", json.dumps(full_card, indent=2).encode())
   for name in _FILES:  # Temporary files are private; package data is world-readable.
@@ -184,7 +175,8 @@ def load(name_or_path: str | os.PathLike[str] | None = None, *,
   config = _config_from_json(path / "config.json")
   card = json.loads((path / "model_card.json").read_text())
   params_path = path / "params.npz"
-  if verify and card.get("params_sha256") and _sha256(params_path) != card["params_sha256"]:
+  expected_sha = card.get("params_sha256")
+  if verify and expected_sha and pretrained.file_sha256(params_path) != expected_sha:
     raise ValueError(f"{params_path}: checksum differs from model_card.json (corrupt or "
                      "replaced file)")
   model = procrop.ProCrop.from_config(config, rngs=nnx.Rngs(0))

@@ -338,9 +338,7 @@ class Trainer:
                       data_config: ml_collections.ConfigDict, split: str
                       ) -> Iterator[dict[str, np.ndarray]]:
     """`batches` with their reference tokens when the model uses retrieval."""
-    if self.references is None:
-      return batches
-    return map(self.references.for_split(data_config, split), batches)
+    return add_references(self.references, batches, data_config, split)
 
   def model(self, use_ema: bool = True) -> procrop.ProCrop:
     """The current model as an NNX module (EMA parameters when present and asked for)."""
@@ -411,6 +409,15 @@ class References:
       tokens = neighbors.gather_reference_tokens(self.database, table.lookup(batch["image_id"]))
       return {**batch, "reference_tokens": tokens}
     return add
+
+
+def add_references(references: "References | None", batches: Iterator[dict[str, np.ndarray]],
+                   data_config: ml_collections.ConfigDict, split: str
+                   ) -> Iterator[dict[str, np.ndarray]]:
+  """`batches` of `split` with their cached neighbours' tokens (unchanged without retrieval)."""
+  if references is None:
+    return batches
+  return map(references.for_split(data_config, split), batches)
 
 
 @contextlib.contextmanager

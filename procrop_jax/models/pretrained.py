@@ -217,7 +217,8 @@ def default_cache_dir() -> pathlib.Path:
   return pathlib.Path(env) if env else pathlib.Path.home() / ".cache" / "procrop_jax"
 
 
-def _sha256(path: pathlib.Path) -> str:
+def file_sha256(path: str | os.PathLike[str]) -> str:
+  """The sha256 of a file's bytes, read in 1 MiB chunks."""
   digest = hashlib.sha256()
   with open(path, "rb") as f:
     for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -253,7 +254,7 @@ def converted_params(variant: str, *, cache_dir: str | os.PathLike | None = None
   """The variant's ImageNet weights in NNX layout, from the cache or converted now."""
   source = checkpoint_path(variant)
   cache_root = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()
-  cache_file = (cache_root / f"efficientnet_{variant}_{_sha256(source)[:32]}"
+  cache_file = (cache_root / f"efficientnet_{variant}_{file_sha256(source)[:32]}"
                 f"_v{_CONVERSION_VERSION}.npz")
   params = _read_cache(cache_file)
   if params is None:
