@@ -25,6 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.eval_split = "train[90%:]"
   config.data.image_size = 256  # Images are resized (aspect kept) and padded to this square.
   config.data.max_boxes = 16  # Ground-truth boxes padded to this count, with a mask.
+  config.data.max_pairs = 10  # Rated crop pairs (FCDB's) padded to this count, weight 0.
   config.data.augment = True
   config.data.prefetch = 2
   # Frozen-backbone features cached for `views` augmented views of every training example
@@ -92,6 +93,10 @@ def get_config() -> ml_collections.ConfigDict:
   # "matched": 1 for the matched query (DETR, the paper); "iou": every query's score learns its
   # box's IoU with the ground truth (quality focal loss; see losses.py).
   config.loss.score_target = "matched"
+  # Rated crop pairs (FCDB's) scored through the given-box path (losses.py): a pairwise ranking
+  # loss weighted by the vote margin, and the IoU quality loss on those boxes. 0 disables.
+  config.loss.rank_weight = 0.0
+  config.loss.given_iou_weight = 0.0
   config.loss.aux_loss = True
 
   # ----------------------------------------------------------- optimizer

@@ -110,6 +110,7 @@ def main() -> None:
   args = parser.parse_args()
 
   import numpy as np  # pylint: disable=g-import-not-at-top
+  from procrop_jax import aspect  # pylint: disable=g-import-not-at-top
   from procrop_jax import crop  # pylint: disable=g-import-not-at-top
   from procrop_jax import photos  # pylint: disable=g-import-not-at-top
   from procrop_jax.models import procrop  # pylint: disable=g-import-not-at-top
@@ -131,7 +132,7 @@ def main() -> None:
 
     model = predictor.model()
     flops_free = procrop.flops_per_image(model)
-    flops_aspect = procrop.flops_per_image(model, num_query_boxes=crop.CANDIDATES_PER_ASPECT)
+    flops_aspect = procrop.flops_per_image(model, num_query_boxes=aspect.first_pass_count(model.num_queries))
     s, b = predictor.image_size, cropper.batch_size
     images = np.random.default_rng(0).uniform(0, 1, (b, s, s, 3)).astype(np.float32)
     valid = np.ones((b, 2), np.float32)

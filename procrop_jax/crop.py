@@ -21,10 +21,12 @@ Exit status: 0 all inputs cropped, 1 some failed (the others are still written),
 
 Free crops are the model's proposals, best first, with greedy non-maximum suppression so that
 the top-k differ. With an aspect ratio (`--aspect 16:9`, or `--size 1080x1080`, which also
-resizes the crops), candidate boxes of exactly that ratio (to within a pixel) are laid on a grid
-of sizes and positions and the model scores them (its given-box decoder path): the score of such
-a crop is what `Cropper.score` gives for its box. A free crop's score is its proposal's
-confidence.
+resizes the crops), candidate boxes of exactly that ratio (to within a pixel) come from a grid of
+sizes and positions and from the model's own proposals snapped to the ratio, the best are refined
+locally, and the model scores them all (its given-box decoder path; see aspect.py): the score of
+such a crop is what `Cropper.score` gives for its box. A free crop's score is its proposal's
+confidence; models trained with `loss.given_iou_weight` put both on the same scale (the
+estimated IoU with an expert's crop).
 
 Photos are decoded in threads while the model runs on the previous batch. Every photo is seen on
 the model's S x S canvas and batches are padded to --batch-size, candidate lists to a fixed
@@ -51,13 +53,10 @@ import numpy as np
 from PIL import Image
 import tqdm
 
+from procrop_jax import aspect
 from procrop_jax import metrics
 from procrop_jax import photos
 
-# Candidate grid for aspect crops: scales of the largest box of the ratio x positions x positions.
-CANDIDATE_SCALES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
-CANDIDATE_POSITIONS = 5
-CANDIDATES_PER_ASPECT = len(CANDIDATE_SCALES) * CANDIDATE_POSITIONS ** 2
 DEFAULT_OUT = "crops"
 _ASPECT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[:x/]\s*(\d+(?:\.\d+)?)\s*$")
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
@@ -136,59 +135,6 @@ def non_max_suppression(boxes: np.ndarray, scores: np.ndarray, *, iou_threshold:
       if len(kept) == top_k:
         break
   return np.array(kept, np.int64)
-
-
-def _place(centre: float, length: int, limit: int) -> int:
-  return int(min(max(round(centre - length / 2), 0), limit - length))
-
-
-def snap_box(box: Sequence[float], size: tuple[int, int], ratio: float | None = None
-             ) -> tuple[int, int, int, int]:
-  """A pixel box [x1, y1, x2, y2] of a (width, height) photo as whole pixels inside it.
-
-  With `ratio` the box keeps its centre and takes whole-pixel sides of that width / height: the
-  longer side is rounded from the shorter (so the ratio holds to within half a pixel), shrunk if
-  needed to fit the photo; at least 1 x 1.
-  """
-  width, height = size
-  x1, y1, x2, y2 = (float(v) for v in box)
-  cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-  if ratio is None:
-    w = min(max(round(x2 - x1), 1), width)
-    h = min(max(round(y2 - y1), 1), height)
-  elif ratio >= 1:
-    h = min(max(round(y2 - y1), 1), height)
-    h = min(h, max(int((width + 0.5) / ratio), 1))  # round(h * ratio) <= width.
-    w = min(max(round(h * ratio), 1), width)
-  else:
-    w = min(max(round(x2 - x1), 1), width)
-    w = min(w, max(int((height + 0.5) * ratio), 1))  # round(w / ratio) <= height.
-    h = min(max(round(w / ratio), 1), height)
-  x, y = _place(cx, w, width), _place(cy, h, height)
-  return (x, y, x + w, y + h)
-
-
-def aspect_candidates(ratio: float, size: tuple[int, int], *,
-                      scales: Sequence[float] = CANDIDATE_SCALES,
-                      positions: int = CANDIDATE_POSITIONS) -> np.ndarray:
-  """Distinct whole-pixel boxes [M, 4] of a (width, height) photo with width / height = ratio.
-
-  The largest box of that ratio inside the photo at each scale, at positions x positions places.
-  M <= len(scales) * positions ** 2 (fewer where boxes coincide).
-  """
-  if not ratio > 0:
-    raise ValueError(f"aspect ratio must be > 0 (width / height), got {ratio}")
-  width, height = size
-  full_w = min(width, height * ratio)
-  full_h = full_w / ratio
-  boxes = []
-  for scale in scales:
-    w, h = full_w * scale, full_h * scale
-    for fy in np.linspace(0.0, 1.0, positions):
-      for fx in np.linspace(0.0, 1.0, positions):
-        x1, y1 = fx * (width - w), fy * (height - h)
-        boxes.append(snap_box((x1, y1, x1 + w, y1 + h), size, ratio))
-  return np.array(list(dict.fromkeys(boxes)), np.int64)  # Distinct, first-seen order.
 
 
 # ------------------------------------------------------------------------------------ cropper
@@ -304,30 +250,22 @@ class Cropper:
                  ) -> list[dict[str, list[Crop]]]:
     """For each photo, target label -> its top_k crops, best first."""
     results: list[dict[str, list[Crop]]] = [{} for _ in batch]
+    # Free proposals: the free crops, and (snapped) candidates of every fixed ratio.
+    proposals = self._predict(batch)
+    proposals_px = [proposals["boxes"][i].astype(np.float64) * (p.size * 2)
+                    for i, p in enumerate(batch)]
     if any(t.ratio is None for t in targets):
-      proposals = self._predict(batch)
       for i, p in enumerate(batch):
-        width, height = p.size
-        px = proposals["boxes"][i].astype(np.float64) * [width, height, width, height]
-        boxes = np.array([snap_box(b, p.size) for b in px], np.float64)
+        boxes = np.array([aspect.snap_box(b, p.size) for b in proposals_px[i]], np.float64)
         results[i]["free"] = self._top(boxes, proposals["scores"][i], top_k, "free")
     ratios = [t for t in targets if t.ratio is not None]
     if ratios:
-      # A fixed number of candidates per aspect (repeats pad a short list): one compiled shape.
-      candidates = [[aspect_candidates(t.ratio, p.size) for t in ratios] for p in batch]
-      given = np.zeros((len(batch), len(ratios) * CANDIDATES_PER_ASPECT, 4), np.float64)
-      for i, p in enumerate(batch):
-        width, height = p.size
-        for j, boxes in enumerate(candidates[i]):
-          block = np.resize(boxes, (CANDIDATES_PER_ASPECT, 4))  # Repeats to fill.
-          given[i, j * CANDIDATES_PER_ASPECT:(j + 1) * CANDIDATES_PER_ASPECT] = (
-              block / [width, height, width, height])
-      scores = self._predict(batch, given)["scores"]
+      chosen = aspect.choose(lambda given: self._predict(batch, given)["scores"], proposals_px,
+                             [p.size for p in batch], [[t.ratio for t in ratios]] * len(batch))
       for i in range(len(batch)):
         for j, t in enumerate(ratios):
-          boxes = candidates[i][j]
-          s = scores[i, j * CANDIDATES_PER_ASPECT:j * CANDIDATES_PER_ASPECT + len(boxes)]
-          results[i][t.label] = self._top(boxes.astype(np.float64), s, top_k, t.label)
+          boxes, scores = chosen[i][j]
+          results[i][t.label] = self._top(boxes.astype(np.float64), scores, top_k, t.label)
     return results
 
   def _top(self, boxes: np.ndarray, scores: np.ndarray, top_k: int, label: str) -> list[Crop]:

@@ -8,7 +8,11 @@ A benchmark is an entry of `config.eval.benchmarks` (a ConfigDict keyed by name)
   manual_dir      where its raw files are (see data/README.md)*
   protocols       comma-separated: "iou" (FCDB/FLMS: top-1 IoU and BDE, top-k recall),
                   "proposal" (GAICD/CPC: Acc5/Acc10 and mAP of the proposed crops),
-                  "ranking" (GAIC: the model scores the annotated candidate crops)
+                  "ranking" (GAIC: the model scores the annotated candidate crops),
+                  "pairs" (FCDB's rated crop pairs: pairwise accuracy of the given-box
+                  scores, keys pair_acc*), "aspect" (the crop asked for with the ground
+                  truth's aspect ratio through aspect.choose, as the Cropper does, scored
+                  like "iou": keys aspect_iou, aspect_bde, aspect_iou_top5, ...)
   max_boxes       ground-truth boxes kept per image (GAICD has about 90 candidates)
   optional        (default False) skip with a message when the data or split is absent, e.g. a
                   test split that is held out
@@ -33,10 +37,11 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
+from procrop_jax import aspect
 from procrop_jax import input_pipeline
 from procrop_jax import metrics
 
-PROTOCOLS = ("iou", "proposal", "ranking")
+PROTOCOLS = ("iou", "proposal", "ranking", "pairs", "aspect")
 # Metrics where lower is better (for best-checkpoint tracking).
 LOWER_IS_BETTER = frozenset({"bde"})
 
@@ -74,8 +79,9 @@ def result_filename(dataset: str, split: str) -> str:
 
 def _host_view(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """The numeric host arrays of every process's batch (identity on a single process)."""
-  keys = ("image_size", "boxes", "box_scores", "box_mask", "valid")
-  local = {k: np.asarray(batch[k]) for k in keys}
+  keys = ("image_size", "boxes", "box_scores", "box_mask", "valid", "pair_boxes",
+          "pair_weights")
+  local = {k: np.asarray(batch[k]) for k in keys if k in batch}
   ids = [x.decode() if isinstance(x, bytes) else str(x) for x in batch["image_id"]]
   if jax.process_count() == 1:
     return {**local, "image_id": ids}
@@ -91,6 +97,38 @@ def _device_to_host(outputs: dict[str, jax.Array]) -> dict[str, np.ndarray]:
   return jax.tree.map(np.asarray, multihost_utils.process_allgather(outputs, tiled=True))
 
 
+def _local_rows(global_rows: np.ndarray) -> np.ndarray:
+  """This process's rows of a host-gathered (tiled) array."""
+  n = len(global_rows) // jax.process_count()
+  return global_rows[jax.process_index() * n:(jax.process_index() + 1) * n]
+
+
+def _score_boxes(predict: PredictFn, batch: dict[str, np.ndarray], to_device,
+                 boxes: np.ndarray) -> np.ndarray:
+  """Given-box scores [B_global, Q] of `boxes` [B_global, Q, 4] (normalised) on `batch`'s images."""
+  local = {**batch, "boxes": _local_rows(np.asarray(boxes, np.float32))}
+  return _device_to_host(predict(to_device(local), True))["scores"]
+
+
+def _aspect_crops(predict: PredictFn, batch: dict[str, np.ndarray], to_device,
+                  host: dict[str, np.ndarray], proposals: dict[str, np.ndarray]
+                  ) -> list[tuple[np.ndarray, np.ndarray] | None]:
+  """Per image, the candidates of the ground truth's ratio, best first (None: padding)."""
+  sizes, ratios, props = [], [], []
+  for i in range(len(host["valid"])):
+    height, width = (max(int(v), 1) for v in host["image_size"][i])
+    ratio = 1.0
+    if host["valid"][i] and host["box_mask"][i].any():
+      x1, y1, x2, y2 = host["boxes"][i][np.argmax(host["box_mask"][i])] * [width, height] * 2
+      ratio = max(x2 - x1, 1.0) / max(y2 - y1, 1.0)
+    sizes.append((width, height))
+    ratios.append([ratio])
+    props.append(proposals["boxes"][i].astype(np.float64) * [width, height] * 2)
+  chosen = aspect.choose(lambda given: _score_boxes(predict, batch, to_device, given), props,
+                         sizes, ratios)
+  return [c[0] if host["valid"][i] else None for i, c in enumerate(chosen)]
+
+
 def evaluate_benchmark(predict: PredictFn, batches: Iterator[dict[str, np.ndarray]],
                        to_device: Callable[[dict[str, np.ndarray]], dict[str, jax.Array]],
                        protocols: tuple[str, ...]) -> dict[str, float]:
@@ -99,16 +137,26 @@ def evaluate_benchmark(predict: PredictFn, batches: Iterator[dict[str, np.ndarra
       "iou": metrics.IoUProtocol(),
       "proposal": metrics.ProposalProtocol(),
       "ranking": metrics.RankingProtocol(),
+      "pairs": metrics.PairwiseProtocol(),
+      "aspect": metrics.IoUProtocol(),
   }
   accumulators = {p: accumulators[p] for p in protocols}
   for batch in batches:
     device_batch = to_device(batch)
     host = _host_view(batch)
-    proposals = scored = None
-    if "iou" in protocols or "proposal" in protocols:
+    proposals = scored = pair_scores = aspect_crops = None
+    if {"iou", "proposal", "aspect"} & set(protocols):
       proposals = _device_to_host(predict(device_batch, False))
     if "ranking" in protocols:
       scored = _device_to_host(predict(device_batch, True))
+    if "pairs" in protocols:
+      if "pair_boxes" not in host:
+        raise ValueError("the 'pairs' protocol needs a dataset with rated crop pairs (fcdb)")
+      pairs = host["pair_boxes"]
+      pair_scores = _score_boxes(predict, batch, to_device,
+                                 pairs.reshape(len(pairs), -1, 4)).reshape(pairs.shape[:3])
+    if "aspect" in protocols:
+      aspect_crops = _aspect_crops(predict, batch, to_device, host, proposals)
     for i in np.flatnonzero(host["valid"]):
       height, width = (int(v) for v in host["image_size"][i])
       to_px = np.array([width, height, width, height], np.float64)
@@ -127,9 +175,20 @@ def evaluate_benchmark(predict: PredictFn, batches: Iterator[dict[str, np.ndarra
           accumulators["proposal"].add(image_id, pred_px, pred_scores, gt_px, gt_scores)
       if scored is not None:
         accumulators["ranking"].add(image_id, scored["scores"][i][mask], gt_scores)
+      if pair_scores is not None:
+        boxes = host["pair_boxes"][i] * to_px
+        accumulators["pairs"].add(image_id, pair_scores[i, :, 0], pair_scores[i, :, 1],
+                                  host["pair_weights"][i], boxes[:, 0], boxes[:, 1])
+      if aspect_crops is not None:
+        boxes, scores = aspect_crops[i]
+        accumulators["aspect"].add(image_id, boxes.astype(np.float64), gt_px, (height, width),
+                                   pred_scores=scores)
   results: dict[str, float] = {}
   for protocol in protocols:
-    results.update(accumulators[protocol].result())
+    result = accumulators[protocol].result()
+    if protocol == "aspect":
+      result = {f"aspect_{k}": v for k, v in result.items() if k != "num_images"}
+    results.update(result)
   return results
 
 

@@ -14,7 +14,8 @@ On disk (one folder per cache key, under `config.data.feature_cache.dir`):
                           shapes, and the process slice it covers; written last
   features_stride32.npy   float16 [V * N, g, g, C32]      (memory-mapped when read)
   features_stride16.npy   float16 [V * N, 2g, 2g, C16]    (when the model uses stride 16)
-  image_valid_hw.npy, boxes.npy, box_scores.npy, box_mask.npy, image_size.npy, image_id.npy
+  image_valid_hw.npy, boxes.npy, box_scores.npy, box_mask.npy, image_size.npy, pair_boxes.npy,
+  pair_weights.npy, image_id.npy
 
 Row v * N + i is view v of example i. A cache is built into a temporary folder and renamed into
 place when complete, so an interrupted build leaves nothing that looks finished; the folder name
@@ -52,9 +53,10 @@ from procrop_jax.models import procrop
 
 FEATURE_PREFIX = "features_"
 # Bump when what is cached (or how) changes, so older caches are not reused.
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: rated crop pairs.
 _SEED_SALT_VIEWS = 0xCAC4E
-_LABEL_KEYS = ("image_valid_hw", "boxes", "box_scores", "box_mask", "image_size")
+_LABEL_KEYS = ("image_valid_hw", "boxes", "box_scores", "box_mask", "image_size", "pair_boxes",
+               "pair_weights")
 
 
 def enabled(config: ml_collections.ConfigDict) -> bool:
@@ -91,6 +93,7 @@ def cache_key(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuild
       "split": split,
       "image_size": settings.image_size,
       "max_boxes": settings.max_boxes,
+      "max_pairs": settings.max_pairs,
       "augmentation": repr(augment),
       "backbone": config.model.backbone,
       "pretrained": bool(config.model.pretrained),
@@ -122,7 +125,8 @@ def _views_dataset(source, features, settings: input_pipeline.DataSettings, view
     # View 0 is the plain image; the others draw the training augmentation.
     return input_pipeline.preprocess(
         example, seed=None if view == 0 else tf.stack([view_seed, view * n + position]),
-        image_size=settings.image_size, max_boxes=settings.max_boxes, augment=augment)
+        image_size=settings.image_size, max_boxes=settings.max_boxes, augment=augment,
+        max_pairs=settings.max_pairs)
 
   positions = tf.data.Dataset.range(n).map(lambda p: (p, p))
   ds = input_pipeline.serialized(source, positions)

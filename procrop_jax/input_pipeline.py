@@ -24,6 +24,9 @@ mask. The batch is the dict of AGENTS_CONTRACT.md:
   boxes           float32 [B, M, 4]     x1y1x2y2 normalised by the (cropped) source
   box_scores      float32 [B, M]
   box_mask        bool    [B, M]
+  pair_boxes      float32 [B, P, 2, 4]  rated crop pairs, (preferred, other), same frame as boxes
+  pair_weights    float32 [B, P]        vote margin |v0 - v1| / (v0 + v1); 0 for ties, padding
+                                        and pairs the crop augmentation cut
   image_id        bytes   [B]           host only
   valid           bool    [B]           eval only: False for padding examples
 
@@ -77,6 +80,7 @@ class DataSettings:
   eval_split: str = "test"
   image_size: int = 320
   max_boxes: int = 16
+  max_pairs: int = 10
   augment: bool = True
   prefetch: int = 2
 
@@ -205,9 +209,29 @@ def to_canvas(image: np.ndarray, image_size: int) -> tuple[np.ndarray, np.ndarra
   return canvas.numpy(), valid_hw
 
 
+def _ordered_pairs(example: Mapping[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+  """(pair boxes [P, 2, 4] as (preferred, other), weights [P] = vote margin / votes)."""
+  if "pair_boxes" not in example:  # A dataset without rated pairs.
+    return tf.zeros([0, 2, 4], tf.float32), tf.zeros([0], tf.float32)
+  pairs = tf.reshape(tf.cast(example["pair_boxes"], tf.float32), [-1, 2, 4])
+  votes = tf.reshape(tf.cast(example["pair_votes"], tf.float32), [-1, 2])
+  swap = votes[:, 1] > votes[:, 0]
+  pairs = tf.where(swap[:, None, None], tf.reverse(pairs, axis=[1]), pairs)
+  weights = tf.math.divide_no_nan(tf.abs(votes[:, 0] - votes[:, 1]), tf.reduce_sum(votes, 1))
+  return pairs, weights
+
+
+def _pad_pairs(pairs: tf.Tensor, weights: tf.Tensor, max_pairs: int
+               ) -> tuple[tf.Tensor, tf.Tensor]:
+  pairs, weights = pairs[:max_pairs], weights[:max_pairs]
+  pad = max_pairs - tf.shape(weights)[0]
+  return (tf.ensure_shape(tf.pad(pairs, [[0, pad], [0, 0], [0, 0]]), [max_pairs, 2, 4]),
+          tf.ensure_shape(tf.pad(weights, [[0, pad]]), [max_pairs]))
+
+
 def preprocess(example: Mapping[str, tf.Tensor], *, seed: tf.Tensor | None, image_size: int,
                max_boxes: int, augment: Augmentation = NO_AUGMENTATION,
-               image: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+               image: tf.Tensor | None = None, max_pairs: int = 10) -> dict[str, tf.Tensor]:
   """Turns one parsed example into the batch layout (without the batch axis).
 
   Args:
@@ -219,6 +243,7 @@ def preprocess(example: Mapping[str, tf.Tensor], *, seed: tf.Tensor | None, imag
     max_boxes: M.
     augment: the augmentation (ignored when seed is None).
     image: the decoded uint8 [H, W, 3] image (default: decode example["image"]).
+    max_pairs: P, rated crop pairs kept (padded with weight 0).
   """
   source_hw = tf.cast(example["image_size"], tf.int32)
   if image is None:
@@ -227,6 +252,10 @@ def preprocess(example: Mapping[str, tf.Tensor], *, seed: tf.Tensor | None, imag
   boxes = tf.reshape(tf.cast(example["boxes"], tf.float32), [-1, 4])
   scores = tf.reshape(tf.cast(example["box_scores"], tf.float32), [-1])
   valid = tf.ones(tf.shape(scores), tf.bool)
+  pairs, pair_weights = _ordered_pairs(example)
+  num_boxes = tf.shape(boxes)[0]
+  # Pair boxes ride along with the boxes through every geometric step, then are split off.
+  boxes = tf.concat([boxes, tf.reshape(pairs, [-1, 4])], 0)
   shape = tf.shape(image)
   height, width = shape[0], shape[1]
   h_f, w_f = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
@@ -255,7 +284,10 @@ def preprocess(example: Mapping[str, tf.Tensor], *, seed: tf.Tensor | None, imag
              - tf.cast(tf.stack([x1, y1, x1, y1]), tf.float32)) / tf.stack([cw, ch, cw, ch])
     eps = 1e-3
     inside = tf.reduce_all((boxes[:, :2] >= -eps) & (boxes[:, 2:] <= 1.0 + eps), axis=1)
-    valid &= inside
+    valid &= inside[:num_boxes]
+    # A pair is kept only when the crop keeps both of its boxes whole.
+    pair_weights *= tf.cast(tf.reduce_all(tf.reshape(inside[num_boxes:], [-1, 2]), 1),
+                            tf.float32)
     boxes = tf.clip_by_value(boxes, 0.0, 1.0)
     out_hw = tf.round(out_hw * tf.stack([ch / h_f, cw / w_f]))
 
@@ -272,7 +304,9 @@ def preprocess(example: Mapping[str, tf.Tensor], *, seed: tf.Tensor | None, imag
   image = tf.pad(image, [[0, image_size - new_h], [0, image_size - new_w], [0, 0]])
   image = tf.ensure_shape(image, [image_size, image_size, 3])
 
-  boxes, scores, mask = _sort_and_pad(boxes, scores, valid, max_boxes)
+  pairs = tf.reshape(boxes[num_boxes:], [-1, 2, 4])
+  pairs, pair_weights = _pad_pairs(pairs, pair_weights, max_pairs)
+  boxes, scores, mask = _sort_and_pad(boxes[:num_boxes], scores, valid, max_boxes)
   return {
       "image": image,
       "image_valid_hw": tf.cast(tf.stack([new_h, new_w]), tf.float32) / float(image_size),
@@ -280,6 +314,8 @@ def preprocess(example: Mapping[str, tf.Tensor], *, seed: tf.Tensor | None, imag
       "boxes": boxes,
       "box_scores": scores,
       "box_mask": mask,
+      "pair_boxes": pairs,
+      "pair_weights": pair_weights,
       "image_id": example["image_id"],
   }
 
@@ -357,7 +393,7 @@ def create_train_dataset(settings: DataSettings, *, seed: int, batch_size: int,
     example = parse(serialized, features)
     return preprocess(example, seed=tf.stack([seed_augment, position]),
                       image_size=settings.image_size, max_boxes=settings.max_boxes,
-                      augment=augment)
+                      augment=augment, max_pairs=settings.max_pairs)
 
   start = int(start_step) * batch_size
   positions = tf.data.Dataset.range(start, np.iinfo(np.int64).max)
@@ -402,9 +438,11 @@ def create_eval_dataset(settings: DataSettings, *, batch_size: int,
 
   def process(serialized, valid):
     example = preprocess(parse(serialized, features), seed=None,
-                         image_size=settings.image_size, max_boxes=max_boxes)
+                         image_size=settings.image_size, max_boxes=max_boxes,
+                         max_pairs=settings.max_pairs)
     example["image"] = tf.where(valid, example["image"], 0.0)
     example["box_mask"] = example["box_mask"] & valid
+    example["pair_weights"] = tf.where(valid, example["pair_weights"], 0.0)
     example["valid"] = valid
     return example
 

@@ -21,6 +21,15 @@ matched one-to-one to the valid ground-truth crops (`matching.hungarian_match`),
 
 Every term is summed over the batch and divided by the number of valid ground-truth boxes in the
 batch (at least 1), as in DETR; the total is the weighted sum over terms and layers.
+
+Given boxes. When the model also scored the batch's rated crop pairs through its given-box path
+(outputs["given_logits"], the final layer's, for `pair_boxes` flattened to [B, 2P]):
+* rank (`rank_weight`): a logistic pairwise loss, softplus(-(l_preferred - l_other)), weighted by
+  each pair's vote margin (ties and padding weigh 0), averaged over the weights;
+* given_iou (`given_iou_weight`): the quality focal loss of each given box's score against its IoU
+  with the ground truth, as the proposals' "iou" score targets: a given box's score and a
+  proposal's score then estimate the same thing, so a user's own crop can be compared with the
+  model's.
 """
 
 from typing import Any, Mapping
@@ -130,6 +139,49 @@ def layer_loss(outputs: Mapping[str, jax.Array], targets: Mapping[str, jax.Array
   }
 
 
+def pair_ranking_loss(given_logits: jax.Array, pair_weights: jax.Array) -> jax.Array:
+  """Weighted logistic loss that the preferred crop of each pair scores higher.
+
+  Args:
+    given_logits: [B, 2P] logits of the pairs' boxes, (preferred, other) interleaved.
+    pair_weights: [B, P] vote margins; 0 skips a pair (ties, padding, cut by augmentation).
+  """
+  logits = given_logits.reshape(pair_weights.shape + (2,))
+  loss = jax.nn.softplus(logits[..., 1] - logits[..., 0])
+  return (loss * pair_weights).sum() / jnp.maximum(pair_weights.sum(), 1e-6)
+
+
+def given_iou_loss(given_logits: jax.Array, given_boxes: jax.Array, given_mask: jax.Array,
+                   targets: Mapping[str, jax.Array], *, gamma: float) -> jax.Array:
+  """Quality focal loss of given boxes' scores against their IoU with the ground truth, averaged
+  over the boxes of `given_mask` [B, Q]."""
+  quality = iou_score_targets(given_boxes, targets)
+  loss = quality_focal_loss(given_logits, quality, gamma=gamma)
+  mask = given_mask.astype(loss.dtype)
+  return (loss * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+
+
+def given_box_terms(outputs: Mapping[str, Any], targets: Mapping[str, jax.Array],
+                    loss_config: Mapping[str, Any]) -> dict[str, jax.Array]:
+  """The weighted given-box terms ("loss_rank", "loss_given_iou"; see the module docstring)."""
+  cfg = loss_config
+  logits = outputs["given_logits"]
+  weights = targets["pair_weights"].astype(logits.dtype)
+  boxes = targets["pair_boxes"].reshape(logits.shape + (4,)).astype(logits.dtype)
+  # A pair the augmentation cut has weight 0; its boxes may lie outside the image: skip both.
+  mask = jnp.repeat(weights > 0, 2, axis=1)
+  return {
+      "loss_rank": cfg.get("rank_weight", 0.0) * pair_ranking_loss(logits, weights),
+      "loss_given_iou": cfg.get("given_iou_weight", 0.0) * given_iou_loss(
+          logits, boxes, mask, targets, gamma=cfg["focal_gamma"]),
+  }
+
+
+def uses_given_boxes(loss_config: Mapping[str, Any]) -> bool:
+  """True when the loss needs the rated pairs scored through the given-box path."""
+  return bool(loss_config.get("rank_weight", 0.0) or loss_config.get("given_iou_weight", 0.0))
+
+
 def crop_loss(outputs: Mapping[str, Any], targets: Mapping[str, jax.Array],
               loss_config: Mapping[str, Any]) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The total training loss and its terms. Pure and jit-able.
@@ -137,13 +189,15 @@ def crop_loss(outputs: Mapping[str, Any], targets: Mapping[str, jax.Array],
   Args:
     outputs: the model's output dict ("logits", "boxes_cxcywh" or "boxes", and "aux": a list of
       such dicts for the earlier decoder layers).
-    targets: "boxes" [B, M, 4] normalised xyxy, "box_scores" [B, M], "box_mask" [B, M].
+    targets: "boxes" [B, M, 4] normalised xyxy, "box_scores" [B, M], "box_mask" [B, M]; with
+      "given_logits" in outputs also "pair_boxes" [B, P, 2, 4] and "pair_weights" [B, P].
     loss_config: config.loss (focal_alpha, focal_gamma, score/l1/giou weights, match_* costs,
-      soft_label_iou, aux_loss).
+      soft_label_iou, aux_loss, rank_weight, given_iou_weight).
 
   Returns:
     (total, terms): terms has the final layer's weighted "loss_score", "loss_l1", "loss_giou",
-    the same with suffix "_{i}" for auxiliary layer i, and "num_boxes".
+    the same with suffix "_{i}" for auxiliary layer i, "loss_rank" and "loss_given_iou" when the
+    given boxes were scored, and "num_boxes".
   """
   cfg = loss_config
   weights = {"score": cfg["score_weight"], "l1": cfg["l1_weight"], "giou": cfg["giou_weight"]}
@@ -155,6 +209,8 @@ def crop_loss(outputs: Mapping[str, Any], targets: Mapping[str, jax.Array],
   for suffix, layer_outputs in layers:
     for name, value in layer_loss(layer_outputs, targets, cfg, num_boxes).items():
       terms[f"loss_{name}{suffix}"] = weights[name] * value
+  if "given_logits" in outputs:
+    terms.update(given_box_terms(outputs, targets, cfg))
   total = sum(terms.values())
   terms["num_boxes"] = num_boxes
   return total, terms

@@ -11,6 +11,12 @@ is not fixed by the reference is stated where it is made.
   thresholds tau, and COCO-style mAP over the good ground-truth crops.
 * GAIC ranking protocol (`RankingProtocol`): the model scores the annotated candidate crops;
   Acc_{K/N}, wAcc_{K/N}, SRCC and PCC against the mean opinion scores (MOS).
+* Pairwise preferences (`PairwiseProtocol`, FCDB's ranking annotations): the fraction of rated
+  crop pairs whose preferred crop the model scores higher.
+
+The aspect-conditioned variant of the IoU protocol (the crop asked for with the ground truth's
+aspect ratio, as a cropper that must be told a size is used) reuses `IoUProtocol`; see
+evaluate.py.
 
 Conventions at every public function:
 
@@ -706,6 +712,58 @@ class RankingProtocol(_Protocol):
     out["num_undefined_srcc"] = num_undefined_srcc
     out["num_undefined_pcc"] = num_undefined_pcc
     return out
+
+
+class PairwiseProtocol(_Protocol):
+  """Pairwise crop preferences (FCDB's ranking annotations): does the preferred crop score higher?
+
+  Per pair with a winner (vote margin > 0): correct when the preferred crop's score is strictly
+  higher; a tie of scores counts half. Pairs are pooled over images (each pair counts once, as
+  in the view-finding literature). Result keys:
+    pair_acc: over all pairs with a winner.
+    pair_acc_strong: over pairs won by at least `strong_margin` (0.6 = 4 or 5 votes of 5).
+    num_pairs, num_pairs_strong, and larger_acc: the same count for "prefer the larger crop"
+    (equal areas count half), a baseline that looks at no pixels.
+  """
+
+  def __init__(self, *, strong_margin: float = 0.6) -> None:
+    super().__init__()
+    self.strong_margin = float(strong_margin)
+
+  def add(self, image_id: Any, preferred_scores: ArrayLike, other_scores: ArrayLike,
+          margins: ArrayLike, preferred_boxes_px: ArrayLike | None = None,
+          other_boxes_px: ArrayLike | None = None) -> dict[str, float]:
+    """Adds one image's pairs: scores [P] of the preferred and the other crop, vote margins [P]
+    (0 = no winner, skipped), and optionally the boxes [P, 4] (for the larger-crop baseline)."""
+    margins = np.asarray(margins, np.float64).reshape(-1)
+    win = _as_scores(preferred_scores, margins.size, "preferred_scores")
+    lose = _as_scores(other_scores, margins.size, "other_scores")
+    valid = margins > 0
+    correct = np.where(win > lose, 1.0, np.where(win == lose, 0.5, 0.0))
+    strong = valid & (margins >= self.strong_margin - 1e-9)
+    record = {"correct": float(correct[valid].sum()), "pairs": float(valid.sum()),
+              "correct_strong": float(correct[strong].sum()), "pairs_strong": float(strong.sum())}
+    if preferred_boxes_px is not None and other_boxes_px is not None:
+      area = lambda b: np.prod(np.diff(_as_boxes(b, "boxes").reshape(-1, 2, 2), axis=1), -1)[:, 0]
+      a_win, a_lose = area(preferred_boxes_px), area(other_boxes_px)
+      larger = np.where(a_win > a_lose, 1.0, np.where(a_win == a_lose, 0.5, 0.0))
+      record["larger_correct"] = float(larger[valid].sum())
+    self._register(image_id, record)
+    return record
+
+  def _total(self, key: str) -> float:
+    return float(sum(r.get(key, 0.0) for r in self.per_image.values()))
+
+  def result(self) -> dict[str, float]:
+    self._require_images()
+    pairs, strong = self._total("pairs"), self._total("pairs_strong")
+    return {
+        "pair_acc": self._total("correct") / pairs if pairs else math.nan,
+        "pair_acc_strong": self._total("correct_strong") / strong if strong else math.nan,
+        "larger_acc": self._total("larger_correct") / pairs if pairs else math.nan,
+        "num_pairs": int(pairs),
+        "num_pairs_strong": int(strong),
+    }
 
 
 # ----------------------------------------------------------------------------------------------

@@ -94,7 +94,8 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
 
 # ------------------------------------------------------------------------------ step functions
 def _targets(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-  return {k: batch[k] for k in ("boxes", "box_scores", "box_mask")}
+  keys = ("boxes", "box_scores", "box_mask", "pair_boxes", "pair_weights")
+  return {k: batch[k] for k in keys if k in batch}
 
 
 def _reseed(rng_state: nnx.State, key: jax.Array) -> nnx.State:
@@ -111,14 +112,15 @@ def _reseed(rng_state: nnx.State, key: jax.Array) -> nnx.State:
 
 
 def _forward(graphdef, params, rest, rng_state, batch, *, train: bool, dropout_key=None,
-             query_boxes=None):
+             query_boxes=None, with_proposals: bool = False):
   """Runs the model from its split state; returns outputs and the updated non-param state."""
   if dropout_key is not None:
     rng_state = _reseed(rng_state, dropout_key)
   model = nnx.merge(graphdef, params, rng_state, rest)
   outputs = model(batch.get("image"), image_valid_hw=batch["image_valid_hw"],
                   reference_tokens=batch.get("reference_tokens"), query_boxes=query_boxes,
-                  train=train, features=feature_cache.batch_features(batch))
+                  train=train, features=feature_cache.batch_features(batch),
+                  with_proposals=with_proposals)
   return outputs, nnx.state(model, nnx.Not(nnx.Any(nnx.Param, nnx.RngState)))
 
 
@@ -133,10 +135,19 @@ def train_step(state: State, batch: dict[str, jax.Array], *, graphdef, rng_state
   frozen, trainable = (nnx.split_state(state["params"], _is_backbone_filter, ...)
                        if not train_backbone else ({}, state["params"]))
 
+  # The ranking loss scores the rated pairs through the given-box path in the same pass.
+  pairs = None
+  if losses.uses_given_boxes(loss_config):
+    if "pair_boxes" not in batch:
+      raise ValueError("config.loss.rank_weight / given_iou_weight > 0 need rated crop pairs "
+                       "(pair_boxes) in the batch: a dataset with pairs, such as fcdb")
+    pairs = batch["pair_boxes"].reshape(batch["pair_boxes"].shape[0], -1, 4)
+
   def loss_fn(trainable_params):
     params = nnx.merge_state(frozen, trainable_params) if frozen else trainable_params
     outputs, rest = _forward(graphdef, params, state["rest"], rng_state, batch, train=True,
-                             dropout_key=dropout_key)
+                             dropout_key=dropout_key, query_boxes=pairs,
+                             with_proposals=pairs is not None)
     loss, terms = losses.crop_loss(outputs, _targets(batch), loss_config)
     return loss, (terms, rest)
 

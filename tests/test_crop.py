@@ -9,6 +9,7 @@ from PIL import Image
 from PIL import ImageCms
 import pytest
 
+from procrop_jax import aspect
 from procrop_jax import crop
 from procrop_jax import photos
 
@@ -18,8 +19,8 @@ def test_aspect_crops_have_the_ratio_to_within_a_pixel_and_fit_any_photo():
   for _ in range(300):
     width, height = (int(v) for v in rng.integers(1, 2000, 2))
     ratio = float(np.exp(rng.uniform(np.log(0.2), np.log(5.0))))
-    boxes = crop.aspect_candidates(ratio, (width, height))
-    assert 1 <= len(boxes) <= crop.CANDIDATES_PER_ASPECT
+    boxes = aspect.grid_candidates(ratio, (width, height))
+    assert 1 <= len(boxes) <= aspect.GRID_CANDIDATES
     assert len({tuple(b) for b in boxes}) == len(boxes)
     w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= width).all()
@@ -32,9 +33,9 @@ def test_aspect_crops_have_the_ratio_to_within_a_pixel_and_fit_any_photo():
 
 
 def test_snap_box_keeps_the_centre_and_stays_inside():
-  assert crop.snap_box((10.4, 10.6, 50.2, 40.5), (100, 80)) == (10, 11, 50, 41)
-  assert crop.snap_box((-5, -5, 200, 200), (100, 80)) == (0, 0, 100, 80)
-  x1, y1, x2, y2 = crop.snap_box((0, 0, 100, 80), (100, 80), 16 / 9)
+  assert aspect.snap_box((10.4, 10.6, 50.2, 40.5), (100, 80)) == (10, 11, 50, 41)
+  assert aspect.snap_box((-5, -5, 200, 200), (100, 80)) == (0, 0, 100, 80)
+  x1, y1, x2, y2 = aspect.snap_box((0, 0, 100, 80), (100, 80), 16 / 9)
   assert (x2 - x1, y2 - y1) == (100, 56)
 
 

@@ -67,6 +67,14 @@ def make_fcdb(root):
   write_json(root / "cropping_testing_set.json", [
       {"url": url.format("4_a_c.jpg"), "flickr_photo_id": 4, "crop": [5, 5, 30, 30]},
   ])
+  write_json(root / "ranking_annotation_train.json", [
+      {"url": url.format("1_a_b.jpg"), "crops": [
+          {"crop_0": [0, 0, 40, 30], "crop_1": [10, 10, 60, 45], "vote_for_0": 1,
+           "vote_for_1": 4},
+          {"crop_0": [0, 0, 500, 30], "crop_1": [10, 10, 60, 45], "vote_for_0": 5,
+           "vote_for_1": 0},  # crop_0 lies outside the photo: the pair is dropped.
+      ]},
+  ])
 
 
 def make_gaicd(root):
@@ -148,6 +156,27 @@ def test_fcdb_values_and_report(tmp_path):
   assert report["train"]["skipped"] == {"missing_file": 1, "placeholder": 1}
   assert report["train"]["entries"] == 4 and report["train"]["kept"] == 2
   assert report["test"]["kept"] == 1
+
+
+def test_fcdb_rated_pairs(tmp_path):
+  make_fcdb(tmp_path / "manual")
+  builder = build(fcdb.Fcdb, tmp_path / "manual", tmp_path / "tfds")
+  train = read_all(builder, "train")
+  ex = train["1_a_b.jpg"]  # 80 x 60; the second pair has a box outside the photo.
+  np.testing.assert_allclose(ex["pair_boxes"], [[[0, 0, 0.5, 0.5], [10 / 80, 10 / 60, 70 / 80,
+                                                                      55 / 60]]], rtol=1e-6)
+  np.testing.assert_array_equal(ex["pair_votes"], [[1, 4]])
+  assert train["2_a_b.jpg"]["pair_boxes"].shape == (0, 2, 4)  # Not in the ranking file.
+  assert read_all(builder, "test")["4_a_c.jpg"]["pair_votes"].shape == (0, 2)
+  report = datasets.build_report(builder)["train"]
+  assert report["dropped_boxes"] == {"pair_box_unusable": 1}
+
+
+def test_fcdb_malformed_ranking_file_names_the_line(tmp_path):
+  path = tmp_path / "ranking.json"
+  path.write_text('[\n{"url": "a.jpg", "crops": [\n{"crop_0": [0, 0, 1, 1], "vote_for_0": 1}]}]')
+  with pytest.raises(schema.AnnotationError, match=r"ranking.json:2: .*crop_1"):
+    fcdb.parse_ranking(path)
 
 
 def test_fcdb_skips_absent_split_with_a_message(tmp_path, capsys):
@@ -372,6 +401,7 @@ def test_real_fcdb_build(shared_data, tmp_path):
   assert report["entries"] == 1369
   assert report["skipped"] == {"placeholder": 34}
   assert report["kept"] == 1335 == builder.info.splits["train"].num_examples
+  assert report["dropped_boxes"] == {}  # Every rated pair of the kept photos is usable.
 
 
 def test_real_gaicd_counts(shared_data):

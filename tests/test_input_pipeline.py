@@ -254,3 +254,43 @@ def test_settings_read_from_a_dict():
       {"dataset": "fcdb", "image_size": 128, "unrelated": 1})
   assert settings.dataset == "fcdb" and settings.image_size == 128
   assert settings.max_boxes == input_pipeline.DataSettings().max_boxes
+
+
+def test_augmented_pair_boxes_stay_on_the_same_content():
+  height, width = 90, 130
+  target, green, blue = (30, 20, 95, 70), (40, 30, 60, 50), (70, 25, 90, 45)
+  image = rectangle_image(height, width, target)
+  image[green[1]:green[3], green[0]:green[2]] = (0.0, 1.0, 0.0)
+  image[blue[1]:blue[3], blue[0]:blue[2]] = (0.0, 0.0, 1.0)
+  norm = lambda b: [b[0] / width, b[1] / height, b[2] / width, b[3] / height]
+  example = {
+      "image_size": tf.constant([height, width], tf.int32),
+      "boxes": tf.constant([norm(target)], tf.float32),
+      "box_scores": tf.constant([5.0]),
+      "image_id": tf.constant("pairs"),
+      # (blue, green) with more votes for green: the pipeline puts the preferred one first.
+      "pair_boxes": tf.constant([[norm(blue), norm(green)], [[0.0, 0.0, 0.1, 0.1], norm(green)]],
+                                tf.float32),
+      "pair_votes": tf.constant([[1, 4], [3, 2]], tf.int32),
+  }
+  size, kept = 96, 0
+  for seed in range(30):
+    out = input_pipeline.preprocess(
+        example, seed=tf.constant([1, seed], tf.int64), image_size=size, max_boxes=2,
+        image=tf.constant((image * 255).astype(np.uint8)), augment=input_pipeline.Augmentation(),
+        max_pairs=4)
+    weights, pairs = out["pair_weights"].numpy(), out["pair_boxes"].numpy()
+    assert pairs.shape == (4, 2, 4) and weights[2:].tolist() == [0, 0]  # Padding.
+    assert weights[0] == pytest.approx(0.6)
+    assert weights[1] in (0.0, pytest.approx(0.2))  # Cut when the crop loses its corner box.
+    kept += int(weights[1] > 0)
+    canvas = out["image"].numpy()
+    h, w = np.round(out["image_valid_hw"].numpy() * size).astype(int)
+    for box, channel in ((pairs[0, 0], 1), (pairs[0, 1], 2)):  # Preferred green, other blue.
+      x1, y1, x2, y2 = box * [w, h, w, h]
+      colour = canvas[..., channel] - canvas.max(-1, where=np.arange(3) != channel, initial=0)
+      ys, xs = np.nonzero(colour > 0.5)
+      assert xs.min() >= x1 - 1 and xs.max() + 1 <= x2 + 1
+      assert ys.min() >= y1 - 1 and ys.max() + 1 <= y2 + 1
+      assert colour[int((y1 + y2) / 2), int((x1 + x2) / 2)] > 0.5
+  assert 0 < kept < 30

@@ -167,3 +167,74 @@ def test_the_iou_score_target_mode_trains_scores_towards_box_quality():
   assert abs(float(grad[0, 0])) < 1e-6 and float(grad[0, 1]) < 0
   with pytest.raises(ValueError, match="score_target"):
     losses.crop_loss(outputs, targets, {**config, "score_target": "nope"})
+
+
+def test_pair_ranking_loss_is_weighted_and_skips_ties():
+  logits = jnp.array([[2.0, 0.0, -1.0, 3.0]])  # Pairs (2 vs 0) and (-1 vs 3).
+  loss, grads = jax.value_and_grad(losses.pair_ranking_loss)(logits, jnp.array([[1.0, 0.0]]))
+  np.testing.assert_allclose(loss, np.log1p(np.exp(-2.0)), rtol=1e-6)
+  np.testing.assert_array_equal(grads[0, 2:], [0.0, 0.0])  # A tie (weight 0) has no say.
+  assert grads[0, 0] < 0 < grads[0, 1]  # Descent raises the preferred crop, lowers the other.
+  both = losses.pair_ranking_loss(logits, jnp.array([[0.6, 0.2]]))
+  expected = (0.6 * np.log1p(np.exp(-2.0)) + 0.2 * np.log1p(np.exp(4.0))) / 0.8
+  np.testing.assert_allclose(both, expected, rtol=1e-6)
+
+
+def test_ranking_loss_orders_a_pair_after_a_few_steps():
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from configs import testing  # pylint: disable=g-import-not-at-top
+  from procrop_jax.models import procrop  # pylint: disable=g-import-not-at-top
+  config = testing.get_config()
+  config.model.num_references = 0
+  model = procrop.ProCrop(config.model, image_size=64, rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(0)
+  features = {"stride32": jnp.asarray(rng.normal(size=(1, 2, 2, 1280)), jnp.float32),
+              "stride16": jnp.asarray(rng.normal(size=(1, 4, 4, 112)), jnp.float32)}
+  a, b = [0.1, 0.1, 0.6, 0.7], [0.3, 0.2, 0.9, 0.9]
+  boxes = jnp.array([[a, b]])
+
+  def given_logits(model):
+    return model(None, features=features, query_boxes=boxes)["logits"]
+
+  first = np.asarray(given_logits(model))[0]
+  # Prefer whichever crop the untrained model scores lower: the loss has to reverse the order.
+  order = [0, 1] if first[0] < first[1] else [1, 0]
+  pair = boxes[:, order]
+  weights = jnp.array([[1.0]])
+  optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+
+  @nnx.jit
+  def step(model, optimizer):
+    loss_fn = lambda m: losses.pair_ranking_loss(
+        m(None, features=features, query_boxes=pair)["logits"], weights)
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    optimizer.update(model, grads)
+    return loss
+
+  losses_seen = [float(step(model, optimizer)) for _ in range(15)]
+  last = np.asarray(given_logits(model))[0]
+  assert last[order[0]] > last[order[1]]
+  assert losses_seen[-1] < losses_seen[0]
+
+
+def test_given_box_terms_train_scores_to_iou_on_the_same_scale():
+  targets = {"boxes": np.array([[[0.1, 0.1, 0.6, 0.7]]], np.float32),
+             "box_scores": np.array([[5.0]], np.float32), "box_mask": np.array([[True]]),
+             "pair_boxes": np.array([[[[0.1, 0.1, 0.6, 0.7], [0.5, 0.5, 1.0, 1.0]],
+                                      [[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 2.0, 2.0]]]], np.float32),
+             "pair_weights": np.array([[1.0, 0.0]], np.float32)}
+  config = dict(LOSS_CONFIG, rank_weight=1.0, given_iou_weight=2.0)
+  iou = losses.iou_score_targets(jnp.asarray(targets["pair_boxes"][:, 0]), targets)
+  np.testing.assert_allclose(iou[0], [1.0, 0.02 / (0.3 + 0.25 - 0.02)], rtol=1e-5)
+  # Logits equal to the IoU targets (and the winner first) leave almost nothing to learn.
+  good = np.log(np.clip(iou, 1e-4, 1 - 1e-4) / np.clip(1 - iou, 1e-4, 1))
+  given = jnp.array([[good[0, 0], good[0, 1], 9.0, -9.0]])
+  terms = losses.given_box_terms({"given_logits": given}, targets, config)
+  bad = losses.given_box_terms({"given_logits": given[:, [1, 0, 2, 3]]}, targets, config)
+  assert float(terms["loss_given_iou"]) < 1e-3 < float(bad["loss_given_iou"])
+  assert float(terms["loss_rank"]) < float(bad["loss_rank"])
+  # The second pair (weight 0, its other box outside the image) is ignored by both terms.
+  moved = losses.given_box_terms({"given_logits": given.at[0, 2:].set(0.0)}, targets, config)
+  np.testing.assert_allclose(moved["loss_given_iou"], terms["loss_given_iou"], rtol=1e-6)
+  np.testing.assert_allclose(moved["loss_rank"], terms["loss_rank"], rtol=1e-6)

@@ -528,3 +528,21 @@ def test_gaicd_ranking_mos_as_scores_and_against_reference_loop(shared_data):
   result = by_area.result()
   for key, values in plain.items():
     assert result[key] == pytest.approx(np.nanmean(values), rel=1e-12), key
+
+
+def test_pairwise_protocol_matches_a_hand_count():
+  protocol = metrics.PairwiseProtocol()
+  # Image a: 3 pairs; margins 1.0 (strong, right), 0.2 (wrong), 0 (tie: skipped).
+  protocol.add("a", [0.9, 0.1, 0.5], [0.2, 0.3, 0.9], [1.0, 0.2, 0.0],
+               preferred_boxes_px=[[0, 0, 10, 10], [0, 0, 5, 5], [0, 0, 1, 1]],
+               other_boxes_px=[[0, 0, 5, 5], [0, 0, 8, 8], [0, 0, 9, 9]])
+  # Image b: equal scores count half; margin 0.6 is strong (4 of 5 votes); equal areas half.
+  protocol.add("b", [0.4, 0.7], [0.4, 0.1], [0.6, 0.2],
+               preferred_boxes_px=[[0, 0, 4, 4], [0, 0, 2, 8]],
+               other_boxes_px=[[1, 1, 5, 5], [0, 0, 3, 3]])
+  result = protocol.result()
+  assert result["num_pairs"] == 4 and result["num_pairs_strong"] == 2
+  assert result["pair_acc"] == pytest.approx((1 + 0 + 0.5 + 1) / 4)
+  assert result["pair_acc_strong"] == pytest.approx((1 + 0.5) / 2)
+  # Larger preferred: a1 yes, a2 no, b1 equal (half), b2 16 > 9 yes.
+  assert result["larger_acc"] == pytest.approx((1 + 0 + 0.5 + 1) / 4)

@@ -192,3 +192,15 @@ def test_from_config_param_count_and_flops():
   flops = procrop.flops_per_image(abstract)
   assert flops > 1e7
   assert procrop.flops_per_image(abstract, num_references=0) < flops
+
+
+def test_proposals_and_given_box_scores_in_one_pass(model):
+  memory, pos, mask = _memory(model)
+  boxes = jnp.array([[[0.0, 0.0, 1.0, 1.0], [0.1, 0.2, 0.5, 0.9]]] * 2)
+  both = nnx.jit(lambda m, *args: m.decode(*args, with_proposals=True))(
+      model, memory, pos, mask, boxes)[-1]
+  alone = _decode(model, memory, pos, mask)[-1]
+  np.testing.assert_allclose(both["logits"], alone["logits"], atol=1e-5)
+  np.testing.assert_allclose(both["boxes"], alone["boxes"], atol=1e-5)
+  scored = _decode(model, memory, pos, mask, boxes)[-1]
+  np.testing.assert_allclose(both["given_logits"], scored["logits"], atol=1e-5)

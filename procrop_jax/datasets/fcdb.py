@@ -4,12 +4,18 @@ Manual directory layout (what the dataset's own download script produces):
 
   cropping_training_set.json   [{"url", "flickr_photo_id", "crop": [x, y, w, h]}, ...]
   cropping_testing_set.json    same format (345 entries)
+  ranking_annotation_train.json  optional: [{"url", "crops": [{"crop_0": [x, y, w, h],
+                               "crop_1": [...], "vote_for_0": n, "vote_for_1": m}, ...]}]
   data/<basename of url>       the images
 
 A split whose JSON is absent is skipped with a message. Crops are [x, y, w, h] in
 pixels of the image as stored; they become one x1y1x2y2 box of score `DEFAULT_SCORE`.
 Many Flickr photos have since been replaced by the "photo is no longer available"
 placeholder; those are detected by content and skipped (reason "placeholder").
+
+Pairwise preferences. FCDB's ranking file holds, for the training photos, ten pairs of crops
+with five raters' votes each. They become `pair_boxes` [P, 2, 4] (normalised x1y1x2y2, same frame
+as `boxes`) and `pair_votes` [P, 2]; a photo with no pairs (every test photo) has P = 0.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ _SPLIT_FILES = {
     "train": "cropping_training_set.json",
     "test": "cropping_testing_set.json",
 }
+RANKING_FILE = "ranking_annotation_train.json"
+_NO_PAIRS = (np.zeros((0, 2, 4)), np.zeros((0, 2), np.int32))
 
 
 def parse_annotations(path: epath.PathLike) -> list[dict[str, Any]]:
@@ -54,8 +62,48 @@ def parse_annotations(path: epath.PathLike) -> list[dict[str, Any]]:
   return entries
 
 
+def parse_ranking(path: epath.PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """Reads FCDB's pairwise ranking JSON: image name -> (pairs_px [P, 2, 4] x1y1x2y2, votes [P, 2]).
+
+  Raises:
+    schema.AnnotationError: for a malformed entry, naming the file and line.
+  """
+  pairs = {}
+  for index, entry, line in schema.iter_json_items(path):
+    if not isinstance(entry, dict) or "url" not in entry or not isinstance(entry.get("crops"),
+                                                                            list):
+      raise schema.AnnotationError(path, line,
+                                   f"entry {index}: expected an object with 'url' and 'crops'")
+    boxes, votes = [], []
+    for j, pair in enumerate(entry["crops"]):
+      what = f"entry {index} pair {j}"
+      try:
+        crops = [schema.as_box_array(pair[f"crop_{k}"], path=path, line=line, what=what)
+                 for k in (0, 1)]
+        count = [int(pair[f"vote_for_{k}"]) for k in (0, 1)]
+      except (KeyError, TypeError, ValueError) as e:
+        raise schema.AnnotationError(
+            path, line, f"{what}: expected crop_0, crop_1 ([x, y, w, h]) and vote_for_0, "
+            f"vote_for_1 (integers): {e}") from e
+      if any(len(c) != 1 for c in crops) or min(count) < 0:
+        raise schema.AnnotationError(path, line, f"{what}: expected one [x, y, w, h] per crop "
+                                     "and non-negative votes")
+      boxes.append([[x, y, x + w, y + h] for x, y, w, h in (c[0] for c in crops)])
+      votes.append(count)
+    name = str(entry["url"]).rstrip("/").rsplit("/", 1)[-1]
+    pairs[name] = (np.array(boxes, np.float64).reshape(-1, 2, 4),
+                   np.array(votes, np.int32).reshape(-1, 2))
+  return pairs
+
+
 class Fcdb(schema.CropBuilder):
-  """The Flickr Cropping Dataset: one expert crop per photo."""
+  """The Flickr Cropping Dataset: one expert crop per photo, and rated crop pairs."""
+
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Initial release.",
+      "1.1.0": "Pairwise crop preferences (pair_boxes, pair_votes) from the ranking file.",
+  }
 
   DESCRIPTION = (
       "Flickr Cropping Dataset (FCDB): 1,743 Flickr photos (1,369 train / 345 test as "
@@ -76,8 +124,19 @@ class Fcdb(schema.CropBuilder):
   directory (default `data/manual/fcdb`).
   """
 
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+        description=self.DESCRIPTION,
+        features=schema.features(with_pairs=True),
+        homepage=self.HOMEPAGE,
+        citation=self.CITATION,
+        metadata=tfds.core.MetadataDict(),
+    )
+
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     root = self._manual_dir(dl_manager)
+    ranking = root / RANKING_FILE
+    pairs = parse_ranking(ranking) if ranking.exists() else {}
     splits = {}
     for split, filename in _SPLIT_FILES.items():
       path = root / filename
@@ -86,7 +145,7 @@ class Fcdb(schema.CropBuilder):
         logging.warning(message)
         print(message, flush=True)
         continue
-      splits[split] = self._generate_examples(path, root / "data", split)
+      splits[split] = self._generate_examples(path, root / "data", split, pairs)
     if not splits:
       raise FileNotFoundError(
           f"No FCDB annotation file in {root} (expected one of "
@@ -94,7 +153,8 @@ class Fcdb(schema.CropBuilder):
     return splits
 
   def _generate_examples(self, annotation_path: epath.Path, image_dir: epath.Path,
-                         split: str) -> Iterator[tuple[str, dict[str, Any]]]:
+                         split: str, pairs: dict[str, tuple[np.ndarray, np.ndarray]]
+                         ) -> Iterator[tuple[str, dict[str, Any]]]:
     entries = parse_annotations(annotation_path)  # Fails before any image is read.
     stats = schema.BuildStats(split)
 
@@ -103,8 +163,10 @@ class Fcdb(schema.CropBuilder):
       name = entry["image_name"]
       data = schema.read_bytes(image_dir / name)
       # The index keeps keys unique should a URL be listed twice.
+      pairs_px, votes = pairs.get(name, _NO_PAIRS)
       return f"{index}_{name}", schema.build_example(
-          name, data, entry["box_px"], np.array([schema.DEFAULT_SCORE]), stats)
+          name, data, entry["box_px"], np.array([schema.DEFAULT_SCORE]), stats,
+          pairs_px=pairs_px, pair_votes=votes)
 
     yield from self._counted(split, schema.ordered_map(load, enumerate(entries), workers=self.WORKERS),
                              stats)

@@ -85,8 +85,12 @@ class SkipExample(Exception):
     self.reason = reason
 
 
-def features() -> tfds.features.FeaturesDict:
-  """The common feature spec of the cropping builders."""
+def features(*, with_pairs: bool = False) -> tfds.features.FeaturesDict:
+  """The common feature spec of the cropping builders (`with_pairs`: rated crop pairs too)."""
+  pairs = {
+      "pair_boxes": tfds.features.Tensor(shape=(None, 2, 4), dtype=np.float32),
+      "pair_votes": tfds.features.Tensor(shape=(None, 2), dtype=np.int32),
+  } if with_pairs else {}
   return tfds.features.FeaturesDict({
       "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
       "image_id": tfds.features.Text(),
@@ -94,6 +98,7 @@ def features() -> tfds.features.FeaturesDict:
       "boxes_px": tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
       "boxes": tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
       "box_scores": tfds.features.Tensor(shape=(None,), dtype=np.float32),
+      **pairs,
   })
 
 
@@ -347,7 +352,9 @@ def make_example(image_id: str, image: LoadedImage, boxes_px: np.ndarray,
 def build_example(image_id: str, data: bytes | None, boxes_px: np.ndarray | None,
                   scores: np.ndarray | None, stats: BuildStats, *,
                   require_box: bool = True, require_first_box: bool = False,
-                  check_placeholder: bool = True) -> dict[str, Any] | None:
+                  check_placeholder: bool = True,
+                  pairs_px: np.ndarray | None = None,
+                  pair_votes: np.ndarray | None = None) -> dict[str, Any] | None:
   """Loads, validates and assembles one example; counts and returns None if skipped.
 
   Args:
@@ -359,6 +366,10 @@ def build_example(image_id: str, data: bytes | None, boxes_px: np.ndarray | None
     require_box: skip the example when no usable box is left.
     require_first_box: skip it when the first box is unusable (ProCrop's pseudo-label).
     check_placeholder: detect near-blank placeholder images.
+    pairs_px: optional [P, 2, 4] crop pairs (x1y1x2y2 pixels of the image as stored) that people
+      compared; with `pair_votes` [P, 2] (votes for each crop) they become the "pair_boxes" and
+      "pair_votes" features (`pair_features`).
+    pair_votes: see pairs_px.
   """
   stats.entry()
   try:
@@ -378,7 +389,33 @@ def build_example(image_id: str, data: bytes | None, boxes_px: np.ndarray | None
     stats.skip(next((r for r in reasons if r), "no_valid_box"), image_id)
     return None
   stats.keep(image.conversion)
-  return make_example(image_id, image, kept, kept_scores)
+  example = make_example(image_id, image, kept, kept_scores)
+  if pairs_px is not None:
+    example.update(pair_features(image, pairs_px, pair_votes, stats))
+  return example
+
+
+def pair_features(image: LoadedImage, pairs_px: np.ndarray, votes: np.ndarray,
+                  stats: BuildStats | None = None) -> dict[str, np.ndarray]:
+  """Compared crop pairs in the upright frame, normalised; a pair with an unusable box is dropped.
+
+  Returns {"pair_boxes": float32 [P', 2, 4] normalised x1y1x2y2, "pair_votes": int32 [P', 2]}.
+  """
+  pairs_px = np.asarray(pairs_px, np.float64).reshape(-1, 4)
+  votes = np.asarray(votes, np.int32).reshape(-1, 2)
+  upright = orient_boxes(pairs_px, image.orientation, image.stored_width, image.stored_height)
+  cleaned, _, reasons = clean_boxes(upright, np.zeros(len(upright)), width=image.width,
+                                    height=image.height)
+  usable = np.array([not r for r in reasons], bool).reshape(-1, 2)
+  boxes = np.zeros((len(usable) * 2, 4), np.float32)
+  boxes[np.array([not r for r in reasons], bool)] = cleaned
+  keep = usable.all(axis=1)
+  if stats is not None:
+    for _ in range(int((~keep).sum())):
+      stats.drop_box("pair_box_unusable")
+  scale = np.array([image.width, image.height, image.width, image.height], np.float32)
+  boxes = np.clip(boxes / scale, 0.0, 1.0).reshape(-1, 2, 4)[keep]
+  return {"pair_boxes": boxes.astype(np.float32), "pair_votes": votes[keep]}
 
 
 # ---------------------------------------------------------------- annotation files

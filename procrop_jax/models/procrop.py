@@ -237,7 +237,8 @@ class ProCrop(nnx.Module):
 
   # -------------------------------------------------------------------------------- the decoder
   def decode(self, memory: jax.Array, pos: jax.Array, mask: jax.Array,
-             query_boxes: jax.Array | None = None, *, train: bool = False) -> list[dict]:
+             query_boxes: jax.Array | None = None, *, train: bool = False,
+             with_proposals: bool = False) -> list[dict]:
     """Runs the decoder; returns one prediction dict per decoder layer (last = final).
 
     With `query_boxes` [B, Q, 4], the Q given boxes are appended to the N learned queries as
@@ -269,21 +270,26 @@ class ProCrop(nnx.Module):
                   memory_pos=pos, memory_mask=mask, self_attn_mask=self_attn_mask, train=train)
       hs = self.decoder_norm(tgt)
       logits = self.score_head(hs)[..., 0]
+      extra = {}
       if query_boxes is None:
         cxcywh = jax.nn.sigmoid(self.box_head(hs) + _inverse_sigmoid(anchors))
+      elif with_proposals:
+        cxcywh = jax.nn.sigmoid(self.box_head(hs[:, :n]) + _inverse_sigmoid(anchors[:, :n]))
+        logits, extra = logits[:, :n], {"given_logits": logits[:, n:]}
       else:  # Given boxes are scored, not moved.
         logits, cxcywh = logits[:, n:], anchors[:, n:]
       predictions.append({
           "logits": logits,
           "boxes": jnp.clip(box_ops.cxcywh_to_xyxy(cxcywh), 0.0, 1.0),
           "boxes_cxcywh": cxcywh,
+          **extra,
       })
     return predictions
 
   def __call__(self, images: jax.Array | None, *, image_valid_hw: jax.Array | None = None,
                reference_tokens: jax.Array | None = None, query_boxes: jax.Array | None = None,
-               train: bool = False, features: Mapping[str, jax.Array] | None = None
-               ) -> dict[str, Any]:
+               train: bool = False, features: Mapping[str, jax.Array] | None = None,
+               with_proposals: bool = False) -> dict[str, Any]:
     """Predicts (or scores) crops.
 
     Args:
@@ -295,6 +301,8 @@ class ProCrop(nnx.Module):
       train: dropout on, and backbone BN batch statistics unless freeze_backbone_bn.
       features: precomputed `backbone_features(images)` (a feature cache); then `images` may
         be None.
+      with_proposals: with `query_boxes`, return the proposals and the given boxes' logits
+        ("given_logits" [B, Q]) from one pass (training's ranking loss).
 
     Returns:
       "logits" [B, N] (sigmoid -> score), "boxes" [B, N, 4] normalised xyxy clipped to [0, 1]
@@ -308,7 +316,8 @@ class ProCrop(nnx.Module):
     image_valid_hw = image_valid_hw.astype(jnp.float32)
     x, pos, mask = self.encode(images, image_valid_hw, train=train, features=features)
     memory = self.fuse(x, pos, mask, reference_tokens, train=train)
-    predictions = self.decode(memory, pos, mask, query_boxes, train=train)
+    predictions = self.decode(memory, pos, mask, query_boxes, train=train,
+                              with_proposals=with_proposals)
     return {**predictions[-1], "aux": predictions[:-1]}
 
 

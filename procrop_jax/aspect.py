@@ -1,0 +1,211 @@
+"""Crops of a fixed aspect ratio: candidate boxes of exactly that ratio, chosen by the model.
+
+Most requests fix the ratio (a 1:1 avatar, a 16:9 banner, a 4:5 post). The model proposes free
+crops; a crop of a given ratio is chosen among candidate boxes of that ratio (to within a pixel)
+by the given-box scoring path:
+
+1. the grid: the largest box of the ratio inside the photo at `GRID_SCALES` scales, at
+   `GRID_POSITIONS` x `GRID_POSITIONS` places;
+2. the model's free proposals snapped to the ratio: for each, the largest box of the ratio inside
+   it and the smallest one containing it (moved, or shrunk, into the photo), on its centre;
+3. a local refinement of the best `REFINE_TOP` candidates of steps 1-2: scaled by
+   `REFINE_SCALES` and shifted by `REFINE_SHIFT` of their size in x and y, scored in a second
+   pass.
+
+Every pass scores a fixed number of boxes per request (short lists are padded by repeating), so
+the forward pass compiles once whatever the photo and the ratio. `choose` is shared by the
+`Cropper` and the aspect-conditioned evaluation protocol, so what is measured is what users get.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+GRID_SCALES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
+GRID_POSITIONS = 5
+GRID_CANDIDATES = len(GRID_SCALES) * GRID_POSITIONS ** 2
+REFINE_TOP = 3
+REFINE_SCALES = (0.94, 1.0, 1.06)
+REFINE_SHIFT = 0.04
+REFINE_CANDIDATES = REFINE_TOP * (len(REFINE_SCALES) * 9 - 1)
+
+# score_fn(boxes [B, Q, 4] normalised xyxy) -> scores [B, Q]: the model's given-box path.
+ScoreFn = Callable[[np.ndarray], np.ndarray]
+Box = tuple[int, int, int, int]
+
+
+def _place(centre: float, length: int, limit: int) -> int:
+  return int(min(max(round(centre - length / 2), 0), limit - length))
+
+
+def snap_box(box: Sequence[float], size: tuple[int, int], ratio: float | None = None) -> Box:
+  """A pixel box [x1, y1, x2, y2] of a (width, height) photo as whole pixels inside it.
+
+  With `ratio` the box keeps its centre and takes whole-pixel sides of that width / height: the
+  longer side is rounded from the shorter (so the ratio holds to within half a pixel), shrunk if
+  needed to fit the photo; at least 1 x 1.
+  """
+  width, height = size
+  x1, y1, x2, y2 = (float(v) for v in box)
+  cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+  if ratio is None:
+    w = min(max(round(x2 - x1), 1), width)
+    h = min(max(round(y2 - y1), 1), height)
+  elif ratio >= 1:
+    h = min(max(round(y2 - y1), 1), height)
+    h = min(h, max(int((width + 0.5) / ratio), 1))  # round(h * ratio) <= width.
+    w = min(max(round(h * ratio), 1), width)
+  else:
+    w = min(max(round(x2 - x1), 1), width)
+    w = min(w, max(int((height + 0.5) * ratio), 1))  # round(w / ratio) <= height.
+    h = min(max(round(w / ratio), 1), height)
+  x, y = _place(cx, w, width), _place(cy, h, height)
+  return (x, y, x + w, y + h)
+
+
+def _check_ratio(ratio: float) -> None:
+  if not ratio > 0:
+    raise ValueError(f"aspect ratio must be > 0 (width / height), got {ratio}")
+
+
+def grid_candidates(ratio: float, size: tuple[int, int], *,
+                    scales: Sequence[float] = GRID_SCALES,
+                    positions: int = GRID_POSITIONS) -> np.ndarray:
+  """Distinct whole-pixel boxes [M, 4] of a (width, height) photo with width / height = ratio.
+
+  The largest box of that ratio inside the photo at each scale, at positions x positions places.
+  M <= len(scales) * positions ** 2 (fewer where boxes coincide).
+  """
+  _check_ratio(ratio)
+  width, height = size
+  full_w = min(width, height * ratio)
+  full_h = full_w / ratio
+  boxes = []
+  for scale in scales:
+    w, h = full_w * scale, full_h * scale
+    for fy in np.linspace(0.0, 1.0, positions):
+      for fx in np.linspace(0.0, 1.0, positions):
+        x1, y1 = fx * (width - w), fy * (height - h)
+        boxes.append(snap_box((x1, y1, x1 + w, y1 + h), size, ratio))
+  return np.array(list(dict.fromkeys(boxes)), np.int64)  # Distinct, first-seen order.
+
+
+def _centred(box: Sequence[float], w: float, h: float) -> tuple[float, float, float, float]:
+  cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+  return (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+
+
+def proposal_candidates(proposals_px: np.ndarray, ratio: float, size: tuple[int, int]
+                        ) -> np.ndarray:
+  """[2N, 4] whole-pixel boxes of the ratio: the largest inside, and the smallest containing,
+  each proposal [N, 4] (pixels), on its centre and inside the photo."""
+  _check_ratio(ratio)
+  boxes = []
+  for box in np.asarray(proposals_px, np.float64).reshape(-1, 4):
+    w, h = max(box[2] - box[0], 1.0), max(box[3] - box[1], 1.0)
+    inner = (w, w / ratio) if w / h <= ratio else (h * ratio, h)
+    outer = (h * ratio, h) if w / h <= ratio else (w, w / ratio)
+    for bw, bh in (inner, outer):
+      boxes.append(snap_box(_centred(box, bw, bh), size, ratio))
+  return np.array(boxes, np.int64).reshape(-1, 4)
+
+
+def refine_candidates(boxes_px: np.ndarray, ratio: float, size: tuple[int, int]) -> np.ndarray:
+  """Whole-pixel boxes of the ratio near each box of [K, 4]: scaled by REFINE_SCALES and shifted
+  by -REFINE_SHIFT, 0, +REFINE_SHIFT of its size in x and y (the box itself left out)."""
+  out = []
+  for box in np.asarray(boxes_px, np.float64).reshape(-1, 4):
+    w, h = box[2] - box[0], box[3] - box[1]
+    for scale in REFINE_SCALES:
+      for dy in (-REFINE_SHIFT, 0.0, REFINE_SHIFT):
+        for dx in (-REFINE_SHIFT, 0.0, REFINE_SHIFT):
+          if scale == 1.0 and dx == 0.0 and dy == 0.0:
+            continue
+          moved = _centred(box + np.array([dx * w, dy * h] * 2), w * scale, h * scale)
+          out.append(snap_box(moved, size, ratio))
+  return np.array(out, np.int64).reshape(-1, 4)
+
+
+def first_pass_count(num_proposals: int) -> int:
+  """Boxes scored per request in the first pass (grid + snapped proposals)."""
+  return GRID_CANDIDATES + 2 * num_proposals
+
+
+def _fixed(boxes: np.ndarray, count: int) -> np.ndarray:
+  """`boxes` [M, 4] repeated (or cut) to exactly `count` rows."""
+  return np.resize(boxes, (count, 4))
+
+
+def _normalised(boxes_px: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  width, height = size
+  return boxes_px.astype(np.float64) / [width, height, width, height]
+
+
+def choose(score_fn: ScoreFn, proposals_px: Sequence[np.ndarray],
+           sizes: Sequence[tuple[int, int]], ratios: Sequence[Sequence[float]], *,
+           refine: bool = True) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+  """Scored candidate crops of each requested ratio for a batch of photos.
+
+  Args:
+    score_fn: the given-box scores of a batch, [B, Q, 4] normalised -> [B, Q].
+    proposals_px: per photo, the model's free proposals [N, 4] in pixels (same N for all).
+    sizes: per photo, (width, height).
+    ratios: per photo, the requested width / height ratios (the same count for every photo).
+    refine: also score the neighbours of the best REFINE_TOP candidates (a second pass).
+
+  Returns:
+    Per photo, per ratio: (boxes [M, 4] whole pixels, distinct, of that ratio; scores [M]),
+    best first.
+  """
+  num_ratios = len(ratios[0])
+  if any(len(r) != num_ratios for r in ratios):
+    raise ValueError("every photo must ask for the same number of ratios")
+  num_proposals = len(proposals_px[0])
+  count = first_pass_count(num_proposals)
+  pools = []  # [photo][ratio] -> distinct boxes
+  given = np.zeros((len(sizes), num_ratios * count, 4))
+  for i, size in enumerate(sizes):
+    pools.append([])
+    for j, ratio in enumerate(ratios[i]):
+      boxes = np.concatenate([grid_candidates(ratio, size),
+                              proposal_candidates(proposals_px[i], ratio, size)])
+      boxes = np.array(list(dict.fromkeys(map(tuple, boxes.tolist()))), np.int64)
+      pools[i].append(boxes)
+      given[i, j * count:(j + 1) * count] = _normalised(_fixed(boxes, count), size)
+  scores = np.asarray(score_fn(given), np.float64)
+  pooled = [[(pools[i][j], scores[i, j * count:j * count + len(pools[i][j])])
+             for j in range(num_ratios)] for i in range(len(sizes))]
+
+  if refine:
+    given = np.zeros((len(sizes), num_ratios * REFINE_CANDIDATES, 4))
+    extra = []
+    for i, size in enumerate(sizes):
+      extra.append([])
+      for j, ratio in enumerate(ratios[i]):
+        boxes, s = pooled[i][j]
+        best = boxes[np.argsort(-s, kind="stable")[:REFINE_TOP]]
+        near = refine_candidates(best, ratio, size)
+        extra[i].append(near)
+        block = slice(j * REFINE_CANDIDATES, (j + 1) * REFINE_CANDIDATES)
+        given[i, block] = _normalised(_fixed(near, REFINE_CANDIDATES), size)
+    scores = np.asarray(score_fn(given), np.float64)
+    for i in range(len(sizes)):
+      for j in range(num_ratios):
+        near = extra[i][j]
+        s = scores[i, j * REFINE_CANDIDATES:j * REFINE_CANDIDATES + len(near)]
+        boxes, old = pooled[i][j]
+        pooled[i][j] = (np.concatenate([boxes, near]), np.concatenate([old, s]))
+
+  out = []
+  for per_photo in pooled:
+    out.append([])
+    for boxes, s in per_photo:
+      unique = {}
+      for box, score in zip(map(tuple, boxes.tolist()), s):
+        unique[box] = max(score, unique.get(box, -np.inf))
+      order = sorted(unique, key=lambda b: -unique[b])
+      out[-1].append((np.array(order, np.int64).reshape(-1, 4),
+                      np.array([unique[b] for b in order], np.float64)))
+  return out
