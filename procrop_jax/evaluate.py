@@ -117,13 +117,14 @@ def _aspect_crops(predict: PredictFn, batch: dict[str, np.ndarray], to_device,
   sizes, ratios, props = [], [], []
   for i in range(len(host["valid"])):
     height, width = (max(int(v), 1) for v in host["image_size"][i])
+    to_px = np.array([width, height, width, height], np.float64)
     ratio = 1.0
     if host["valid"][i] and host["box_mask"][i].any():
-      x1, y1, x2, y2 = host["boxes"][i][np.argmax(host["box_mask"][i])] * [width, height] * 2
+      x1, y1, x2, y2 = host["boxes"][i][np.argmax(host["box_mask"][i])] * to_px
       ratio = max(x2 - x1, 1.0) / max(y2 - y1, 1.0)
     sizes.append((width, height))
     ratios.append([ratio])
-    props.append(proposals["boxes"][i].astype(np.float64) * [width, height] * 2)
+    props.append(proposals["boxes"][i].astype(np.float64) * to_px)
   chosen = aspect.choose(lambda given: _score_boxes(predict, batch, to_device, given), props,
                          sizes, ratios)
   return [c[0] if host["valid"][i] else None for i, c in enumerate(chosen)]

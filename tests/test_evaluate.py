@@ -1,0 +1,80 @@
+"""evaluate_benchmark fed a known predictor: every protocol against an independent count."""
+
+import numpy as np
+import pytest
+
+from procrop_jax import evaluate
+
+
+def _iou(a, b):
+  w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+  h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+  inter = w * h
+  area = lambda z: (z[2] - z[0]) * (z[3] - z[1])
+  return inter / (area(a) + area(b) - inter)
+
+
+GT = np.array([[0.1, 0.2, 0.7, 0.8], [0.0, 0.1, 0.5, 0.9]])  # Normalised, one per photo.
+SIZES = np.array([[400, 600], [300, 300]])  # (height, width).
+
+
+def _batch():
+  b = 3  # The third example is padding.
+  boxes = np.zeros((b, 2, 4), np.float32)
+  boxes[:2, 0] = GT
+  pairs = np.zeros((b, 2, 2, 4), np.float32)
+  pairs[0, 0] = [GT[0], [0.0, 0.0, 1.0, 1.0]]  # Preferred: the expert crop itself.
+  pairs[0, 1] = [[0.5, 0.5, 1.0, 1.0], [0.1, 0.2, 0.6, 0.8]]  # Preferred overlaps GT less.
+  pairs[1, 0] = [GT[1], [0.4, 0.0, 1.0, 0.5]]
+  return {
+      "image": np.zeros((b, 8, 8, 3), np.float32),
+      "image_valid_hw": np.ones((b, 2), np.float32),
+      "image_size": np.concatenate([SIZES, [[1, 1]]]).astype(np.int32),
+      "boxes": boxes, "box_scores": np.full((b, 2), 5.0, np.float32),
+      "box_mask": np.array([[True, False], [True, False], [False, False]]),
+      "pair_boxes": pairs,
+      "pair_weights": np.array([[1.0, 0.6], [0.2, 0.0], [0.0, 0.0]], np.float32),
+      "valid": np.array([True, True, False]),
+      "image_id": np.array([b"a", b"b", b"pad"]),
+  }
+
+
+PROPOSALS = np.array([[[0.0, 0.0, 1.0, 1.0], [0.1, 0.25, 0.7, 0.8], [0.2, 0.2, 0.4, 0.4]],
+                      [[0.0, 0.1, 0.6, 0.9], [0.0, 0.0, 1.0, 1.0], [0.5, 0.5, 0.9, 0.9]],
+                      [[0.0, 0.0, 1.0, 1.0]] * 3], np.float32)
+SCORES = np.array([[0.5, 0.9, 0.1], [0.8, 0.7, 0.2], [0.1, 0.1, 0.1]], np.float32)
+
+
+def _predict(batch, score_given):
+  """Proposals as above; a given box scores its IoU with its photo's expert crop."""
+  if not score_given:
+    return {"boxes": PROPOSALS, "scores": SCORES}
+  given = np.asarray(batch["boxes"])
+  scores = np.array([[_iou(box, GT[min(i, 1)]) for box in boxes]
+                     for i, boxes in enumerate(given)], np.float32)
+  return {"boxes": given, "scores": scores}
+
+
+def test_every_protocol_against_an_independent_count():
+  result = evaluate.evaluate_benchmark(_predict, iter([_batch()]), lambda b: b,
+                                       ("iou", "pairs", "aspect"))
+  # iou: the top-scored proposal of each photo.
+  top1 = [PROPOSALS[0, 1], PROPOSALS[1, 0]]
+  assert result["num_images"] == 2
+  assert result["iou"] == pytest.approx(np.mean([_iou(t, g) for t, g in zip(top1, GT)]))
+  bde = [np.mean(np.abs(t - g)) for t, g in zip(top1, GT)]
+  assert result["bde"] == pytest.approx(np.mean(bde), abs=1e-6)
+  # pairs: photo a's first pair right (IoU 1 > IoU of the whole image), second wrong; photo b's
+  # first right; the weight-0 pair and the padding example are skipped.
+  assert result["num_pairs"] == 3 and result["pair_acc"] == pytest.approx(2 / 3)
+  assert result["num_pairs_strong"] == 2 and result["pair_acc_strong"] == pytest.approx(0.5)
+  # aspect: with an oracle score the crop of the expert crop's ratio lands on the expert crop.
+  assert result["aspect_iou"] > 0.9
+  assert result["aspect_bde"] < 0.02
+
+
+def test_pairs_protocol_needs_pairs():
+  batch = _batch()
+  del batch["pair_boxes"], batch["pair_weights"]
+  with pytest.raises(ValueError, match="rated crop pairs"):
+    evaluate.evaluate_benchmark(_predict, iter([batch]), lambda b: b, ("pairs",))
