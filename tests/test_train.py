@@ -13,6 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from procrop_jax import artifacts
+from procrop_jax import evaluate
 from procrop_jax import input_pipeline
 from procrop_jax import train
 from tests.conftest import REPO_ROOT
@@ -128,8 +129,10 @@ def test_resumed_run_matches_an_uninterrupted_one(tiny_config, tmp_path, monkeyp
   assert [l["step"] for l in train_lines] == [1, 2, 3, 4]
   assert all(np.isfinite(l["loss"]) for l in train_lines)
   assert any("cad_val/iou" in l for l in lines)
-  result = json.load(open(tmp_path / "straight" / "eval" / "procrop_cad_train_90pct_.json"))
+  result = json.load(open(tmp_path / "straight" / "eval" /
+                          "procrop_cad_default_train_90pct_.json"))
   assert {"iou", "bde", "num_images", "skipped"} <= result.keys()
+  assert (result["step"], result["builder_config"]) == (4, "default")
   assert 0.0 <= result["iou"] <= 1.0 and result["num_images"] > 0
   assert (tmp_path / "straight" / "checkpoints_best").is_dir()
 
@@ -137,12 +140,15 @@ def test_resumed_run_matches_an_uninterrupted_one(tiny_config, tmp_path, monkeyp
 @pytest.mark.slow
 def test_eval_mode_restores_and_writes_the_documented_keys(tiny_config, tiny_trained_workdir):
   results = train.evaluate_checkpoint(tiny_config, str(tiny_trained_workdir))
-  path = tiny_trained_workdir / "eval" / "procrop_cad_train_90pct_.json"
+  path = tiny_trained_workdir / "eval" / "procrop_cad_default_train_90pct_.json"
   saved = json.load(open(path))
   assert saved == json.loads(json.dumps(results["cad_val"]))
-  for key in ("iou", "bde", "iou_top5", "num_images", "skipped", "step", "dataset", "split"):
+  for key in ("iou", "bde", "iou_top5", "num_images", "skipped", "step", "dataset",
+              "builder_config", "split"):
     assert key in saved
   assert saved["step"] == 1
+  history = evaluate.read_history(str(path.with_suffix(".jsonl")))
+  assert history[-1]["step"] == 1 and history[-1]["iou"] == saved["iou"]
 
 
 def test_eval_mode_without_a_checkpoint_says_so(tiny_config, tmp_path):
