@@ -42,6 +42,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.cad.max_area_fraction = 0.8
   config.cad.workers = 2
   config.cad.max_side = 640  # Longer side of generated canvases, in pixels.
+  # A CAD set some of whose photos failed (a bad file, a full disk) is refused unless True.
+  config.cad.allow_failures = False
 
   # --------------------------------------------------------------- model
   config.model = ml_collections.ConfigDict()

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from typing import Any, Callable, Iterator, Mapping
 
 from absl import logging
@@ -37,6 +38,7 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
+from procrop_jax import artifacts
 from procrop_jax import aspect
 from procrop_jax import input_pipeline
 from procrop_jax import metrics
@@ -71,10 +73,50 @@ def benchmark_data_config(config: ml_collections.ConfigDict,
   return data
 
 
-def result_filename(dataset: str, split: str) -> str:
-  """`<dataset>_<split>.json`, the split made filesystem-safe (train[85%:] -> train_85pct_)."""
-  split = split.replace("%", "pct")
-  return f"{dataset}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', split)}.json"
+def result_filename(dataset: str, split: str, builder_config: str | None = None) -> str:
+  """`<dataset>[_<builder_config>]_<split>.json`, made filesystem-safe (train[85%:] -> train_85pct_).
+
+  The builder config is part of the name so that two configs of one dataset (their own photos
+  and labels) never overwrite each other's results.
+  """
+  safe = lambda text: re.sub(r"[^A-Za-z0-9_.-]+", "_", text.replace("%", "pct"))
+  parts = [dataset, builder_config, split] if builder_config else [dataset, split]
+  return "_".join(safe(part) for part in parts) + ".json"
+
+
+def write_result(output_dir: str, result: Mapping[str, Any]) -> str:
+  """Writes one benchmark's result record; returns the path of the latest file.
+
+  `<name>.json` (from `result_filename`) holds the latest evaluation and is replaced atomically,
+  so a reader never sees half of it. `<name>.jsonl` keeps the history: one line per evaluation,
+  with its step and the time it was written (an evaluation run again, e.g. after a resumed
+  training run, adds a line; `read_history` keeps every line in order).
+  """
+  os.makedirs(output_dir, exist_ok=True)
+  path = os.path.join(output_dir, result_filename(result["dataset"], result["split"],
+                                                  result.get("builder_config")))
+  history = os.path.splitext(path)[0] + ".jsonl"
+  line = json.dumps({**result, "time": time.time()}, sort_keys=True) + "\n"
+  with open(history, "a+b") as f:  # Appends go to the end whatever the read position.
+    if f.seek(0, os.SEEK_END):
+      f.seek(-1, os.SEEK_END)
+      if f.read(1) != b"\n":  # The last line was cut short (a kill): start a clean one.
+        line = "\n" + line
+    f.write(line.encode("utf-8"))
+  artifacts.atomic_write_json(path, dict(result), indent=2, sort_keys=True)
+  return path
+
+
+def read_history(path: str) -> list[dict[str, Any]]:
+  """The records of a `<name>.jsonl` history, oldest first (a line cut short is skipped)."""
+  records = []
+  with open(path) as f:
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue
+  return records
 
 
 def _host_view(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -200,13 +242,18 @@ def run_benchmarks(predict: PredictFn, config: ml_collections.ConfigDict, *,
                    batch_transform: Callable[[Iterator, ml_collections.ConfigDict, str],
                                              Iterator] | None = None
                    ) -> dict[str, dict[str, Any]]:
-  """Evaluates every entry of `config.eval.benchmarks`; writes `<dataset>_<split>.json` files.
+  """Evaluates every entry of `config.eval.benchmarks`; writes their results to `output_dir`.
+
+  Each benchmark's record goes to `<dataset>_<builder_config>_<split>.json` (the latest,
+  replaced atomically) and is appended to the `.jsonl` of the same name (the history); see
+  `write_result`. `step` is the checkpoint's step, recorded with the result.
 
   `batch_transform(batches, data_config, split)`, if given, adapts the host batches (the trainer
   adds reference tokens with it).
 
   Returns:
-    name -> metrics (plus num_images, skipped counts by reason, dataset, split, step).
+    name -> metrics (plus num_images, skipped counts by reason, dataset, builder_config, split,
+    step).
   """
   from procrop_jax.datasets import prepare as prepare_lib  # pylint: disable=g-import-not-at-top
   from procrop_jax.datasets import schema  # pylint: disable=g-import-not-at-top
@@ -235,15 +282,11 @@ def run_benchmarks(predict: PredictFn, config: ml_collections.ConfigDict, *,
       batches = batch_transform(batches, data_config, benchmark["split"])
     result = evaluate_benchmark(predict, batches, to_device, protocols)
     skipped = schema.build_report(builder).get(split_name, {}).get("skipped", {})
-    result.update(dataset=data_config.dataset, split=benchmark["split"], skipped=skipped,
-                  step=step)
+    result.update(dataset=data_config.dataset, builder_config=data_config.builder_config or "",
+                  split=benchmark["split"], skipped=skipped, step=step)
     all_results[name] = result
     if output_dir and jax.process_index() == 0:
-      os.makedirs(output_dir, exist_ok=True)
-      path = os.path.join(output_dir, result_filename(data_config.dataset, benchmark["split"]))
-      with open(path, "w") as f:
-        json.dump(result, f, indent=2, sort_keys=True)
-      logging.info("Wrote %s", path)
+      logging.info("Wrote %s", write_result(output_dir, result))
   if all_results:
     numeric = {name: {k: v for k, v in r.items() if isinstance(v, (int, float)) and k != "step"}
                for name, r in all_results.items()}

@@ -306,7 +306,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict | None, workdir: str, 
                         best: bool = False) -> dict[str, dict[str, Any]]:
   """`main --mode=eval`: the latest (or best) checkpoint on every configured benchmark.
 
-  Results go to WORKDIR/eval/<dataset>_<split>.json. `config` defaults to the run's own.
+  Results go to WORKDIR/eval/<dataset>_<builder_config>_<split>.json (the latest) and are
+  appended to the .jsonl of the same name (see `evaluate.write_result`). `config` defaults to
+  the run's own.
   """
   predictor = Predictor.from_workdir(workdir, config=config, best=best)
   logging.info("Evaluating the checkpoint of step %d.", predictor.step)

@@ -13,9 +13,15 @@ Two on-disk formats exist:
 Unpickling an untrusted file can run arbitrary code, so the unpickler here resolves only an
 allow-list of globals (containers, torch's tensor-rebuild functions and storage types), each
 mapped to a harmless stand-in defined in this module; any other global is refused with an error
-naming it, before anything from the file is called. Tensors are rebuilt with their exact
-offsets, sizes and strides (views and transposes included) after checking that every element
-lies inside its storage, and are returned as contiguous numpy arrays.
+naming it, before anything from the file is called. The allow-list is read-only, and the
+pickle's state-setting opcode (BUILD) is refused on everything but the OrderedDicts the file
+itself made (a state dict's `_metadata`), so a file cannot alter the stand-ins that later loads
+share. Sizes are bounded by the file's: a storage may not declare more bytes than the file
+holds, a compressed zip member may not inflate past `_MAX_INFLATION` times its stored size, and
+the tensors of one file may not expand (through zero strides) to more than `_MAX_EXPANSION`
+times the file's size. Tensors are rebuilt with their exact offsets, sizes and strides (views
+and transposes included) after checking that every element lies inside its storage, and are
+returned as contiguous numpy arrays.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import os
 import pickle
 import math
 import struct
+import types
 import zipfile
 from typing import Any, BinaryIO, Callable
 
@@ -36,6 +43,12 @@ _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
 # Containers that commonly wrap a state dict in training checkpoints, tried in this order.
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network")
+# torch stores zip members uncompressed; a compressed one may inflate at most this much.
+_MAX_INFLATION = 20
+# The arrays of one file may total at most this many times its size (plus _MIN_BUDGET): zero
+# strides (expanded tensors) are legal but must not turn a small file into a huge allocation.
+_MAX_EXPANSION = 4
+_MIN_BUDGET = 64 << 20
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
@@ -69,7 +82,7 @@ _STORAGE_DTYPES: dict[str, np.dtype | Callable[[], np.dtype]] = {
 }
 
 
-# Frozen and slotted: a pickle's BUILD opcode cannot alter these shared allow-list objects.
+# Frozen and slotted; besides, BUILD is refused on them (see _RestrictedUnpickler.load_build).
 @dataclasses.dataclass(frozen=True, slots=True)
 class _StorageType:
   name: str
@@ -140,7 +153,7 @@ def _encode(text: str, encoding: str = "latin1") -> bytes:
   return text.encode(encoding)
 
 
-_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+_allowed_globals: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
@@ -156,17 +169,41 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("torch._tensor", "Tensor"): _TensorType,
     ("torch.nn.parameter", "Parameter"): _TensorType,
 }
-_ALLOWED_GLOBALS.update({("torch", name): _StorageType(name) for name in _STORAGE_DTYPES})
-_ALLOWED_GLOBALS[("torch.storage", "UntypedStorage")] = _StorageType("UntypedStorage")
+_allowed_globals.update({("torch", name): _StorageType(name) for name in _STORAGE_DTYPES})
+_allowed_globals[("torch.storage", "UntypedStorage")] = _StorageType("UntypedStorage")
+_ALLOWED_GLOBALS = types.MappingProxyType(_allowed_globals)
+del _allowed_globals
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-  """Resolves only allow-listed globals; records storages named by persistent ids."""
+class _RestrictedUnpickler(pickle._Unpickler):  # pylint: disable=protected-access
+  """Resolves only allow-listed globals; records storages named by persistent ids.
+
+  Built on the pure-Python unpickler because its opcode table can be changed: BUILD (set an
+  object's state) is allowed only on OrderedDicts, the one container torch pickles with state.
+  The pickle holds only the tensors' metadata (storages are read apart), so speed is no issue.
+  """
+
+  dispatch = dict(pickle._Unpickler.dispatch)  # pylint: disable=protected-access
 
   def __init__(self, file: BinaryIO, *, legacy: bool):
     super().__init__(file, encoding="utf-8")
     self._legacy = legacy
     self.storages: dict[str, _StorageRef] = {}
+
+  def load_build(self) -> None:
+    state = self.stack.pop()
+    target = self.stack[-1]
+    if type(target) is not collections.OrderedDict:  # pylint: disable=unidiomatic-typecheck
+      raise UnsafeCheckpointError(
+          f"refusing to set the state of {type(target).__name__} {target!r:.80}: a tensor "
+          "checkpoint sets state only on OrderedDicts; the file is corrupt or malicious")
+    if isinstance(state, tuple) and len(state) == 2 and state[1] is None:
+      state = state[0]
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+      raise CheckpointFormatError(f"bad OrderedDict state {state!r:.80}")
+    target.__dict__.update(state)
+
+  dispatch[pickle.BUILD[0]] = load_build
 
   def find_class(self, module: str, name: str) -> Any:
     try:
@@ -230,9 +267,26 @@ def _storage_arrays(storages: dict[str, _StorageRef], raw: dict[str, bytes],
   return arrays
 
 
-def _materialise(tensor: _TensorRef, arrays: dict[str, np.ndarray]) -> np.ndarray:
+class _Budget:
+  """Bytes the arrays of one file may still take (see _MAX_EXPANSION)."""
+
+  def __init__(self, file_size: int):
+    self.file_size = file_size
+    self.left = _MAX_EXPANSION * file_size + _MIN_BUDGET
+
+  def spend(self, nbytes: int, what: str) -> None:
+    if nbytes > self.left:
+      raise CheckpointFormatError(
+          f"{what} would take {nbytes} bytes, more than a {self.file_size}-byte checkpoint may "
+          "expand to; the file is corrupt or malicious")
+    self.left -= nbytes
+
+
+def _materialise(tensor: _TensorRef, arrays: dict[str, np.ndarray],
+                 budget: _Budget) -> np.ndarray:
   storage = arrays[tensor.storage.key]
   count = math.prod(tensor.size)
+  budget.spend(count * storage.itemsize, f"tensor of size {tensor.size}")
   if count:
     last = tensor.offset + sum((n - 1) * s for n, s in zip(tensor.size, tensor.stride))
     if last >= storage.size:
@@ -247,32 +301,58 @@ def _materialise(tensor: _TensorRef, arrays: dict[str, np.ndarray]) -> np.ndarra
   return np.array(view, order="C")  # A copy; ascontiguousarray would make 0-d arrays 1-d.
 
 
-def _resolve(obj: Any, arrays: dict[str, np.ndarray], seen: dict[int, Any]) -> Any:
+def _resolve(obj: Any, arrays: dict[str, np.ndarray], seen: dict[int, Any],
+             budget: _Budget) -> Any:
   """Replaces every _TensorRef in a nested structure with its numpy array."""
   if id(obj) in seen:
     return seen[id(obj)]
   if isinstance(obj, _TensorRef):
-    result = _materialise(obj, arrays)
+    result = _materialise(obj, arrays, budget)
   elif isinstance(obj, _StorageRef):
     result = arrays[obj.key]
   elif isinstance(obj, dict):
     seen[id(obj)] = obj
     for key in list(obj):
-      obj[key] = _resolve(obj[key], arrays, seen)
+      obj[key] = _resolve(obj[key], arrays, seen, budget)
     return obj
   elif isinstance(obj, list):
     seen[id(obj)] = obj
-    obj[:] = [_resolve(v, arrays, seen) for v in obj]
+    obj[:] = [_resolve(v, arrays, seen, budget) for v in obj]
     return obj
   elif isinstance(obj, tuple):
-    result = type(obj)(_resolve(v, arrays, seen) for v in obj) if type(obj) is tuple else obj
+    result = type(obj)(_resolve(v, arrays, seen, budget) for v in obj) if type(
+        obj) is tuple else obj
   else:
     return obj
   seen[id(obj)] = result
   return result
 
 
+def _file_size(file: BinaryIO) -> int:
+  position = file.tell()
+  size = file.seek(0, os.SEEK_END)
+  file.seek(position)
+  return size
+
+
+def _read_member(archive: zipfile.ZipFile, name: str, file_size: int,
+                 expected: int | None = None) -> bytes:
+  """A member's bytes, refused before reading when its declared size is out of bounds."""
+  info = archive.getinfo(name)
+  limit = file_size if info.compress_type == zipfile.ZIP_STORED else (
+      _MAX_INFLATION * info.compress_size)
+  if info.file_size > limit:
+    raise CheckpointFormatError(
+        f"zip member {name} declares {info.file_size} bytes, more than the file can hold "
+        f"({limit}); the file is corrupt or malicious")
+  if expected is not None and info.file_size < expected:
+    raise CheckpointFormatError(f"zip member {name} holds {info.file_size} bytes, {expected} "
+                                "expected")
+  return archive.read(name)
+
+
 def _load_zip(file: BinaryIO) -> Any:
+  file_size = _file_size(file)
   with zipfile.ZipFile(file) as archive:
     names = archive.namelist()
     pickles = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
@@ -281,10 +361,11 @@ def _load_zip(file: BinaryIO) -> Any:
     prefix = pickles[0][:-len("data.pkl")]
     byteorder = "little"
     if prefix + "byteorder" in names:
-      byteorder = archive.read(prefix + "byteorder").decode().strip()
+      byteorder = _read_member(archive, prefix + "byteorder", file_size).decode().strip()
       if byteorder not in ("little", "big"):
         raise CheckpointFormatError(f"unknown byteorder {byteorder!r}")
-    unpickler = _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), legacy=False)
+    unpickler = _RestrictedUnpickler(
+        io.BytesIO(_read_member(archive, pickles[0], file_size)), legacy=False)
     obj = unpickler.load()
     raw = {}
     for key, ref in unpickler.storages.items():
@@ -292,11 +373,15 @@ def _load_zip(file: BinaryIO) -> Any:
         name = f"{prefix}data/{key}"
         if name not in names:
           raise CheckpointFormatError(f"storage {key!r} is missing from the zip ({name})")
-        raw[key] = archive.read(name)
-  return _resolve(obj, _storage_arrays(unpickler.storages, raw, byteorder), {})
+        raw[key] = _read_member(archive, name, file_size,
+                                expected=ref.numel * ref.storage_type.dtype.itemsize)
+  return _resolve(obj, _storage_arrays(unpickler.storages, raw, byteorder), {},
+                  _Budget(file_size))
 
 
 def _load_legacy(file: BinaryIO) -> Any:
+  file_size = _file_size(file)
+
   def header() -> Any:
     return _RestrictedUnpickler(file, legacy=True).load()
 
@@ -322,12 +407,16 @@ def _load_legacy(file: BinaryIO) -> Any:
     itemsize = ref.storage_type.dtype.itemsize
     if numel != ref.numel:
       raise CheckpointFormatError(f"storage {key!r}: {numel} elements on disk, {ref.numel} named")
+    if numel * itemsize > file_size - file.tell():  # Before reading: no huge allocation.
+      raise CheckpointFormatError(
+          f"storage {key!r} declares {numel * itemsize} bytes but the file has "
+          f"{file_size - file.tell()} left; the file is truncated, corrupt or malicious")
     data = file.read(numel * itemsize)
     if len(data) != numel * itemsize:
       raise CheckpointFormatError(f"file ends inside storage {key!r}")
     raw[key] = data
   return _resolve(obj, _storage_arrays(unpickler.storages, raw, "little" if little else "big"),
-                  {})
+                  {}, _Budget(file_size))
 
 
 def load(source: str | os.PathLike | BinaryIO | bytes) -> Any:

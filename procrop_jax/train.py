@@ -26,6 +26,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from procrop_jax import artifacts
 from procrop_jax import evaluate
 from procrop_jax import feature_cache
 from procrop_jax import input_pipeline
@@ -231,11 +232,17 @@ def inference_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------- checkpointing
-def create_checkpoint_manager(workdir: str, config: ml_collections.ConfigDict
-                              ) -> ocp.CheckpointManager:
+def create_checkpoint_manager(workdir: str, config: ml_collections.ConfigDict, *,
+                              cleanup_tmp: bool = False) -> ocp.CheckpointManager:
+  """WORKDIR/checkpoints. `cleanup_tmp` removes unfinished saves left by a killed run.
+
+  Only the run holding the workdir lock may pass `cleanup_tmp`: a concurrent reader that did
+  would delete the trainer's saves in progress.
+  """
   options = ocp.CheckpointManagerOptions(
       max_to_keep=config.train.keep_checkpoints, create=True,
-      save_interval_steps=max(config.train.checkpoint_every, 1))
+      save_interval_steps=max(config.train.checkpoint_every, 1),
+      cleanup_tmp_directories=cleanup_tmp)
   return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
                                options=options)
 
@@ -446,6 +453,26 @@ def _write_jsonl(path: str, record: dict[str, Any]) -> None:
     f.write(json.dumps(record) + "\n")
 
 
+def truncate_metrics_log(path: str, step: int) -> None:
+  """Drops the lines of steps after `step` from WORKDIR/metrics.jsonl, atomically.
+
+  A run killed after its last checkpoint logged steps that its successor will train and log
+  again; without this they would appear twice. A line cut short by the kill is dropped too.
+  """
+  if not os.path.exists(path):
+    return
+  kept = []
+  with open(path) as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      if isinstance(record, dict) and record.get("step", 0) <= step:
+        kept.append(json.dumps(record) + "\n")
+  artifacts.atomic_write_text(path, "".join(kept))
+
+
 def _check_finite(step: int, metrics: dict[str, Any]) -> dict[str, float]:
   """The step's metrics on the host; raises NonFiniteLossError if the loss is not finite."""
   metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -458,27 +485,46 @@ def _check_finite(step: int, metrics: dict[str, Any]) -> dict[str, float]:
 
 
 class BestCheckpoint:
-  """Keeps the checkpoint with the best value of one benchmark metric (checkpoints_best/)."""
+  """Keeps the checkpoint with the best value of one benchmark metric (checkpoints_best/).
 
-  def __init__(self, workdir: str, metric: str):
+  Resume-safe: the best value so far is read back from the saved checkpoint, so a restarted run
+  replaces it only with a better one. A resumed run evaluates again the steps between its
+  checkpoint and the kill; a better value there may land on a step that is already saved, or
+  before the saved one, so this class (not Orbax's `max_to_keep`, which would keep the later
+  step) decides what stays: the new best is written in full before the old one is deleted.
+  """
+
+  def __init__(self, workdir: str, metric: str, *, cleanup_tmp: bool = False):
     self.metric = metric
     self.manager = ocp.CheckpointManager(
         os.path.abspath(os.path.join(workdir, "checkpoints_best")),
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+        options=ocp.CheckpointManagerOptions(create=True, cleanup_tmp_directories=cleanup_tmp))
     self.best = None
-    if self.manager.latest_step() is not None:
-      meta = self.manager.restore(self.manager.latest_step(),
+    self.step = self.manager.latest_step()
+    if self.step is not None:
+      meta = self.manager.restore(self.step,
                                   args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-      self.best = meta.get("value")
+      if meta.get("metric") == metric:
+        self.best = meta.get("value")
+      else:  # eval.best_metric changed: the saved value measures something else.
+        logging.warning("%s holds the best %s, not %s: the next evaluation replaces it.",
+                        self.manager.directory, meta.get("metric"), metric)
 
   def update(self, step: int, value: float | None, state: State) -> bool:
     if value is None or not evaluate.is_better(self.metric, value, self.best):
       return False
     self.best = float(value)
+    if step in self.manager.all_steps():  # Saved before a kill; now better (non-determinism).
+      self.manager.delete(step)
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         meta=ocp.args.JsonSave({"step": step, "metric": self.metric, "value": self.best})),
         force=True)
+    self.manager.wait_until_finished()
+    for old in self.manager.all_steps():
+      if old != step:
+        self.manager.delete(old)
+    self.step = step
     logging.info("New best %s = %.4f at step %d.", self.metric, self.best, step)
     return True
 
@@ -512,14 +558,29 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict | None, workdir: str
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (resuming from the latest checkpoint in `workdir`) and evaluates.
 
+  The run holds WORKDIR/train.lock while it works (on process 0): a second run in the same
+  workdir fails at once instead of interleaving checkpoints and logs; the run that resumes after
+  a kill takes the lock over.
+
   Returns:
     A summary: the final step, the last logged metrics and how often the train step compiled.
+
+  Raises:
+    artifacts.WorkdirInUseError: another live run holds the workdir.
   """
   os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() != 0:
+    return _train_and_evaluate(config, workdir)
+  with artifacts.workdir_lock(workdir):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   is_chief = jax.process_index() == 0
   if is_chief:  # The run describes itself: eval, crop and the Predictor read this back.
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      json.dump(config.copy_and_resolve_references().to_dict(), f, indent=2, default=list)
+    artifacts.atomic_write_json(os.path.join(workdir, "config.json"),
+                                config.copy_and_resolve_references().to_dict(), indent=2,
+                                default=list)
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
 
@@ -531,13 +592,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     feature_cache.build(config)
 
   trainer = Trainer(config, workdir)
-  manager = create_checkpoint_manager(workdir, config)
+  # Under the workdir lock, leftovers of a killed run are ours to clean (Orbax cleans on the
+  # primary process only).
+  manager = create_checkpoint_manager(workdir, config, cleanup_tmp=True)
   start_step = 0
   if manager.latest_step() is not None:
     trainer.state, meta = restore_state(manager, trainer.abstract_state)
     start_step = int(trainer.state["step"])
     logging.info("Resumed from %s at step %d (data position %s).", manager.directory,
                  start_step, meta.get("examples_seen"))
+  if is_chief:  # Steps logged after the restored checkpoint are about to be trained again.
+    truncate_metrics_log(metrics_path, start_step)
   num_params = sum(x.size for x in jax.tree.leaves(trainer.state["params"]))
   logging.info("ProCrop: %.2fM parameters, mesh %s, global batch %d, steps %d -> %d.",
                num_params / 1e6, dict(trainer.mesh.shape), config.train.batch_size,
@@ -561,7 +626,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(trainer.state), meta=ocp.args.JsonSave(meta)), force=force)
 
-  best_tracker = BestCheckpoint(workdir, config.eval.best_metric)
+  best_tracker = BestCheckpoint(workdir, config.eval.best_metric, cleanup_tmp=True)
   last_metrics: dict[str, float] = {}
   pending = None  # (step, metrics) of the previous step: checked one step late to keep pipelining.
   step = start_step

@@ -101,6 +101,52 @@ def test_unreadable_photo_is_skipped(tmp_path, photos):
   assert report.failed_photos == [str(bad)] and report.written == 2
 
 
+def _cad_data_config(tmp_path, manual_dir):
+  return {"dataset": "procrop_cad", "builder_config": "default",
+          "data_dir": str(tmp_path / "tfds"), "manual_dir": str(manual_dir)}
+
+
+def test_failed_photos_are_reported_and_block_the_build_unless_allowed(tmp_path, photos):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from procrop_jax.datasets import prepare  # pylint: disable=g-import-not-at-top
+  bad = tmp_path / "photos" / "bad.jpg"
+  bad.write_bytes(b"not a jpeg")
+  out = tmp_path / "cad"
+  report = cad.generate_cad([*photos, bad], out, variants_per_photo=1, progress=False)
+  assert list(report.errors) == [str(bad)]
+  assert report.failure_summary().startswith("1 of 3 photos failed (bad.jpg: ")
+  assert generate.read_failures(out)["errors"] == report.errors
+
+  # The builder refuses the partial set, naming what failed and how to go on.
+  builder = tfds.builder("procrop_cad", config="default", data_dir=str(tmp_path / "tfds"))
+  with pytest.raises(generate.IncompleteCADError,
+                     match=r"1 of 3 photos failed \(bad.jpg: .*allow_failures"):
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(out)))
+  assert not builder.is_prepared()
+
+  # So does prepare (it generates from the folder, the bad photo fails again) ...
+  cad_config = {"source": str(tmp_path / "photos"), "variants_per_photo": 1}
+  with pytest.raises(generate.IncompleteCADError, match="1 of 3 photos failed"):
+    prepare.ensure_dataset(_cad_data_config(tmp_path, out), cad_config)
+  # ... unless the user allows it: then the set is built from the photos that worked.
+  builder = prepare.ensure_dataset(_cad_data_config(tmp_path, out),
+                                   {**cad_config, "allow_failures": True})
+  assert builder.info.splits["train"].num_examples == 2
+
+
+def test_a_run_where_every_photo_succeeds_clears_the_failure_record(tmp_path, photos):
+  bad = tmp_path / "photos" / "bad.jpg"
+  bad.write_bytes(b"not a jpeg")
+  out = tmp_path / "cad"
+  cad.generate_cad([*photos, bad], out, variants_per_photo=1, progress=False)
+  with pytest.raises(generate.IncompleteCADError):
+    generate.check_complete(out)
+  report = cad.generate_cad(photos, out, variants_per_photo=1, progress=False)
+  assert not report.errors and generate.read_failures(out) is None
+  generate.check_complete(out)
+
+
 def test_outpainted_seam_is_soft():
   photo = smooth_photo(80, 100, 3)
   canvas = outpaint.ReflectBlurOutPainter()(photo, canvas_hw=(140, 170),

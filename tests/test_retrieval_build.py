@@ -1,5 +1,7 @@
 """End to end: build_index over a photo folder, load it, precompute cached neighbours."""
 
+import json
+
 import numpy as np
 from PIL import Image
 import pytest
@@ -95,3 +97,41 @@ def test_bad_grid_settings_fail_before_any_work(config, tmp_path):
   bad.retrieval.embedding_grid = 3
   with pytest.raises(ValueError, match="multiple of config.retrieval.embedding_grid"):
     build.build_index(bad, str(tmp_path))
+
+
+class Killed(Exception):
+  pass
+
+
+@pytest.mark.slow
+def test_a_rebuild_notices_other_weights_and_an_interrupted_one_is_not_complete(
+    config, tmp_path, monkeypatch):
+  config = config.copy_and_resolve_references()
+  config.retrieval.index_dir = str(tmp_path / "db")
+  build.build_index(config, str(tmp_path))
+  first = build.load_database(config)
+  shards = tmp_path / "db" / database_lib.SHARDS_DIR
+  tokens_before = np.load(next(shards.glob("*.tokens.npy")))
+
+  # Other backbone weights (random ones from another seed), killed before the database is
+  # finished: the shard is rebuilt (same photo count, other key) and nothing loads as complete.
+  reseeded = config.copy_and_resolve_references()
+  reseeded.seed = config.seed + 1
+
+  def killed(*args, **kwargs):
+    raise Killed()
+  monkeypatch.setattr(build, "finalize_database", killed)
+  with pytest.raises(Killed):
+    build.build_index(reseeded, str(tmp_path))
+  done = json.loads(next(shards.glob("*.done")).read_text())
+  assert done["key"]["weights"] == f"random:seed={reseeded.seed}"
+  assert not np.array_equal(np.load(next(shards.glob("*.tokens.npy"))), tokens_before)
+  with pytest.raises(database_lib.DatabaseError, match="did not finish"):
+    build.load_database(reseeded)
+
+  monkeypatch.undo()
+  build.build_index(reseeded, str(tmp_path))
+  rebuilt = build.load_database(reseeded)
+  assert rebuilt.metadata["build_key"]["weights"] == f"random:seed={reseeded.seed}"
+  assert rebuilt.fingerprint != first.fingerprint
+  assert not [p for p in (tmp_path / "db").rglob("*") if p.name.endswith(".tmp")]

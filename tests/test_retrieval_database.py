@@ -146,12 +146,112 @@ def test_neighbor_table_lookup_and_cache_round_trip(tmp_path):
     table.lookup(["zzz"])
   path = neighbors.neighbors_cache_path(tmp_path, data_config={"dataset": "procrop_cad",
                                                                "image_size": 128},
-                                        split="train[:90%]", k=2, database_fingerprint="abc")
+                                        split="train[:90%]", k=2, database_fingerprint="abc",
+                                        dataset_version="v1")
   table.save(path)
   loaded = neighbors.NeighborTable.load(path)
   assert loaded.ids == table.ids and loaded.database_fingerprint == "abc"
   np.testing.assert_array_equal(loaded.rows, table.rows)
   other = neighbors.neighbors_cache_path(tmp_path, data_config={"dataset": "procrop_cad",
                                                                 "image_size": 128},
-                                         split="train[:90%]", k=2, database_fingerprint="abd")
+                                         split="train[:90%]", k=2, database_fingerprint="abd",
+                                         dataset_version="v1")
   assert other != path
+
+
+# ------------------------------------------------------------------ caches keyed by their inputs
+KEY = {"format_version": 2, "backbone": "lite0", "weights": "sha256:aaaa", "image_size": 128,
+       "tokens_grid": 2, "photos": {"dataset": "photo_folder/default/1.0.0", "num_examples": 3}}
+
+
+def _write_shard(directory, key=KEY, n=3):
+  writer = database_lib.ShardWriter(directory, 0, 1, num_photos=n, tokens_shape=(T, C), key=key)
+  writer.add(_ids(n), _tokens(n))
+  writer.close()
+  return writer.prefix
+
+
+def test_a_shard_is_reused_only_when_everything_that_made_it_matches(tmp_path):
+  prefix = _write_shard(tmp_path)
+  assert database_lib.shard_is_done(tmp_path, 0, 1, 3, KEY)
+  assert not database_lib.shard_is_done(tmp_path, 0, 1, 4, KEY)  # Another photo count.
+  for field, value in [("weights", "sha256:bbbb"), ("image_size", 256), ("backbone", "lite2"),
+                       ("photos", {"dataset": "photo_folder/default/1.0.0", "num_examples": 4}),
+                       ("format_version", 3)]:
+    assert not database_lib.shard_is_done(tmp_path, 0, 1, 3, {**KEY, field: value}), field
+  # Same photo count, but a done-marker without a key (an older build): rebuilt, not trusted.
+  done = prefix.with_name(prefix.name + ".done")
+  done.write_text(json.dumps({"num_photos": 3}))
+  assert not database_lib.shard_is_done(tmp_path, 0, 1, 3, KEY)
+  done.write_text('{"num_pho')  # Truncated by a crash: rebuilt, no exception.
+  assert not database_lib.shard_is_done(tmp_path, 0, 1, 3, KEY)
+  assert sorted(p.name for p in prefix.parent.iterdir()) == [  # No temporary file left.
+      "shard-00000-of-00001.done", "shard-00000-of-00001.ids.json",
+      "shard-00000-of-00001.tokens.npy"]
+
+
+def test_an_interrupted_shard_rewrite_is_never_taken_as_done(tmp_path):
+  _write_shard(tmp_path)
+  other = {**KEY, "weights": "sha256:bbbb"}
+  first = database_lib.ShardWriter(tmp_path, 0, 1, num_photos=3, tokens_shape=(T, C), key=other)
+  second = database_lib.ShardWriter(tmp_path, 0, 1, num_photos=3, tokens_shape=(T, C), key=other)
+  assert first._tmp != second._tmp  # pylint: disable=protected-access  (concurrent runs)
+  first.add(_ids(1), _tokens(1))  # ... and killed here.
+  assert not database_lib.shard_is_done(tmp_path, 0, 1, 3, KEY)
+  assert not database_lib.shard_is_done(tmp_path, 0, 1, 3, other)
+  with pytest.raises(database_lib.DatabaseError, match="missing or incomplete"):
+    database_lib._read_shards(tmp_path, 1, mmap=True)  # pylint: disable=protected-access
+
+
+def test_an_interrupted_save_does_not_load_as_the_old_complete_database(tmp_path, monkeypatch):
+  db = _database(20)
+  db.save(tmp_path / "db")
+  database_lib.ReferenceDatabase.load(tmp_path / "db")
+
+  def killed(*args, **kwargs):
+    raise KeyboardInterrupt()
+  monkeypatch.setattr(type(db.index), "save", killed)
+  with pytest.raises(KeyboardInterrupt):
+    _database(30).save(tmp_path / "db")
+  with pytest.raises(database_lib.DatabaseError, match="did not finish"):
+    database_lib.ReferenceDatabase.load(tmp_path / "db")
+
+
+def test_a_corrupt_metadata_file_is_a_one_line_error(tmp_path):
+  _database(20).save(tmp_path / "db")
+  (tmp_path / "db" / database_lib.METADATA).write_text('{"format": "procrop_refe')
+  with pytest.raises(database_lib.DatabaseError, match="metadata.json is unreadable"):
+    database_lib.ReferenceDatabase.load(tmp_path / "db")
+
+
+def test_the_database_fingerprint_follows_the_weights_and_photos_of_its_tokens():
+  metadata = database_lib.expected_metadata(_config())
+  fingerprints = {
+      database_lib.ReferenceDatabase.from_tokens(
+          _ids(20), _tokens(20), metadata={**metadata, **extra}).fingerprint
+      for extra in ({}, {"tokens_key": "aaaa"}, {"tokens_key": "bbbb"})}
+  assert len(fingerprints) == 3
+
+
+def test_the_neighbour_cache_key_includes_the_dataset_version(tmp_path):
+  path = lambda version: neighbors.neighbors_cache_path(
+      tmp_path, data_config={"dataset": "procrop_cad", "image_size": 128}, split="train", k=2,
+      database_fingerprint="abc", dataset_version=version)
+  assert path({"dataset": "procrop_cad/default/1.0.0", "num_examples": 18}) != path(
+      {"dataset": "procrop_cad/default/1.1.0", "num_examples": 18})
+
+
+def test_a_corrupt_or_foreign_neighbour_cache_is_computed_again(tmp_path):
+  db = _database(20)
+  table = neighbors.NeighborTable(["a", "b"], np.zeros((2, 2), np.int32),
+                                  np.ones((2, 2), np.float32), db.fingerprint)
+  path = tmp_path / "neighbors-x.npz"
+  table.save(path)
+  assert neighbors._load_cached(path, database=db, k=2).ids == ["a", "b"]  # pylint: disable=protected-access
+  assert neighbors._load_cached(path, database=db, k=3) is None  # pylint: disable=protected-access
+  assert neighbors._load_cached(path, database=_database(21), k=2) is None  # pylint: disable=protected-access
+  path.write_bytes(path.read_bytes()[:50])  # Truncated.
+  with pytest.raises(ValueError, match="neighbors-x.npz is unreadable"):
+    neighbors.NeighborTable.load(path)
+  assert neighbors._load_cached(path, database=db, k=2) is None  # pylint: disable=protected-access
+  assert [p.name for p in tmp_path.iterdir()] == ["neighbors-x.npz"]

@@ -226,3 +226,81 @@ def test_reads_the_packaged_lite0_checkpoint():
   assert state["_fc.weight"].shape == (1000, 1280)
   assert state["_bn0.num_batches_tracked"].shape == ()
   assert np.all(state["_bn1.running_var"] > 0)
+
+
+# ------------------------------------------------- state-setting and sizes of crafted files
+def _text(s: str) -> bytes:
+  data = s.encode()
+  return pickle.BINUNICODE + struct.pack("<I", len(data)) + data
+
+
+def _set_state(module: str, name: str, state: bytes) -> bytes:
+  """A pickle that fetches an allow-listed global and applies BUILD with `state` to it."""
+  return (pickle.PROTO + b"\x02" + pickle.GLOBAL + f"{module}\n{name}\n".encode() + state
+          + pickle.BUILD + pickle.STOP)
+
+
+@pytest.mark.parametrize("module,name,state", [
+    # Slot state: setattr on the shared stand-in, e.g. the byte-decoding default of _encode.
+    ("_codecs", "encode", pickle.NONE + pickle.EMPTY_DICT + _text("__defaults__") + pickle.MARK
+     + _text("utf-8") + pickle.TUPLE + pickle.SETITEM + pickle.TUPLE2),
+    ("torch", "Tensor", pickle.NONE + pickle.EMPTY_DICT + _text("injected") + pickle.NONE
+     + pickle.SETITEM + pickle.TUPLE2),
+    # Dict state: the function's __dict__.
+    ("torch._utils", "_rebuild_tensor_v2", pickle.EMPTY_DICT + _text("injected") + pickle.NONE
+     + pickle.SETITEM),
+])
+def test_a_file_cannot_change_the_shared_allow_list(module, name, state):
+  before = {k: dict(getattr(v, "__dict__", {})) for k, v in
+            torch_checkpoint._ALLOWED_GLOBALS.items()}  # pylint: disable=protected-access
+  defaults = torch_checkpoint._encode.__defaults__  # pylint: disable=protected-access
+  with pytest.raises(torch_checkpoint.UnsafeCheckpointError, match="refusing to set the state"):
+    torch_checkpoint.load(_set_state(module, name, state))
+  assert torch_checkpoint._encode.__defaults__ == defaults  # pylint: disable=protected-access
+  assert before == {k: dict(getattr(v, "__dict__", {})) for k, v in
+                    torch_checkpoint._ALLOWED_GLOBALS.items()}  # pylint: disable=protected-access
+  with pytest.raises(TypeError):
+    torch_checkpoint._ALLOWED_GLOBALS[("os", "system")] = print  # pylint: disable=protected-access
+
+
+def test_a_state_dicts_metadata_still_loads():
+  obj, expected = _example()
+  obj._metadata = collections.OrderedDict({"": {"version": 1}})  # What state_dict() attaches.
+  loaded = torch_checkpoint.load(write_zip(obj))
+  _check(loaded, expected)
+  assert loaded._metadata == {"": {"version": 1}}  # pylint: disable=protected-access
+
+
+def test_a_zip_member_that_inflates_past_the_file_is_refused_before_reading():
+  obj = {"x": _Tensor(_Storage("0", np.zeros(4, np.float32)), 0, (4,), (1,))}
+  buffer = io.BytesIO()
+  with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+    archive.writestr("archive/data.pkl", _dumps(obj))
+    archive.writestr("archive/data/0", bytes(32 << 20))  # 32 MiB of zeros: ~32 KiB deflated.
+  with pytest.raises(torch_checkpoint.CheckpointFormatError,
+                     match="archive/data/0 declares 33554432 bytes"):
+    torch_checkpoint.load(buffer.getvalue())
+
+
+def test_a_legacy_storage_larger_than_the_file_is_refused_before_reading(tmp_path):
+  class _Claimed:  # Claims 2**40 floats (4 TiB) in the pickle and on disk; holds 16 bytes.
+    dtype, size = np.dtype(np.float32), 2**40
+
+    def tobytes(self):
+      return bytes(16)
+  storage = _Storage.__new__(_Storage)
+  storage.key, storage.data = "0", _Claimed()
+  path = tmp_path / "big.pth"
+  path.write_bytes(write_legacy({"x": _Tensor(storage, 0, (4,), (1,))}))
+  with pytest.raises(torch_checkpoint.CheckpointFormatError,
+                     match="storage '0' declares 4398046511104 bytes but the file has 16 left"):
+    torch_checkpoint.load(path)
+
+
+def test_zero_strides_cannot_expand_a_small_file_into_a_huge_array():
+  storage = _Storage("0", np.ones(1, np.float32))
+  obj = {"x": _Tensor(storage, 0, (1 << 20, 1 << 20), (0, 0))}  # 4 TiB from 4 bytes.
+  with pytest.raises(torch_checkpoint.CheckpointFormatError, match="would take 4398046511104"):
+    torch_checkpoint.load(write_zip(obj))
+  small = {"x": _Tensor(storage, 0, (3, 2), (0, 0))}  # Legitimate expanded tensors still load.
+  np.testing.assert_array_equal(torch_checkpoint.load(write_zip(small))["x"], np.ones((3, 2)))

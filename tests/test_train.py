@@ -2,14 +2,21 @@
 
 import json
 import os
+import pathlib
+import signal
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from procrop_jax import artifacts
+from procrop_jax import evaluate
 from procrop_jax import input_pipeline
 from procrop_jax import train
+from tests.conftest import REPO_ROOT
 
 
 def synthetic_batch(config, seed=0):
@@ -122,8 +129,10 @@ def test_resumed_run_matches_an_uninterrupted_one(tiny_config, tmp_path, monkeyp
   assert [l["step"] for l in train_lines] == [1, 2, 3, 4]
   assert all(np.isfinite(l["loss"]) for l in train_lines)
   assert any("cad_val/iou" in l for l in lines)
-  result = json.load(open(tmp_path / "straight" / "eval" / "procrop_cad_train_90pct_.json"))
+  result = json.load(open(tmp_path / "straight" / "eval" /
+                          "procrop_cad_default_train_90pct_.json"))
   assert {"iou", "bde", "num_images", "skipped"} <= result.keys()
+  assert (result["step"], result["builder_config"]) == (4, "default")
   assert 0.0 <= result["iou"] <= 1.0 and result["num_images"] > 0
   assert (tmp_path / "straight" / "checkpoints_best").is_dir()
 
@@ -131,12 +140,15 @@ def test_resumed_run_matches_an_uninterrupted_one(tiny_config, tmp_path, monkeyp
 @pytest.mark.slow
 def test_eval_mode_restores_and_writes_the_documented_keys(tiny_config, tiny_trained_workdir):
   results = train.evaluate_checkpoint(tiny_config, str(tiny_trained_workdir))
-  path = tiny_trained_workdir / "eval" / "procrop_cad_train_90pct_.json"
+  path = tiny_trained_workdir / "eval" / "procrop_cad_default_train_90pct_.json"
   saved = json.load(open(path))
   assert saved == json.loads(json.dumps(results["cad_val"]))
-  for key in ("iou", "bde", "iou_top5", "num_images", "skipped", "step", "dataset", "split"):
+  for key in ("iou", "bde", "iou_top5", "num_images", "skipped", "step", "dataset",
+              "builder_config", "split"):
     assert key in saved
   assert saved["step"] == 1
+  history = evaluate.read_history(str(path.with_suffix(".jsonl")))
+  assert history[-1]["step"] == 1 and history[-1]["iou"] == saved["iou"]
 
 
 def test_eval_mode_without_a_checkpoint_says_so(tiny_config, tmp_path):
@@ -163,3 +175,89 @@ def test_a_planted_nan_stops_training_with_the_step_and_keeps_the_last_checkpoin
     _train(config, tmp_path, 6)
   manager = ocp.CheckpointManager(os.path.join(tmp_path, "checkpoints"))
   assert manager.latest_step() == 2
+
+
+# ------------------------------------------------------------------- resume after a kill -9
+KILLED_WORKER = pathlib.Path(__file__).resolve().parent / "killed_train_worker.py"
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_resumes_to_the_same_loss_with_one_log_line_per_step(
+    tiny_config, tmp_path):
+  config = tiny_config.copy_and_resolve_references()
+  config.train.checkpoint_every = 2
+  straight = _train(config, tmp_path / "straight", 5)
+
+  # Killed after logging step 4 (last checkpoint: step 2), as a preemption would.
+  workdir = tmp_path / "killed"
+  env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+  result = subprocess.run(
+      [sys.executable, str(KILLED_WORKER), str(workdir), config.data.data_dir,
+       config.data.manual_dir, "5", "2", "4"],
+      cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+  logged = [json.loads(l)["step"] for l in open(workdir / "metrics.jsonl")]
+  assert logged == [1, 2, 3, 4]
+  # What a kill during a save leaves: unfinished Orbax folders.
+  for folder in ("checkpoints", "checkpoints_best"):
+    (workdir / folder / "4.orbax-checkpoint-tmp-1234567890").mkdir(parents=True)
+
+  resumed = _train(config, workdir, 5)  # Takes over the dead run's lock.
+
+  assert resumed["step"] == 5
+  np.testing.assert_allclose(resumed["metrics"]["loss"], straight["metrics"]["loss"], rtol=1e-6)
+  a, _ = _final_params(config, tmp_path / "straight")
+  b, _ = _final_params(config, workdir)
+  assert_params_close(a, b, atol=1e-6)
+  logged = [json.loads(l)["step"] for l in open(workdir / "metrics.jsonl")]
+  assert logged == [1, 2, 3, 4, 5]
+  assert not list(workdir.glob("checkpoints*/*orbax-checkpoint-tmp*"))
+
+
+def test_truncate_metrics_log_keeps_steps_up_to_the_restored_one(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  lines = [{"step": s, "loss": 1.0 / s} for s in (1, 2, 3)] + [{"step": 2, "val_loss": 0.5}]
+  path.write_text("".join(json.dumps(l) + "\n" for l in lines) + '{"step": 4, "lo')
+  train.truncate_metrics_log(str(path), 2)
+  assert [json.loads(l) for l in open(path)] == [lines[0], lines[1], lines[3]]
+  train.truncate_metrics_log(str(path), 0)  # A fresh run in an old workdir starts empty.
+  assert path.read_text() == ""
+  train.truncate_metrics_log(str(tmp_path / "absent.jsonl"), 3)  # Nothing to do.
+
+
+def test_a_second_run_in_the_same_workdir_is_refused(tmp_path):
+  from configs import testing  # pylint: disable=g-import-not-at-top
+  with artifacts.workdir_lock(tmp_path):
+    with pytest.raises(artifacts.WorkdirInUseError, match=f"pid {os.getpid()}"):
+      train.train_and_evaluate(testing.get_config(), str(tmp_path))
+
+
+class TestBestCheckpoint:
+
+  STATE = {"w": np.arange(3, dtype=np.float32)}
+
+  def steps(self, workdir):
+    return sorted(int(p.name) for p in (workdir / "checkpoints_best").iterdir())
+
+  def test_remembers_the_best_value_across_a_restart(self, tmp_path):
+    best = train.BestCheckpoint(str(tmp_path), "iou")
+    assert best.update(4, 0.5, self.STATE)
+    assert not best.update(6, 0.4, self.STATE)
+    restarted = train.BestCheckpoint(str(tmp_path), "iou")
+    assert (restarted.best, restarted.step) == (0.5, 4)
+    assert not restarted.update(8, 0.45, self.STATE)
+    assert self.steps(tmp_path) == [4]
+
+  def test_a_better_value_replaces_a_saved_step_or_a_later_one(self, tmp_path):
+    # After a resume, steps evaluated before the kill are evaluated again.
+    best = train.BestCheckpoint(str(tmp_path), "bde")
+    assert best.update(6, 0.2, self.STATE)
+    restarted = train.BestCheckpoint(str(tmp_path), "bde")
+    assert restarted.update(6, 0.1, self.STATE)  # No StepAlreadyExistsError.
+    assert restarted.update(4, 0.05, self.STATE)  # Kept, though the old best's step is later.
+    assert self.steps(tmp_path) == [4]
+    assert train.BestCheckpoint(str(tmp_path), "bde").best == 0.05
+
+  def test_a_changed_metric_starts_afresh(self, tmp_path):
+    assert train.BestCheckpoint(str(tmp_path), "iou").update(2, 0.9, self.STATE)
+    assert train.BestCheckpoint(str(tmp_path), "bde").best is None

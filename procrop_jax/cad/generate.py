@@ -13,6 +13,11 @@ whichever worker makes it and whenever. Existing outputs are kept: an interrupte
 is resumed by running it again. Files are written under temporary names and renamed,
 the annotation last, so a variant exists only once it is complete.
 
+Photos that fail (an unreadable file, a full disk) are reported: counted, the first few named,
+and listed with their errors in `<out>/cad_failures.json`. The `procrop_cad` builder refuses a
+set with failures unless they were allowed (`allow_failures`, `config.cad.allow_failures`,
+`--allow_failures`); a later run in which every photo succeeds removes the file.
+
   python -m procrop_jax.cad.generate --source=skimage --out=data/manual/procrop_cad_default
 """
 
@@ -25,6 +30,7 @@ import json
 import os
 import pathlib
 import re
+import sys
 import time
 import zlib
 from typing import Sequence
@@ -35,10 +41,12 @@ from PIL import Image
 from PIL import ImageOps
 import tqdm
 
+from procrop_jax import artifacts
 from procrop_jax.cad import outpaint as outpaint_lib
 from procrop_jax.cad import sources
 
 MARKER = "cad_generation.json"  # Written by the generator: its parameters and sources.
+FAILURES = "cad_failures.json"  # Written when photos failed: which, why, and if allowed.
 JPEG_QUALITY = 95
 PSEUDO_LABEL_SCORE = 5
 
@@ -62,17 +70,57 @@ class CanvasPlan:
     return self.top, self.left, self.top + self.photo_h, self.left + self.photo_w
 
 
+class IncompleteCADError(RuntimeError):
+  """Photos failed during CAD generation and the set was not allowed to be incomplete."""
+
+
 @dataclasses.dataclass
 class GenerationReport:
   photos: int = 0
   written: int = 0
   kept: int = 0  # Variants already present (a resumed run).
   failed_photos: list[str] = dataclasses.field(default_factory=list)
+  errors: dict[str, str] = dataclasses.field(default_factory=dict)  # Failed photo -> error.
   seconds: float = 0.0
 
   @property
   def images_per_second(self) -> float:
     return self.written / self.seconds if self.seconds > 0 else 0.0
+
+  def failure_summary(self, limit: int = 3) -> str:
+    """"2 of 10 photos failed (a.jpg: <error>; b.jpg: <error>)", or "" when none did."""
+    return summarize_failures(self.errors, self.photos, limit=limit)
+
+
+def summarize_failures(errors: dict[str, str], photos: int, *, limit: int = 3) -> str:
+  if not errors:
+    return ""
+  shown = "; ".join(f"{pathlib.Path(p).name}: {e}" for p, e in sorted(errors.items())[:limit])
+  more = f"; and {len(errors) - limit} more" if len(errors) > limit else ""
+  return f"{len(errors)} of {photos} photos failed ({shown}{more})"
+
+
+def read_failures(out_dir: str | pathlib.Path) -> dict | None:
+  """The failure record of a generated set (`FAILURES`), or None when every photo succeeded."""
+  path = pathlib.Path(out_dir) / FAILURES
+  if not path.exists():
+    return None
+  try:
+    return json.loads(path.read_text())
+  except ValueError as e:
+    raise IncompleteCADError(f"{path} is unreadable ({e}): run the CAD generation again") from None
+
+
+def check_complete(out_dir: str | pathlib.Path) -> None:
+  """Raises IncompleteCADError if photos failed in `out_dir` and that was not allowed."""
+  record = read_failures(out_dir)
+  if record is None or record.get("allow_failures"):
+    return
+  summary = summarize_failures(record.get("errors", {}), record.get("photos", 0))
+  raise IncompleteCADError(
+      f"CAD generation into {out_dir} is incomplete: {summary}; the full list is in "
+      f"{pathlib.Path(out_dir) / FAILURES}. Fix or remove those photos and run again, or set "
+      "config.cad.allow_failures=True (generate: --allow_failures) to build without them.")
 
 
 def plan_canvas(photo_hw: tuple[int, int], rng: np.random.Generator, *,
@@ -186,7 +234,7 @@ def generate_cad(photos: Sequence[str | pathlib.Path] | str, out_dir: str | path
                  max_area_fraction: float = 0.8, workers: int = 2, seed: int = 0,
                  max_side: int | None = 1024,
                  outpainter: outpaint_lib.OutPainter | None = None,
-                 progress: bool = True) -> GenerationReport:
+                 progress: bool = True, allow_failures: bool = False) -> GenerationReport:
   """Generates (or completes) a CAD dataset in `out_dir`.
 
   Args:
@@ -201,9 +249,11 @@ def generate_cad(photos: Sequence[str | pathlib.Path] | str, out_dir: str | path
     max_side: photos are first downscaled to this longer side (None: never).
     outpainter: defaults to `ReflectBlurOutPainter()`.
     progress: show a progress bar.
+    allow_failures: record in `FAILURES` that the set may be built without the photos that
+      failed (they are reported either way).
 
   Returns:
-    What was written, kept and failed, and how long it took.
+    What was written, kept and failed (with each failure's error), and how long it took.
   """
   start = time.perf_counter()
   paths = [pathlib.Path(p) for p in (sources.photo_paths(photos) if isinstance(photos, str)
@@ -219,7 +269,7 @@ def generate_cad(photos: Sequence[str | pathlib.Path] | str, out_dir: str | path
       "max_side": max_side, "outpainter": type(outpainter).__name__,
       "photos": {i: str(p) for i, p in zip(ids, paths)},
   }
-  (out_dir / MARKER).write_text(json.dumps(marker, indent=1))
+  artifacts.atomic_write_json(out_dir / MARKER, marker, indent=1)
 
   report = GenerationReport(photos=len(paths))
   todo = []
@@ -246,8 +296,17 @@ def generate_cad(photos: Sequence[str | pathlib.Path] | str, out_dir: str | path
           # An unreadable photo is skipped, not fatal: count it and go on.
           logging.warning("CAD: skipping %s: %s", path, e)
           report.failed_photos.append(str(path))
+          report.errors[str(path)] = f"{type(e).__name__}: {e}"
         bar.update(len(missing))
+  report.failed_photos.sort()
   report.seconds = time.perf_counter() - start
+  if report.errors:
+    artifacts.atomic_write_json(out_dir / FAILURES, {
+        "photos": report.photos, "errors": report.errors, "allow_failures": allow_failures},
+                                indent=1, sort_keys=True)
+    logging.warning("CAD: %s", report.failure_summary())
+  else:
+    (out_dir / FAILURES).unlink(missing_ok=True)
   logging.info("CAD: %d photos, %d variants written, %d kept, %d photos failed, %.1f s",
                report.photos, report.written, report.kept, len(report.failed_photos),
                report.seconds)
@@ -259,9 +318,15 @@ def main(argv: Sequence[str]) -> None:
   report = generate_cad(FLAGS.source, FLAGS.out, variants_per_photo=FLAGS.variants,
                         min_area_fraction=FLAGS.min_area_fraction,
                         max_area_fraction=FLAGS.max_area_fraction, workers=FLAGS.workers,
-                        seed=FLAGS.seed, max_side=FLAGS.max_side or None)
+                        seed=FLAGS.seed, max_side=FLAGS.max_side or None,
+                        allow_failures=FLAGS.allow_failures)
   print(f"{report.written} written, {report.kept} kept, {len(report.failed_photos)} photos "
         f"failed, {report.images_per_second:.1f} images/s")
+  if report.errors:
+    print(report.failure_summary())
+    if not FLAGS.allow_failures:
+      sys.exit(f"Incomplete: the procrop_cad builder will refuse {FLAGS.out} until every photo "
+               "succeeds (or run again with --allow_failures).")
 
 
 if __name__ == "__main__":
@@ -275,5 +340,7 @@ if __name__ == "__main__":
   flags.DEFINE_integer("workers", 2, "Parallel workers.")
   flags.DEFINE_integer("seed", 0, "Seed.")
   flags.DEFINE_integer("max_side", 1024, "Downscale photos to this longer side (0: never).")
+  flags.DEFINE_bool("allow_failures", False,
+                    "Let the procrop_cad builder build the set without photos that failed.")
   FLAGS = flags.FLAGS
   app.run(main)

@@ -56,11 +56,16 @@ def ensure_dataset(config_data: Any, cad_config: Any = None, *,
   Args:
     config_data: `config.data` (dataset, builder_config, data_dir, manual_dir).
     cad_config: `config.cad` (source, variants_per_photo, min_area_fraction,
-      max_area_fraction, workers, and optionally max_side), or None.
+      max_area_fraction, workers, and optionally max_side and allow_failures: build the set
+      even though some photos failed to generate; default False), or None.
     seed: the CAD generation's seed.
 
   Returns:
     The prepared builder. Its skip report: `schema.build_report(builder)`.
+
+  Raises:
+    procrop_jax.cad.generate.IncompleteCADError: photos failed during CAD generation (the
+      message counts them and names the first few) and `cad_config.allow_failures` is not set.
   """
   import procrop_jax.datasets  # pylint: disable=g-import-not-at-top,unused-import  (registers)
   name = _get(config_data, "dataset")
@@ -84,10 +89,14 @@ def ensure_dataset(config_data: Any, cad_config: Any = None, *,
         min_area_fraction=_get(cad_config, "min_area_fraction", 0.3),
         max_area_fraction=_get(cad_config, "max_area_fraction", 0.8),
         workers=_get(cad_config, "workers", 2), seed=seed,
-        max_side=_get(cad_config, "max_side", 1024))
+        max_side=_get(cad_config, "max_side", 1024),
+        allow_failures=bool(_get(cad_config, "allow_failures", False)))
     print(f"CAD: {report.written} images written ({report.images_per_second:.1f}/s), "
           f"{report.kept} already there, {len(report.failed_photos)} photos failed",
           flush=True)
+    if report.errors:
+      print(f"CAD: {report.failure_summary()}", flush=True)
+    generate.check_complete(manual_dir)  # Before TFDS starts: the error is the first thing seen.
 
   print(f"Building {builder.info.full_name} from {manual_dir} into {builder.data_dir}",
         flush=True)

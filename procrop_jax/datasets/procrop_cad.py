@@ -9,6 +9,9 @@ writes):
                               pseudo-label, where the original photo sits; a missing
                               score is 5; a line with score -2 is ignored.
 
+A set written by `procrop_jax.cad.generate` in which photos failed (its `cad_failures.json`)
+is refused unless the failures were allowed: a partial set is never built as if complete.
+
 One split, `train`. Examples are stored grouped by photo (variants of one photo are
 adjacent, photos in a fixed pseudo-random order), so that a slice such as
 `train[90%:]` holds photos that `train[:90%]` does not (one photo may straddle).
@@ -67,10 +70,12 @@ class ProcropCad(schema.CropBuilder):
   """
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    from procrop_jax.cad import generate  # pylint: disable=g-import-not-at-top
     root = self._manual_dir(dl_manager)
     if not (root / "annotations").is_dir():
       raise FileNotFoundError(f"{root / 'annotations'} not found.\n"
                               f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    generate.check_complete(root)
     entries = list_examples(root)
     # Parse every annotation before reading an image: a malformed file stops the build
     # at once, naming the file and line.

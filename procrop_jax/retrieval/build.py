@@ -9,10 +9,13 @@ Steps (multi-host: every process runs this with the same config):
   2. each process reads its slice of the photos (`tfds.split_for_jax_process`), runs the jitted
      backbone over its local devices (embedding.TokenExtractor) and writes its own shard of
      float16 reference tokens, batch by batch into a memory map (bounded memory; a progress bar;
-     a finished shard is skipped when the command is re-run);
+     a finished shard is skipped when the command is re-run with the same inputs: its
+     `shard_key`, i.e. backbone, weights, image size, tokens grid and photo list, is recorded
+     with it, and any difference rebuilds it);
   3. after a barrier, process 0 fits the embedding projection, writes the embeddings of all
      shards and builds the ScaNN index over them, then writes metadata.json (which marks the
-     database complete); a last barrier lets every process return together.
+     database complete; process 0 removed it before any shard was written, so an interrupted
+     build never loads as complete); a last barrier lets every process return together.
 The database goes to config.retrieval.index_dir, or <workdir>/reference_db when that is empty.
 
 Config fields read here (config.retrieval, with these defaults when absent):
@@ -35,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import tempfile
 import time
 from typing import Any, Iterable, Mapping
 
@@ -43,6 +47,7 @@ import jax
 import numpy as np
 import tqdm
 
+from procrop_jax import artifacts
 from procrop_jax.retrieval import database as database_lib
 from procrop_jax.retrieval import embedding as embedding_lib
 
@@ -104,6 +109,38 @@ def database_metadata(config: Any) -> dict[str, Any]:
   embedding_lib.check_grids(metadata["tokens_grid"], metadata["embedding_grid"],
                             metadata["embedding_dim"])
   return metadata
+
+
+# Bump when the bytes of a shard change for the same inputs (token layout, dtype, extractor).
+SHARD_FORMAT_VERSION = 2
+
+
+def weights_fingerprint(config: Any) -> str:
+  """Which backbone weights made the tokens: the pretrained file's sha256, or the random seed."""
+  if config.model.get("pretrained", True):
+    from procrop_jax.models import pretrained  # pylint: disable=g-import-not-at-top
+    digest = pretrained.file_sha256(pretrained.checkpoint_path(config.model.backbone))
+    return f"sha256:{digest[:16]}"
+  return f"random:seed={config.get('seed', 0)}"
+
+
+def photos_fingerprint(config: Any) -> dict[str, Any]:
+  """Which photos the database holds: the prepared dataset's name, version and split size."""
+  from procrop_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  settings = input_pipeline.DataSettings.from_config(database_data_config(config))
+  builder = input_pipeline.load_builder(settings)
+  split = builder.info.splits[settings.eval_split.split("[")[0]]  # A slice has no byte count.
+  return {"dataset": builder.info.full_name, "split": settings.eval_split,
+          "num_examples": int(split.num_examples), "num_bytes": int(split.num_bytes)}
+
+
+def shard_key(config: Any) -> dict[str, Any]:
+  """Everything that makes a shard's bytes; a shard is reused only when its key is this."""
+  metadata = database_lib.expected_metadata(config)
+  return {"format_version": SHARD_FORMAT_VERSION, "backbone": metadata["backbone"],
+          "pretrained": metadata["pretrained"], "weights": weights_fingerprint(config),
+          "image_size": metadata["image_size"], "tokens_grid": metadata["tokens_grid"],
+          "photos": photos_fingerprint(config)}
 
 
 def create_backbone(config: Any):
@@ -175,9 +212,14 @@ def _open_photos(config: Any, *, batch_size: int, all_processes: bool = False):
 
 
 def finalize_database(directory: str | os.PathLike[str], config: Any, *, num_shards: int,
-                      source: Mapping[str, Any] | None = None
+                      source: Mapping[str, Any] | None = None,
+                      key: Mapping[str, Any] | None = None
                       ) -> database_lib.ReferenceDatabase:
-  """Process 0's part: projection, embeddings and index over all shards; metadata last."""
+  """Process 0's part: projection, embeddings and index over all shards; metadata last.
+
+  `key` (the shards' `shard_key`) is recorded in the metadata and the database's fingerprint,
+  so that neighbour caches made with other weights or photos are not reused.
+  """
   directory = pathlib.Path(directory)
   settings = RetrievalSettings.from_config(config)
   ids, shards = database_lib._read_shards(directory, num_shards, mmap=True)  # pylint: disable=protected-access
@@ -187,15 +229,21 @@ def finalize_database(directory: str | os.PathLike[str], config: Any, *, num_sha
         "put photos in the folder or point config.retrieval.database_* at a dataset with photos")
   tokens = database_lib.ShardedTokens(shards)
   metadata = {**database_metadata(config), "source": dict(source or {}), "shards": num_shards}
+  if key:
+    metadata.update(build_key=dict(key), tokens_key=artifacts.fingerprint(dict(key)))
   start = time.perf_counter()
   projection = embedding_lib.fit_projection(
       tokens, tokens_grid=settings.tokens_grid, embedding_grid=settings.embedding_grid,
       embedding_dim=settings.embedding_dim, seed=config.get("seed", 0))
-  embeddings = np.lib.format.open_memmap(directory / database_lib.EMBEDDINGS, mode="w+",
-                                         dtype=np.float32, shape=(len(ids), projection.dim))
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{database_lib.EMBEDDINGS}.",
+                             suffix=".tmp")
+  os.close(fd)
+  embeddings = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                         shape=(len(ids), projection.dim))
   for s in range(0, len(ids), 65_536):
     embeddings[s:s + 65_536] = projection(tokens[s:s + 65_536])
   embeddings.flush()
+  os.replace(tmp, directory / database_lib.EMBEDDINGS)  # The memory map follows the file.
   logging.info("Embedded %d photos in %.1f s", len(ids), time.perf_counter() - start)
   start = time.perf_counter()
   db = database_lib.ReferenceDatabase.from_tokens(
@@ -216,15 +264,18 @@ def build_index(config: Any, workdir: str) -> pathlib.Path:
   database_metadata(config)  # Validates the grids before any work.
   directory = pathlib.Path(settings.index_dir or os.path.join(workdir, "reference_db"))
   directory.mkdir(parents=True, exist_ok=True)
+  if jax.process_index() == 0:  # Incomplete until finalize_database writes it again.
+    database_lib.invalidate(directory)
   extractor = create_extractor(config)
   num_photos, batches = _open_photos(config, batch_size=extractor.batch_size)
+  key = shard_key(config)
   index, count = jax.process_index(), jax.process_count()
   start = time.perf_counter()
-  if database_lib.shard_is_done(directory, index, count, num_photos):
+  if database_lib.shard_is_done(directory, index, count, num_photos, key):
     logging.info("Shard %d/%d of %s is already complete", index, count, directory)
   else:
     writer = database_lib.ShardWriter(directory, index, count, num_photos=num_photos,
-                                      tokens_shape=extractor.token_shape)
+                                      tokens_shape=extractor.token_shape, key=key)
     for ids, tokens in extract_tokens(batches, extractor, total=num_photos,
                                       desc=f"reference tokens {index + 1}/{count}"):
       writer.add(ids, tokens)
@@ -236,7 +287,7 @@ def build_index(config: Any, workdir: str) -> pathlib.Path:
   if jax.process_index() == 0:
     source = {k: v for k, v in database_data_config(config).items()
               if k in ("dataset", "builder_config", "data_dir", "manual_dir", "train_split")}
-    db = finalize_database(directory, config, num_shards=count, source=source)
+    db = finalize_database(directory, config, num_shards=count, source=source, key=key)
     size = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
     print(f"Reference database: {db.num_photos} photos, {db.index.method} index, "
           f"{size / db.num_photos:,.0f} bytes/photo on disk -> {directory}", flush=True)

@@ -5,10 +5,16 @@ On disk (`build.build_index` writes it, `ReferenceDatabase.load` reads it):
   metadata.json                       written last: its presence means the database is complete
   shards/shard-IIIII-of-NNNNN.ids.json      the photos' ids, in row order
   shards/shard-IIIII-of-NNNNN.tokens.npy    float16 [n, T, C] reference tokens (memory-mapped)
-  shards/shard-IIIII-of-NNNNN.done          written after the two above (restart skips the shard)
+  shards/shard-IIIII-of-NNNNN.done          written after the two above, with the shard's key
+                                            (what made it: see build.shard_key); a restart skips
+                                            the shard only when the key is the same
   projection.npz                      the embedding's PCA (embedding.Projection)
   embeddings.npy                      float32 [N, D], L2-normalised, rows = shards in order
   index/                              the searcher (index.py): index.json (+ scann/)
+
+Every file is written under a unique temporary name and renamed into place. A (re)build first
+removes metadata.json, so an interrupted one never loads as complete; a shard being rewritten
+loses its `.done` first for the same reason.
 
 Each process writes its own shard (rows = its slice of the photos); process 0 then fits the
 projection, writes the embeddings and builds the index over all shards. Bytes per photo:
@@ -23,10 +29,13 @@ import json
 import os
 import pathlib
 import re
+import tempfile
 from typing import Any, Iterable, Mapping, Sequence
 
+from absl import logging
 import numpy as np
 
+from procrop_jax import artifacts
 from procrop_jax.datasets import procrop_cad
 from procrop_jax.retrieval import embedding as embedding_lib
 from procrop_jax.retrieval import index as index_lib
@@ -91,18 +100,30 @@ def shard_name(index: int, count: int) -> str:
   return f"shard-{index:05d}-of-{count:05d}"
 
 
+def _shard_file(prefix: pathlib.Path, suffix: str) -> pathlib.Path:
+  return prefix.with_name(prefix.name + suffix)
+
+
 class ShardWriter:
   """Writes one shard's tokens into a preallocated memory map, then its ids and done-marker.
 
-  Memory stays bounded by one batch whatever the shard's size.
+  Memory stays bounded by one batch whatever the shard's size. `key` (see `build.shard_key`)
+  is recorded in the done-marker; `shard_is_done` compares it.
   """
 
   def __init__(self, directory: str | os.PathLike[str], index: int, count: int, *,
-               num_photos: int, tokens_shape: tuple[int, int]):
+               num_photos: int, tokens_shape: tuple[int, int],
+               key: Mapping[str, Any] | None = None):
     self.prefix = pathlib.Path(directory) / SHARDS_DIR / shard_name(index, count)
     self.prefix.parent.mkdir(parents=True, exist_ok=True)
     self.num_photos = num_photos
-    self._tmp = self.prefix.with_name(self.prefix.name + ".tokens.npy.tmp")
+    self.key = dict(key or {})
+    # A shard being rewritten is not done until the new one is complete.
+    _shard_file(self.prefix, ".done").unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=self.prefix.parent, prefix=f".{self.prefix.name}.tokens.",
+                               suffix=".npy.tmp")
+    os.close(fd)
+    self._tmp = pathlib.Path(tmp)
     self._tokens = np.lib.format.open_memmap(
         self._tmp, mode="w+", dtype=embedding_lib.TOKEN_DTYPE,
         shape=(num_photos, *tokens_shape)) if num_photos else None
@@ -119,23 +140,57 @@ class ShardWriter:
     if len(self.ids) != self.num_photos:
       raise ValueError(f"shard {self.prefix.name} expected {self.num_photos} photos, got "
                        f"{len(self.ids)}")
-    tokens_path = self.prefix.with_name(self.prefix.name + ".tokens.npy")
     if self._tokens is not None:
       self._tokens.flush()
       del self._tokens
-      os.replace(self._tmp, tokens_path)
     else:
-      np.save(tokens_path, np.zeros((0, 0, 0), embedding_lib.TOKEN_DTYPE))
-    self.prefix.with_name(self.prefix.name + ".ids.json").write_text(json.dumps(self.ids))
-    self.prefix.with_name(self.prefix.name + ".done").write_text(
-        json.dumps({"num_photos": self.num_photos}))
+      with open(self._tmp, "wb") as f:
+        np.save(f, np.zeros((0, 0, 0), embedding_lib.TOKEN_DTYPE))
+    os.replace(self._tmp, _shard_file(self.prefix, ".tokens.npy"))
+    artifacts.atomic_write_json(_shard_file(self.prefix, ".ids.json"), self.ids)
+    artifacts.atomic_write_json(_shard_file(self.prefix, ".done"),  # Last: marks it complete.
+                                {"num_photos": self.num_photos, "key": self.key})
 
 
 def shard_is_done(directory: str | os.PathLike[str], index: int, count: int,
-                  num_photos: int) -> bool:
-  """Whether a previous run already wrote this shard completely (so a restart skips it)."""
-  done = pathlib.Path(directory) / SHARDS_DIR / (shard_name(index, count) + ".done")
-  return done.exists() and json.loads(done.read_text())["num_photos"] == num_photos
+                  num_photos: int, key: Mapping[str, Any] | None = None) -> bool:
+  """Whether a previous run wrote this shard completely from the same inputs (`key`).
+
+  A shard made from other inputs (another backbone, weights, image size, grid or photo list), an
+  unreadable done-marker or a missing file means the shard is built again; the log says why.
+  """
+  prefix = pathlib.Path(directory) / SHARDS_DIR / shard_name(index, count)
+  done = _shard_file(prefix, ".done")
+  if not done.exists():
+    return False
+  try:
+    record = json.loads(done.read_text())
+    recorded = (record["num_photos"], record.get("key", {}))
+  except (ValueError, KeyError, TypeError) as e:
+    logging.warning("Rebuilding shard %s: its done-marker is unreadable (%s)", prefix, e)
+    return False
+  expected = (num_photos, json.loads(json.dumps(dict(key or {}))))
+  if recorded != expected:
+    diffs = _differences({"num_photos": recorded[0], **recorded[1]},
+                         {"num_photos": expected[0], **expected[1]})
+    logging.warning("Rebuilding shard %s: made from other inputs (%s)", prefix, diffs)
+    return False
+  missing = [s for s in (".tokens.npy", ".ids.json") if not _shard_file(prefix, s).exists()]
+  if missing:
+    logging.warning("Rebuilding shard %s: %s missing", prefix, ", ".join(missing))
+    return False
+  return True
+
+
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+  keys = sorted(set(old) | set(new))
+  return "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys
+                   if old.get(k) != new.get(k))
+
+
+def invalidate(directory: str | os.PathLike[str]) -> None:
+  """Marks the database at `directory` incomplete (before anything in it is rewritten)."""
+  (pathlib.Path(directory) / METADATA).unlink(missing_ok=True)
 
 
 def _read_shards(directory: pathlib.Path, count: int, *, mmap: bool
@@ -143,10 +198,14 @@ def _read_shards(directory: pathlib.Path, count: int, *, mmap: bool
   ids, tokens = [], []
   for i in range(count):
     prefix = directory / SHARDS_DIR / shard_name(i, count)
-    if not prefix.with_name(prefix.name + ".done").exists():
+    if not _shard_file(prefix, ".done").exists():
       raise DatabaseError(f"shard {prefix.name} of {directory} is missing or incomplete: "
                           "did every process finish --mode=build_index?")
-    shard_ids = json.loads(prefix.with_name(prefix.name + ".ids.json").read_text())
+    try:
+      shard_ids = json.loads(_shard_file(prefix, ".ids.json").read_text())
+    except (OSError, ValueError) as e:
+      raise DatabaseError(f"{_shard_file(prefix, '.ids.json')} is unreadable ({e}): rebuild "
+                          "the database with --mode=build_index") from None
     if shard_ids:
       tokens.append(np.load(prefix.with_name(prefix.name + ".tokens.npy"),
                             mmap_mode="r" if mmap else None))
@@ -214,8 +273,12 @@ def check_metadata(metadata: Mapping[str, Any], config: Any, *, where: str = "")
 
 def _fingerprint(metadata: Mapping[str, Any], ids: Sequence[str],
                  projection: embedding_lib.Projection) -> str:
+  """Changes with anything that changes a search result: caches of neighbours key on it."""
   h = hashlib.sha256()
-  h.update(json.dumps({k: metadata.get(k) for k in CHECKED_FIELDS}, sort_keys=True).encode())
+  fields = {k: metadata.get(k) for k in CHECKED_FIELDS}
+  if metadata.get("tokens_key"):  # The weights and photos the tokens came from (built on disk).
+    fields["tokens_key"] = metadata["tokens_key"]
+  h.update(json.dumps(fields, sort_keys=True).encode())
   h.update("\n".join(ids).encode())
   h.update(projection.mean.tobytes())
   h.update(projection.components.tobytes())
@@ -309,6 +372,7 @@ class ReferenceDatabase:
     the shards and embeddings are in place (memory-mapped) and are not rewritten."""
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    invalidate(directory)
     shards = self.metadata.get("shards")
     in_place = self.directory is not None and self.directory.resolve() == directory.resolve()
     if not in_place:
@@ -318,13 +382,15 @@ class ReferenceDatabase:
         writer.add(self.ids[start:start + 4096], self.tokens[start:start + 4096])
       writer.close()
       shards = 1
-      np.save(directory / EMBEDDINGS, np.asarray(self.embeddings, np.float32))
+      with tempfile.NamedTemporaryFile(dir=directory, prefix=f".{EMBEDDINGS}.", suffix=".tmp",
+                                       delete=False) as f:
+        np.save(f, np.asarray(self.embeddings, np.float32))
+      os.replace(f.name, directory / EMBEDDINGS)
     self.projection.save(directory / PROJECTION)
     self.index.save(directory / INDEX_DIR)
     metadata = {**self.metadata, "shards": shards}
-    tmp = directory / (METADATA + ".tmp")
-    tmp.write_text(json.dumps(metadata, indent=1, sort_keys=True))
-    os.replace(tmp, directory / METADATA)  # Last: marks the database complete.
+    artifacts.atomic_write_json(directory / METADATA, metadata, indent=1,  # Last: complete.
+                                sort_keys=True)
     self.metadata, self.directory = metadata, directory
     return directory
 
@@ -342,7 +408,11 @@ class ReferenceDatabase:
     if not meta_path.exists():
       raise DatabaseError(f"no reference database at {directory} ({METADATA} missing: not built, "
                           "or the build did not finish); build one with --mode=build_index")
-    metadata = json.loads(meta_path.read_text())
+    try:
+      metadata = json.loads(meta_path.read_text())
+    except ValueError as e:
+      raise DatabaseError(f"{meta_path} is unreadable ({e}): rebuild the database with "
+                          "--mode=build_index") from None
     if metadata.get("format") != FORMAT or metadata.get("version") != VERSION:
       raise DatabaseError(f"{directory} holds format {metadata.get('format')!r} v"
                           f"{metadata.get('version')}, expected {FORMAT!r} v{VERSION}")

@@ -3,8 +3,10 @@
 Training: `precompute_neighbors(config, database, split=...)` embeds every example of a split
 once (unaugmented, like the eval pipeline), searches the database for its K nearest professional
 photos, never the example itself or its source photo (`database.exclusion_ids`), and caches the
-table ids -> K database rows in a file keyed by dataset, split, K, input size and the database's
-fingerprint. The trainer then adds each batch's tokens on the host:
+table ids -> K database rows in a file keyed by dataset, builder config, split, K, input size,
+the prepared dataset's version and size (`dataset_fingerprint`) and the database's fingerprint.
+A cache file that cannot be read, or that was made for another database or K, is computed again.
+The trainer then adds each batch's tokens on the host:
 
   rows = table.lookup(batch["image_id"])                       # [B, K]
   batch["reference_tokens"] = gather_reference_tokens(database, rows)  # [B, K, T, C] float16
@@ -23,6 +25,8 @@ import hashlib
 import json
 import os
 import pathlib
+import tempfile
+import zipfile
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from absl import logging
@@ -76,18 +80,28 @@ class NeighborTable:
     return self.rows[np.asarray(idx, np.int64)].astype(np.int64)
 
   def save(self, path: str | os.PathLike[str]) -> None:
+    """Writes the table to a unique temporary file, then renames it to `path`."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
+                                     delete=False) as f:
       np.savez(f, ids=np.asarray(self.ids, dtype=object).astype(str), rows=self.rows,
                scores=self.scores, fingerprint=np.asarray(self.database_fingerprint))
-    os.replace(tmp, path)
+    os.replace(f.name, path)
 
   @classmethod
   def load(cls, path: str | os.PathLike[str]) -> "NeighborTable":
-    with np.load(path) as z:
-      return cls([str(i) for i in z["ids"]], z["rows"], z["scores"], str(z["fingerprint"]))
+    """Reads a saved table (no pickle). Raises ValueError naming the file if it is unreadable."""
+    try:
+      with np.load(path, allow_pickle=False) as z:
+        table = cls([str(i) for i in z["ids"]], z["rows"], z["scores"], str(z["fingerprint"]))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+      raise ValueError(f"neighbour cache {path} is unreadable: {e}") from None
+    if table.rows.ndim != 2 or table.rows.shape != table.scores.shape or (
+        len(table.ids) != len(table.rows)):
+      raise ValueError(f"neighbour cache {path} is inconsistent: {len(table.ids)} ids, rows "
+                       f"{table.rows.shape}, scores {table.scores.shape}")
+    return table
 
   @classmethod
   def concatenate(cls, tables: Sequence["NeighborTable"]) -> "NeighborTable":
@@ -141,15 +155,47 @@ def compute_neighbors(database: database_lib.ReferenceDatabase,
                        database.fingerprint)
 
 
+def dataset_fingerprint(data_config: Mapping[str, Any], split: str) -> dict[str, Any]:
+  """The prepared dataset's full name (with its version) and the split's size in examples and
+  bytes: a rebuilt dataset (new version, other photos or labels) gets new neighbours."""
+  from procrop_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  builder = input_pipeline.load_builder(input_pipeline.DataSettings.from_config(data_config))
+  info = builder.info.splits[split.split("[")[0]]  # A slice's own info has no byte count.
+  return {"dataset": builder.info.full_name, "num_examples": int(info.num_examples),
+          "num_bytes": int(info.num_bytes)}
+
+
 def neighbors_cache_path(cache_dir: str | os.PathLike[str], *, data_config: Mapping[str, Any],
-                         split: str, k: int, database_fingerprint: str) -> pathlib.Path:
-  """The cache file of a split's neighbours: a function of everything that changes them."""
+                         split: str, k: int, database_fingerprint: str,
+                         dataset_version: Mapping[str, Any] | str) -> pathlib.Path:
+  """The cache file of a split's neighbours: a function of everything that changes them.
+
+  `dataset_version` is `dataset_fingerprint(data_config, split)` (or any stand-in for it).
+  """
   key = {"dataset": data_config.get("dataset"), "builder_config": data_config.get(
       "builder_config"), "split": split, "image_size": int(data_config.get("image_size")),
-         "k": int(k), "database": database_fingerprint}
+         "k": int(k), "database": database_fingerprint, "dataset_version": dataset_version}
   digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
   safe_split = "".join(c if c.isalnum() else "_" for c in split)
   return pathlib.Path(cache_dir) / f"neighbors-{key['dataset']}-{safe_split}-k{k}-{digest}.npz"
+
+
+def _load_cached(path: pathlib.Path, *, database: database_lib.ReferenceDatabase, k: int
+                 ) -> NeighborTable | None:
+  """The cached table at `path`, or None (absent, unreadable or made for something else)."""
+  if not path.exists():
+    return None
+  try:
+    table = NeighborTable.load(path)
+  except ValueError as e:
+    logging.warning("%s; computing it again", e)
+    return None
+  if table.database_fingerprint != database.fingerprint or table.k != k:
+    logging.warning("neighbour cache %s was made for database %s with K=%d (now %s, K=%d); "
+                    "computing it again", path, table.database_fingerprint, table.k,
+                    database.fingerprint, k)
+    return None
+  return table
 
 
 def _barrier(name: str) -> None:
@@ -181,14 +227,16 @@ def precompute_neighbors(config: Any, database: database_lib.ReferenceDatabase, 
   k = int(config.model.num_references if k is None else k)
   data_config = dict(config.data)
   path = neighbors_cache_path(cache_dir, data_config=data_config, split=split, k=k,
-                              database_fingerprint=database.fingerprint)
-  if path.exists():
+                              database_fingerprint=database.fingerprint,
+                              dataset_version=dataset_fingerprint(data_config, split))
+  cached = _load_cached(path, database=database, k=k)
+  if cached is not None:
     logging.info("Neighbours of %s from %s", split, path)
-    return NeighborTable.load(path)
+    return cached
   extractor = extractor or build_lib.create_extractor(config)
   index, count = jax.process_index(), jax.process_count()
   part = path.with_name(f"{path.stem}.part-{index:05d}-of-{count:05d}.npz")
-  if not part.exists():
+  if _load_cached(part, database=database, k=k) is None:
     settings = dataclasses.replace(input_pipeline.DataSettings.from_config(data_config),
                                    augment=False)
     ds = input_pipeline.create_eval_dataset(settings, batch_size=extractor.batch_size,
