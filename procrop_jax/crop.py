@@ -234,34 +234,43 @@ class Cropper:
     canvas, valid_hw = photos.canvas(image, self.predictor.image_size)
     return _Prepared(canvas, valid_hw, image.size)
 
-  def _predict(self, batch: list[_Prepared], boxes: np.ndarray | None = None
-               ) -> dict[str, np.ndarray]:
+  def _predict(self, batch: list[_Prepared], boxes: np.ndarray | None = None,
+               features: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Predicts on a batch padded to batch_size, so that every call has the same shapes."""
     n = len(batch)
-    size = max(self.batch_size, n)
-    canvases = np.stack([p.canvas for p in batch] + [batch[0].canvas] * (size - n))
-    valid = np.stack([p.valid_hw for p in batch] + [batch[0].valid_hw] * (size - n))
+    canvases, valid = self._padded(batch)
     if boxes is not None:
-      boxes = np.concatenate([boxes, np.repeat(boxes[:1], size - n, 0)])
-    outputs = self.predictor.predict(canvases, valid, boxes)
+      boxes = np.concatenate([boxes, np.repeat(boxes[:1], len(canvases) - n, 0)])
+    outputs = self.predictor.predict(canvases, valid, boxes, features=features)
     return {k: v[:n] for k, v in outputs.items()}
+
+  def _padded(self, batch: list[_Prepared]) -> tuple[np.ndarray, np.ndarray]:
+    size = max(self.batch_size, len(batch))
+    pad = [batch[0]] * (size - len(batch))
+    return (np.stack([p.canvas for p in batch + pad]),
+            np.stack([p.valid_hw for p in batch + pad]))
 
   def crop_batch(self, batch: list[_Prepared], targets: Sequence[Target], *, top_k: int
                  ) -> list[dict[str, list[Crop]]]:
     """For each photo, target label -> its top_k crops, best first."""
     results: list[dict[str, list[Crop]]] = [{} for _ in batch]
+    ratios = [t for t in targets if t.ratio is not None]
+    # Fixed aspects take two more passes on the same photos: run their backbone once.
+    features = None
+    if ratios and self.predictor.reuses_features:
+      features = self.predictor.features(self._padded(batch)[0])
     # Free proposals: the free crops, and (snapped) candidates of every fixed ratio.
-    proposals = self._predict(batch)
+    proposals = self._predict(batch, features=features)
     proposals_px = [proposals["boxes"][i].astype(np.float64) * (p.size * 2)
                     for i, p in enumerate(batch)]
     if any(t.ratio is None for t in targets):
       for i, p in enumerate(batch):
         boxes = np.array([aspect.snap_box(b, p.size) for b in proposals_px[i]], np.float64)
         results[i]["free"] = self._top(boxes, proposals["scores"][i], top_k, "free")
-    ratios = [t for t in targets if t.ratio is not None]
     if ratios:
-      chosen = aspect.choose(lambda given: self._predict(batch, given)["scores"], proposals_px,
-                             [p.size for p in batch], [[t.ratio for t in ratios]] * len(batch))
+      chosen = aspect.choose(
+          lambda given: self._predict(batch, given, features=features)["scores"], proposals_px,
+          [p.size for p in batch], [[t.ratio for t in ratios]] * len(batch))
       for i in range(len(batch)):
         for j, t in enumerate(ratios):
           boxes, scores = chosen[i][j]

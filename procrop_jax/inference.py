@@ -33,6 +33,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from procrop_jax import evaluate
+from procrop_jax import feature_cache
 from procrop_jax import input_pipeline
 from procrop_jax import model_zoo
 from procrop_jax import sharding
@@ -258,14 +259,43 @@ class Predictor:
     tokens = self.retriever(batch["image"], batch["image_valid_hw"])["reference_tokens"]
     return {**batch, "reference_tokens": tokens}
 
+  @property
+  def reuses_features(self) -> bool:
+    """Whether `features` can stand in for the images in `predict` (not with flip averaging,
+    whose mirrored pass needs the pixels)."""
+    return not train.inference_options(self.config)["flip"]
+
+  @functools.cached_property
+  def _features_step(self) -> Callable:
+    def extract(state, images):
+      model = nnx.merge(self.graphdef, state["params"], self.rng_state, state["rest"])
+      return {feature_cache.FEATURE_PREFIX + k: v.astype(jnp.float32)
+              for k, v in model.backbone_features(images).items()}
+    return jax.jit(extract, in_shardings=(self._replicated, self._batch_sharding),
+                   out_shardings=self._batch_sharding)
+
+  def features(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    """The backbone's maps of a batch of canvases, for several `predict` calls on the same
+    photos (proposals, then candidate boxes): the backbone, most of a forward pass, runs once."""
+    n = images.shape[0]
+    images = np.asarray(images, np.float32)
+    pad = -n % self.num_devices
+    if pad:  # Repeat the last canvas: its maps are dropped below.
+      images = np.concatenate([images, np.repeat(images[-1:], pad, 0)])
+    maps = self._features_step(self.state, self.to_device({"image": images})["image"])
+    return {k: np.asarray(v)[:n] for k, v in jax.device_get(maps).items()}
+
   def predict(self, images: np.ndarray, image_valid_hw: np.ndarray,
-              boxes: np.ndarray | None = None) -> dict[str, np.ndarray]:
+              boxes: np.ndarray | None = None,
+              features: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Crops for a batch of canvases, on the host.
 
     Args:
       images: [B, S, S, 3] float32 canvases in [0, 1] (`photos.canvas`).
       image_valid_hw: [B, 2] the photo's (h, w) as a fraction of S.
       boxes: optional [B, Q, 4] normalised xyxy boxes to score instead of proposing.
+      features: optional `self.features(images)`: the backbone is then skipped (needs
+        `reuses_features`).
 
     Returns:
       "boxes" [B, N, 4] normalised xyxy and "scores" [B, N] in [0, 1] (N = the model's queries,
@@ -273,14 +303,22 @@ class Predictor:
       fixed across calls to compile once.
     """
     n = images.shape[0]
-    batch = {"image": np.asarray(images, np.float32),
-             "image_valid_hw": np.asarray(image_valid_hw, np.float32)}
+    batch = {"image_valid_hw": np.asarray(image_valid_hw, np.float32)}
+    if features is None or self.retriever is not None:  # Retrieval embeds the images.
+      batch["image"] = np.asarray(images, np.float32)
+    if features is not None:
+      if not self.reuses_features:
+        raise ValueError("features cannot replace the images with config.inference.flip: the "
+                         "mirrored pass needs the pixels")
+      batch.update(features)
     if boxes is not None:
       batch["boxes"] = np.asarray(boxes, np.float32)
     pad = -n % self.num_devices
     if pad:  # Repeat the last example: its outputs are dropped below.
       batch = {k: np.concatenate([v, np.repeat(v[-1:], pad, 0)]) for k, v in batch.items()}
     batch = self.add_references(batch)
+    if features is not None:
+      batch.pop("image", None)
     outputs = jax.device_get(self.predict_device(self.to_device(batch), boxes is not None))
     return {k: np.asarray(v)[:n] for k, v in outputs.items()}
 

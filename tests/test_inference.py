@@ -75,3 +75,19 @@ def test_workdir_without_checkpoint_is_a_clear_error(tmp_path, tiny_config):
   inference.write_config(tiny_config, tmp_path)
   with pytest.raises(FileNotFoundError, match="No checkpoint"):
     inference.Predictor.from_workdir(tmp_path)
+
+
+@pytest.mark.slow
+def test_reused_backbone_features_predict_as_the_images_do(predictor):
+  rng = np.random.default_rng(1)
+  s = predictor.image_size
+  images = rng.uniform(0, 1, (2, s, s, 3)).astype(np.float32)
+  valid = np.array([[1.0, 0.75], [0.5, 1.0]], np.float32)
+  boxes = np.tile(np.array([[0.1, 0.1, 0.9, 0.8], [0.2, 0.3, 0.6, 0.9]], np.float32), (2, 1, 1))
+  features = predictor.features(images)
+  assert predictor.reuses_features
+  for given in (None, boxes):
+    plain = predictor.predict(images, valid, given)
+    reused = predictor.predict(images, valid, given, features=features)
+    for key in ("boxes", "scores"):
+      np.testing.assert_allclose(reused[key], plain[key], atol=1e-5)
