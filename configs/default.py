@@ -120,6 +120,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.log_every = 10
   config.train.checkpoint_every = 50
   config.train.keep_checkpoints = 3
+  # Fine-tuning: start from a trained model's parameters (a workdir or a shipped model's name);
+  # ignored when the workdir has a checkpoint to resume from. Empty: from ImageNet weights.
+  config.train.init_from = ""
   config.train.eval_every = 50
 
   # ---------------------------------------------------------------- mesh

@@ -340,6 +340,22 @@ class Predictor:
                                    batch_transform=self.with_references)
 
 
+def trained_params(source: str) -> Any:
+  """The parameters (EMA ones where kept) of a trained model, as an nnx.State on the host.
+
+  `source` is a training workdir (its best checkpoint, else its latest) or a shipped model's
+  name or folder (`model_zoo`). For `config.train.init_from`: fine-tuning starts from these.
+  """
+  if os.path.isdir(os.path.join(source, "checkpoints")):
+    try:
+      predictor = Predictor.from_workdir(source, best=True)
+    except FileNotFoundError:  # No evaluation kept a best checkpoint.
+      predictor = Predictor.from_workdir(source)
+  else:
+    predictor = Predictor.from_pretrained(source)
+  return jax.device_get(predictor.state["params"])
+
+
 def evaluate_checkpoint(config: ml_collections.ConfigDict | None, workdir: str, *,
                         best: bool = False) -> dict[str, dict[str, Any]]:
   """`main --mode=eval`: the latest (or best) checkpoint on every configured benchmark.

@@ -335,6 +335,30 @@ class Trainer:
                        out_shardings=replicated)
         for given in (False, True)}
 
+  def initialize_from(self, source: str) -> None:
+    """Starts from a trained model's parameters (fine-tuning; `config.train.init_from`): a
+    workdir's best (else latest) checkpoint or a shipped model. The optimizer starts afresh.
+
+    Raises:
+      ValueError: the trained model's parameters do not fit this config's model.
+    """
+    from procrop_jax import inference  # pylint: disable=g-import-not-at-top  (imports train)
+    trained = inference.trained_params(source)
+    ours = {"/".join(map(str, k)): v.shape for k, v in nnx.to_flat_state(self.state["params"])}
+    theirs = {"/".join(map(str, k)): v.shape for k, v in nnx.to_flat_state(trained)}
+    if ours != theirs:
+      differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+      raise ValueError(f"config.train.init_from={source!r}: its parameters do not fit this "
+                       f"model ({len(differ)} differ, e.g. {', '.join(differ[:3])}); use the "
+                       "same config.model fields")
+    params = _put(jax.tree.map(jnp.asarray, trained), self.state_shardings["params"])
+    self.state["params"] = params
+    self.state["opt_state"] = self._on_mesh(
+        jax.jit(self.tx.init)(params), sharding.replicated(self.mesh))
+    if "ema_params" in self.state:
+      self.state["ema_params"] = jax.tree.map(jnp.copy, params)
+    logging.info("Initialised the parameters from %s.", source)
+
   def _on_mesh(self, tree: Any, fallback: jax.sharding.NamedSharding) -> Any:
     """Leaves whose sharding XLA did not tie to the mesh (e.g. step counts) get `fallback`."""
     def place(x):
@@ -601,6 +625,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     start_step = int(trainer.state["step"])
     logging.info("Resumed from %s at step %d (data position %s).", manager.directory,
                  start_step, meta.get("examples_seen"))
+  elif config.train.get("init_from"):
+    trainer.initialize_from(config.train.init_from)
   if is_chief:  # Steps logged after the restored checkpoint are about to be trained again.
     truncate_metrics_log(metrics_path, start_step)
   num_params = sum(x.size for x in jax.tree.leaves(trainer.state["params"]))

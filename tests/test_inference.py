@@ -91,3 +91,22 @@ def test_reused_backbone_features_predict_as_the_images_do(predictor):
     reused = predictor.predict(images, valid, given, features=features)
     for key in ("boxes", "scores"):
       np.testing.assert_allclose(reused[key], plain[key], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_fine_tuning_starts_from_a_trained_run(tiny_trained_workdir, tiny_config, tmp_path):
+  trained = inference.trained_params(str(tiny_trained_workdir))
+  config = tiny_config.copy_and_resolve_references()
+  config.optim.ema_decay = 0.9
+  trainer = train.Trainer(config, str(tmp_path / "fine_tune"))
+  before = jax.tree.leaves(trainer.state["params"])
+  trainer.initialize_from(str(tiny_trained_workdir))
+  for got, want, fresh in zip(jax.tree.leaves(trainer.state["params"]),
+                              jax.tree.leaves(trained), before):
+    np.testing.assert_array_equal(got, want)
+  assert any(not np.array_equal(a, b) for a, b in zip(before, jax.tree.leaves(trained)))
+  for got, want in zip(jax.tree.leaves(trainer.state["ema_params"]), jax.tree.leaves(trained)):
+    np.testing.assert_array_equal(got, want)
+  config.model.d_model = 64  # Another architecture: a clear error, not a silent partial load.
+  with pytest.raises(ValueError, match="init_from.*do not fit"):
+    train.Trainer(config, str(tmp_path / "other")).initialize_from(str(tiny_trained_workdir))
