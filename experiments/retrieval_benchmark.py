@@ -25,7 +25,7 @@ import time
 from absl import app
 from absl import flags
 import numpy as np
-import scann  # pylint: disable=unused-import  (imported here so build_seconds excludes it)
+import scann  # pylint: disable=unused-import  (the [scann] extra; imported here so build_seconds excludes it)
 
 from procrop_jax.retrieval import index as index_lib
 

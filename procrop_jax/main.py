@@ -116,7 +116,10 @@ def main(argv) -> None:
     _record_command(FLAGS.workdir)
   module_name, function_name = MODES[FLAGS.mode]
   module = __import__(module_name, fromlist=[function_name])
-  getattr(module, function_name)(config, FLAGS.workdir)
+  try:
+    getattr(module, function_name)(config, FLAGS.workdir)
+  except getattr(module, "ConfigChangedError", ()) as e:  # Resumed with another model.
+    sys.exit(f"error: {e}")
 
 
 def run() -> None:

@@ -579,6 +579,116 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict | None, workdir: str
   return inference.evaluate_checkpoint(config, workdir)
 
 
+# -------------------------------------------------------------------- the run describes itself
+# Fields that shape the model's parameters: the checkpoints of a run cannot be restored into a
+# model built with other values.
+MODEL_FIELDS = ("model.", "data.image_size", "retrieval.tokens_grid")
+# Fields of the optimisation schedule: a resumed run may change them, but its curves then stop
+# describing one recipe.
+SCHEDULE_FIELDS = ("optim.", "train.")
+# Changing these at a resume changes neither the model nor the schedule.
+_UNCHECKED_FIELDS = ("train.profile_steps",)
+
+
+class ConfigChangedError(ValueError):
+  """A resumed run's config changes the model its checkpoints were trained with."""
+
+
+def _flat_config(tree: Any, prefix: str = "") -> dict[str, Any]:
+  """{"model.d_model": 256, ...}; sequences as lists (as config.json stores them)."""
+  if isinstance(tree, dict):
+    out = {}
+    for key, value in tree.items():
+      out.update(_flat_config(value, f"{prefix}{key}."))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def _config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The resolved config as WORKDIR/config.json holds it (tuples as lists)."""
+  return json.loads(json.dumps(config.copy_and_resolve_references().to_dict(), default=list))
+
+
+def check_resumed_config(saved: dict[str, Any], config: ml_collections.ConfigDict, *,
+                         source: str = "config.json") -> list[str]:
+  """Compares a resumed run's config with the one its checkpoints were trained with.
+
+  Only fields both configs have are compared (a field added to the code since is no change).
+
+  Args:
+    saved: what the run wrote to WORKDIR/config.json when it started.
+    config: the config it resumes with.
+    source: where `saved` came from, for the messages.
+
+  Returns:
+    The schedule fields that changed (each also logged as a warning).
+
+  Raises:
+    ConfigChangedError: a model field changed (one line naming every such field).
+  """
+  before, now = _flat_config(saved), _flat_config(_config_json(config))
+  changed = [k for k in sorted(set(before) & set(now))
+             if before[k] != now[k] and not k.startswith(_UNCHECKED_FIELDS)]
+  model = [k for k in changed if k.startswith(MODEL_FIELDS)]
+  if model:
+    raise ConfigChangedError(
+        f"resuming with a different model than the checkpoints' ({source}): "
+        + ", ".join(f"{k} {before[k]!r} -> {now[k]!r}" for k in model)
+        + "; use a new --workdir, or the run's own values")
+  schedule = [k for k in changed if k.startswith(SCHEDULE_FIELDS)]
+  for key in schedule:
+    logging.warning("Resuming with %s=%r instead of %r (%s): the schedule changes mid-run.",
+                    key, now[key], before[key], source)
+  return schedule
+
+
+def _has_checkpoints(workdir: str) -> bool:
+  directory = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
+def _hparams(config: ml_collections.ConfigDict) -> dict[str, bool | int | float | str]:
+  """The config as TensorBoard hyperparameters (scalars; anything else as its text)."""
+  return {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
+          for k, v in _flat_config(_config_json(config)).items()}
+
+
+class _StepProfiler:
+  """Traces the train steps `config.train.profile_steps` = (start, stop) into WORKDIR/profile."""
+
+  def __init__(self, profile_steps: Any, workdir: str):
+    steps = tuple(profile_steps or ())
+    if steps and (len(steps) != 2 or not all(isinstance(s, int) for s in steps)
+                  or not 0 <= steps[0] < steps[1]):
+      raise ValueError(f"config.train.profile_steps={profile_steps!r}: expected (start, stop) "
+                       "with 0 <= start < stop, or () for no profile")
+    self.start, self.stop = steps or (0, 0)
+    self.directory = os.path.join(workdir, "profile")
+    self.active = False
+
+  def __call__(self, step: int, state: Any) -> None:
+    """Called before each train step with the step counter and the state it starts from."""
+    if not self.active and self.start <= step < self.stop:
+      logging.info("Profiling steps %d -> %d into %s.", step, self.stop, self.directory)
+      jax.profiler.start_trace(self.directory)
+      self.active = True
+    elif self.active and step >= self.stop:
+      self.close(state)
+
+  def close(self, state: Any = None) -> None:
+    if self.active:
+      if state is not None:
+        jax.block_until_ready(state)  # The traced steps run asynchronously: wait for them.
+      jax.profiler.stop_trace()
+      self.active = False
+
+  def __enter__(self) -> "_StepProfiler":
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()  # Training failed mid-profile: keep what was traced.
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (resuming from the latest checkpoint in `workdir`) and evaluates.
 
@@ -591,6 +701,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   Raises:
     artifacts.WorkdirInUseError: another live run holds the workdir.
+    ConfigChangedError: resuming with a model config other than the checkpoints'.
   """
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() != 0:
@@ -601,11 +712,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   is_chief = jax.process_index() == 0
+  profiler = _StepProfiler(config.train.get("profile_steps", ()), workdir)
+  config_path = os.path.join(workdir, "config.json")
+  if os.path.isfile(config_path) and _has_checkpoints(workdir):  # A resume: same model?
+    with open(config_path) as f:
+      check_resumed_config(json.load(f), config, source=config_path)
+  if jax.process_count() > 1:  # Every process has read the old config before it is replaced.
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices("procrop_jax: config checked")
   if is_chief:  # The run describes itself: eval, crop and the Predictor read this back.
-    artifacts.atomic_write_json(os.path.join(workdir, "config.json"),
-                                config.copy_and_resolve_references().to_dict(), indent=2,
-                                default=list)
+    artifacts.atomic_write_json(config_path, config.copy_and_resolve_references().to_dict(),
+                                indent=2, default=list)
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+  if is_chief:
+    writer.write_hparams(_hparams(config))
   metrics_path = os.path.join(workdir, "metrics.jsonl")
 
   # Data first: building the embedded default's dataset is the slow part of a first run.
@@ -656,8 +776,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   last_metrics: dict[str, float] = {}
   pending = None  # (step, metrics) of the previous step: checked one step late to keep pipelining.
   step = start_step
-  with metric_writers.ensure_flushes(writer), _finish_saves(manager, best_tracker.manager):
+  with (metric_writers.ensure_flushes(writer), _finish_saves(manager, best_tracker.manager),
+        profiler):
     while step < config.train.num_steps:
+      profiler(step, trainer.state)
       batch = trainer.device_batch(next(train_iter))
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         trainer.state, metrics = trainer.train_step(trainer.state, batch)
@@ -683,6 +805,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
                                  metrics_path if is_chief else None)
       if is_save:
         save(step, force=is_last)
+    profiler.close(trainer.state)
 
   summary = {"step": step, "metrics": last_metrics,
              "train_step_compilations": trainer.train_step._cache_size()}  # pylint: disable=protected-access

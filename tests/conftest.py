@@ -3,6 +3,7 @@
 The flag must be set before JAX initialises its backends, hence at import time here.
 """
 
+import importlib.util
 import os
 import pathlib
 
@@ -15,6 +16,9 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 import pytest  # pylint: disable=g-import-not-at-top
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+# ScaNN is the optional `scann` extra (Linux x86-64 wheels only); its tests skip without it.
+HAS_SCANN = importlib.util.find_spec("scann") is not None
+requires_scann = pytest.mark.skipif(not HAS_SCANN, reason="scann is not installed (the [scann] extra)")
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 

@@ -33,3 +33,31 @@ def test_unknown_protocol_is_refused_with_the_choices():
 def test_result_file_names_are_filesystem_safe():
   assert evaluate.result_filename("fcdb", "train[85%:]") == "fcdb_train_85pct_.json"
   assert pathlib.Path(evaluate.result_filename("gaicd", "test")).name == "gaicd_test.json"
+
+
+@pytest.mark.parametrize("name, devices, per_device", [
+    ("fcdb_gpu8", 8, 16), ("fcdb_gpu_multihost", 32, 8), ("fcdb_tpu_v5e", 16, 16)])
+def test_cluster_configs_split_their_batches_over_their_devices(name, devices, per_device):
+  import math  # pylint: disable=g-import-not-at-top
+  config = importlib.import_module(f"configs.{name}").get_config()
+  shape = [devices // math.prod(s for s in config.mesh.shape if s != -1) if s == -1 else s
+           for s in config.mesh.shape]
+  assert math.prod(shape) == devices
+  data = shape[list(config.mesh.axes).index("data")]
+  assert config.train.batch_size == data * per_device
+  assert config.eval.batch_size % data == 0
+  # The fcdb.py recipe, in as many epochs: steps x batch unchanged.
+  from configs import fcdb  # pylint: disable=g-import-not-at-top
+  base = fcdb.get_config()
+  assert (config.train.num_steps * config.train.batch_size
+          == base.train.num_steps * base.train.batch_size)
+  assert config.data.dataset == "fcdb" and config.model.to_dict() == base.model.to_dict()
+
+
+def test_the_8_gpu_mesh_builds_on_8_devices():
+  import jax  # pylint: disable=g-import-not-at-top
+  from configs import fcdb_gpu8  # pylint: disable=g-import-not-at-top
+  from procrop_jax import sharding  # pylint: disable=g-import-not-at-top
+  config = fcdb_gpu8.get_config()
+  mesh = sharding.create_mesh(config.mesh.shape, config.mesh.axes, jax.devices()[:8])
+  assert dict(mesh.shape) == {"data": 8, "model": 1}

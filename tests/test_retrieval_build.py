@@ -10,6 +10,7 @@ from configs import testing
 from procrop_jax.retrieval import build
 from procrop_jax.retrieval import database as database_lib
 from procrop_jax.retrieval import neighbors
+from tests.conftest import HAS_SCANN
 
 
 def _photos(folder, n=10):
@@ -47,7 +48,7 @@ def test_build_index_load_and_precompute_neighbours(config, tmp_path):
   directory = build.build_index(config, str(tmp_path / "workdir"))
   assert directory == build.pathlib.Path(config.retrieval.index_dir)
   db = build.load_database(config)
-  assert db.num_photos == 10 and db.index.method == "brute_force"
+  assert db.num_photos == 10 and db.index.method == ("brute_force" if HAS_SCANN else "exact")
   assert db.token_shape == (config.retrieval.tokens_grid ** 2, 1280)
   # 2x2 x 1280 float16 tokens = 10 KB/photo here (40 KB at the default 4x4).
   tokens_file = next((directory / database_lib.SHARDS_DIR).glob("*.tokens.npy"))

@@ -8,6 +8,7 @@ import pytest
 from configs import testing
 from procrop_jax.retrieval import database as database_lib
 from procrop_jax.retrieval import neighbors
+from tests.conftest import HAS_SCANN, requires_scann
 
 T, C = 4, 24  # 2x2 tokens of 24 channels: small stand-ins for 4x4 x 1280.
 
@@ -30,7 +31,11 @@ def _ids(n):
   return [f"photos/pro {i:03d}.jpg" for i in range(n)]
 
 
-def _database(n=60, method="brute_force"):
+# ScaNN's brute force where the [scann] extra is installed, else the exact fallback.
+_SEARCH = "brute_force" if HAS_SCANN else "exact"
+
+
+def _database(n=60, method=_SEARCH):
   return database_lib.ReferenceDatabase.from_tokens(
       _ids(n), _tokens(n), metadata=database_lib.expected_metadata(_config()),
       index_method=method)
@@ -44,7 +49,7 @@ def test_photo_keys_and_exclusion_ids():
   assert database_lib.exclusion_ids("pro-007") == ("pro-007",)
 
 
-@pytest.mark.parametrize("method", ["exact", "brute_force"])
+@pytest.mark.parametrize("method", ["exact", pytest.param("brute_force", marks=requires_scann)])
 def test_search_is_exact_on_a_small_database(method):
   db = _database(method=method)
   queries = db.embed_tokens(_tokens(10, seed=1))

@@ -4,6 +4,10 @@ import numpy as np
 import pytest
 
 from procrop_jax.retrieval import index as index_lib
+from tests.conftest import requires_scann
+
+SCANN = pytest.param("scann", marks=requires_scann)
+BRUTE_FORCE = pytest.param("brute_force", marks=requires_scann)
 
 
 def _unit(x):
@@ -43,7 +47,7 @@ def test_exact_search_pads_when_database_is_small():
   np.testing.assert_array_equal(rows[:, 0], [0, 1, 2])
 
 
-@pytest.mark.parametrize("method", ["exact", "brute_force"])
+@pytest.mark.parametrize("method", ["exact", BRUTE_FORCE])
 def test_small_database_search_is_exact(method):
   db = _clustered(500, 32)
   queries = _clustered(40, 32, seed=2)
@@ -52,10 +56,12 @@ def test_small_database_search_is_exact(method):
   np.testing.assert_array_equal(rows, _full_sort(db, queries, 10))
 
 
+@requires_scann
 def test_auto_picks_brute_force_for_small_sets():
   assert index_lib.build_index(_clustered(100, 8)).method == "brute_force"
 
 
+@requires_scann
 def test_scann_tree_ah_has_high_recall():
   db = _clustered(30_000, 32)
   queries = _clustered(200, 32, seed=3)
@@ -66,7 +72,7 @@ def test_scann_tree_ah_has_high_recall():
   assert recall >= 0.97, recall
 
 
-@pytest.mark.parametrize("method", ["exact", "brute_force", "scann"])
+@pytest.mark.parametrize("method", ["exact", BRUTE_FORCE, SCANN])
 def test_excluded_rows_are_never_returned(method):
   db = _clustered(25_000 if method == "scann" else 400, 16)
   queries = db[:30]  # Each query is a database row: without exclusion it finds itself first.
@@ -80,6 +86,7 @@ def test_excluded_rows_are_never_returned(method):
     np.testing.assert_array_equal(rows, _full_sort(db, queries, 8, exclude))
 
 
+@requires_scann
 def test_exclusion_leaves_fewer_rows_than_k_in_a_tiny_database():
   db = _clustered(4, 8)
   index = index_lib.build_index(db, method="brute_force")
@@ -104,7 +111,7 @@ def test_short_approximate_results_fall_back_to_exact_search():
   np.testing.assert_array_equal(rows, _full_sort(db, db[:5], 6, [[i] for i in range(5)]))
 
 
-@pytest.mark.parametrize("method", ["exact", "brute_force", "scann"])
+@pytest.mark.parametrize("method", ["exact", BRUTE_FORCE, SCANN])
 def test_save_load_gives_identical_results(method, tmp_path):
   db = _clustered(25_000 if method == "scann" else 300, 16)
   queries = _clustered(64, 16, seed=4)
@@ -131,6 +138,7 @@ def test_query_dimension_is_checked():
     index.search(np.zeros((2, 9), np.float32), 3)
 
 
+@requires_scann
 def test_an_index_with_a_pickled_docid_file_is_refused_without_running_it(tmp_path):
   import pickle  # pylint: disable=g-import-not-at-top
   db = _clustered(300, 16)
@@ -147,3 +155,47 @@ def test_an_index_with_a_pickled_docid_file_is_refused_without_running_it(tmp_pa
   with pytest.raises(ValueError, match="scann_docids.pkl"):
     index_lib.load_index(tmp_path / "index", db)
   assert not marker.exists()
+
+
+class TestWithoutScann:
+  """ScaNN is an optional extra (Linux x86-64 only): without it the search is exact."""
+
+  @pytest.fixture(autouse=True)
+  def _no_scann(self, monkeypatch):
+    # None in sys.modules makes `import scann` raise ImportError, as on a machine without it.
+    monkeypatch.setitem(__import__("sys").modules, "scann", None)
+
+  def test_auto_falls_back_to_exact_search(self):
+    db = _clustered(300, 16)
+    queries = _clustered(20, 16, seed=5)
+    index = index_lib.build_index(db, method="auto")
+    assert index.method == "exact"
+    rows, _ = index.search(queries, 5, exclude_rows=[[0]] * 20)
+    np.testing.assert_array_equal(rows, _full_sort(db, queries, 5, [[0]] * 20))
+
+  @pytest.mark.parametrize("method", ["brute_force", "scann"])
+  def test_asking_for_scann_by_name_says_how_to_install_it(self, method):
+    with pytest.raises(ImportError, match=r"pip install 'procrop_jax\[scann\]'"):
+      index_lib.build_index(_clustered(50, 8), method=method)
+
+  def test_a_saved_scann_index_loads_as_exact_search(self, tmp_path, monkeypatch):
+    db = _clustered(300, 16)
+    queries = _clustered(20, 16, seed=6)
+    # What a machine with ScaNN saved (brute force: the same neighbours as exact search).
+    (tmp_path / "index").mkdir()
+    (tmp_path / "index" / "index.json").write_text('{"method": "brute_force", "params": {}}')
+    loaded = index_lib.load_index(tmp_path / "index", db)
+    assert loaded.method == "exact"
+    np.testing.assert_array_equal(loaded.search(queries, 5)[0], _full_sort(db, queries, 5))
+
+
+
+def test_no_module_imports_scann_at_import_time():
+  """Only index.py's functions import scann, so everything else works without the extra."""
+  import ast  # pylint: disable=g-import-not-at-top
+  from tests.conftest import REPO_ROOT  # pylint: disable=g-import-not-at-top
+  for path in (REPO_ROOT / "procrop_jax").rglob("*.py"):
+    for node in ast.parse(path.read_text()).body:  # Module level only.
+      names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+               [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+      assert not any(n.split(".")[0] == "scann" for n in names), path

@@ -7,6 +7,12 @@ Two searchers share one interface (`search(queries, k, exclude_rows=...)`, maxim
   ScaNN's exact brute-force mode. `build_index(..., method="auto")` picks between them.
 * `exact_search`: a numpy matrix product plus a partial sort, used as the exact reference (tests,
   benchmark) and as the fallback when an approximate search returns too few rows after exclusion.
+  `ExactIndex` searches with it alone.
+
+ScaNN is optional (the `scann` extra: wheels for Linux x86-64 only) and imported only here, when
+an index is built or loaded. Without it, `method="auto"` and loading a saved ScaNN index fall
+back to `ExactIndex` (the same neighbours as brute force; slower than the tree on millions of
+rows); asking for "brute_force" or "scann" by name says how to install it.
 
 Exclusion works by over-fetching: a query that must not return `e` rows asks for `k + e`
 neighbours, drops the excluded ones and keeps the best `k`. Where that still leaves fewer than
@@ -22,12 +28,26 @@ import os
 import pathlib
 from typing import Any, Sequence
 
+from absl import logging
 import numpy as np
 
 # Below this many rows ScaNN's brute-force mode is as fast as the tree and exact.
 BRUTE_FORCE_MAX_ROWS = 20_000
 _INDEX_META = "index.json"
 _SCANN_DIR = "scann"
+
+
+SCANN_MISSING = ("ScaNN is not installed: pip install 'procrop_jax[scann]' (Linux x86-64 only), "
+                 "or use exact search (config.retrieval.search='exact' or 'auto')")
+
+
+def _import_scann() -> Any | None:
+  """The scann module, or None where it is not installed (macOS, other CPUs, no extra)."""
+  try:
+    import scann  # pylint: disable=g-import-not-at-top  (heavy, optional; only needed here)
+  except ImportError:
+    return None
+  return scann
 
 
 def _top_k_unsorted(scores: np.ndarray, k: int) -> np.ndarray:
@@ -241,8 +261,14 @@ class ScannIndex(Index):
   @classmethod
   def build(cls, embeddings: np.ndarray, *, method: str = "auto",
             params: dict[str, Any] | None = None, num_threads: int = 0) -> "ScannIndex":
-    """Builds a ScaNN searcher over `embeddings` ([N, D] float32, N > 0)."""
-    import scann  # pylint: disable=g-import-not-at-top  (heavy; only needed here)
+    """Builds a ScaNN searcher over `embeddings` ([N, D] float32, N > 0).
+
+    Raises:
+      ImportError: ScaNN is not installed.
+    """
+    scann = _import_scann()
+    if scann is None:
+      raise ImportError(SCANN_MISSING)
 
     embeddings = np.ascontiguousarray(embeddings, np.float32)
     num = embeddings.shape[0]
@@ -302,8 +328,11 @@ class ScannIndex(Index):
 
 def build_index(embeddings: np.ndarray, *, method: str = "auto",
                 params: dict[str, Any] | None = None, num_threads: int = 0) -> Index:
-  """Builds an index: "auto" (brute force up to 20K rows, else tree-AH), "brute_force",
-  "scann" (tree-AH) or "exact" (numpy, no ScaNN)."""
+  """Builds an index: "auto" (brute force up to 20K rows, else tree-AH; exact where ScaNN is not
+  installed), "brute_force", "scann" (tree-AH) or "exact" (numpy, no ScaNN)."""
+  if method == "auto" and _import_scann() is None:
+    logging.warning("%s; searching exactly.", SCANN_MISSING.split(":")[0])
+    method = "exact"
   if method == "exact":
     if embeddings.shape[0] == 0:
       raise ValueError("cannot build an index over an empty database")
@@ -321,7 +350,11 @@ def load_index(directory: str | os.PathLike[str], embeddings: np.ndarray, *,
   meta = json.loads(meta_path.read_text())
   if meta["method"] == "exact":
     return ExactIndex(embeddings)
-  import scann  # pylint: disable=g-import-not-at-top
+  scann = _import_scann()
+  if scann is None:  # The saved ScaNN files are not needed to search the same rows exactly.
+    logging.warning("%s; searching the %s index at %s exactly.", SCANN_MISSING.split(":")[0],
+                    meta["method"], directory)
+    return ExactIndex(embeddings)
 
   # ScaNN unpickles scann_docids.pkl when present: a shared or downloaded index could then run
   # code on load. procrop_jax never writes one (rows are the ids), so its presence is refused.
