@@ -1,6 +1,6 @@
 r"""The score-dependent protocols of a trained run on the FCDB validation slice.
 
-  python -m experiments.fcdb.score_protocols --workdir=workdirs/fcdb_cpu [--vote_iou=0.8]
+  python -m experiments.fcdb.score_protocols --workdir=workdirs/fcdb_cpu [--vote_iou=0.8] [--flip]
 
 Restores the run's best checkpoint (chosen on the validation slice during training) and prints
 one JSON line with the free crop's IoU / BDE / best-of-top-5 IoU, the pairwise accuracy of the
@@ -21,6 +21,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "The trained run.", required=Tru
 _BEST = flags.DEFINE_bool("best", True, "Best checkpoint (else the latest).")
 _VOTE_IOU = flags.DEFINE_float("vote_iou", None, "Box voting IoU (default: the run's own).")
 _PROTOCOLS = flags.DEFINE_string("protocols", "iou,pairs,aspect", "Protocols to run.")
+_FLIP = flags.DEFINE_bool("flip", None, "Test-time flip averaging (default: the run's own).")
 
 
 def main(argv):
@@ -32,13 +33,15 @@ def main(argv):
   config.eval.benchmarks[name]["protocols"] = _PROTOCOLS.value
   if _VOTE_IOU.value is not None:
     config.inference.vote_iou = _VOTE_IOU.value
+  if _FLIP.value is not None:
+    config.inference.flip = _FLIP.value
   predictor = inference.Predictor(base.model(), config, source=base.source, step=base.step)
   start = time.time()
   result = predictor.run_benchmarks(None)[name]
   keys = ("iou", "bde", "iou_top5", "pair_acc", "pair_acc_strong", "larger_acc", "num_pairs",
           "aspect_iou", "aspect_bde", "aspect_iou_top5")
   print(json.dumps({"workdir": _WORKDIR.value, "step": base.step,
-                    "vote_iou": config.inference.vote_iou,
+                    "vote_iou": config.inference.vote_iou, "flip": config.inference.flip,
                     **{k: round(result[k], 4) for k in keys if k in result},
                     "seconds": round(time.time() - start, 1)}), flush=True)
 
