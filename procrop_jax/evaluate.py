@@ -44,8 +44,6 @@ from procrop_jax import input_pipeline
 from procrop_jax import metrics
 
 PROTOCOLS = ("iou", "proposal", "ranking", "pairs", "aspect")
-# Metrics where lower is better (for best-checkpoint tracking).
-LOWER_IS_BETTER = frozenset({"bde"})
 
 # (device batch, score given boxes?) -> {"boxes": [B, N, 4] normalised, "scores": [B, N]}.
 PredictFn = Callable[[dict[str, jax.Array], bool], dict[str, jax.Array]]
@@ -293,8 +291,3 @@ def run_benchmarks(predict: PredictFn, config: ml_collections.ConfigDict, *,
     print(metrics.format_table(numeric, transpose=True), flush=True)
   return all_results
 
-
-def is_better(metric: str, value: float, best: float | None) -> bool:
-  if best is None or not np.isfinite(best):
-    return bool(np.isfinite(value))
-  return value < best if metric in LOWER_IS_BETTER else value > best

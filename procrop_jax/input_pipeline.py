@@ -46,6 +46,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from procrop_jax import sharding
+
 HOST_ONLY_KEYS = frozenset({"image_id"})
 # The map functions use TF ops only (no Python control flow on tensors): skipping
 # autograph's conversion makes building a pipeline several times faster.
@@ -489,12 +491,12 @@ def create_eval_iterator(config_data: Any, *, global_batch_size: int,
   return ds.as_numpy_iterator()
 
 
-def to_global_arrays(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh,
-                     data_axis: str | tuple[str, ...] = "data") -> dict[str, jax.Array]:
-  """Assembles each host's local batch into global arrays split over `data_axis`.
+def to_global_arrays(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh
+                     ) -> dict[str, jax.Array]:
+  """Assembles each host's local batch into global arrays split over the mesh's data axis.
 
   Host-only keys (`HOST_ONLY_KEYS`, e.g. image_id) are dropped.
   """
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(data_axis))
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+  batch_sharding = sharding.batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v))
           for k, v in batch.items() if k not in HOST_ONLY_KEYS}
