@@ -637,8 +637,7 @@ def crop_folder(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
                               "directory.")
     args = [crop_config.input_dir]
   else:
-    from procrop_jax.cad import sources  # pylint: disable=g-import-not-at-top
-    args = [str(p) for p in sources.skimage_photo_paths()]
+    args = [str(p) for p in photos.skimage_photo_paths()]
   output_dir = crop_config.output_dir or os.path.join(workdir, "crops")
   inputs, problems = photos.list_inputs(args, exclude=output_dir)
   if not inputs:

@@ -10,6 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from procrop_jax import datasets
+from procrop_jax import photos
 from procrop_jax.datasets import fcdb
 from procrop_jax.datasets import flms
 from procrop_jax.datasets import gaicd
@@ -245,8 +246,7 @@ def test_procrop_cad_lines(tmp_path):
 def test_photo_folder_skimage_config(tmp_path):
   builder = build(photo_folder.PhotoFolder, tmp_path / "unused", tmp_path / "tfds",
                   config="skimage")
-  from procrop_jax.cad import sources  # pylint: disable=g-import-not-at-top
-  assert builder.info.splits["train"].num_examples == len(sources.skimage_photo_paths())
+  assert builder.info.splits["train"].num_examples == len(photos.skimage_photo_paths())
   ex = builder.as_data_source("train")[0]
   assert ex["boxes"].shape == (0, 4) and ex["image"].shape[-1] == 3
 

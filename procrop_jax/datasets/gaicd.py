@@ -25,6 +25,7 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from procrop_jax import photos
 from procrop_jax.datasets import schema
 
 
@@ -106,7 +107,7 @@ def parse_txt_release(root: epath.PathLike) -> dict[str, list[dict[str, Any]]]:
   entries: dict[str, list[dict[str, Any]]] = {"train": [], "test": []}
   for split in entries:
     for image_path in sorted((root / "images" / split).glob("*")):
-      if image_path.suffix.lower() not in schema.IMAGE_EXTENSIONS:
+      if image_path.suffix.lower() not in photos.IMAGE_SUFFIXES:
         continue
       txt = root / "annotations" / f"{image_path.stem}.txt"
       if not txt.exists():

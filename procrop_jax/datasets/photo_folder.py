@@ -2,7 +2,7 @@
 
 Config `default` reads every image below the manual directory (recursively; the
 image_id is the path relative to it). Config `skimage` reads the natural photos that
-ship inside scikit-image (`procrop_jax.cad.sources.skimage_photo_paths`), the photos of
+ship inside scikit-image (`procrop_jax.photos.skimage_photo_paths`), the photos of
 the embedded default; it needs no manual directory. One split, `train`; every example
 has zero boxes.
 """
@@ -14,7 +14,7 @@ from typing import Any, Iterator, Sequence
 from etils import epath
 import tensorflow_datasets as tfds
 
-from procrop_jax.cad import sources
+from procrop_jax import photos as photos_lib
 from procrop_jax.datasets import schema
 
 
@@ -37,10 +37,10 @@ class PhotoFolder(schema.CropBuilder):
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     if self.builder_config.name == "skimage":
-      photos = [(p.name, epath.Path(p)) for p in sources.skimage_photo_paths()]
+      photos = [(p.name, epath.Path(p)) for p in photos_lib.skimage_photo_paths()]
     else:
       root = self._manual_dir(dl_manager)
-      photos = [(str(p.relative_to(root)), p) for p in schema.list_images(root)]
+      photos = [(str(p.relative_to(root)), p) for p in photos_lib.list_photos(root)]
       if not photos:
         raise FileNotFoundError(f"No images below {root}.")
     return {"train": self._generate_examples(photos, "train")}

@@ -24,23 +24,19 @@ from typing import Any, Iterator
 from etils import epath
 import tensorflow_datasets as tfds
 
+from procrop_jax import photos as photos_lib
 from procrop_jax.datasets import schema
-
-
-def photo_id(stem: str) -> str:
-  """`<id>_<k>` -> `<id>` (the photo the variant was made from)."""
-  head, sep, tail = stem.rpartition("_")
-  return head if sep and tail.isdigit() else stem
 
 
 def list_examples(root: epath.PathLike) -> list[dict[str, Any]]:
   """Pairs images with annotation files, in the stored (photo-grouped) order."""
   root = epath.Path(root)
   images = {p.stem: p for p in sorted((root / "images").glob("*"))
-            if p.suffix.lower() in schema.IMAGE_EXTENSIONS}
+            if p.suffix.lower() in photos_lib.IMAGE_SUFFIXES}
   notes = {p.stem: p for p in sorted((root / "annotations").glob("*.txt"))}
   stems = sorted(set(images) | set(notes),
-                 key=lambda s: (schema.stable_key(photo_id(s)), photo_id(s), s))
+                 key=lambda s: (schema.stable_key(photos_lib.source_photo_id(s)),
+                                photos_lib.source_photo_id(s), s))
   return [{"stem": s, "image": images.get(s), "annotation": notes.get(s)} for s in stems]
 
 

@@ -37,11 +37,11 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from procrop_jax import photos
+
 # Expert crops (FCDB, FLMS) and CAD lines without a score: the top of GAICD's 1-5 scale,
 # which is also what ProCrop's released CAD set assumes for a missing score.
 DEFAULT_SCORE = 5.0
-JPEG_QUALITY = 95
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 SKIP_REASONS = {
     "missing_file": "the annotation names an image that is not in the manual directory",
@@ -177,27 +177,6 @@ class LoadedImage:
   conversion: str | None  # E.g. "mode_CMYK", "format_PNG", "exif_orientation"; None if kept.
 
 
-def _to_rgb(image: Image.Image) -> tuple[Image.Image, str | None]:
-  """Converts any PIL mode to 8-bit RGB; returns the conversion's name or None."""
-  mode = image.mode
-  if mode == "RGB":
-    return image, None
-  if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-    # PIL's own convert clips 16-bit values at 255; scale to the type's range instead.
-    array = np.asarray(image).astype(np.float64)
-    top = 65535.0 if mode.startswith("I;16") else max(float(array.max()), 1.0)
-    if mode == "I" and array.max() <= 255:
-      top = 255.0
-    array = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return Image.fromarray(array, "L").convert("RGB"), f"mode_{mode}"
-  if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
-    # Transparent pixels are shown on white, as a browser would.
-    rgba = image.convert("RGBA")
-    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(background, rgba).convert("RGB"), f"mode_{mode}"
-  return image.convert("RGB"), f"mode_{mode}"
-
-
 def _is_placeholder(image: Image.Image) -> bool:
   small = image.reduce(max(1, min(image.size) // 96)) if min(image.size) >= 192 else image
   array = np.asarray(small)
@@ -223,7 +202,7 @@ def load_image(data: bytes, *, check_placeholder: bool = True) -> LoadedImage:
     image.load()  # A full decode: truncated files fail here, not at training time.
     orientation = int(image.getexif().get(0x0112, 1) or 1)
     stored_width, stored_height = image.size
-    image, conversion = _to_rgb(image)
+    image, conversion = photos.rgb_and_conversion(image)
     if orientation not in range(1, 9):
       orientation = 1
     if orientation != 1:
@@ -242,7 +221,7 @@ def load_image(data: bytes, *, check_placeholder: bool = True) -> LoadedImage:
     encoded = data  # Already an upright RGB JPEG: keep the original bytes.
   else:
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    image.save(buffer, format="JPEG", quality=photos.JPEG_QUALITY)
     encoded = buffer.getvalue()
   return LoadedImage(encoded=encoded, height=height, width=width,
                      stored_width=stored_width, stored_height=stored_height,
@@ -539,22 +518,6 @@ def parse_yxyx_lines(path: epath.PathLike, *, default_score: float = DEFAULT_SCO
   return np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(scores, np.float64)
 
 
-def list_images(root: epath.PathLike) -> list[epath.Path]:
-  """Every image file below `root`, recursively, in sorted order.
-
-  (epath's `rglob` is not available on every file system that TFDS supports.)
-  """
-  root = epath.Path(root)
-  if not root.exists():
-    return []
-  found = []
-  for folder, dirnames, filenames in root.walk():
-    dirnames.sort()
-    found.extend(epath.Path(folder) / f for f in filenames
-                 if epath.Path(f).suffix.lower() in IMAGE_EXTENSIONS)
-  return sorted(found)
-
-
 def index_images(root: epath.PathLike) -> dict[str, epath.Path]:
   """Maps each image file's name under `root` (recursively) to its path.
 
@@ -562,7 +525,7 @@ def index_images(root: epath.PathLike) -> dict[str, epath.Path]:
   builders name images by file name, as the benchmarks' annotation files do.
   """
   found: dict[str, epath.Path] = {}
-  for path in list_images(root):
+  for path in photos.list_photos(root):
     found.setdefault(path.name, path)
   return found
 

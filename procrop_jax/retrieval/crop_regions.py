@@ -31,8 +31,8 @@ import tensorflow_datasets as tfds
 import tqdm
 
 from procrop_jax import input_pipeline
+from procrop_jax import photos
 
-JPEG_QUALITY = 95
 
 
 def export_crop_regions(data_config: ml_collections.ConfigDict, split: str,
@@ -61,7 +61,7 @@ def export_crop_regions(data_config: ml_collections.ConfigDict, split: str,
     fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{target.name}.", suffix=".jpg")
     os.close(fd)
     try:
-      Image.fromarray(crop).save(tmp, format="JPEG", quality=JPEG_QUALITY)
+      Image.fromarray(crop).save(tmp, format="JPEG", quality=photos.JPEG_QUALITY)
       os.replace(tmp, target)
     finally:
       if os.path.exists(tmp):
