@@ -127,7 +127,7 @@ def non_max_suppression(boxes: np.ndarray, scores: np.ndarray, *, iou_threshold:
                         top_k: int) -> np.ndarray:
   """Indices of up to top_k boxes, best first, none overlapping a kept one above the threshold."""
   order = np.argsort(-scores, kind="stable")
-  ious = metrics.box_iou(boxes, boxes)
+  ious = metrics.pairwise_box_iou(boxes, boxes)
   kept: list[int] = []
   for i in order:
     if all(ious[i, j] <= iou_threshold for j in kept):

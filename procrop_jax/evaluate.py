@@ -30,7 +30,7 @@ import json
 import os
 import re
 import time
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from absl import logging
 import jax
@@ -288,6 +288,52 @@ def run_benchmarks(predict: PredictFn, config: ml_collections.ConfigDict, *,
   if all_results:
     numeric = {name: {k: v for k, v in r.items() if isinstance(v, (int, float)) and k != "step"}
                for name, r in all_results.items()}
-    print(metrics.format_table(numeric, transpose=True), flush=True)
+    print(format_table(numeric, transpose=True), flush=True)
   return all_results
 
+
+# ------------------------------------------------------------------------------------- printing
+def _format_value(value: Any, precision: int) -> str:
+  if value is None:
+    return "-"
+  if isinstance(value, (bool, np.bool_)):
+    return str(bool(value))
+  if isinstance(value, (int, np.integer)):
+    return str(int(value))
+  if isinstance(value, (float, np.floating)):
+    return f"{float(value):.{precision}f}"
+  return str(value)
+
+
+def format_table(results: Mapping[str, Mapping[str, Any]], *, precision: int = 4,
+                 transpose: bool = False) -> str:
+  """Formats metric dicts as an aligned plain-text table.
+
+  Args:
+    results: name (a model, dataset or protocol) -> metrics dict, e.g. a `result()`.
+    precision: decimals for floats; ints (counts) print as ints, missing values as "-".
+    transpose: False: one row per name, one column per metric (keys in first-seen order);
+      True: one row per metric, one column per name (better for many keys).
+
+  Returns:
+    The table, lines joined by newlines, no trailing newline.
+  """
+  names = list(results)
+  keys: list[str] = []
+  for metrics in results.values():
+    keys.extend(k for k in metrics if k not in keys)
+  cells = [[_format_value(results[name].get(key), precision) for key in keys] for name in names]
+  if transpose:
+    header = ["metric"] + names
+    rows = [[key] + [cells[i][j] for i in range(len(names))] for j, key in enumerate(keys)]
+  else:
+    header = [""] + keys
+    rows = [[name] + row for name, row in zip(names, cells)]
+  widths = [max(len(str(r[c])) for r in [header] + rows) for c in range(len(header))]
+
+  def line(row: Sequence[str]) -> str:
+    # First column (names) left-aligned, numbers right-aligned.
+    return "  ".join([row[0].ljust(widths[0])]
+                     + [v.rjust(w) for v, w in zip(row[1:], widths[1:])]).rstrip()
+
+  return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])

@@ -27,6 +27,7 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from procrop_jax import metrics
 from procrop_jax.datasets import schema
 
 _SPLIT_FILES = {
@@ -51,12 +52,11 @@ def parse_annotations(path: epath.PathLike) -> list[dict[str, Any]]:
     crop = schema.as_box_array(entry["crop"], path=path, line=line, what=f"entry {index} crop")
     if len(crop) != 1:
       raise schema.AnnotationError(path, line, f"entry {index}: expected one [x, y, w, h] crop")
-    x, y, w, h = crop[0]
     url = str(entry["url"])
     entries.append({
         "image_name": url.rstrip("/").rsplit("/", 1)[-1],
         "url": url,
-        "box_px": np.array([[x, y, x + w, y + h]], np.float64),
+        "box_px": metrics.xywh_to_xyxy(crop[:1]),
         "line": line,
     })
   return entries
@@ -88,7 +88,7 @@ def parse_ranking(path: epath.PathLike) -> dict[str, tuple[np.ndarray, np.ndarra
       if any(len(c) != 1 for c in crops) or min(count) < 0:
         raise schema.AnnotationError(path, line, f"{what}: expected one [x, y, w, h] per crop "
                                      "and non-negative votes")
-      boxes.append([[x, y, x + w, y + h] for x, y, w, h in (c[0] for c in crops)])
+      boxes.append([metrics.xywh_to_xyxy(c[0]) for c in crops])
       votes.append(count)
     name = str(entry["url"]).rstrip("/").rsplit("/", 1)[-1]
     pairs[name] = (np.array(boxes, np.float64).reshape(-1, 2, 4),
