@@ -15,10 +15,12 @@ from etils import epath
 import tensorflow_datasets as tfds
 
 from procrop_jax import photos as photos_lib
+from procrop_jax.datasets import crop_builder
+from procrop_jax.datasets import image_files
 from procrop_jax.datasets import schema
 
 
-class PhotoFolder(schema.CropBuilder):
+class PhotoFolder(crop_builder.CropBuilder):
   """Unlabelled photos in the common schema (no boxes)."""
 
   BUILDER_CONFIGS = [
@@ -51,8 +53,8 @@ class PhotoFolder(schema.CropBuilder):
 
     def load(item):
       image_id, path = item
-      return image_id, schema.build_example(image_id, schema.read_bytes(path), None, None,
-                                            stats, require_box=False)
+      return image_id, crop_builder.build_example(image_id, image_files.read_bytes(path), None,
+                                                  None, stats, require_box=False)
 
-    yield from self._counted(split, schema.ordered_map(load, photos, workers=self.WORKERS),
+    yield from self._counted(split, crop_builder.ordered_map(load, photos, workers=self.WORKERS),
                              stats)

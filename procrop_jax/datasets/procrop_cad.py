@@ -25,6 +25,9 @@ from etils import epath
 import tensorflow_datasets as tfds
 
 from procrop_jax import photos as photos_lib
+from procrop_jax.datasets import annotation_files
+from procrop_jax.datasets import crop_builder
+from procrop_jax.datasets import image_files
 from procrop_jax.datasets import schema
 
 
@@ -35,12 +38,12 @@ def list_examples(root: epath.PathLike) -> list[dict[str, Any]]:
             if p.suffix.lower() in photos_lib.IMAGE_SUFFIXES}
   notes = {p.stem: p for p in sorted((root / "annotations").glob("*.txt"))}
   stems = sorted(set(images) | set(notes),
-                 key=lambda s: (schema.stable_key(photos_lib.source_photo_id(s)),
+                 key=lambda s: (crop_builder.stable_key(photos_lib.source_photo_id(s)),
                                 photos_lib.source_photo_id(s), s))
   return [{"stem": s, "image": images.get(s), "annotation": notes.get(s)} for s in stems]
 
 
-class ProcropCad(schema.CropBuilder):
+class ProcropCad(crop_builder.CropBuilder):
   """ProCrop's composition-aware dataset (CAD) format."""
 
   DISABLE_SHUFFLING = True  # Keep the photo-grouped order (see the module docstring).
@@ -77,7 +80,7 @@ class ProcropCad(schema.CropBuilder):
     # at once, naming the file and line.
     for entry in entries:
       if entry["annotation"] is not None:
-        entry["boxes_px"], entry["scores"] = schema.parse_yxyx_lines(entry["annotation"])
+        entry["boxes_px"], entry["scores"] = annotation_files.parse_yxyx_lines(entry["annotation"])
     return {"train": self._generate_examples(entries, "train")}
 
   def _generate_examples(self, entries: list[dict[str, Any]],
@@ -90,9 +93,9 @@ class ProcropCad(schema.CropBuilder):
         stats.entry()
         stats.skip("missing_annotation", stem)
         return stem, None
-      return stem, schema.build_example(
-          stem, schema.read_bytes(entry["image"]), entry["boxes_px"], entry["scores"],
+      return stem, crop_builder.build_example(
+          stem, image_files.read_bytes(entry["image"]), entry["boxes_px"], entry["scores"],
           stats, require_first_box=True)
 
-    yield from self._counted(split, schema.ordered_map(load, entries, workers=self.WORKERS),
+    yield from self._counted(split, crop_builder.ordered_map(load, entries, workers=self.WORKERS),
                              stats)
