@@ -32,9 +32,9 @@ from procrop_jax import input_pipeline
 from procrop_jax import losses
 from procrop_jax import sharding
 from procrop_jax import tta
-from procrop_jax.models import pretrained
 from procrop_jax.models import procrop
 from procrop_jax.retrieval import references as references_lib
+from procrop_jax.weights import imagenet
 
 State = dict[str, Any]
 
@@ -50,7 +50,7 @@ def create_model(config: ml_collections.ConfigDict, *, seed: int | None = None,
   seed = config.seed if seed is None else seed
   model = procrop.ProCrop.from_config(config, rngs=nnx.Rngs(seed))
   if load_weights and config.model.pretrained:
-    pretrained.load_pretrained(model.backbone, config.model.backbone)
+    imagenet.load_pretrained(model.backbone, config.model.backbone)
   return model
 
 

@@ -50,6 +50,7 @@ import tqdm
 from procrop_jax import artifacts
 from procrop_jax.retrieval import database as database_lib
 from procrop_jax.retrieval import embedding as embedding_lib
+from procrop_jax.weights import imagenet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,8 +119,7 @@ SHARD_FORMAT_VERSION = 2
 def weights_fingerprint(config: Any) -> str:
   """Which backbone weights made the tokens: the pretrained file's sha256, or the random seed."""
   if config.model.get("pretrained", True):
-    from procrop_jax.models import pretrained  # pylint: disable=g-import-not-at-top
-    digest = pretrained.file_sha256(pretrained.checkpoint_path(config.model.backbone))
+    digest = artifacts.file_sha256(imagenet.checkpoint_path(config.model.backbone))
     return f"sha256:{digest[:16]}"
   return f"random:seed={config.get('seed', 0)}"
 
@@ -147,11 +147,10 @@ def create_backbone(config: Any):
   """The backbone whose stride-32 features the tokens are made of (frozen, inference mode)."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from procrop_jax.models import efficientnet_lite  # pylint: disable=g-import-not-at-top
-  from procrop_jax.models import pretrained  # pylint: disable=g-import-not-at-top
   backbone = efficientnet_lite.EfficientNetLite(config.model.backbone,
                                                 rngs=nnx.Rngs(config.get("seed", 0)))
   if config.model.get("pretrained", True):
-    pretrained.load_pretrained(backbone, config.model.backbone)
+    imagenet.load_pretrained(backbone, config.model.backbone)
   return backbone
 
 
