@@ -192,7 +192,7 @@ class Cropper:
   def from_workdir(cls, workdir: str | os.PathLike[str], *, best: bool = False,
                    config: ml_collections.ConfigDict | None = None, **kwargs) -> "Cropper":
     """The latest (or best) checkpoint of a training run, with the run's own config."""
-    from procrop_jax import inference  # pylint: disable=g-import-not-at-top
+    from procrop_jax import inference  # pylint: disable=g-import-not-at-top  (imports JAX)
     return cls(inference.Predictor.from_workdir(workdir, best=best, config=config), **kwargs)
 
   # ------------------------------------------------------------------------------- public API
@@ -560,7 +560,7 @@ def build_parser(prog: str = "procrop crop") -> argparse.ArgumentParser:
 
 def _load_cropper(args: argparse.Namespace) -> Cropper:
   """The cropper the flags ask for; a problem is one line and exit status 2."""
-  from procrop_jax import model_zoo  # pylint: disable=g-import-not-at-top
+  from procrop_jax import model_zoo  # pylint: disable=g-import-not-at-top  (imports JAX)
   kwargs = dict(nms_iou=args.nms_iou, max_pixels=args.max_pixels, batch_size=args.batch_size)
   try:
     if args.workdir:

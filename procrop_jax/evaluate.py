@@ -42,6 +42,8 @@ from procrop_jax import artifacts
 from procrop_jax import aspect
 from procrop_jax import input_pipeline
 from procrop_jax import metrics
+from procrop_jax.datasets import prepare as prepare_lib
+from procrop_jax.datasets import schema
 
 PROTOCOLS = ("iou", "proposal", "ranking", "pairs", "aspect")
 
@@ -253,8 +255,6 @@ def run_benchmarks(predict: PredictFn, config: ml_collections.ConfigDict, *,
     name -> metrics (plus num_images, skipped counts by reason, dataset, builder_config, split,
     step).
   """
-  from procrop_jax.datasets import prepare as prepare_lib  # pylint: disable=g-import-not-at-top
-  from procrop_jax.datasets import schema  # pylint: disable=g-import-not-at-top
   all_results = {}
   for name, benchmark in config.eval.benchmarks.items():
     protocols = parse_protocols(benchmark["protocols"])

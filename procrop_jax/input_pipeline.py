@@ -46,6 +46,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from procrop_jax import datasets  # pylint: disable=unused-import  (registers the builders)
 from procrop_jax import sharding
 
 HOST_ONLY_KEYS = frozenset({"image_id"})
@@ -103,7 +104,6 @@ class DataSettings:
 
 def load_builder(settings: DataSettings) -> tfds.core.DatasetBuilder:
   """The prepared builder; raises if it is not prepared."""
-  import procrop_jax.datasets  # pylint: disable=g-import-not-at-top,unused-import  (registers)
   builder = tfds.builder(settings.dataset, config=settings.builder_config or None,
                          data_dir=settings.data_dir)
   if not builder.is_prepared():

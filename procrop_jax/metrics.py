@@ -40,7 +40,6 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy import stats
 
 # COCO's thresholds, built exactly as pycocotools.cocoeval.Params does (np.linspace without
 # rounding), so that an IoU that lands on a threshold is decided the same way.
@@ -419,9 +418,16 @@ def weighted_ranking_accuracy(pred_scores: ArrayLike, mos: ArrayLike, *, k: int,
   return float(np.sum(np.where(ranks < n, weights, 0.0))) / k
 
 
+def _stats():
+  # Imported on first use: scipy.stats adds ~0.75 s to the start-up of `procrop crop`, which
+  # imports this module for its box functions; only the ranking correlations need it.
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  return stats
+
+
 def average_ranks(x: ArrayLike) -> np.ndarray:
   """1-based ranks, ties get the mean of their ranks (scipy.stats.rankdata, method='average')."""
-  return stats.rankdata(np.asarray(x, dtype=np.float64).reshape(-1), method="average")
+  return _stats().rankdata(np.asarray(x, dtype=np.float64).reshape(-1), method="average")
 
 
 def _as_pair(x: ArrayLike, y: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -439,7 +445,7 @@ def pearson(x: ArrayLike, y: ArrayLike) -> float:
   x, y = _as_pair(x, y)
   if np.ptp(x) == 0 or np.ptp(y) == 0:  # Undefined; scipy would also warn.
     return math.nan
-  return float(np.clip(stats.pearsonr(x, y)[0], -1.0, 1.0))
+  return float(np.clip(_stats().pearsonr(x, y)[0], -1.0, 1.0))
 
 
 def spearman(x: ArrayLike, y: ArrayLike) -> float:
@@ -448,7 +454,7 @@ def spearman(x: ArrayLike, y: ArrayLike) -> float:
   x, y = _as_pair(x, y)
   if np.ptp(x) == 0 or np.ptp(y) == 0:
     return math.nan
-  return float(np.clip(stats.spearmanr(x, y)[0], -1.0, 1.0))
+  return float(np.clip(_stats().spearmanr(x, y)[0], -1.0, 1.0))
 
 
 # ----------------------------------------------------------------------------------------------

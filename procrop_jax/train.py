@@ -18,6 +18,7 @@ from clu import metric_writers
 from clu import periodic_actions
 from flax import nnx
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -32,6 +33,7 @@ from procrop_jax import input_pipeline
 from procrop_jax import losses
 from procrop_jax import sharding
 from procrop_jax import tta
+from procrop_jax.datasets import prepare
 from procrop_jax.models import procrop
 from procrop_jax.retrieval import references as references_lib
 from procrop_jax.weights import imagenet
@@ -299,7 +301,8 @@ class Trainer:
     Raises:
       ValueError: the trained model's parameters do not fit this config's model.
     """
-    from procrop_jax import inference  # pylint: disable=g-import-not-at-top  (imports train)
+    # Imported here: inference imports train (a circle).
+    from procrop_jax import inference  # pylint: disable=g-import-not-at-top
     trained = inference.trained_params(source)
     ours = {"/".join(map(str, k)): v.shape for k, v in nnx.to_flat_state(self.state["params"])}
     theirs = {"/".join(map(str, k)): v.shape for k, v in nnx.to_flat_state(trained)}
@@ -532,7 +535,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     with open(config_path) as f:
       check_resumed_config(json.load(f), config, source=config_path)
   if jax.process_count() > 1:  # Every process has read the old config before it is replaced.
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices("procrop_jax: config checked")
   if is_chief:  # The run describes itself: eval, crop and the Predictor read this back.
     artifacts.atomic_write_json(config_path, config.copy_and_resolve_references().to_dict(),
@@ -543,7 +545,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   metrics_path = os.path.join(workdir, "metrics.jsonl")
 
   # Data first: building the embedded default's dataset is the slow part of a first run.
-  from procrop_jax.datasets import prepare  # pylint: disable=g-import-not-at-top
   prepare.ensure_dataset(config.data, config.cad)
   if feature_cache.enabled(config):
     feature_cache.check_frozen(config)

@@ -25,6 +25,7 @@ from etils import epath
 import tensorflow_datasets as tfds
 
 from procrop_jax import photos as photos_lib
+from procrop_jax.cad import generate
 from procrop_jax.datasets import annotation_files
 from procrop_jax.datasets import crop_builder
 from procrop_jax.datasets import image_files
@@ -69,7 +70,6 @@ class ProcropCad(crop_builder.CropBuilder):
   """
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    from procrop_jax.cad import generate  # pylint: disable=g-import-not-at-top
     root = self._manual_dir(dl_manager)
     if not (root / "annotations").is_dir():
       raise FileNotFoundError(f"{root / 'annotations'} not found.\n"

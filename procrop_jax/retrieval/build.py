@@ -43,11 +43,17 @@ import time
 from typing import Any, Iterable, Mapping
 
 from absl import logging
+from flax import nnx
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
+import tensorflow_datasets as tfds
 import tqdm
 
 from procrop_jax import artifacts
+from procrop_jax import input_pipeline
+from procrop_jax.datasets import prepare
+from procrop_jax.models import efficientnet_lite
 from procrop_jax.retrieval import database as database_lib
 from procrop_jax.retrieval import embedding as embedding_lib
 from procrop_jax.weights import imagenet
@@ -81,7 +87,6 @@ class RetrievalSettings:
 
 def _barrier(name: str) -> None:
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices(name)
 
 
@@ -126,7 +131,6 @@ def weights_fingerprint(config: Any) -> str:
 
 def photos_fingerprint(config: Any) -> dict[str, Any]:
   """Which photos the database holds: the prepared dataset's name, version and split size."""
-  from procrop_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   settings = input_pipeline.DataSettings.from_config(database_data_config(config))
   builder = input_pipeline.load_builder(settings)
   split = builder.info.splits[settings.eval_split.split("[")[0]]  # A slice has no byte count.
@@ -145,8 +149,6 @@ def shard_key(config: Any) -> dict[str, Any]:
 
 def create_backbone(config: Any):
   """The backbone whose stride-32 features the tokens are made of (frozen, inference mode)."""
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  from procrop_jax.models import efficientnet_lite  # pylint: disable=g-import-not-at-top
   backbone = efficientnet_lite.EfficientNetLite(config.model.backbone,
                                                 rngs=nnx.Rngs(config.get("seed", 0)))
   if config.model.get("pretrained", True):
@@ -182,9 +184,6 @@ def extract_tokens(batches: Iterable[Mapping[str, np.ndarray]],
 
 def _open_photos(config: Any, *, batch_size: int, all_processes: bool = False):
   """(this host's number of photos, its batch iterator) for the database dataset."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from procrop_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  from procrop_jax.datasets import prepare  # pylint: disable=g-import-not-at-top
 
   data_config = database_data_config(config)
   if jax.process_index() == 0 or all_processes:

@@ -32,6 +32,7 @@ import tqdm
 
 from procrop_jax import input_pipeline
 from procrop_jax import photos
+from procrop_jax.datasets import prepare
 
 
 
@@ -80,7 +81,6 @@ def main(argv):
   del argv
   if _CONFIG.value is None or not _SPLIT.value or not _OUT.value:
     raise app.UsageError("--config, --split and --out are required.")
-  from procrop_jax.datasets import prepare  # pylint: disable=g-import-not-at-top
   prepare.ensure_dataset(_CONFIG.value.data, _CONFIG.value.get("cad"))
   print(export_crop_regions(_CONFIG.value.data, _SPLIT.value, _OUT.value))
 

@@ -76,7 +76,7 @@ def exclusion_ids(image_id: str | bytes) -> tuple[str, ...]:
     image_id = image_id.decode("utf-8")
   # Its own photo key too: a database photo saved as "<id>.jpg" (e.g. the example's expert crop,
   # retrieval/crop_regions.py) has that key although its id differs.
-  own_key = photos_lib.photo_key(f"{image_id}.jpg")  # The key of "<id>.jpg", whatever dots the id has.
+  own_key = photos_lib.photo_key(f"{image_id}.jpg")  # "<id>.jpg"'s key, whatever dots the id has.
   return tuple(dict.fromkeys([image_id, photos_lib.source_photo_id(image_id), own_key]))
 
 
