@@ -52,6 +52,15 @@ def fingerprint(obj: Any) -> str:
   return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+def file_sha256(path: PathLike) -> str:
+  """The sha256 of a file's bytes, read in 1 MiB chunks."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
 class WorkdirInUseError(RuntimeError):
   """Another live process holds the workdir's lock."""
 

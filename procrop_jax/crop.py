@@ -127,7 +127,7 @@ def non_max_suppression(boxes: np.ndarray, scores: np.ndarray, *, iou_threshold:
                         top_k: int) -> np.ndarray:
   """Indices of up to top_k boxes, best first, none overlapping a kept one above the threshold."""
   order = np.argsort(-scores, kind="stable")
-  ious = metrics.box_iou(boxes, boxes)
+  ious = metrics.pairwise_box_iou(boxes, boxes)
   kept: list[int] = []
   for i in order:
     if all(ious[i, j] <= iou_threshold for j in kept):
@@ -192,7 +192,7 @@ class Cropper:
   def from_workdir(cls, workdir: str | os.PathLike[str], *, best: bool = False,
                    config: ml_collections.ConfigDict | None = None, **kwargs) -> "Cropper":
     """The latest (or best) checkpoint of a training run, with the run's own config."""
-    from procrop_jax import inference  # pylint: disable=g-import-not-at-top
+    from procrop_jax import inference  # pylint: disable=g-import-not-at-top  (imports JAX)
     return cls(inference.Predictor.from_workdir(workdir, best=best, config=config), **kwargs)
 
   # ------------------------------------------------------------------------------- public API
@@ -560,7 +560,7 @@ def build_parser(prog: str = "procrop crop") -> argparse.ArgumentParser:
 
 def _load_cropper(args: argparse.Namespace) -> Cropper:
   """The cropper the flags ask for; a problem is one line and exit status 2."""
-  from procrop_jax import model_zoo  # pylint: disable=g-import-not-at-top
+  from procrop_jax import model_zoo  # pylint: disable=g-import-not-at-top  (imports JAX)
   kwargs = dict(nms_iou=args.nms_iou, max_pixels=args.max_pixels, batch_size=args.batch_size)
   try:
     if args.workdir:
@@ -637,8 +637,7 @@ def crop_folder(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
                               "directory.")
     args = [crop_config.input_dir]
   else:
-    from procrop_jax.cad import sources  # pylint: disable=g-import-not-at-top
-    args = [str(p) for p in sources.skimage_photo_paths()]
+    args = [str(p) for p in photos.skimage_photo_paths()]
   output_dir = crop_config.output_dir or os.path.join(workdir, "crops")
   inputs, problems = photos.list_inputs(args, exclude=output_dir)
   if not inputs:

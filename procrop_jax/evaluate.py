@@ -30,7 +30,7 @@ import json
 import os
 import re
 import time
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from absl import logging
 import jax
@@ -42,10 +42,10 @@ from procrop_jax import artifacts
 from procrop_jax import aspect
 from procrop_jax import input_pipeline
 from procrop_jax import metrics
+from procrop_jax.datasets import prepare as prepare_lib
+from procrop_jax.datasets import schema
 
 PROTOCOLS = ("iou", "proposal", "ranking", "pairs", "aspect")
-# Metrics where lower is better (for best-checkpoint tracking).
-LOWER_IS_BETTER = frozenset({"bde"})
 
 # (device batch, score given boxes?) -> {"boxes": [B, N, 4] normalised, "scores": [B, N]}.
 PredictFn = Callable[[dict[str, jax.Array], bool], dict[str, jax.Array]]
@@ -255,8 +255,6 @@ def run_benchmarks(predict: PredictFn, config: ml_collections.ConfigDict, *,
     name -> metrics (plus num_images, skipped counts by reason, dataset, builder_config, split,
     step).
   """
-  from procrop_jax.datasets import prepare as prepare_lib  # pylint: disable=g-import-not-at-top
-  from procrop_jax.datasets import schema  # pylint: disable=g-import-not-at-top
   all_results = {}
   for name, benchmark in config.eval.benchmarks.items():
     protocols = parse_protocols(benchmark["protocols"])
@@ -290,11 +288,52 @@ def run_benchmarks(predict: PredictFn, config: ml_collections.ConfigDict, *,
   if all_results:
     numeric = {name: {k: v for k, v in r.items() if isinstance(v, (int, float)) and k != "step"}
                for name, r in all_results.items()}
-    print(metrics.format_table(numeric, transpose=True), flush=True)
+    print(format_table(numeric, transpose=True), flush=True)
   return all_results
 
 
-def is_better(metric: str, value: float, best: float | None) -> bool:
-  if best is None or not np.isfinite(best):
-    return bool(np.isfinite(value))
-  return value < best if metric in LOWER_IS_BETTER else value > best
+# ------------------------------------------------------------------------------------- printing
+def _format_value(value: Any, precision: int) -> str:
+  if value is None:
+    return "-"
+  if isinstance(value, (bool, np.bool_)):
+    return str(bool(value))
+  if isinstance(value, (int, np.integer)):
+    return str(int(value))
+  if isinstance(value, (float, np.floating)):
+    return f"{float(value):.{precision}f}"
+  return str(value)
+
+
+def format_table(results: Mapping[str, Mapping[str, Any]], *, precision: int = 4,
+                 transpose: bool = False) -> str:
+  """Formats metric dicts as an aligned plain-text table.
+
+  Args:
+    results: name (a model, dataset or protocol) -> metrics dict, e.g. a `result()`.
+    precision: decimals for floats; ints (counts) print as ints, missing values as "-".
+    transpose: False: one row per name, one column per metric (keys in first-seen order);
+      True: one row per metric, one column per name (better for many keys).
+
+  Returns:
+    The table, lines joined by newlines, no trailing newline.
+  """
+  names = list(results)
+  keys: list[str] = []
+  for metrics in results.values():
+    keys.extend(k for k in metrics if k not in keys)
+  cells = [[_format_value(results[name].get(key), precision) for key in keys] for name in names]
+  if transpose:
+    header = ["metric"] + names
+    rows = [[key] + [cells[i][j] for i in range(len(names))] for j, key in enumerate(keys)]
+  else:
+    header = [""] + keys
+    rows = [[name] + row for name, row in zip(names, cells)]
+  widths = [max(len(str(r[c])) for r in [header] + rows) for c in range(len(header))]
+
+  def line(row: Sequence[str]) -> str:
+    # First column (names) left-aligned, numbers right-aligned.
+    return "  ".join([row[0].ljust(widths[0])]
+                     + [v.rjust(w) for v, w in zip(row[1:], widths[1:])]).rstrip()
+
+  return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])

@@ -39,6 +39,8 @@ from procrop_jax import model_zoo
 from procrop_jax import sharding
 from procrop_jax import train
 from procrop_jax.models import procrop
+from procrop_jax.retrieval import neighbors
+from procrop_jax.retrieval import references as references_lib
 
 CONFIG_FILE = "config.json"
 
@@ -215,11 +217,11 @@ class Predictor:
     return nnx.merge(self.graphdef, self.state["params"], self.rng_state, self.state["rest"])
 
   @functools.cached_property
-  def references(self) -> "train.References | None":
+  def references(self) -> "references_lib.References | None":
     """The run's reference database and neighbour tables (None without retrieval)."""
     if not self.num_references:
       return None
-    return train.References(self.config, self.workdir or os.path.join(
+    return references_lib.References(self.config, self.workdir or os.path.join(
         os.path.expanduser("~"), ".cache", "procrop_jax", "predictor"))
 
   @functools.cached_property
@@ -228,7 +230,6 @@ class Predictor:
     retrieval)."""
     if self.references is None:
       return None
-    from procrop_jax.retrieval import neighbors  # pylint: disable=g-import-not-at-top
     return neighbors.Retriever(self.references.database, self.references.extractor,
                                k=self.num_references)
 
@@ -331,7 +332,7 @@ class Predictor:
                       data_config: ml_collections.ConfigDict, split: str
                       ) -> Iterator[dict[str, np.ndarray]]:
     """Benchmark batches with the run's cached neighbours (never an image's own source)."""
-    return train.add_references(self.references, batches, data_config, split)
+    return references_lib.add_references(self.references, batches, data_config, split)
 
   def run_benchmarks(self, output_dir: str | None) -> dict[str, dict[str, Any]]:
     """Every benchmark of `config.eval.benchmarks` (see evaluate.py)."""

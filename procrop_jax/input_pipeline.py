@@ -46,6 +46,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from procrop_jax import datasets  # pylint: disable=unused-import  (registers the builders)
+from procrop_jax import sharding
+
 HOST_ONLY_KEYS = frozenset({"image_id"})
 # The map functions use TF ops only (no Python control flow on tensors): skipping
 # autograph's conversion makes building a pipeline several times faster.
@@ -101,7 +104,6 @@ class DataSettings:
 
 def load_builder(settings: DataSettings) -> tfds.core.DatasetBuilder:
   """The prepared builder; raises if it is not prepared."""
-  import procrop_jax.datasets  # pylint: disable=g-import-not-at-top,unused-import  (registers)
   builder = tfds.builder(settings.dataset, config=settings.builder_config or None,
                          data_dir=settings.data_dir)
   if not builder.is_prepared():
@@ -489,12 +491,12 @@ def create_eval_iterator(config_data: Any, *, global_batch_size: int,
   return ds.as_numpy_iterator()
 
 
-def to_global_arrays(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh,
-                     data_axis: str | tuple[str, ...] = "data") -> dict[str, jax.Array]:
-  """Assembles each host's local batch into global arrays split over `data_axis`.
+def to_global_arrays(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh
+                     ) -> dict[str, jax.Array]:
+  """Assembles each host's local batch into global arrays split over the mesh's data axis.
 
   Host-only keys (`HOST_ONLY_KEYS`, e.g. image_id) are dropped.
   """
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(data_axis))
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+  batch_sharding = sharding.batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v))
           for k, v in batch.items() if k not in HOST_ONLY_KEYS}

@@ -44,7 +44,7 @@ def _maybe_initialize_distributed() -> None:
   Cluster managers that JAX detects (SLURM, Open MPI, TPU pod slices) need no arguments;
   a manual launch sets PROCROP_COORDINATOR, PROCROP_NUM_PROCESSES and PROCROP_PROCESS_ID.
   """
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top  (after TensorFlow has let go of the GPUs)
   coordinator = os.environ.get("PROCROP_COORDINATOR")
   if coordinator:
     jax.distributed.initialize(
@@ -105,11 +105,12 @@ def main(argv) -> None:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   _hide_gpus_from_tensorflow()
   _maybe_initialize_distributed()
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top  (after TensorFlow has let go of the GPUs)
   logging.info("JAX process %d/%d, local devices: %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
   config = FLAGS.config
   if config is None:  # eval/crop of a run that wrote its config (checked in _parse_flags).
+    # Each mode imports only its own module (below); this one reads the run's config.
     from procrop_jax import inference  # pylint: disable=g-import-not-at-top
     config = inference.read_config(FLAGS.workdir)
   if FLAGS.mode == "train" and jax.process_index() == 0:
@@ -125,7 +126,7 @@ def main(argv) -> None:
 def run() -> None:
   """Console-script entry point (`procrop`; `procrop crop ...` is the cropping command)."""
   if len(sys.argv) > 1 and sys.argv[1] == "crop":
-    from procrop_jax import crop  # pylint: disable=g-import-not-at-top
+    from procrop_jax import crop  # pylint: disable=g-import-not-at-top  (no JAX, no flags)
     try:
       sys.exit(crop.main(sys.argv[2:]))
     except KeyboardInterrupt:

@@ -34,7 +34,7 @@ Conventions at every public function:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 import math
 from typing import Any
 
@@ -83,8 +83,8 @@ def xywh_to_xyxy(boxes: ArrayLike) -> np.ndarray:
   return np.concatenate([b[..., :2], b[..., :2] + b[..., 2:]], axis=-1)
 
 
-def box_iou(boxes1_px: ArrayLike, boxes2_px: ArrayLike) -> np.ndarray:
-  """Pairwise intersection over union.
+def pairwise_box_iou(boxes1_px: ArrayLike, boxes2_px: ArrayLike) -> np.ndarray:
+  """Pairwise intersection over union (every box of the first set with every box of the second).
 
   IoU(a, b) = |a ∩ b| / (|a| + |b| - |a ∩ b|), areas in continuous coordinates. A pair whose
   union is empty (two zero-area boxes) has IoU 0.
@@ -156,7 +156,7 @@ def iou_and_bde(pred_box_px: ArrayLike, gt_boxes_px: ArrayLike,
   gts = _as_boxes(gt_boxes_px, "gt_boxes_px")
   if gts.shape[0] == 0:
     raise ValueError("gt_boxes_px: no ground-truth box")
-  ious = box_iou(pred, gts)[0]
+  ious = pairwise_box_iou(pred, gts)[0]
   bdes = boundary_displacement(pred, gts, image_size)[0]
   tied = np.flatnonzero(ious == ious.max())
   g = int(tied[np.argmin(bdes[tied])])
@@ -178,7 +178,7 @@ def best_iou_top_k(pred_boxes_px: ArrayLike, gt_boxes_px: ArrayLike, k: int) -> 
   gts = _as_boxes(gt_boxes_px, "gt_boxes_px")
   if preds.shape[0] == 0 or gts.shape[0] == 0:
     raise ValueError("best_iou_top_k needs at least one prediction and one ground truth")
-  return float(box_iou(preds, gts).max())
+  return float(pairwise_box_iou(preds, gts).max())
 
 
 def _descending_order(scores: np.ndarray) -> np.ndarray:
@@ -280,7 +280,7 @@ def proposal_hit(pred_boxes_px: ArrayLike, best_boxes_px: ArrayLike, *, k: int,
                     "pred_boxes_px")[:k]
   if preds.shape[0] == 0:
     return False
-  return bool(np.any(box_iou(preds, best_boxes_px) >= tau))
+  return bool(np.any(pairwise_box_iou(preds, best_boxes_px) >= tau))
 
 
 def match_detections(ious: np.ndarray, iou_thresholds: Sequence[float]) -> np.ndarray:
@@ -418,40 +418,43 @@ def weighted_ranking_accuracy(pred_scores: ArrayLike, mos: ArrayLike, *, k: int,
   return float(np.sum(np.where(ranks < n, weights, 0.0))) / k
 
 
+def _stats():
+  # Imported on first use: scipy.stats adds ~0.75 s to the start-up of `procrop crop`, which
+  # imports this module for its box functions; only the ranking correlations need it.
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  return stats
+
+
 def average_ranks(x: ArrayLike) -> np.ndarray:
   """1-based ranks, ties get the mean of their ranks (scipy.stats.rankdata, method='average')."""
-  x = np.asarray(x, dtype=np.float64).reshape(-1)
-  order = np.argsort(x, kind="stable")
-  xs = x[order]
-  new_group = np.r_[True, xs[1:] != xs[:-1]]
-  group = np.cumsum(new_group)  # 1-based group id of each sorted position
-  bounds = np.r_[np.flatnonzero(new_group), x.size]  # group g spans [bounds[g-1], bounds[g])
-  ranks = np.empty(x.size)
-  ranks[order] = 0.5 * (bounds[group - 1] + 1 + bounds[group])
-  return ranks
+  return _stats().rankdata(np.asarray(x, dtype=np.float64).reshape(-1), method="average")
 
 
-def pearson(x: ArrayLike, y: ArrayLike) -> float:
-  """Pearson correlation (scipy.stats.pearsonr's value); nan when either input is constant."""
+def _as_pair(x: ArrayLike, y: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
   x = np.asarray(x, dtype=np.float64).reshape(-1)
   y = np.asarray(y, dtype=np.float64).reshape(-1)
   if x.shape != y.shape or x.size < 2:
     raise ValueError(f"need two equal-length inputs of length >= 2, got {x.size} and {y.size}")
   if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
     raise ValueError("inputs must be finite")
-  dx, dy = x - x.mean(), y - y.mean()
-  nx, ny = np.linalg.norm(dx), np.linalg.norm(dy)
-  if nx == 0 or ny == 0:
+  return x, y
+
+
+def pearson(x: ArrayLike, y: ArrayLike) -> float:
+  """Pearson correlation (scipy.stats.pearsonr); nan when either input is constant."""
+  x, y = _as_pair(x, y)
+  if np.ptp(x) == 0 or np.ptp(y) == 0:  # Undefined; scipy would also warn.
     return math.nan
-  return float(np.clip(np.dot(dx / nx, dy / ny), -1.0, 1.0))
+  return float(np.clip(_stats().pearsonr(x, y)[0], -1.0, 1.0))
 
 
 def spearman(x: ArrayLike, y: ArrayLike) -> float:
-  """Spearman rank correlation with average ranks for ties (scipy.stats.spearmanr's value).
-
-  The Pearson correlation of the average ranks; nan when either input is constant.
-  """
-  return pearson(average_ranks(x), average_ranks(y))
+  """Spearman rank correlation with average ranks for ties (scipy.stats.spearmanr); nan when
+  either input is constant."""
+  x, y = _as_pair(x, y)
+  if np.ptp(x) == 0 or np.ptp(y) == 0:
+    return math.nan
+  return float(np.clip(_stats().spearmanr(x, y)[0], -1.0, 1.0))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -615,7 +618,7 @@ class ProposalProtocol(_Protocol):
 
     if self.max_detections is not None:
       preds, scores = preds[:self.max_detections], scores[:self.max_detections]
-    ious = box_iou(preds, gts[positives])
+    ious = pairwise_box_iou(preds, gts[positives])
     self._register(image_id, record)
     self._matched.append(match_detections(ious, self._thresholds))
     self._scores.append(scores)
@@ -764,54 +767,3 @@ class PairwiseProtocol(_Protocol):
         "num_pairs": int(pairs),
         "num_pairs_strong": int(strong),
     }
-
-
-# ----------------------------------------------------------------------------------------------
-# Printing.
-# ----------------------------------------------------------------------------------------------
-
-
-def _format_value(value: Any, precision: int) -> str:
-  if value is None:
-    return "-"
-  if isinstance(value, (bool, np.bool_)):
-    return str(bool(value))
-  if isinstance(value, (int, np.integer)):
-    return str(int(value))
-  if isinstance(value, (float, np.floating)):
-    return f"{float(value):.{precision}f}"
-  return str(value)
-
-
-def format_table(results: Mapping[str, Mapping[str, Any]], *, precision: int = 4,
-                 transpose: bool = False) -> str:
-  """Formats metric dicts as an aligned plain-text table.
-
-  Args:
-    results: name (a model, dataset or protocol) -> metrics dict, e.g. a `result()`.
-    precision: decimals for floats; ints (counts) print as ints, missing values as "-".
-    transpose: False: one row per name, one column per metric (keys in first-seen order);
-      True: one row per metric, one column per name (better for many keys).
-
-  Returns:
-    The table, lines joined by newlines, no trailing newline.
-  """
-  names = list(results)
-  keys: list[str] = []
-  for metrics in results.values():
-    keys.extend(k for k in metrics if k not in keys)
-  cells = [[_format_value(results[name].get(key), precision) for key in keys] for name in names]
-  if transpose:
-    header = ["metric"] + names
-    rows = [[key] + [cells[i][j] for i in range(len(names))] for j, key in enumerate(keys)]
-  else:
-    header = [""] + keys
-    rows = [[name] + row for name, row in zip(names, cells)]
-  widths = [max(len(str(r[c])) for r in [header] + rows) for c in range(len(header))]
-
-  def line(row: Sequence[str]) -> str:
-    # First column (names) left-aligned, numbers right-aligned.
-    return "  ".join([row[0].ljust(widths[0])]
-                     + [v.rjust(w) for v, w in zip(row[1:], widths[1:])]).rstrip()
-
-  return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])

@@ -28,9 +28,10 @@ import jax
 import ml_collections
 import numpy as np
 
+from procrop_jax import artifacts
 from procrop_jax import sharding
-from procrop_jax.models import pretrained
 from procrop_jax.models import procrop
+from procrop_jax.weights import imagenet
 
 DEFAULT_MODEL = "fcdb_lite0"
 SHIPPED_DIR = pathlib.Path(__file__).resolve().parent / "shipped"
@@ -132,7 +133,7 @@ def export(model: procrop.ProCrop, config: ml_collections.ConfigDict,
       "param_dtype": dtype,
       "num_params_stored": int(sum(a.size for a in arrays.values())),
       "backbone_from_package": skip_backbone,
-      "params_sha256": pretrained.file_sha256(params_path),
+      "params_sha256": artifacts.file_sha256(params_path),
   }
   _atomic_write(out / "model_card.json", json.dumps(full_card, indent=2).encode())
   for name in _FILES:  # Temporary files are private; package data is world-readable.
@@ -176,12 +177,12 @@ def load(name_or_path: str | os.PathLike[str] | None = None, *,
   card = json.loads((path / "model_card.json").read_text())
   params_path = path / "params.npz"
   expected_sha = card.get("params_sha256")
-  if verify and expected_sha and pretrained.file_sha256(params_path) != expected_sha:
+  if verify and expected_sha and artifacts.file_sha256(params_path) != expected_sha:
     raise ValueError(f"{params_path}: checksum differs from model_card.json (corrupt or "
                      "replaced file)")
   model = procrop.ProCrop.from_config(config, rngs=nnx.Rngs(0))
   if card.get("backbone_from_package", False):
-    pretrained.load_pretrained(model.backbone, config.model.backbone)
+    imagenet.load_pretrained(model.backbone, config.model.backbone)
   try:
     with np.load(params_path, allow_pickle=False) as data:
       arrays = {k: data[k] for k in data.files}

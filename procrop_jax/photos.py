@@ -7,6 +7,11 @@ refuses a decompression bomb from its header, before any pixel is decoded, and t
 other failure (not an image, truncated, zero bytes, unreadable, an unconvertible mode) into a
 `PhotoError` naming it. `save_crop` writes a crop in the input's format (or a chosen one) with
 its ICC profile and EXIF (orientation reset, since the pixels are stored upright).
+
+The rest of the package reads photos here too: the dataset builders and the CAD generator list
+them with `list_photos`, convert them with `rgb_and_conversion` and write JPEGs at
+`JPEG_QUALITY`; `photo_ids`, `photo_key` and `source_photo_id` name photos and their CAD
+variants; `skimage_photo_paths` are the sample photos.
 """
 
 from __future__ import annotations
@@ -16,15 +21,33 @@ import glob
 import io
 import os
 import pathlib
+import re
 import sys
 from typing import Sequence
 import warnings
+import zlib
 
+from etils import epath
 import numpy as np
 from PIL import Image
 from PIL import ImageOps
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+JPEG_QUALITY = 95  # What the builders and the CAD generator write.
+# Natural photographs that ship inside the scikit-image wheel. Others in `skimage.data`
+# are textures, scans or microscopy, or are fetched over the network on first use
+# (pooch); only files already on disk are ever used.
+SKIMAGE_PHOTOS = (
+    "astronaut.png",
+    "camera.png",
+    "chelsea.png",
+    "coffee.png",
+    "coins.png",
+    "hubble_deep_field.jpg",
+    "moon.png",
+    "motorcycle_left.png",
+    "rocket.jpg",
+)
 # About 90 megapixels, PIL's own warning threshold (89,478,485 pixels).
 DEFAULT_MAX_PIXELS = 90_000_000
 # Formats written as they came in; any other input format is written as JPEG.
@@ -113,9 +136,8 @@ def list_inputs(args: Sequence[str], *, exclude: str | os.PathLike[str] | None =
       continue
     path = pathlib.Path(arg)
     if path.is_dir():
-      found = sorted(p for p in path.rglob("*")
-                     if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                     and not _is_under(p, exclude_dir))
+      found = [pathlib.Path(p) for p in list_photos(path)]
+      found = [p for p in found if p.is_file() and not _is_under(p, exclude_dir)]
       if not found:
         problems.append((arg, f"no images ({', '.join(IMAGE_SUFFIXES)}) in this folder"))
       for p in found:
@@ -202,28 +224,55 @@ def _decode(fp, max_pixels: int) -> Photo:
   return Photo(upright, fmt if fmt in _WRITABLE else "JPEG", icc, exif_bytes)
 
 
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_CONVERTIBLE_MODES = ("1", "L", "P", "CMYK", "YCbCr", "LAB", "HSV")
+
+
+def rgb_and_conversion(image: Image.Image) -> tuple[Image.Image, str | None]:
+  """Any PIL mode as 8-bit RGB, and the conversion's name ("mode_<mode>"; None if RGB already).
+
+  Transparent pixels are shown on white, as a browser would. 16-bit modes are scaled from the
+  type's range (PIL's own convert clips them at 255); "I" from 255 when its values fit 8 bits,
+  else from its maximum, like "F".
+  """
+  mode = image.mode
+  if mode == "RGB":
+    return image, None
+  if mode in _DEEP_MODES:
+    array = np.asarray(image).astype(np.float64)
+    top = 65535.0 if mode.startswith("I;16") else max(float(array.max()), 1.0)
+    if mode == "I" and array.max() <= 255:
+      top = 255.0
+    array = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(array, "L").convert("RGB"), f"mode_{mode}"
+  if mode in _ALPHA_MODES or (mode == "P" and "transparency" in image.info):
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB"), f"mode_{mode}"
+  return image.convert("RGB"), f"mode_{mode}"
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-  """An RGB view for the model: alpha over white, 16-bit and float scaled to 8 bits.
+  """An RGB view for the model (`rgb_and_conversion`'s rules).
 
   Raises:
     PhotoError: for a mode with no RGB meaning.
   """
-  mode = image.mode
-  if mode == "RGB":
-    return image
-  if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
-    rgba = image.convert("RGBA")
-    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(background, rgba).convert("RGB")
-  if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-    array = np.asarray(image, np.float64)
-    top = array.max(initial=0.0)
-    scale = 255.0 / (65535.0 if top > 255 else 255.0) if top <= 65535 else 255.0 / top
-    return Image.fromarray(np.clip(array * scale + 0.5, 0, 255).astype(np.uint8), "L"
-                           ).convert("RGB")
-  if mode in ("1", "L", "P", "CMYK", "YCbCr", "LAB", "HSV"):
-    return image.convert("RGB")
-  raise PhotoError(f"unsupported pixel mode {mode!r}")
+  if image.mode not in ("RGB", *_ALPHA_MODES, *_DEEP_MODES, *_CONVERTIBLE_MODES):
+    raise PhotoError(f"unsupported pixel mode {image.mode!r}")
+  return rgb_and_conversion(image)[0]
+
+
+def load_photo(path: str | os.PathLike[str], *, max_side: int | None = 1024) -> np.ndarray:
+  """An upright RGB uint8 photo, downscaled so that its longer side <= max_side."""
+  with Image.open(path) as image:
+    image = rgb_and_conversion(ImageOps.exif_transpose(image))[0]
+    if max_side and max(image.size) > max_side:
+      scale = max_side / max(image.size)
+      size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+      image = image.resize(size, Image.Resampling.LANCZOS)
+    return np.asarray(image)
 
 
 # ------------------------------------------------------------------------------------- writing
@@ -298,3 +347,67 @@ def canvas(image: Image.Image, image_size: int) -> tuple[np.ndarray, np.ndarray]
   out = np.zeros((image_size, image_size, 3), np.float32)
   out[:new_h, :new_w] = np.asarray(small, np.float32) / 255.0
   return out, np.array([new_h, new_w], np.float32) / image_size
+
+
+# ------------------------------------------------------------------------- where photos come from
+def list_photos(root: epath.PathLike) -> list[epath.Path]:
+  """Every photo file (by suffix, `IMAGE_SUFFIXES`) below `root`, recursively, sorted.
+
+  (epath's `rglob` is not available on every file system that TFDS supports.)
+  """
+  root = epath.Path(root)
+  if not root.exists():
+    return []
+  found = []
+  for folder, dirnames, filenames in root.walk():
+    dirnames.sort()
+    found.extend(epath.Path(folder) / f for f in filenames
+                 if epath.Path(f).suffix.lower() in IMAGE_SUFFIXES)
+  return sorted(found)
+
+
+def skimage_photo_paths(names: Sequence[str] = SKIMAGE_PHOTOS) -> list[pathlib.Path]:
+  """The paths of scikit-image's bundled photos that are present on disk."""
+  # Imported here: scikit-image is slow to import and only the sample photos need it.
+  import skimage.data  # pylint: disable=g-import-not-at-top
+  root = pathlib.Path(skimage.data.__file__).parent
+  return [root / name for name in names if (root / name).is_file()]
+
+
+# ----------------------------------------------------------------------------------------- ids
+def _key(stem: str) -> str:
+  return re.sub(r"[^A-Za-z0-9.-]+", "-", stem).strip("-") or "photo"
+
+
+def photo_ids(paths: Sequence[pathlib.PurePath]) -> list[str]:
+  """Short ids from file names: [A-Za-z0-9.-] only, unique (a hash suffix if needed).
+
+  The CAD generator names the variants of a photo `<its id>_<k>`.
+  """
+  ids = [_key(p.stem) for p in paths]
+  counts: dict[str, int] = {}
+  for i in ids:
+    counts[i] = counts.get(i, 0) + 1
+  return [f"{i}-{zlib.crc32(str(p).encode()):08x}" if counts[i] > 1 else i
+          for i, p in zip(ids, paths)]
+
+
+def photo_key(image_id: str | bytes) -> str:
+  """The id a photo has in CAD names: its file stem with [^A-Za-z0-9.-] runs replaced by "-".
+
+  Database ids are what the photo TFDS builders store (e.g. "people/IMG 7.jpg"); CAD images are
+  named `<photo key>_<k>` (`photo_ids`). Keys let a CAD example find its source photo in the
+  database.
+  """
+  if isinstance(image_id, bytes):
+    image_id = image_id.decode("utf-8")
+  stem = image_id.rsplit("/", 1)[-1]
+  if "." in stem:
+    stem = stem.rsplit(".", 1)[0]
+  return _key(stem)
+
+
+def source_photo_id(stem: str) -> str:
+  """A CAD variant's `<id>_<k>` -> `<id>` (the photo the variant was made from)."""
+  head, sep, tail = stem.rpartition("_")
+  return head if sep and tail.isdigit() else stem

@@ -6,6 +6,8 @@ matrices are split over it). Which parameters are split, and how, is a small tab
 A spec names the *trailing* dimensions of a parameter (it is padded with None on the left), so
 `(None, "model")` splits the output features of a Dense kernel and of an HWIO conv kernel alike.
 A rule whose split does not divide the dimension falls back to replication for that parameter.
+
+`put` places host values on the mesh, also across processes.
 """
 
 from collections.abc import Sequence
@@ -15,6 +17,7 @@ from typing import Any
 
 from absl import logging
 import jax
+import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
@@ -99,3 +102,30 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Leading (batch) dimension split over the data axis, the rest replicated."""
   return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def _put_leaf(x: Any, sharding: jax.sharding.Sharding) -> jax.Array:
+  if jax.process_count() == 1:
+    return jax.device_put(x, sharding)
+  # Across processes device_put cannot target other hosts' devices: every process holds the
+  # same host value (same seed, same weights) and contributes its own shards of it.
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    data = _put_leaf(jax.random.key_data(x), sharding)
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+  host = np.asarray(x)
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def put(tree: Any, shardings: Any) -> Any:
+  """Places a host-identical pytree on the mesh (one sharding, or a tree of them)."""
+  if isinstance(shardings, jax.sharding.Sharding):
+    return jax.tree.map(lambda x: _put_leaf(x, shardings), tree)
+  return jax.tree.map(_put_leaf, tree, shardings)
+
+
+def on_mesh(tree: Any, mesh: Mesh, fallback: NamedSharding) -> Any:
+  """Leaves whose sharding XLA did not tie to `mesh` (e.g. step counts) get `fallback`."""
+  def place(x):
+    placed = isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh
+    return x if placed else put(x, fallback)
+  return jax.tree.map(place, tree)

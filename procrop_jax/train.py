@@ -8,18 +8,17 @@ continues exactly where its last checkpoint stopped.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
-import time
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
 from flax import nnx
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -27,14 +26,17 @@ import optax
 import orbax.checkpoint as ocp
 
 from procrop_jax import artifacts
+from procrop_jax import checkpointing
 from procrop_jax import evaluate
 from procrop_jax import feature_cache
 from procrop_jax import input_pipeline
 from procrop_jax import losses
 from procrop_jax import sharding
 from procrop_jax import tta
-from procrop_jax.models import pretrained
+from procrop_jax.datasets import prepare
 from procrop_jax.models import procrop
+from procrop_jax.retrieval import references as references_lib
+from procrop_jax.weights import imagenet
 
 State = dict[str, Any]
 
@@ -50,7 +52,7 @@ def create_model(config: ml_collections.ConfigDict, *, seed: int | None = None,
   seed = config.seed if seed is None else seed
   model = procrop.ProCrop.from_config(config, rngs=nnx.Rngs(seed))
   if load_weights and config.model.pretrained:
-    pretrained.load_pretrained(model.backbone, config.model.backbone)
+    imagenet.load_pretrained(model.backbone, config.model.backbone)
   return model
 
 
@@ -231,51 +233,7 @@ def inference_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
           "rescore": bool(inference.get("rescore", False))}
 
 
-# ------------------------------------------------------------------------------- checkpointing
-def create_checkpoint_manager(workdir: str, config: ml_collections.ConfigDict, *,
-                              cleanup_tmp: bool = False) -> ocp.CheckpointManager:
-  """WORKDIR/checkpoints. `cleanup_tmp` removes unfinished saves left by a killed run.
-
-  Only the run holding the workdir lock may pass `cleanup_tmp`: a concurrent reader that did
-  would delete the trainer's saves in progress.
-  """
-  options = ocp.CheckpointManagerOptions(
-      max_to_keep=config.train.keep_checkpoints, create=True,
-      save_interval_steps=max(config.train.checkpoint_every, 1),
-      cleanup_tmp_directories=cleanup_tmp)
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
-                               options=options)
-
-
-def restore_state(manager: ocp.CheckpointManager, abstract_state: State,
-                  step: int | None = None) -> tuple[State, dict]:
-  """Restores `step` (default: latest) into the shardings of `abstract_state`."""
-  step = manager.latest_step() if step is None else step
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-  return restored["state"], restored["meta"]
-
-
 # --------------------------------------------------------------------------------- the trainer
-def _put_leaf(x: Any, sharding: jax.sharding.Sharding) -> jax.Array:
-  if jax.process_count() == 1:
-    return jax.device_put(x, sharding)
-  # Across processes device_put cannot target other hosts' devices: every process holds the
-  # same host value (same seed, same weights) and contributes its own shards of it.
-  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-    data = _put_leaf(jax.random.key_data(x), sharding)
-    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
-  host = np.asarray(x)
-  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
-
-
-def _put(tree: Any, shardings: Any) -> Any:
-  """Places a host-identical pytree on the mesh (one sharding, or a tree of them)."""
-  if isinstance(shardings, jax.sharding.Sharding):
-    return jax.tree.map(lambda x: _put_leaf(x, shardings), tree)
-  return jax.tree.map(_put_leaf, tree, shardings)
-
-
 class Trainer:
   """Builds everything a run needs once; `train_and_evaluate` drives it.
 
@@ -299,20 +257,21 @@ class Trainer:
     # Shardings: parameters from the rule table; optimizer state mirrors them.
     replicated = sharding.replicated(self.mesh)
     param_shardings = sharding.param_shardings(params, self.mesh, config.mesh.param_rules)
-    params = _put(params, param_shardings)
+    params = sharding.put(params, param_shardings)
     state = {
-        "step": _put(jnp.zeros((), jnp.int32), replicated),
+        "step": sharding.put(jnp.zeros((), jnp.int32), replicated),
         "params": params,
-        "rest": _put(rest, replicated),
-        "opt_state": self._on_mesh(jax.jit(self.tx.init)(params), replicated),
+        "rest": sharding.put(rest, replicated),
+        "opt_state": sharding.on_mesh(jax.jit(self.tx.init)(params), self.mesh, replicated),
     }
     if config.optim.ema_decay > 0:
       state["ema_params"] = jax.tree.map(jnp.copy, params)
     self.state_shardings = jax.tree.map(lambda x: x.sharding, state)
     self.state = state
-    self.rng_state = _put(self.rng_state, replicated)
+    self.rng_state = sharding.put(self.rng_state, replicated)
     self.batch_sharding = sharding.batch_sharding(self.mesh)
-    self.references = References(config, workdir) if config.model.num_references else None
+    self.references = (references_lib.References(config, workdir)
+                       if config.model.num_references else None)
 
     base_key = jax.random.key(config.seed)
     self.train_step = jax.jit(
@@ -342,7 +301,8 @@ class Trainer:
     Raises:
       ValueError: the trained model's parameters do not fit this config's model.
     """
-    from procrop_jax import inference  # pylint: disable=g-import-not-at-top  (imports train)
+    # Imported here: inference imports train (a circle).
+    from procrop_jax import inference  # pylint: disable=g-import-not-at-top
     trained = inference.trained_params(source)
     ours = {"/".join(map(str, k)): v.shape for k, v in nnx.to_flat_state(self.state["params"])}
     theirs = {"/".join(map(str, k)): v.shape for k, v in nnx.to_flat_state(trained)}
@@ -351,21 +311,13 @@ class Trainer:
       raise ValueError(f"config.train.init_from={source!r}: its parameters do not fit this "
                        f"model ({len(differ)} differ, e.g. {', '.join(differ[:3])}); use the "
                        "same config.model fields")
-    params = _put(jax.tree.map(jnp.asarray, trained), self.state_shardings["params"])
+    params = sharding.put(jax.tree.map(jnp.asarray, trained), self.state_shardings["params"])
     self.state["params"] = params
-    self.state["opt_state"] = self._on_mesh(
-        jax.jit(self.tx.init)(params), sharding.replicated(self.mesh))
+    self.state["opt_state"] = sharding.on_mesh(
+        jax.jit(self.tx.init)(params), self.mesh, sharding.replicated(self.mesh))
     if "ema_params" in self.state:
       self.state["ema_params"] = jax.tree.map(jnp.copy, params)
     logging.info("Initialised the parameters from %s.", source)
-
-  def _on_mesh(self, tree: Any, fallback: jax.sharding.NamedSharding) -> Any:
-    """Leaves whose sharding XLA did not tie to the mesh (e.g. step counts) get `fallback`."""
-    def place(x):
-      on_mesh = (isinstance(x.sharding, jax.sharding.NamedSharding)
-                 and x.sharding.mesh == self.mesh)
-      return x if on_mesh else _put(x, fallback)
-    return jax.tree.map(place, tree)
 
   @property
   def abstract_state(self) -> State:
@@ -380,7 +332,7 @@ class Trainer:
                       data_config: ml_collections.ConfigDict, split: str
                       ) -> Iterator[dict[str, np.ndarray]]:
     """`batches` with their reference tokens when the model uses retrieval."""
-    return add_references(self.references, batches, data_config, split)
+    return references_lib.add_references(self.references, batches, data_config, split)
 
   def model(self, use_ema: bool = True) -> procrop.ProCrop:
     """The current model as an NNX module (EMA parameters when present and asked for)."""
@@ -408,93 +360,9 @@ class Trainer:
     return {f"val_{k}": v / max(count, 1) for k, v in totals.items()}
 
 
-class References:
-  """Reference tokens of the retrieved professional photos, added to host batches (K > 0).
-
-  The database is `config.retrieval.index_dir` (from `--mode=build_index`) or, when that is
-  empty, built in memory from the configured photos. Each example's neighbours are computed once
-  per (dataset, split) and cached under WORKDIR/neighbors; an example never retrieves itself or
-  its own source photo.
-  """
-
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-    from procrop_jax.retrieval import build as retrieval_build  # pylint: disable=g-import-not-at-top
-    self.config = config
-    self.cache_dir = os.path.join(workdir, "neighbors")
-    # An on-disk database needs no extractor unless a neighbour table must be computed.
-    self.database = retrieval_build.load_database(
-        config, extractor=None if config.retrieval.index_dir else self.extractor)
-    self._tables = {}
-
-  @functools.cached_property
-  def extractor(self):
-    """The database's token extractor (backbone + jitted pass), built once and shared."""
-    from procrop_jax.retrieval import build as retrieval_build  # pylint: disable=g-import-not-at-top
-    return retrieval_build.create_extractor(self.config)
-
-  def for_split(self, data_config: ml_collections.ConfigDict, split: str
-                ) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
-    """A function adding `reference_tokens` [B, K, T, C] to batches of `split`."""
-    from procrop_jax.retrieval import neighbors  # pylint: disable=g-import-not-at-top
-    key = (data_config.dataset, data_config.builder_config, split)
-    if key not in self._tables:
-      config = self.config.copy_and_resolve_references()
-      with config.unlocked():
-        config.data = data_config
-      self._tables[key] = neighbors.precompute_neighbors(
-          config, self.database, split=split, cache_dir=self.cache_dir,
-          # The shared extractor if it exists; else precompute builds one only on a cache miss.
-          extractor=self.__dict__.get("extractor"))
-    table = self._tables[key]
-
-    def add(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-      tokens = neighbors.gather_reference_tokens(self.database, table.lookup(batch["image_id"]))
-      return {**batch, "reference_tokens": tokens}
-    return add
-
-
-def add_references(references: "References | None", batches: Iterator[dict[str, np.ndarray]],
-                   data_config: ml_collections.ConfigDict, split: str
-                   ) -> Iterator[dict[str, np.ndarray]]:
-  """`batches` of `split` with their cached neighbours' tokens (unchanged without retrieval)."""
-  if references is None:
-    return batches
-  return map(references.for_split(data_config, split), batches)
-
-
-@contextlib.contextmanager
-def _finish_saves(*managers: ocp.CheckpointManager):
-  """Waits for asynchronous checkpoint saves on the way out, also when training fails."""
-  try:
-    yield
-  finally:
-    for manager in managers:
-      manager.wait_until_finished()
-
-
 def _write_jsonl(path: str, record: dict[str, Any]) -> None:
   with open(path, "a") as f:
     f.write(json.dumps(record) + "\n")
-
-
-def truncate_metrics_log(path: str, step: int) -> None:
-  """Drops the lines of steps after `step` from WORKDIR/metrics.jsonl, atomically.
-
-  A run killed after its last checkpoint logged steps that its successor will train and log
-  again; without this they would appear twice. A line cut short by the kill is dropped too.
-  """
-  if not os.path.exists(path):
-    return
-  kept = []
-  with open(path) as f:
-    for line in f:
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError:
-        continue
-      if isinstance(record, dict) and record.get("step", 0) <= step:
-        kept.append(json.dumps(record) + "\n")
-  artifacts.atomic_write_text(path, "".join(kept))
 
 
 def _check_finite(step: int, metrics: dict[str, Any]) -> dict[str, float]:
@@ -508,52 +376,8 @@ def _check_finite(step: int, metrics: dict[str, Any]) -> dict[str, float]:
   return metrics
 
 
-class BestCheckpoint:
-  """Keeps the checkpoint with the best value of one benchmark metric (checkpoints_best/).
-
-  Resume-safe: the best value so far is read back from the saved checkpoint, so a restarted run
-  replaces it only with a better one. A resumed run evaluates again the steps between its
-  checkpoint and the kill; a better value there may land on a step that is already saved, or
-  before the saved one, so this class (not Orbax's `max_to_keep`, which would keep the later
-  step) decides what stays: the new best is written in full before the old one is deleted.
-  """
-
-  def __init__(self, workdir: str, metric: str, *, cleanup_tmp: bool = False):
-    self.metric = metric
-    self.manager = ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, "checkpoints_best")),
-        options=ocp.CheckpointManagerOptions(create=True, cleanup_tmp_directories=cleanup_tmp))
-    self.best = None
-    self.step = self.manager.latest_step()
-    if self.step is not None:
-      meta = self.manager.restore(self.step,
-                                  args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-      if meta.get("metric") == metric:
-        self.best = meta.get("value")
-      else:  # eval.best_metric changed: the saved value measures something else.
-        logging.warning("%s holds the best %s, not %s: the next evaluation replaces it.",
-                        self.manager.directory, meta.get("metric"), metric)
-
-  def update(self, step: int, value: float | None, state: State) -> bool:
-    if value is None or not evaluate.is_better(self.metric, value, self.best):
-      return False
-    self.best = float(value)
-    if step in self.manager.all_steps():  # Saved before a kill; now better (non-determinism).
-      self.manager.delete(step)
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        meta=ocp.args.JsonSave({"step": step, "metric": self.metric, "value": self.best})),
-        force=True)
-    self.manager.wait_until_finished()
-    for old in self.manager.all_steps():
-      if old != step:
-        self.manager.delete(old)
-    self.step = step
-    logging.info("New best %s = %.4f at step %d.", self.metric, self.best, step)
-    return True
-
-
-def evaluate_during_training(trainer: Trainer, step: int, writer, best: BestCheckpoint,
+def evaluate_during_training(trainer: Trainer, step: int, writer,
+                             best: checkpointing.BestCheckpoint,
                              metrics_path: str | None) -> dict[str, float]:
   """Validation loss and the configured benchmarks; tracks the best checkpoint."""
   config = trainer.config
@@ -570,13 +394,6 @@ def evaluate_during_training(trainer: Trainer, step: int, writer, best: BestChec
   if config.eval.best_benchmark in results:
     best.update(step, results[config.eval.best_benchmark].get(best.metric), trainer.state)
   return scalars
-
-
-def evaluate_checkpoint(config: ml_collections.ConfigDict | None, workdir: str
-                        ) -> dict[str, dict[str, Any]]:
-  """`main --mode=eval`, now `inference.evaluate_checkpoint` (no optimizer); kept for callers."""
-  from procrop_jax import inference  # pylint: disable=g-import-not-at-top  (inference imports train)
-  return inference.evaluate_checkpoint(config, workdir)
 
 
 # -------------------------------------------------------------------- the run describes itself
@@ -718,7 +535,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     with open(config_path) as f:
       check_resumed_config(json.load(f), config, source=config_path)
   if jax.process_count() > 1:  # Every process has read the old config before it is replaced.
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices("procrop_jax: config checked")
   if is_chief:  # The run describes itself: eval, crop and the Predictor read this back.
     artifacts.atomic_write_json(config_path, config.copy_and_resolve_references().to_dict(),
@@ -729,7 +545,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   metrics_path = os.path.join(workdir, "metrics.jsonl")
 
   # Data first: building the embedded default's dataset is the slow part of a first run.
-  from procrop_jax.datasets import prepare  # pylint: disable=g-import-not-at-top
   prepare.ensure_dataset(config.data, config.cad)
   if feature_cache.enabled(config):
     feature_cache.check_frozen(config)
@@ -738,17 +553,17 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   trainer = Trainer(config, workdir)
   # Under the workdir lock, leftovers of a killed run are ours to clean (Orbax cleans on the
   # primary process only).
-  manager = create_checkpoint_manager(workdir, config, cleanup_tmp=True)
+  manager = checkpointing.create_checkpoint_manager(workdir, config, cleanup_tmp=True)
   start_step = 0
   if manager.latest_step() is not None:
-    trainer.state, meta = restore_state(manager, trainer.abstract_state)
+    trainer.state, meta = checkpointing.restore_state(manager, trainer.abstract_state)
     start_step = int(trainer.state["step"])
     logging.info("Resumed from %s at step %d (data position %s).", manager.directory,
                  start_step, meta.get("examples_seen"))
   elif config.train.get("init_from"):
     trainer.initialize_from(config.train.init_from)
   if is_chief:  # Steps logged after the restored checkpoint are about to be trained again.
-    truncate_metrics_log(metrics_path, start_step)
+    checkpointing.truncate_metrics_log(metrics_path, start_step)
   num_params = sum(x.size for x in jax.tree.leaves(trainer.state["params"]))
   logging.info("ProCrop: %.2fM parameters, mesh %s, global batch %d, steps %d -> %d.",
                num_params / 1e6, dict(trainer.mesh.shape), config.train.batch_size,
@@ -772,12 +587,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(trainer.state), meta=ocp.args.JsonSave(meta)), force=force)
 
-  best_tracker = BestCheckpoint(workdir, config.eval.best_metric, cleanup_tmp=True)
+  best_tracker = checkpointing.BestCheckpoint(workdir, config.eval.best_metric, cleanup_tmp=True)
   last_metrics: dict[str, float] = {}
   pending = None  # (step, metrics) of the previous step: checked one step late to keep pipelining.
   step = start_step
-  with (metric_writers.ensure_flushes(writer), _finish_saves(manager, best_tracker.manager),
-        profiler):
+  with (metric_writers.ensure_flushes(writer),
+        checkpointing.finish_saves(manager, best_tracker.manager), profiler):
     while step < config.train.num_steps:
       profiler(step, trainer.state)
       batch = trainer.device_batch(next(train_iter))

@@ -71,7 +71,7 @@ def test_choose_finds_the_ground_truth_with_an_oracle_score():
   proposals = [np.array([[100, 80, 640, 470], [0, 0, 800, 600]], np.float64)]
 
   def oracle(given):
-    return metrics.box_iou(given[0] * (size * 2), gt[None])[:, 0][None]
+    return metrics.pairwise_box_iou(given[0] * (size * 2), gt[None])[:, 0][None]
 
   boxes, _ = aspect.choose(oracle, proposals, [size], [[4 / 3]])[0][0]
-  assert metrics.box_iou(boxes[:1].astype(float), gt[None])[0, 0] > 0.95
+  assert metrics.pairwise_box_iou(boxes[:1].astype(float), gt[None])[0, 0] > 0.95

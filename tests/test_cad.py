@@ -7,10 +7,10 @@ from PIL import Image
 import pytest
 
 from procrop_jax import cad
+from procrop_jax import photos as photos_lib
 from procrop_jax.cad import generate
 from procrop_jax.cad import outpaint
-from procrop_jax.cad import sources
-from procrop_jax.datasets import schema
+from procrop_jax.datasets import annotation_files
 
 
 def smooth_photo(height, width, seed):
@@ -53,13 +53,13 @@ def test_pseudo_label_points_at_the_original_pixels(tmp_path, photos):
   report = cad.generate_cad(photos, out, variants_per_photo=3, workers=2, seed=1,
                             progress=False)
   assert report.written == 6 and not report.failed_photos
-  ids = generate.photo_ids(photos)
+  ids = photos_lib.photo_ids(photos)
   assert ids == ["photo-0", "photo-1"]
   for path, photo_id in zip(photos, ids):
     original = np.asarray(Image.open(path).convert("RGB")).astype(np.float32)
     h, w = original.shape[:2]
     for k in range(3):
-      boxes, scores = schema.parse_yxyx_lines(out / "annotations" / f"{photo_id}_{k}.txt")
+      boxes, scores = annotation_files.parse_yxyx_lines(out / "annotations" / f"{photo_id}_{k}.txt")
       assert scores[0] == 5
       x1, y1, x2, y2 = boxes[0].astype(int)
       assert (x2 - x1, y2 - y1) == (w, h)
@@ -173,7 +173,7 @@ def test_custom_outpainter_is_used_and_cannot_move_the_photo(tmp_path, photos):
 
   out = tmp_path / "cad"
   cad.generate_cad(photos[:1], out, variants_per_photo=1, outpainter=Grey(), progress=False)
-  boxes, _ = schema.parse_yxyx_lines(out / "annotations" / "photo-0_0.txt")
+  boxes, _ = annotation_files.parse_yxyx_lines(out / "annotations" / "photo-0_0.txt")
   x1, y1, x2, y2 = boxes[0].astype(int)
   canvas = np.asarray(Image.open(out / "images" / "photo-0_0.jpg")).astype(np.float32)
   original = np.asarray(Image.open(photos[0]).convert("RGB")).astype(np.float32)
@@ -183,7 +183,7 @@ def test_custom_outpainter_is_used_and_cannot_move_the_photo(tmp_path, photos):
 def test_skimage_photos_ship_inside_the_package():
   import skimage.data  # pylint: disable=g-import-not-at-top
   root = pathlib.Path(skimage.data.__file__).parent
-  paths = sources.skimage_photo_paths()
-  assert len(paths) == len(sources.SKIMAGE_PHOTOS) >= 8
+  paths = photos_lib.skimage_photo_paths()
+  assert len(paths) == len(photos_lib.SKIMAGE_PHOTOS) >= 8
   for path in paths:
     assert path.parent == root and path.is_file()  # Never pooch's download cache.

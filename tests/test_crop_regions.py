@@ -5,6 +5,7 @@ from PIL import Image
 import tensorflow_datasets as tfds
 
 from procrop_jax import input_pipeline
+from procrop_jax import photos
 from procrop_jax.retrieval import crop_regions
 from procrop_jax.retrieval import database
 
@@ -27,7 +28,7 @@ def test_writes_each_examples_best_crop_under_its_own_id_and_skips_done_files(ti
     # The photo_folder id of the crop is excluded for its own source example.
     crop_id = path.name
     excluded = database.exclusion_ids(image_id)
-    assert crop_id in excluded or database.photo_key(crop_id) in excluded
+    assert crop_id in excluded or photos.photo_key(crop_id) in excluded
   assert not list((tmp_path / "crops").glob(".*"))  # No temporary file left.
   again = crop_regions.export_crop_regions(tiny_config.data, split, tmp_path / "crops")
   assert again == {"written": 0, "kept": len(source), "no_box": 0}

@@ -10,9 +10,12 @@ import pytest
 import tensorflow_datasets as tfds
 
 from procrop_jax import datasets
+from procrop_jax import photos
+from procrop_jax.datasets import annotation_files
 from procrop_jax.datasets import fcdb
 from procrop_jax.datasets import flms
 from procrop_jax.datasets import gaicd
+from procrop_jax.datasets import image_files
 from procrop_jax.datasets import photo_folder
 from procrop_jax.datasets import procrop_cad
 from procrop_jax.datasets import schema
@@ -175,7 +178,7 @@ def test_fcdb_rated_pairs(tmp_path):
 def test_fcdb_malformed_ranking_file_names_the_line(tmp_path):
   path = tmp_path / "ranking.json"
   path.write_text('[\n{"url": "a.jpg", "crops": [\n{"crop_0": [0, 0, 1, 1], "vote_for_0": 1}]}]')
-  with pytest.raises(schema.AnnotationError, match=r"ranking.json:2: .*crop_1"):
+  with pytest.raises(annotation_files.AnnotationError, match=r"ranking.json:2: .*crop_1"):
     fcdb.parse_ranking(path)
 
 
@@ -245,8 +248,7 @@ def test_procrop_cad_lines(tmp_path):
 def test_photo_folder_skimage_config(tmp_path):
   builder = build(photo_folder.PhotoFolder, tmp_path / "unused", tmp_path / "tfds",
                   config="skimage")
-  from procrop_jax.cad import sources  # pylint: disable=g-import-not-at-top
-  assert builder.info.splits["train"].num_examples == len(sources.skimage_photo_paths())
+  assert builder.info.splits["train"].num_examples == len(photos.skimage_photo_paths())
   ex = builder.as_data_source("train")[0]
   assert ex["boxes"].shape == (0, 4) and ex["image"].shape[-1] == 3
 
@@ -316,7 +318,7 @@ def test_sixteen_bit_is_scaled_not_clipped():
   array = np.full((32, 32), 32768, np.uint16)
   buffer = io.BytesIO()
   Image.fromarray(array).save(buffer, format="PNG")
-  loaded = schema.load_image(buffer.getvalue())
+  loaded = image_files.load_image(buffer.getvalue())
   pixels = np.asarray(Image.open(io.BytesIO(loaded.encoded)))
   assert abs(int(pixels.mean()) - 128) <= 2
 
@@ -330,11 +332,11 @@ def test_exif_orientation_moves_boxes_with_pixels(orientation):
   exif[0x0112] = orientation
   buffer = io.BytesIO()
   Image.fromarray(stored).save(buffer, format="JPEG", quality=100, exif=exif.tobytes())
-  loaded = schema.load_image(buffer.getvalue())
+  loaded = image_files.load_image(buffer.getvalue())
   upright = np.asarray(Image.open(io.BytesIO(loaded.encoded)).convert("RGB")).astype(int)
   assert upright.shape[:2] == (loaded.height, loaded.width)
-  (x1, y1, x2, y2), = schema.orient_boxes(np.array([box]), loaded.orientation,
-                                          loaded.stored_width, loaded.stored_height)
+  (x1, y1, x2, y2), = image_files.orient_boxes(np.array([box]), loaded.orientation,
+                                               loaded.stored_width, loaded.stored_height)
   ys, xs = np.nonzero(upright.mean(-1) > 128)
   assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x1, y1, x2, y2)
 
@@ -351,24 +353,25 @@ def test_malformed_json_entry_names_file_and_line(tmp_path):
   starts = [i for i, text in enumerate(path.read_text().splitlines(), 1)
             if text.strip() == "{"]
   line = starts[2]  # Where the third entry begins.
-  with pytest.raises(schema.AnnotationError, match=rf"cropping_training_set.json:{line}:"):
+  with pytest.raises(annotation_files.AnnotationError,
+                     match=rf"cropping_training_set.json:{line}:"):
     build(fcdb.Fcdb, tmp_path / "manual", tmp_path / "tfds")
 
 
 def test_json_syntax_error_names_line(tmp_path):
   path = tmp_path / "image_crop.json"
   path.write_text('{\n "a.jpg": [[0, 0, 5, 5]],\n "b.jpg": [[0, 0, 5 5]]\n}\n')
-  with pytest.raises(schema.AnnotationError, match=r"image_crop.json:3: invalid JSON"):
+  with pytest.raises(annotation_files.AnnotationError, match=r"image_crop.json:3: invalid JSON"):
     flms.parse_annotations(path)
 
 
 def test_malformed_cad_line_names_file_and_line(tmp_path):
   make_cad(tmp_path / "manual")
   (tmp_path / "manual" / "annotations" / "p2_0.txt").write_text("0 0 48 64 4\n1 2 x 4\n")
-  with pytest.raises(schema.AnnotationError, match=r"p2_0.txt:2: not a number"):
+  with pytest.raises(annotation_files.AnnotationError, match=r"p2_0.txt:2: not a number"):
     build(procrop_cad.ProcropCad, tmp_path / "manual", tmp_path / "tfds")
   (tmp_path / "manual" / "annotations" / "p2_0.txt").write_text("0 0 48\n")
-  with pytest.raises(schema.AnnotationError, match=r"p2_0.txt:1: expected"):
+  with pytest.raises(annotation_files.AnnotationError, match=r"p2_0.txt:1: expected"):
     build(procrop_cad.ProcropCad, tmp_path / "manual", tmp_path / "tfds2")
 
 
@@ -388,10 +391,10 @@ def test_real_fcdb_counts(shared_data):
   assert len(small) == 31 and len(large) == 3
   for e in small + large:
     with pytest.raises(schema.SkipExample, match="placeholder"):
-      schema.load_image((root / "data" / e["image_name"]).read_bytes())
+      image_files.load_image((root / "data" / e["image_name"]).read_bytes())
   for e in entries[:60]:
     if e not in small + large:
-      schema.load_image((root / "data" / e["image_name"]).read_bytes())
+      image_files.load_image((root / "data" / e["image_name"]).read_bytes())
 
 
 @pytest.mark.slow

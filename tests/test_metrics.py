@@ -20,7 +20,7 @@ E = math.exp
 
 
 def test_box_iou_hand_cases():
-  ious = metrics.box_iou(
+  ious = metrics.pairwise_box_iou(
       [[0, 0, 10, 10], [0, 0, 4, 2]],
       [[5, 5, 15, 15], [2, 0, 6, 2], [10, 0, 20, 10], [0, 0, 10, 10]])
   np.testing.assert_allclose(ious, [
@@ -30,14 +30,14 @@ def test_box_iou_hand_cases():
 
 
 def test_box_iou_degenerate_and_invalid_boxes():
-  assert metrics.box_iou([3, 3, 3, 3], [3, 3, 3, 3])[0, 0] == 0.0  # empty union
-  assert metrics.box_iou([0, 0, 0, 10], [0, 0, 10, 10])[0, 0] == 0.0  # zero-area box
+  assert metrics.pairwise_box_iou([3, 3, 3, 3], [3, 3, 3, 3])[0, 0] == 0.0  # empty union
+  assert metrics.pairwise_box_iou([0, 0, 0, 10], [0, 0, 10, 10])[0, 0] == 0.0  # zero-area box
   with pytest.raises(ValueError, match="x2 >= x1"):
-    metrics.box_iou([5, 0, 1, 10], [0, 0, 10, 10])
+    metrics.pairwise_box_iou([5, 0, 1, 10], [0, 0, 10, 10])
   with pytest.raises(ValueError, match=r"\[N, 4\]"):
-    metrics.box_iou([0, 0, 1], [0, 0, 10, 10])
+    metrics.pairwise_box_iou([0, 0, 1], [0, 0, 10, 10])
   with pytest.raises(ValueError, match="finite"):
-    metrics.box_iou([0, 0, np.nan, 1], [0, 0, 10, 10])
+    metrics.pairwise_box_iou([0, 0, np.nan, 1], [0, 0, 10, 10])
 
 
 def test_xywh_to_xyxy():
@@ -290,21 +290,6 @@ def test_ranking_protocol_result_and_undefined_correlations():
   zero.add("a", _PRED, _MOS)
   zero.add("b", [1.0] * 11, _MOS)
   assert zero.result()["srcc"] == pytest.approx(metrics.spearman(_PRED, _MOS) / 2)
-
-
-def test_format_table_aligns_columns():
-  table = metrics.format_table({
-      "FCDB": {"iou": 0.71234, "bde": 0.0612, "num_images": 343},
-      "FLMS": {"iou": 0.8, "num_images": 500, "iou_top5": 0.9},
-  })
-  lines = table.split("\n")
-  assert len({len(line) for line in lines}) == 1, table
-  assert lines[0].split() == ["iou", "bde", "num_images", "iou_top5"]
-  assert lines[2].split() == ["FCDB", "0.7123", "0.0612", "343", "-"]
-  assert lines[3].split() == ["FLMS", "0.8000", "-", "500", "0.9000"]
-  transposed = metrics.format_table({"a": {"x": 1.0}, "b": {"x": 2.0}}, transpose=True,
-                                    precision=2)
-  assert transposed.split("\n")[2].split() == ["x", "1.00", "2.00"]
 
 
 # ----------------------------------------------------------------------------------------------

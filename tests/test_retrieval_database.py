@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from configs import testing
+from procrop_jax import photos as photos_lib
 from procrop_jax.retrieval import database as database_lib
 from procrop_jax.retrieval import neighbors
 from tests.conftest import HAS_SCANN, requires_scann
@@ -42,8 +43,8 @@ def _database(n=60, method=_SEARCH):
 
 
 def test_photo_keys_and_exclusion_ids():
-  assert database_lib.photo_key("photos/pro 007.jpg") == "pro-007"
-  assert database_lib.photo_key(b"astronaut.png") == "astronaut"
+  assert photos_lib.photo_key("photos/pro 007.jpg") == "pro-007"
+  assert photos_lib.photo_key(b"astronaut.png") == "astronaut"
   assert database_lib.exclusion_ids("pro-007_3") == ("pro-007_3", "pro-007", "pro-007-3")
   assert database_lib.exclusion_ids(b"pro.v2_12") == ("pro.v2_12", "pro.v2", "pro.v2-12")
   assert database_lib.exclusion_ids("pro-007") == ("pro-007",)

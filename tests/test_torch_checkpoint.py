@@ -16,7 +16,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from procrop_jax import torch_checkpoint
+from procrop_jax.weights import torch_checkpoint
 
 
 def _torch_global(module: str, name: str) -> type:

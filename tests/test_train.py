@@ -13,7 +13,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 from procrop_jax import artifacts
+from procrop_jax import checkpointing
 from procrop_jax import evaluate
+from procrop_jax import inference
 from procrop_jax import input_pipeline
 from procrop_jax import train
 from tests.conftest import REPO_ROOT
@@ -84,8 +86,8 @@ def _train(config, workdir, num_steps):
 
 def _final_params(config, workdir):
   trainer = train.Trainer(config, str(workdir))
-  manager = train.create_checkpoint_manager(str(workdir), config)
-  state, meta = train.restore_state(manager, trainer.abstract_state)
+  manager = checkpointing.create_checkpoint_manager(str(workdir), config)
+  state, meta = checkpointing.restore_state(manager, trainer.abstract_state)
   return params_of(state), meta
 
 
@@ -139,7 +141,7 @@ def test_resumed_run_matches_an_uninterrupted_one(tiny_config, tmp_path, monkeyp
 
 @pytest.mark.slow
 def test_eval_mode_restores_and_writes_the_documented_keys(tiny_config, tiny_trained_workdir):
-  results = train.evaluate_checkpoint(tiny_config, str(tiny_trained_workdir))
+  results = inference.evaluate_checkpoint(tiny_config, str(tiny_trained_workdir))
   path = tiny_trained_workdir / "eval" / "procrop_cad_default_train_90pct_.json"
   saved = json.load(open(path))
   assert saved == json.loads(json.dumps(results["cad_val"]))
@@ -153,7 +155,7 @@ def test_eval_mode_restores_and_writes_the_documented_keys(tiny_config, tiny_tra
 
 def test_eval_mode_without_a_checkpoint_says_so(tiny_config, tmp_path):
   with pytest.raises(FileNotFoundError, match="train first"):
-    train.evaluate_checkpoint(tiny_config, str(tmp_path))
+    inference.evaluate_checkpoint(tiny_config, str(tmp_path))
 
 
 def test_a_planted_nan_stops_training_with_the_step_and_keeps_the_last_checkpoint(
@@ -218,11 +220,11 @@ def test_truncate_metrics_log_keeps_steps_up_to_the_restored_one(tmp_path):
   path = tmp_path / "metrics.jsonl"
   lines = [{"step": s, "loss": 1.0 / s} for s in (1, 2, 3)] + [{"step": 2, "val_loss": 0.5}]
   path.write_text("".join(json.dumps(l) + "\n" for l in lines) + '{"step": 4, "lo')
-  train.truncate_metrics_log(str(path), 2)
+  checkpointing.truncate_metrics_log(str(path), 2)
   assert [json.loads(l) for l in open(path)] == [lines[0], lines[1], lines[3]]
-  train.truncate_metrics_log(str(path), 0)  # A fresh run in an old workdir starts empty.
+  checkpointing.truncate_metrics_log(str(path), 0)  # A fresh run in an old workdir starts empty.
   assert path.read_text() == ""
-  train.truncate_metrics_log(str(tmp_path / "absent.jsonl"), 3)  # Nothing to do.
+  checkpointing.truncate_metrics_log(str(tmp_path / "absent.jsonl"), 3)  # Nothing to do.
 
 
 def test_a_second_run_in_the_same_workdir_is_refused(tmp_path):
@@ -240,24 +242,24 @@ class TestBestCheckpoint:
     return sorted(int(p.name) for p in (workdir / "checkpoints_best").iterdir())
 
   def test_remembers_the_best_value_across_a_restart(self, tmp_path):
-    best = train.BestCheckpoint(str(tmp_path), "iou")
+    best = checkpointing.BestCheckpoint(str(tmp_path), "iou")
     assert best.update(4, 0.5, self.STATE)
     assert not best.update(6, 0.4, self.STATE)
-    restarted = train.BestCheckpoint(str(tmp_path), "iou")
+    restarted = checkpointing.BestCheckpoint(str(tmp_path), "iou")
     assert (restarted.best, restarted.step) == (0.5, 4)
     assert not restarted.update(8, 0.45, self.STATE)
     assert self.steps(tmp_path) == [4]
 
   def test_a_better_value_replaces_a_saved_step_or_a_later_one(self, tmp_path):
     # After a resume, steps evaluated before the kill are evaluated again.
-    best = train.BestCheckpoint(str(tmp_path), "bde")
+    best = checkpointing.BestCheckpoint(str(tmp_path), "bde")
     assert best.update(6, 0.2, self.STATE)
-    restarted = train.BestCheckpoint(str(tmp_path), "bde")
+    restarted = checkpointing.BestCheckpoint(str(tmp_path), "bde")
     assert restarted.update(6, 0.1, self.STATE)  # No StepAlreadyExistsError.
     assert restarted.update(4, 0.05, self.STATE)  # Kept, though the old best's step is later.
     assert self.steps(tmp_path) == [4]
-    assert train.BestCheckpoint(str(tmp_path), "bde").best == 0.05
+    assert checkpointing.BestCheckpoint(str(tmp_path), "bde").best == 0.05
 
   def test_a_changed_metric_starts_afresh(self, tmp_path):
-    assert train.BestCheckpoint(str(tmp_path), "iou").update(2, 0.9, self.STATE)
-    assert train.BestCheckpoint(str(tmp_path), "bde").best is None
+    assert checkpointing.BestCheckpoint(str(tmp_path), "iou").update(2, 0.9, self.STATE)
+    assert checkpointing.BestCheckpoint(str(tmp_path), "bde").best is None

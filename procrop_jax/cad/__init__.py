@@ -11,4 +11,3 @@ from procrop_jax.cad.generate import plan_canvas
 from procrop_jax.cad.outpaint import OutPainter
 from procrop_jax.cad.outpaint import ReflectBlurOutPainter
 from procrop_jax.cad.sources import photo_paths
-from procrop_jax.cad.sources import skimage_photo_paths

@@ -29,7 +29,6 @@ import io
 import json
 import os
 import pathlib
-import re
 import sys
 import time
 import zlib
@@ -38,16 +37,15 @@ from typing import Sequence
 from absl import logging
 import numpy as np
 from PIL import Image
-from PIL import ImageOps
 import tqdm
 
 from procrop_jax import artifacts
+from procrop_jax import photos as photos_lib
 from procrop_jax.cad import outpaint as outpaint_lib
 from procrop_jax.cad import sources
 
 MARKER = "cad_generation.json"  # Written by the generator: its parameters and sources.
 FAILURES = "cad_failures.json"  # Written when photos failed: which, why, and if allowed.
-JPEG_QUALITY = 95
 PSEUDO_LABEL_SCORE = 5
 
 
@@ -157,32 +155,6 @@ def annotation_text(plan: CanvasPlan) -> str:
   return f"{y1} {x1} {y2} {x2} {PSEUDO_LABEL_SCORE}\n"
 
 
-def load_photo(path: str | pathlib.Path, *, max_side: int | None = 1024) -> np.ndarray:
-  """An upright RGB uint8 photo, downscaled so that its longer side <= max_side."""
-  with Image.open(path) as image:
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-      array = np.asarray(image).astype(np.float64)
-      top = 65535.0 if array.max() > 255 else 255.0
-      image = Image.fromarray((array / top * 255 + 0.5).astype(np.uint8), "L")
-    image = image.convert("RGB")
-    if max_side and max(image.size) > max_side:
-      scale = max_side / max(image.size)
-      size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-      image = image.resize(size, Image.Resampling.LANCZOS)
-    return np.asarray(image)
-
-
-def photo_ids(paths: Sequence[pathlib.Path]) -> list[str]:
-  """Short ids from file names: [A-Za-z0-9.-] only, unique (a hash suffix if needed)."""
-  ids = [re.sub(r"[^A-Za-z0-9.-]+", "-", p.stem).strip("-") or "photo" for p in paths]
-  counts: dict[str, int] = {}
-  for i in ids:
-    counts[i] = counts.get(i, 0) + 1
-  return [f"{i}-{zlib.crc32(str(p).encode()):08x}" if counts[i] > 1 else i
-          for i, p in zip(ids, paths)]
-
-
 def variant_rng(seed: int, photo_id: str, k: int) -> np.random.Generator:
   return np.random.default_rng([seed, zlib.crc32(photo_id.encode()), k])
 
@@ -203,7 +175,7 @@ def _make_photo_variants(path: pathlib.Path, photo_id: str, variants: Sequence[i
                          max_area_fraction: float, max_side: int | None,
                          outpainter: outpaint_lib.OutPainter) -> int:
   """Writes the given variants of one photo; returns how many were written."""
-  photo = load_photo(path, max_side=max_side)
+  photo = photos_lib.load_photo(path, max_side=max_side)
   written = 0
   for k in variants:
     rng = variant_rng(seed, photo_id, k)
@@ -225,7 +197,8 @@ def _make_photo_variants(path: pathlib.Path, photo_id: str, variants: Sequence[i
 def _encode_jpeg(canvas: np.ndarray) -> bytes:
   buffer = io.BytesIO()
   # 4:4:4 chroma keeps the photo's pixels close to the original inside the frame.
-  Image.fromarray(canvas).save(buffer, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
+  Image.fromarray(canvas).save(buffer, format="JPEG", quality=photos_lib.JPEG_QUALITY,
+                             subsampling=0)
   return buffer.getvalue()
 
 
@@ -262,7 +235,7 @@ def generate_cad(photos: Sequence[str | pathlib.Path] | str, out_dir: str | path
   (out_dir / "images").mkdir(parents=True, exist_ok=True)
   (out_dir / "annotations").mkdir(parents=True, exist_ok=True)
   outpainter = outpainter or outpaint_lib.ReflectBlurOutPainter()
-  ids = photo_ids(paths)
+  ids = photos_lib.photo_ids(paths)
   marker = {
       "format": "procrop_cad", "seed": seed, "variants_per_photo": variants_per_photo,
       "min_area_fraction": min_area_fraction, "max_area_fraction": max_area_fraction,

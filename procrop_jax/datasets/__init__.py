@@ -18,7 +18,7 @@ from procrop_jax.datasets import flms
 from procrop_jax.datasets import gaicd
 from procrop_jax.datasets import photo_folder
 from procrop_jax.datasets import procrop_cad
-from procrop_jax.datasets.schema import AnnotationError
+from procrop_jax.datasets.annotation_files import AnnotationError
 from procrop_jax.datasets.schema import build_report
 
 Fcdb = fcdb.Fcdb

@@ -27,6 +27,10 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from procrop_jax import metrics
+from procrop_jax.datasets import annotation_files
+from procrop_jax.datasets import crop_builder
+from procrop_jax.datasets import image_files
 from procrop_jax.datasets import schema
 
 _SPLIT_FILES = {
@@ -41,22 +45,23 @@ def parse_annotations(path: epath.PathLike) -> list[dict[str, Any]]:
   """Reads an FCDB cropping JSON into [{"image_name", "url", "box_px", "line"}].
 
   Raises:
-    schema.AnnotationError: for a malformed entry, naming the file and line.
+    annotation_files.AnnotationError: for a malformed entry, naming the file and line.
   """
   entries = []
-  for index, entry, line in schema.iter_json_items(path):
+  for index, entry, line in annotation_files.iter_json_items(path):
     if not isinstance(entry, dict) or "url" not in entry or "crop" not in entry:
-      raise schema.AnnotationError(path, line,
-                                   f"entry {index}: expected an object with 'url' and 'crop'")
-    crop = schema.as_box_array(entry["crop"], path=path, line=line, what=f"entry {index} crop")
+      raise annotation_files.AnnotationError(
+          path, line, f"entry {index}: expected an object with 'url' and 'crop'")
+    crop = annotation_files.as_box_array(entry["crop"], path=path, line=line,
+                                         what=f"entry {index} crop")
     if len(crop) != 1:
-      raise schema.AnnotationError(path, line, f"entry {index}: expected one [x, y, w, h] crop")
-    x, y, w, h = crop[0]
+      raise annotation_files.AnnotationError(path, line,
+                                             f"entry {index}: expected one [x, y, w, h] crop")
     url = str(entry["url"])
     entries.append({
         "image_name": url.rstrip("/").rsplit("/", 1)[-1],
         "url": url,
-        "box_px": np.array([[x, y, x + w, y + h]], np.float64),
+        "box_px": metrics.xywh_to_xyxy(crop[:1]),
         "line": line,
     })
   return entries
@@ -66,29 +71,29 @@ def parse_ranking(path: epath.PathLike) -> dict[str, tuple[np.ndarray, np.ndarra
   """Reads FCDB's pairwise ranking JSON: image name -> (pairs_px [P, 2, 4] x1y1x2y2, votes [P, 2]).
 
   Raises:
-    schema.AnnotationError: for a malformed entry, naming the file and line.
+    annotation_files.AnnotationError: for a malformed entry, naming the file and line.
   """
   pairs = {}
-  for index, entry, line in schema.iter_json_items(path):
+  for index, entry, line in annotation_files.iter_json_items(path):
     if not isinstance(entry, dict) or "url" not in entry or not isinstance(entry.get("crops"),
                                                                             list):
-      raise schema.AnnotationError(path, line,
-                                   f"entry {index}: expected an object with 'url' and 'crops'")
+      raise annotation_files.AnnotationError(
+          path, line, f"entry {index}: expected an object with 'url' and 'crops'")
     boxes, votes = [], []
     for j, pair in enumerate(entry["crops"]):
       what = f"entry {index} pair {j}"
       try:
-        crops = [schema.as_box_array(pair[f"crop_{k}"], path=path, line=line, what=what)
+        crops = [annotation_files.as_box_array(pair[f"crop_{k}"], path=path, line=line, what=what)
                  for k in (0, 1)]
         count = [int(pair[f"vote_for_{k}"]) for k in (0, 1)]
       except (KeyError, TypeError, ValueError) as e:
-        raise schema.AnnotationError(
+        raise annotation_files.AnnotationError(
             path, line, f"{what}: expected crop_0, crop_1 ([x, y, w, h]) and vote_for_0, "
             f"vote_for_1 (integers): {e}") from e
       if any(len(c) != 1 for c in crops) or min(count) < 0:
-        raise schema.AnnotationError(path, line, f"{what}: expected one [x, y, w, h] per crop "
-                                     "and non-negative votes")
-      boxes.append([[x, y, x + w, y + h] for x, y, w, h in (c[0] for c in crops)])
+        raise annotation_files.AnnotationError(
+            path, line, f"{what}: expected one [x, y, w, h] per crop and non-negative votes")
+      boxes.append([metrics.xywh_to_xyxy(c[0]) for c in crops])
       votes.append(count)
     name = str(entry["url"]).rstrip("/").rsplit("/", 1)[-1]
     pairs[name] = (np.array(boxes, np.float64).reshape(-1, 2, 4),
@@ -96,7 +101,7 @@ def parse_ranking(path: epath.PathLike) -> dict[str, tuple[np.ndarray, np.ndarra
   return pairs
 
 
-class Fcdb(schema.CropBuilder):
+class Fcdb(crop_builder.CropBuilder):
   """The Flickr Cropping Dataset: one expert crop per photo, and rated crop pairs."""
 
   VERSION = tfds.core.Version("1.1.0")
@@ -161,12 +166,12 @@ class Fcdb(schema.CropBuilder):
     def load(indexed_entry):
       index, entry = indexed_entry
       name = entry["image_name"]
-      data = schema.read_bytes(image_dir / name)
+      data = image_files.read_bytes(image_dir / name)
       # The index keeps keys unique should a URL be listed twice.
       pairs_px, votes = pairs.get(name, _NO_PAIRS)
-      return f"{index}_{name}", schema.build_example(
+      return f"{index}_{name}", crop_builder.build_example(
           name, data, entry["box_px"], np.array([schema.DEFAULT_SCORE]), stats,
           pairs_px=pairs_px, pair_votes=votes)
 
-    yield from self._counted(split, schema.ordered_map(load, enumerate(entries), workers=self.WORKERS),
-                             stats)
+    yield from self._counted(
+        split, crop_builder.ordered_map(load, enumerate(entries), workers=self.WORKERS), stats)

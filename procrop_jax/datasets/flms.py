@@ -13,19 +13,22 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from procrop_jax.datasets import annotation_files
+from procrop_jax.datasets import crop_builder
+from procrop_jax.datasets import image_files
 from procrop_jax.datasets import schema
 
 
 def parse_annotations(path: epath.PathLike) -> list[dict[str, Any]]:
   """Reads FLMS's image_crop.json into [{"image_name", "boxes_px" [N, 4] x1y1x2y2}]."""
   entries = []
-  for name, value, line in schema.iter_json_items(path):
-    boxes = schema.as_box_array(value, path=path, line=line, what=str(name))
+  for name, value, line in annotation_files.iter_json_items(path):
+    boxes = annotation_files.as_box_array(value, path=path, line=line, what=str(name))
     entries.append({"image_name": str(name), "boxes_px": boxes})
   return entries
 
 
-class Flms(schema.CropBuilder):
+class Flms(crop_builder.CropBuilder):
   """FLMS: several expert crops per image."""
 
   DESCRIPTION = (
@@ -52,7 +55,7 @@ class Flms(schema.CropBuilder):
     if not path.exists():
       raise FileNotFoundError(f"{path} not found.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
     entries = parse_annotations(path)
-    return {"test": self._generate_examples(entries, schema.index_images(root), "test")}
+    return {"test": self._generate_examples(entries, image_files.index_images(root), "test")}
 
   def _generate_examples(self, entries: list[dict[str, Any]], images: dict[str, epath.Path],
                          split: str) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -61,8 +64,8 @@ class Flms(schema.CropBuilder):
     def load(entry):
       name = entry["image_name"]
       boxes = entry["boxes_px"]
-      return name, schema.build_example(name, schema.read_bytes(images.get(name)), boxes,
-                                        np.full(len(boxes), schema.DEFAULT_SCORE), stats)
+      return name, crop_builder.build_example(name, image_files.read_bytes(images.get(name)), boxes,
+                                              np.full(len(boxes), schema.DEFAULT_SCORE), stats)
 
-    yield from self._counted(split, schema.ordered_map(load, entries, workers=self.WORKERS),
+    yield from self._counted(split, crop_builder.ordered_map(load, entries, workers=self.WORKERS),
                              stats)

@@ -25,6 +25,10 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from procrop_jax import photos
+from procrop_jax.datasets import annotation_files
+from procrop_jax.datasets import crop_builder
+from procrop_jax.datasets import image_files
 from procrop_jax.datasets import schema
 
 
@@ -36,28 +40,30 @@ def parse_json(crop_path: epath.PathLike, split_path: epath.PathLike
     {"train": [{"image_name", "boxes_px" [N, 4] x1y1x2y2, "scores" [N]}], "test": [...]}.
   """
   annotations = {}
-  for name, value, line in schema.iter_json_items(crop_path):
+  for name, value, line in annotation_files.iter_json_items(crop_path):
     if not isinstance(value, dict) or "bbox" not in value or "score" not in value:
-      raise schema.AnnotationError(crop_path, line,
-                                   f"{name}: expected an object with 'bbox' and 'score'")
-    boxes = schema.as_box_array(value["bbox"], path=crop_path, line=line, what=f"{name} bbox")
+      raise annotation_files.AnnotationError(crop_path, line,
+                                             f"{name}: expected an object with 'bbox' and 'score'")
+    boxes = annotation_files.as_box_array(value["bbox"], path=crop_path, line=line,
+                                          what=f"{name} bbox")
     try:
       scores = np.asarray(value["score"], np.float64).reshape(-1)
     except (TypeError, ValueError) as e:
-      raise schema.AnnotationError(crop_path, line, f"{name}: scores are not numbers") from e
+      raise annotation_files.AnnotationError(crop_path, line,
+                                             f"{name}: scores are not numbers") from e
     if len(scores) != len(boxes):
-      raise schema.AnnotationError(crop_path, line,
-                                   f"{name}: {len(boxes)} boxes but {len(scores)} scores")
+      raise annotation_files.AnnotationError(crop_path, line,
+                                             f"{name}: {len(boxes)} boxes but {len(scores)} scores")
     annotations[name] = (boxes, scores)
   split_names: dict[str, list[str]] = {}
-  for split, names, line in schema.iter_json_items(split_path):
+  for split, names, line in annotation_files.iter_json_items(split_path):
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-      raise schema.AnnotationError(split_path, line, f"{split}: expected a list of names")
+      raise annotation_files.AnnotationError(split_path, line, f"{split}: expected a list of names")
     missing = [n for n in names if n not in annotations]
     if missing:
-      raise schema.AnnotationError(split_path, line,
-                                   f"{split}: {len(missing)} names not in {crop_path}, "
-                                   f"e.g. {missing[0]!r}")
+      raise annotation_files.AnnotationError(split_path, line,
+                                             f"{split}: {len(missing)} names not in {crop_path}, "
+                                             f"e.g. {missing[0]!r}")
     split_names[str(split)] = names
   return {
       split: [{"image_name": n, "boxes_px": annotations[n][0], "scores": annotations[n][1]}
@@ -81,17 +87,18 @@ def parse_mat(path: epath.PathLike) -> dict[str, list[dict[str, Any]]]:
     sets = {k: np.asarray(images[k]).ravel().astype(int) for k in ("trainSet", "valSet",
                                                                    "testSet")}
   except Exception as e:  # pylint: disable=broad-except
-    raise schema.AnnotationError(path, None, f"not a GAICD imdb struct: {e}") from e
+    raise annotation_files.AnnotationError(path, None, f"not a GAICD imdb struct: {e}") from e
   if not len(names) == len(boxes) == len(scores):
-    raise schema.AnnotationError(path, None, f"{len(names)} image paths but {len(boxes)} "
-                                 f"box sets and {len(scores)} score sets")
+    raise annotation_files.AnnotationError(path, None, f"{len(names)} image paths but {len(boxes)} "
+                                           f"box sets and {len(scores)} score sets")
 
   def entry(i):
     b = np.asarray(boxes[i], np.float64)
     s = np.asarray(scores[i], np.float64).reshape(-1)
     if b.ndim != 2 or b.shape[0] != 4 or b.shape[1] != len(s):
-      raise schema.AnnotationError(path, None, f"image {i + 1} ({names[i]}): boxes of shape "
-                                   f"{b.shape} for {len(s)} scores (expected 4 x N)")
+      raise annotation_files.AnnotationError(
+          path, None, f"image {i + 1} ({names[i]}): boxes of shape {b.shape} for {len(s)} "
+          "scores (expected 4 x N)")
     # Rows are (y1, x1, y2, x2).
     return {"image_name": names[i], "boxes_px": b[[1, 0, 3, 2]].T, "scores": s}
 
@@ -106,20 +113,20 @@ def parse_txt_release(root: epath.PathLike) -> dict[str, list[dict[str, Any]]]:
   entries: dict[str, list[dict[str, Any]]] = {"train": [], "test": []}
   for split in entries:
     for image_path in sorted((root / "images" / split).glob("*")):
-      if image_path.suffix.lower() not in schema.IMAGE_EXTENSIONS:
+      if image_path.suffix.lower() not in photos.IMAGE_SUFFIXES:
         continue
       txt = root / "annotations" / f"{image_path.stem}.txt"
       if not txt.exists():
         entries[split].append({"image_name": image_path.name, "boxes_px": None,
                                "scores": None, "missing_annotation": True})
         continue
-      boxes, scores = schema.parse_yxyx_lines(txt)
+      boxes, scores = annotation_files.parse_yxyx_lines(txt)
       entries[split].append({"image_name": image_path.name, "boxes_px": boxes,
                              "scores": scores})
   return entries
 
 
-class Gaicd(schema.CropBuilder):
+class Gaicd(crop_builder.CropBuilder):
   """GAICD: dense candidate crops with mean opinion scores."""
 
   DESCRIPTION = (
@@ -159,7 +166,7 @@ class Gaicd(schema.CropBuilder):
     else:
       raise FileNotFoundError(f"No GAICD annotations in {root}.\n"
                               f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
-    images = schema.index_images(root)
+    images = image_files.index_images(root)
     return {split: self._generate_examples(entries, images, split)
             for split, entries in splits.items() if split in ("train", "test")}
 
@@ -173,8 +180,8 @@ class Gaicd(schema.CropBuilder):
         stats.entry()
         stats.skip("missing_annotation", name)
         return name, None
-      return name, schema.build_example(name, schema.read_bytes(images.get(name)),
-                                        entry["boxes_px"], entry["scores"], stats)
+      return name, crop_builder.build_example(name, image_files.read_bytes(images.get(name)),
+                                              entry["boxes_px"], entry["scores"], stats)
 
-    yield from self._counted(split, schema.ordered_map(load, entries, workers=self.WORKERS),
+    yield from self._counted(split, crop_builder.ordered_map(load, entries, workers=self.WORKERS),
                              stats)

@@ -2,7 +2,7 @@
 
 Config `default` reads every image below the manual directory (recursively; the
 image_id is the path relative to it). Config `skimage` reads the natural photos that
-ship inside scikit-image (`procrop_jax.cad.sources.skimage_photo_paths`), the photos of
+ship inside scikit-image (`procrop_jax.photos.skimage_photo_paths`), the photos of
 the embedded default; it needs no manual directory. One split, `train`; every example
 has zero boxes.
 """
@@ -14,11 +14,13 @@ from typing import Any, Iterator, Sequence
 from etils import epath
 import tensorflow_datasets as tfds
 
-from procrop_jax.cad import sources
+from procrop_jax import photos as photos_lib
+from procrop_jax.datasets import crop_builder
+from procrop_jax.datasets import image_files
 from procrop_jax.datasets import schema
 
 
-class PhotoFolder(schema.CropBuilder):
+class PhotoFolder(crop_builder.CropBuilder):
   """Unlabelled photos in the common schema (no boxes)."""
 
   BUILDER_CONFIGS = [
@@ -37,10 +39,10 @@ class PhotoFolder(schema.CropBuilder):
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     if self.builder_config.name == "skimage":
-      photos = [(p.name, epath.Path(p)) for p in sources.skimage_photo_paths()]
+      photos = [(p.name, epath.Path(p)) for p in photos_lib.skimage_photo_paths()]
     else:
       root = self._manual_dir(dl_manager)
-      photos = [(str(p.relative_to(root)), p) for p in schema.list_images(root)]
+      photos = [(str(p.relative_to(root)), p) for p in photos_lib.list_photos(root)]
       if not photos:
         raise FileNotFoundError(f"No images below {root}.")
     return {"train": self._generate_examples(photos, "train")}
@@ -51,8 +53,8 @@ class PhotoFolder(schema.CropBuilder):
 
     def load(item):
       image_id, path = item
-      return image_id, schema.build_example(image_id, schema.read_bytes(path), None, None,
-                                            stats, require_box=False)
+      return image_id, crop_builder.build_example(image_id, image_files.read_bytes(path), None,
+                                                  None, stats, require_box=False)
 
-    yield from self._counted(split, schema.ordered_map(load, photos, workers=self.WORKERS),
+    yield from self._counted(split, crop_builder.ordered_map(load, photos, workers=self.WORKERS),
                              stats)

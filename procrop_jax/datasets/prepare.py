@@ -16,6 +16,7 @@ from typing import Any, Sequence
 from absl import logging
 import tensorflow_datasets as tfds
 
+from procrop_jax.cad import generate
 from procrop_jax.datasets import schema
 
 
@@ -39,7 +40,6 @@ def _should_generate_cad(manual_dir: pathlib.Path, cad_config: Any) -> bool:
   """
   if not _get(cad_config, "source"):
     return False
-  from procrop_jax.cad import generate  # pylint: disable=g-import-not-at-top
   if (manual_dir / generate.MARKER).exists():
     return True
   return not manual_dir.exists() or not any(manual_dir.iterdir())
@@ -67,7 +67,6 @@ def ensure_dataset(config_data: Any, cad_config: Any = None, *,
     procrop_jax.cad.generate.IncompleteCADError: photos failed during CAD generation (the
       message counts them and names the first few) and `cad_config.allow_failures` is not set.
   """
-  import procrop_jax.datasets  # pylint: disable=g-import-not-at-top,unused-import  (registers)
   name = _get(config_data, "dataset")
   config_name = _get(config_data, "builder_config") or None
   data_dir = _resolve(_get(config_data, "data_dir"))
@@ -80,7 +79,6 @@ def ensure_dataset(config_data: Any, cad_config: Any = None, *,
   start = time.perf_counter()
   if name == "procrop_cad" and manual_dir and _should_generate_cad(pathlib.Path(manual_dir),
                                                                     cad_config):
-    from procrop_jax.cad import generate  # pylint: disable=g-import-not-at-top
     print(f"Generating CAD data from {_get(cad_config, 'source')!r} into {manual_dir}",
           flush=True)
     report = generate.generate_cad(

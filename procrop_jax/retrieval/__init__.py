@@ -5,4 +5,5 @@
   database.py   the on-disk / in-memory database of photos: ids, tokens, embeddings, index
   build.py      `build_index(config, workdir)` (main --mode=build_index) and `load_database`
   neighbors.py  cached neighbours of training examples, token gathering, inference Retriever
+  references.py `References`: the neighbours' tokens added to training and evaluation batches
 """

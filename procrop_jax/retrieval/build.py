@@ -43,13 +43,20 @@ import time
 from typing import Any, Iterable, Mapping
 
 from absl import logging
+from flax import nnx
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
+import tensorflow_datasets as tfds
 import tqdm
 
 from procrop_jax import artifacts
+from procrop_jax import input_pipeline
+from procrop_jax.datasets import prepare
+from procrop_jax.models import efficientnet_lite
 from procrop_jax.retrieval import database as database_lib
 from procrop_jax.retrieval import embedding as embedding_lib
+from procrop_jax.weights import imagenet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +87,6 @@ class RetrievalSettings:
 
 def _barrier(name: str) -> None:
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices(name)
 
 
@@ -118,15 +124,13 @@ SHARD_FORMAT_VERSION = 2
 def weights_fingerprint(config: Any) -> str:
   """Which backbone weights made the tokens: the pretrained file's sha256, or the random seed."""
   if config.model.get("pretrained", True):
-    from procrop_jax.models import pretrained  # pylint: disable=g-import-not-at-top
-    digest = pretrained.file_sha256(pretrained.checkpoint_path(config.model.backbone))
+    digest = artifacts.file_sha256(imagenet.checkpoint_path(config.model.backbone))
     return f"sha256:{digest[:16]}"
   return f"random:seed={config.get('seed', 0)}"
 
 
 def photos_fingerprint(config: Any) -> dict[str, Any]:
   """Which photos the database holds: the prepared dataset's name, version and split size."""
-  from procrop_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   settings = input_pipeline.DataSettings.from_config(database_data_config(config))
   builder = input_pipeline.load_builder(settings)
   split = builder.info.splits[settings.eval_split.split("[")[0]]  # A slice has no byte count.
@@ -145,13 +149,10 @@ def shard_key(config: Any) -> dict[str, Any]:
 
 def create_backbone(config: Any):
   """The backbone whose stride-32 features the tokens are made of (frozen, inference mode)."""
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  from procrop_jax.models import efficientnet_lite  # pylint: disable=g-import-not-at-top
-  from procrop_jax.models import pretrained  # pylint: disable=g-import-not-at-top
   backbone = efficientnet_lite.EfficientNetLite(config.model.backbone,
                                                 rngs=nnx.Rngs(config.get("seed", 0)))
   if config.model.get("pretrained", True):
-    pretrained.load_pretrained(backbone, config.model.backbone)
+    imagenet.load_pretrained(backbone, config.model.backbone)
   return backbone
 
 
@@ -183,9 +184,6 @@ def extract_tokens(batches: Iterable[Mapping[str, np.ndarray]],
 
 def _open_photos(config: Any, *, batch_size: int, all_processes: bool = False):
   """(this host's number of photos, its batch iterator) for the database dataset."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from procrop_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  from procrop_jax.datasets import prepare  # pylint: disable=g-import-not-at-top
 
   data_config = database_data_config(config)
   if jax.process_index() == 0 or all_processes:

@@ -31,8 +31,9 @@ import tensorflow_datasets as tfds
 import tqdm
 
 from procrop_jax import input_pipeline
+from procrop_jax import photos
+from procrop_jax.datasets import prepare
 
-JPEG_QUALITY = 95
 
 
 def export_crop_regions(data_config: ml_collections.ConfigDict, split: str,
@@ -61,7 +62,7 @@ def export_crop_regions(data_config: ml_collections.ConfigDict, split: str,
     fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{target.name}.", suffix=".jpg")
     os.close(fd)
     try:
-      Image.fromarray(crop).save(tmp, format="JPEG", quality=JPEG_QUALITY)
+      Image.fromarray(crop).save(tmp, format="JPEG", quality=photos.JPEG_QUALITY)
       os.replace(tmp, target)
     finally:
       if os.path.exists(tmp):
@@ -80,7 +81,6 @@ def main(argv):
   del argv
   if _CONFIG.value is None or not _SPLIT.value or not _OUT.value:
     raise app.UsageError("--config, --split and --out are required.")
-  from procrop_jax.datasets import prepare  # pylint: disable=g-import-not-at-top
   prepare.ensure_dataset(_CONFIG.value.data, _CONFIG.value.get("cad"))
   print(export_crop_regions(_CONFIG.value.data, _SPLIT.value, _OUT.value))
 

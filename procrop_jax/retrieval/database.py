@@ -36,7 +36,7 @@ from absl import logging
 import numpy as np
 
 from procrop_jax import artifacts
-from procrop_jax.datasets import procrop_cad
+from procrop_jax import photos as photos_lib
 from procrop_jax.retrieval import embedding as embedding_lib
 from procrop_jax.retrieval import index as index_lib
 
@@ -65,21 +65,6 @@ class EmptyDatabaseError(DatabaseError):
 
 
 # ----------------------------------------------------------------------------------------- ids
-def photo_key(image_id: str | bytes) -> str:
-  """The id a photo has in CAD names: its file stem with [^A-Za-z0-9.-] runs replaced by "-".
-
-  Database ids are what the photo TFDS builders store (e.g. "people/IMG 7.jpg"); CAD images are
-  named `<photo key>_<k>` (procrop_jax.cad.generate.photo_ids). Keys let a CAD example find its
-  source photo in the database.
-  """
-  if isinstance(image_id, bytes):
-    image_id = image_id.decode("utf-8")
-  stem = image_id.rsplit("/", 1)[-1]
-  if "." in stem:
-    stem = stem.rsplit(".", 1)[0]
-  return re.sub(r"[^A-Za-z0-9.-]+", "-", stem).strip("-") or "photo"
-
-
 def exclusion_ids(image_id: str | bytes) -> tuple[str, ...]:
   """What a training image must not retrieve: itself, its key and, for CAD's `<id>_<k>`, `<id>`.
 
@@ -91,8 +76,8 @@ def exclusion_ids(image_id: str | bytes) -> tuple[str, ...]:
     image_id = image_id.decode("utf-8")
   # Its own photo key too: a database photo saved as "<id>.jpg" (e.g. the example's expert crop,
   # retrieval/crop_regions.py) has that key although its id differs.
-  own_key = photo_key(f"{image_id}.jpg")  # The key of "<id>.jpg", whatever dots the id has.
-  return tuple(dict.fromkeys([image_id, procrop_cad.photo_id(image_id), own_key]))
+  own_key = photos_lib.photo_key(f"{image_id}.jpg")  # "<id>.jpg"'s key, whatever dots the id has.
+  return tuple(dict.fromkeys([image_id, photos_lib.source_photo_id(image_id), own_key]))
 
 
 # -------------------------------------------------------------------------------------- shards
@@ -436,7 +421,7 @@ class ReferenceDatabase:
     if self._rows_by_id is None:
       table: dict[str, list[int]] = {}
       for row, photo_id in enumerate(self.ids):
-        for name in dict.fromkeys([photo_id, photo_key(photo_id)]):
+        for name in dict.fromkeys([photo_id, photos_lib.photo_key(photo_id)]):
           table.setdefault(name, []).append(row)
       self._rows_by_id = table
     rows = []

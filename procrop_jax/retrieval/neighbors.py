@@ -31,8 +31,10 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
+from procrop_jax import input_pipeline
 from procrop_jax.retrieval import build as build_lib
 from procrop_jax.retrieval import database as database_lib
 from procrop_jax.retrieval import embedding as embedding_lib
@@ -158,7 +160,6 @@ def compute_neighbors(database: database_lib.ReferenceDatabase,
 def dataset_fingerprint(data_config: Mapping[str, Any], split: str) -> dict[str, Any]:
   """The prepared dataset's full name (with its version) and the split's size in examples and
   bytes: a rebuilt dataset (new version, other photos or labels) gets new neighbours."""
-  from procrop_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   builder = input_pipeline.load_builder(input_pipeline.DataSettings.from_config(data_config))
   info = builder.info.splits[split.split("[")[0]]  # A slice's own info has no byte count.
   return {"dataset": builder.info.full_name, "num_examples": int(info.num_examples),
@@ -200,7 +201,6 @@ def _load_cached(path: pathlib.Path, *, database: database_lib.ReferenceDatabase
 
 def _barrier(name: str) -> None:
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices(name)
 
 
@@ -222,7 +222,6 @@ def precompute_neighbors(config: Any, database: database_lib.ReferenceDatabase, 
     extractor: default `build.create_extractor(config)` (the database's backbone set-up).
     k: default config.model.num_references.
   """
-  from procrop_jax import input_pipeline  # pylint: disable=g-import-not-at-top
 
   k = int(config.model.num_references if k is None else k)
   data_config = dict(config.data)

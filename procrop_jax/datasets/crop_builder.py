@@ -1,0 +1,187 @@
+"""Examples assembled from images and annotations, and the base of the cropping builders."""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import inspect
+import zlib
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+from absl import logging
+from etils import epath
+import numpy as np
+import tensorflow_datasets as tfds
+
+from procrop_jax.datasets import annotation_files
+from procrop_jax.datasets import image_files
+from procrop_jax.datasets import schema
+
+
+def make_example(image_id: str, image: image_files.LoadedImage, boxes_px: np.ndarray,
+                 scores: np.ndarray) -> dict[str, Any]:
+  """The feature dict of one example (boxes already cleaned, upright frame)."""
+  boxes_px = np.asarray(boxes_px, np.float32).reshape(-1, 4)
+  scale = np.array([image.width, image.height, image.width, image.height], np.float32)
+  return {
+      "image": image.encoded,
+      "image_id": image_id,
+      "image_size": np.array([image.height, image.width], np.int32),
+      "boxes_px": boxes_px,
+      "boxes": np.clip(boxes_px / scale, 0.0, 1.0).astype(np.float32),
+      "box_scores": np.asarray(scores, np.float32).reshape(-1),
+  }
+
+
+def build_example(image_id: str, data: bytes | None, boxes_px: np.ndarray | None,
+                  scores: np.ndarray | None, stats: schema.BuildStats, *,
+                  require_box: bool = True, require_first_box: bool = False,
+                  check_placeholder: bool = True,
+                  pairs_px: np.ndarray | None = None,
+                  pair_votes: np.ndarray | None = None) -> dict[str, Any] | None:
+  """Loads, validates and assembles one example; counts and returns None if skipped.
+
+  Args:
+    image_id: the example's id.
+    data: the image file's bytes, or None where the file is missing.
+    boxes_px: [N, 4] x1y1x2y2 in pixels of the image as stored (before EXIF rotation).
+    scores: [N].
+    stats: counters of the split.
+    require_box: skip the example when no usable box is left.
+    require_first_box: skip it when the first box is unusable (ProCrop's pseudo-label).
+    check_placeholder: detect near-blank placeholder images.
+    pairs_px: optional [P, 2, 4] crop pairs (x1y1x2y2 pixels of the image as stored) that people
+      compared; with `pair_votes` [P, 2] (votes for each crop) they become the "pair_boxes" and
+      "pair_votes" features (`pair_features`).
+    pair_votes: see pairs_px.
+  """
+  stats.entry()
+  try:
+    if data is None:
+      raise schema.SkipExample("missing_file")
+    image = image_files.load_image(data, check_placeholder=check_placeholder)
+  except schema.SkipExample as e:
+    stats.skip(e.reason, image_id)
+    return None
+  if boxes_px is None:
+    boxes_px, scores = np.zeros((0, 4)), np.zeros((0,))
+  boxes_px = image_files.orient_boxes(boxes_px, image.orientation, image.stored_width,
+                                      image.stored_height)
+  kept, kept_scores, reasons = annotation_files.clean_boxes(
+      boxes_px, scores, width=image.width, height=image.height, stats=stats)
+  if (require_first_box and reasons and reasons[0]) or (require_box and not len(kept)):
+    stats.skip(next((r for r in reasons if r), "no_valid_box"), image_id)
+    return None
+  stats.keep(image.conversion)
+  example = make_example(image_id, image, kept, kept_scores)
+  if pairs_px is not None:
+    example.update(pair_features(image, pairs_px, pair_votes, stats))
+  return example
+
+
+def pair_features(image: image_files.LoadedImage, pairs_px: np.ndarray, votes: np.ndarray,
+                  stats: schema.BuildStats | None = None) -> dict[str, np.ndarray]:
+  """Compared crop pairs in the upright frame, normalised; a pair with an unusable box is dropped.
+
+  Returns {"pair_boxes": float32 [P', 2, 4] normalised x1y1x2y2, "pair_votes": int32 [P', 2]}.
+  """
+  pairs_px = np.asarray(pairs_px, np.float64).reshape(-1, 4)
+  votes = np.asarray(votes, np.int32).reshape(-1, 2)
+  upright = image_files.orient_boxes(pairs_px, image.orientation, image.stored_width,
+                                     image.stored_height)
+  cleaned, _, reasons = annotation_files.clean_boxes(upright, np.zeros(len(upright)),
+                                                     width=image.width, height=image.height)
+  usable = np.array([not r for r in reasons], bool).reshape(-1, 2)
+  boxes = np.zeros((len(usable) * 2, 4), np.float32)
+  boxes[np.array([not r for r in reasons], bool)] = cleaned
+  keep = usable.all(axis=1)
+  if stats is not None:
+    for _ in range(int((~keep).sum())):
+      stats.drop_box("pair_box_unusable")
+  scale = np.array([image.width, image.height, image.width, image.height], np.float32)
+  boxes = np.clip(boxes / scale, 0.0, 1.0).reshape(-1, 2, 4)[keep]
+  return {"pair_boxes": boxes.astype(np.float32), "pair_votes": votes[keep]}
+
+
+def stable_key(text: str) -> int:
+  """A hash of `text` that is the same in every process and run."""
+  return zlib.crc32(text.encode("utf-8"))
+
+
+# --------------------------------------------------------------------- builders
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def ordered_map(fn: Callable[[_T], _R], items: Iterable[_T], *, workers: int = 2,
+                window: int = 64) -> Iterator[_R]:
+  """`map` over a small thread pool, results in input order.
+
+  Image decoding and encoding release the GIL, so threads overlap them.
+  """
+  if workers <= 1:
+    yield from map(fn, items)
+    return
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    pending: collections.deque[concurrent.futures.Future[_R]] = collections.deque()
+    for item in items:
+      pending.append(pool.submit(fn, item))
+      if len(pending) >= window:
+        yield pending.popleft().result()
+    while pending:
+      yield pending.popleft().result()
+
+
+class CropBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Base of the cropping builders: common schema, skip accounting, ArrayRecord.
+
+  Subclasses set `DESCRIPTION`, `CITATION`, `HOMEPAGE`, `MANUAL_DOWNLOAD_INSTRUCTIONS`
+  and implement `_split_generators`, wrapping each split's examples in
+  `self._counted(split, examples, stats)`.
+  """
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="default", description="As released.")]
+  DESCRIPTION = ""
+  CITATION = ""
+  HOMEPAGE = ""
+  # Threads that decode images while a split is generated.
+  WORKERS = 2
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    # TFDS's own lookup needs the `importlib_resources` backport for packages that are
+    # not zipped; the class's file is all it is used for here.
+    return epath.Path(inspect.getfile(cls))
+
+  def __init__(self, *, file_format: str | None = None, **kwargs):
+    # ArrayRecord gives the input pipeline random access (an O(1) seek to any step).
+    super().__init__(file_format=file_format or "array_record", **kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+        description=self.DESCRIPTION,
+        features=schema.features(),
+        homepage=self.HOMEPAGE,
+        citation=self.CITATION,
+        metadata=tfds.core.MetadataDict(),
+    )
+
+  def _counted(self, split: str, examples: Iterable[tuple[str, dict[str, Any] | None]],
+               stats: schema.BuildStats) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Passes kept examples through; logs and stores the counts when the split ends."""
+    for key, example in examples:
+      if example is not None:
+        yield key, example
+    logging.info("%s %s", self.name, stats.summary())
+    if stats.skipped or stats.dropped_boxes or stats.converted:
+      print(f"[{self.name}] {stats.summary()}", flush=True)
+    report = dict(self.info.metadata.get("build_report", {}))
+    report[split] = stats.as_dict()
+    self.info.metadata["build_report"] = report
+
+  def _manual_dir(self, dl_manager: tfds.download.DownloadManager) -> epath.Path:
+    return epath.Path(dl_manager.manual_dir)
