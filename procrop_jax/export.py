@@ -26,7 +26,8 @@ from procrop_jax import inference
 from procrop_jax import model_zoo
 
 COMMAND_FILE = "command.txt"  # main --mode=train records its command line here.
-_REPORTED = ("iou", "bde", "iou_top5", "num_images", "split", "dataset")
+_REPORTED = ("iou", "bde", "iou_top5", "pair_acc", "pair_acc_strong", "aspect_iou", "aspect_bde",
+             "num_images", "num_pairs", "split", "dataset")
 
 
 def code_version() -> str:

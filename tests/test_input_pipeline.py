@@ -72,9 +72,12 @@ def test_train_batch_matches_the_contract(data_config):
       "boxes": (np.float32, (4, 8, 4)),
       "box_scores": (np.float32, (4, 8)),
       "box_mask": (np.bool_, (4, 8)),
+      "pair_boxes": (np.float32, (4, 10, 2, 4)),
+      "pair_weights": (np.float32, (4, 10)),
       "image_id": (np.object_, (4,)),
   }
   assert set(batch) == set(expected)
+  assert not batch["pair_weights"].any()  # CAD has no rated pairs: all padding.
   for key, (dtype, shape) in expected.items():
     assert batch[key].dtype == dtype and batch[key].shape == shape, key
   assert batch["image"].min() >= 0 and batch["image"].max() <= 1

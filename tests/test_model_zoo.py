@@ -124,8 +124,9 @@ def test_the_shipped_model_scores_its_recorded_validation_figures(shared_data, t
   recorded = card["benchmarks"][name]
   with config.unlocked():
     config.data.data_dir = str(tmp_path / "tfds")
+    # IoU and BDE (what the test split is judged on); the card's other protocols are slower.
     config.eval.benchmarks = {name: {**config.eval.benchmarks[name].to_dict(),
-                                     "manual_dir": str(shared_data / "fcdb")}}
+                                     "manual_dir": str(shared_data / "fcdb"), "protocols": "iou"}}
   results = predictor.run_benchmarks(None)[name]
   assert results["num_images"] == recorded["num_images"]
   assert results["iou"] == pytest.approx(recorded["iou"], abs=1e-3)
