@@ -1,8 +1,15 @@
 r"""FCDB on a laptop-sized CPU: the FCDB recipe (configs/fcdb.py) with a frozen, cached backbone.
 
-Trains on 2 CPU cores in under an hour, end to end from data/manual/fcdb (see data/README.md):
+Trains on 2 CPU cores in under an hour (about 51 min alone on the cores, estimated from its
+stages in experiments/fcdb/RESULTS.md), end to end from data/manual/fcdb (see data/README.md):
 
   python -m procrop_jax.main --config=configs/fcdb_cpu.py --workdir=workdirs/fcdb_cpu
+
+and ships with
+
+  python -m procrop_jax.main --config=configs/fcdb_cpu.py --workdir=workdirs/fcdb_cpu \
+      --mode=export --config.export.output_dir=procrop_jax/shipped/fcdb_lite0 \
+      --config.eval.benchmarks.fcdb_val.protocols=iou,pairs,aspect
 
 What differs from configs/fcdb.py and why: the ImageNet backbone is frozen and its features are
 computed once for 8 augmented views of every training photo (procrop_jax/feature_cache.py), so

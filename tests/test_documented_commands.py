@@ -74,6 +74,18 @@ def pathlib_of(module: str):
   return __import__("pathlib").Path(importlib.util.find_spec(module).origin)
 
 
+def _main_modes() -> list[str]:
+  """main.MODES's keys, read from the source: importing main would define its absl flags on
+  the global FLAGS, which fails in a process where another module (crop_regions) already
+  defined --config."""
+  tree = ast.parse(pathlib_of("procrop_jax.main").read_text())
+  for node in tree.body:
+    names = [getattr(t, "id", "") for t in getattr(node, "targets", ())]
+    if isinstance(node, ast.Assign) and "MODES" in names:
+      return [ast.literal_eval(k) for k in node.value.keys]
+  raise AssertionError("procrop_jax/main.py has no MODES")
+
+
 def _flag_name(arg: str) -> str:
   return arg[2:].split("=", 1)[0]
 
@@ -114,9 +126,8 @@ def test_documented_command_is_valid(document, module, args, monkeypatch):
     config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True,
                                     sys_argv=kept)
     if module == "procrop_jax.main":
-      main = importlib.import_module(module)
       flags.DEFINE_string("workdir", None, "", flag_values=values)
-      flags.DEFINE_enum("mode", "train", list(main.MODES), "", flag_values=values)
+      flags.DEFINE_enum("mode", "train", _main_modes(), "", flag_values=values)
       assert any(_flag_name(a) == "workdir" for a in args), "main needs --workdir"
     values(kept)
     assert values.config is not None
