@@ -1,6 +1,7 @@
 """The reference database: exact search, exclusion of ids, save/load, metadata checks, errors."""
 
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -48,6 +49,13 @@ def test_photo_keys_and_exclusion_ids():
   assert database_lib.exclusion_ids("pro-007_3") == ("pro-007_3", "pro-007", "pro-007-3")
   assert database_lib.exclusion_ids(b"pro.v2_12") == ("pro.v2_12", "pro.v2", "pro.v2-12")
   assert database_lib.exclusion_ids("pro-007") == ("pro-007",)
+  # Two photos named alike: CAD names carry a checksum suffix their database keys lack; the
+  # variants still exclude their source photo.
+  paths = [pathlib.PurePath("a/IMG 1.jpg"), pathlib.PurePath("b/IMG 1.jpg")]
+  ids = photos_lib.photo_ids(paths)
+  assert len(set(ids)) == 2 and all(i.startswith("IMG-1-") for i in ids)
+  for photo_id, path in zip(ids, paths):
+    assert photos_lib.photo_key(str(path)) in database_lib.exclusion_ids(f"{photo_id}_0")
 
 
 @pytest.mark.parametrize("method", ["exact", pytest.param("brute_force", marks=requires_scann)])

@@ -77,7 +77,11 @@ def exclusion_ids(image_id: str | bytes) -> tuple[str, ...]:
   # Its own photo key too: a database photo saved as "<id>.jpg" (e.g. the example's expert crop,
   # retrieval/crop_regions.py) has that key although its id differs.
   own_key = photos_lib.photo_key(f"{image_id}.jpg")  # "<id>.jpg"'s key, whatever dots the id has.
-  return tuple(dict.fromkeys([image_id, photos_lib.source_photo_id(image_id), own_key]))
+  source = photos_lib.source_photo_id(image_id)
+  # Photos whose names repeat get a checksum suffix in CAD names (`photos.photo_ids`) that their
+  # database key lacks: exclude the bare key too (and so every photo of that name: harmless).
+  bare = re.sub(r"-[0-9a-f]{8}$", "", source)
+  return tuple(dict.fromkeys([image_id, source, own_key, bare]))
 
 
 # -------------------------------------------------------------------------------------- shards
