@@ -60,15 +60,6 @@ def read_config(workdir: str | os.PathLike[str]) -> ml_collections.ConfigDict | 
   return model_zoo._config_from_json(path) if path.is_file() else None  # pylint: disable=protected-access
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-  if isinstance(tree, dict):
-    out = {}
-    for k, v in tree.items():
-      out.update(_flatten(v, f"{prefix}{k}."))
-    return out
-  return {prefix[:-1]: list(tree) if isinstance(tree, tuple) else tree}
-
-
 def resolve_config(workdir: str | os.PathLike[str],
                    config: ml_collections.ConfigDict | None = None
                    ) -> ml_collections.ConfigDict:
@@ -86,8 +77,8 @@ def resolve_config(workdir: str | os.PathLike[str],
                               "--mode=eval/crop takes its --config)")
     return saved
   if saved is not None:
-    given = _flatten(config.copy_and_resolve_references().to_dict())
-    theirs = _flatten(saved.to_dict())
+    given = train.flat_config(config.copy_and_resolve_references().to_dict())
+    theirs = train.flat_config(saved.to_dict())
     # The fields that shape the model; a difference means the checkpoint will not fit.
     model_keys = [k for k in sorted(set(given) | set(theirs))
                   if k.startswith(("model.", "retrieval.tokens_grid", "data.image_size"))]

@@ -411,14 +411,15 @@ class ConfigChangedError(ValueError):
   """A resumed run's config changes the model its checkpoints were trained with."""
 
 
-def _flat_config(tree: Any, prefix: str = "") -> dict[str, Any]:
-  """{"model.d_model": 256, ...}; sequences as lists (as config.json stores them)."""
+def flat_config(tree: Any, prefix: str = "") -> dict[str, Any]:
+  """{"model.d_model": 256, ...} of a config dict; tuples as lists (as config.json stores them),
+  so a config and the one a run saved compare field by field."""
   if isinstance(tree, dict):
     out = {}
     for key, value in tree.items():
-      out.update(_flat_config(value, f"{prefix}{key}."))
+      out.update(flat_config(value, f"{prefix}{key}."))
     return out
-  return {prefix[:-1]: tree}
+  return {prefix[:-1]: list(tree) if isinstance(tree, tuple) else tree}
 
 
 def _config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -443,7 +444,7 @@ def check_resumed_config(saved: dict[str, Any], config: ml_collections.ConfigDic
   Raises:
     ConfigChangedError: a model field changed (one line naming every such field).
   """
-  before, now = _flat_config(saved), _flat_config(_config_json(config))
+  before, now = flat_config(saved), flat_config(_config_json(config))
   changed = [k for k in sorted(set(before) & set(now))
              if before[k] != now[k] and not k.startswith(_UNCHECKED_FIELDS)]
   model = [k for k in changed if k.startswith(MODEL_FIELDS)]
@@ -467,7 +468,7 @@ def _has_checkpoints(workdir: str) -> bool:
 def _hparams(config: ml_collections.ConfigDict) -> dict[str, bool | int | float | str]:
   """The config as TensorBoard hyperparameters (scalars; anything else as its text)."""
   return {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
-          for k, v in _flat_config(_config_json(config)).items()}
+          for k, v in flat_config(_config_json(config)).items()}
 
 
 class _StepProfiler:
