@@ -96,9 +96,11 @@ def get_config() -> ml_collections.ConfigDict:
   # box's IoU with the ground truth (quality focal loss; see losses.py).
   config.loss.score_target = "matched"
   # Rated crop pairs (FCDB's) scored through the given-box path (losses.py): a pairwise ranking
-  # loss weighted by the vote margin, and the IoU quality loss on those boxes. 0 disables.
+  # loss weighted by the vote margin, and the IoU quality loss on those boxes; and the expert
+  # crop ranked above each rated crop (gt_rank_weight). 0 disables.
   config.loss.rank_weight = 0.0
   config.loss.given_iou_weight = 0.0
+  config.loss.gt_rank_weight = 0.0
   config.loss.aux_loss = True
 
   # ----------------------------------------------------------- optimizer

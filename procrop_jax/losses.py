@@ -30,6 +30,10 @@ Given boxes. When the model also scored the batch's rated crop pairs through its
   with the ground truth, as the proposals' "iou" score targets: a given box's score and a
   proposal's score then estimate the same thing, so a user's own crop can be compared with the
   model's.
+* gt_rank (`gt_rank_weight`): the expert's crop against every rated crop of its photo. The
+  expert crop (the first ground-truth box) is scored after the pairs' boxes, and a logistic loss
+  asks it to outscore each of them, weighted by 1 - IoU(rated crop, expert crop): a rated crop
+  that nearly is the expert's carries no order.
 """
 
 from typing import Any, Mapping
@@ -161,25 +165,61 @@ def given_iou_loss(given_logits: jax.Array, given_boxes: jax.Array, given_mask: 
   return (loss * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
 
+def gt_ranking_loss(gt_logits: jax.Array, box_logits: jax.Array, box_iou: jax.Array,
+                    box_mask: jax.Array) -> jax.Array:
+  """Logistic loss that the expert crop outscores each rated crop of its photo.
+
+  Args:
+    gt_logits: [B] logits of the expert crops (0 weight where `box_mask` is all False).
+    box_logits: [B, Q] logits of the rated crops.
+    box_iou: [B, Q] IoU of each rated crop with its photo's expert crop.
+    box_mask: [B, Q] the rated crops to use.
+  """
+  weights = (1.0 - box_iou) * box_mask.astype(box_logits.dtype)
+  loss = jax.nn.softplus(box_logits - gt_logits[:, None])
+  return (loss * weights).sum() / jnp.maximum(weights.sum(), 1e-6)
+
+
 def given_box_terms(outputs: Mapping[str, Any], targets: Mapping[str, jax.Array],
                     loss_config: Mapping[str, Any]) -> dict[str, jax.Array]:
-  """The weighted given-box terms ("loss_rank", "loss_given_iou"; see the module docstring)."""
+  """The weighted given-box terms ("loss_rank", "loss_given_iou" and, with gt_rank_weight,
+  "loss_gt_rank"; see the module docstring). The given boxes are the pairs' boxes, then (with
+  gt_rank_weight) each photo's first ground-truth box (`given_boxes`)."""
   cfg = loss_config
-  logits = outputs["given_logits"]
-  weights = targets["pair_weights"].astype(logits.dtype)
+  weights = targets["pair_weights"].astype(jnp.float32)
+  num_pair_boxes = 2 * weights.shape[1]
+  logits = outputs["given_logits"][:, :num_pair_boxes]
   boxes = targets["pair_boxes"].reshape(logits.shape + (4,)).astype(logits.dtype)
   # A pair the augmentation cut has weight 0; its boxes may lie outside the image: skip both.
   mask = jnp.repeat(weights > 0, 2, axis=1)
-  return {
+  terms = {
       "loss_rank": cfg.get("rank_weight", 0.0) * pair_ranking_loss(logits, weights),
       "loss_given_iou": cfg.get("given_iou_weight", 0.0) * given_iou_loss(
           logits, boxes, mask, targets, gamma=cfg["focal_gamma"]),
   }
+  if cfg.get("gt_rank_weight", 0.0):
+    gt_logits = outputs["given_logits"][:, num_pair_boxes]
+    gt_boxes = targets["boxes"][:, :1].astype(logits.dtype)
+    box_iou = box_ops.box_iou(boxes, jnp.broadcast_to(gt_boxes, boxes.shape))
+    box_mask = mask & targets["box_mask"][:, :1].astype(bool)
+    terms["loss_gt_rank"] = cfg["gt_rank_weight"] * gt_ranking_loss(gt_logits, logits, box_iou,
+                                                                     box_mask)
+  return terms
 
 
 def uses_given_boxes(loss_config: Mapping[str, Any]) -> bool:
   """True when the loss needs the rated pairs scored through the given-box path."""
-  return bool(loss_config.get("rank_weight", 0.0) or loss_config.get("given_iou_weight", 0.0))
+  return bool(loss_config.get("rank_weight", 0.0) or loss_config.get("given_iou_weight", 0.0)
+              or loss_config.get("gt_rank_weight", 0.0))
+
+
+def given_boxes(batch: Mapping[str, jax.Array], loss_config: Mapping[str, Any]) -> jax.Array:
+  """The boxes the given-box terms score, [B, Q, 4]: the pairs' boxes flattened, then (with
+  gt_rank_weight) the first ground-truth box."""
+  boxes = batch["pair_boxes"].reshape(batch["pair_boxes"].shape[0], -1, 4)
+  if loss_config.get("gt_rank_weight", 0.0):
+    boxes = jnp.concatenate([boxes, batch["boxes"][:, :1].astype(boxes.dtype)], axis=1)
+  return boxes
 
 
 def crop_loss(outputs: Mapping[str, Any], targets: Mapping[str, jax.Array],

@@ -142,9 +142,10 @@ def train_step(state: State, batch: dict[str, jax.Array], *, graphdef, rng_state
   pairs = None
   if losses.uses_given_boxes(loss_config):
     if "pair_boxes" not in batch:
-      raise ValueError("config.loss.rank_weight / given_iou_weight > 0 need rated crop pairs "
-                       "(pair_boxes) in the batch: a dataset with pairs, such as fcdb")
-    pairs = batch["pair_boxes"].reshape(batch["pair_boxes"].shape[0], -1, 4)
+      raise ValueError("config.loss.rank_weight / given_iou_weight / gt_rank_weight > 0 need "
+                       "rated crop pairs (pair_boxes) in the batch: a dataset with pairs, such "
+                       "as fcdb")
+    pairs = losses.given_boxes(batch, loss_config)
 
   def loss_fn(trainable_params):
     params = nnx.merge_state(frozen, trainable_params) if frozen else trainable_params

@@ -238,3 +238,25 @@ def test_given_box_terms_train_scores_to_iou_on_the_same_scale():
   moved = losses.given_box_terms({"given_logits": given.at[0, 2:].set(0.0)}, targets, config)
   np.testing.assert_allclose(moved["loss_given_iou"], terms["loss_given_iou"], rtol=1e-6)
   np.testing.assert_allclose(moved["loss_rank"], terms["loss_rank"], rtol=1e-6)
+
+
+def test_gt_rank_orders_the_expert_crop_above_each_rated_crop():
+  targets = {"boxes": np.array([[[0.0, 0.0, 0.5, 1.0]]], np.float32),
+             "box_scores": np.array([[1.0]], np.float32), "box_mask": np.array([[True]]),
+             # Pair 1: a crop that is the expert's (no order) and one that overlaps it by 1/3;
+             # pair 2 has weight 0 (cut by augmentation): both its boxes are skipped.
+             "pair_boxes": np.array([[[[0.0, 0.0, 0.5, 1.0], [0.25, 0.0, 0.75, 1.0]],
+                                      [[0.5, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]]]], np.float32),
+             "pair_weights": np.array([[1.0, 0.0]], np.float32)}
+  config = dict(LOSS_CONFIG, gt_rank_weight=1.0)
+  batch = {**targets}
+  given = losses.given_boxes(batch, config)
+  np.testing.assert_array_equal(given[0, -1], targets["boxes"][0, 0])
+  assert given.shape == (1, 5, 4)
+  # Logits: pair boxes (4), then the expert crop. Only the second box of pair 1 weighs (1 - 1/3).
+  logits = jnp.array([[5.0, 1.0, 7.0, 7.0, 3.0]])
+  terms = losses.given_box_terms({"given_logits": logits}, targets, config)
+  np.testing.assert_allclose(terms["loss_gt_rank"], np.log1p(np.exp(1.0 - 3.0)), rtol=1e-5)
+  assert losses.uses_given_boxes(dict(LOSS_CONFIG, gt_rank_weight=0.5))
+  assert "loss_gt_rank" not in losses.given_box_terms(
+      {"given_logits": logits[:, :4]}, targets, dict(LOSS_CONFIG, rank_weight=1.0))

@@ -1,0 +1,127 @@
+r"""Why the top-1 crop misses: how a run's proposals and scores relate to the expert crops.
+
+  python -m experiments.fcdb.selection_diagnostics --workdir=workdirs/fcdb_cpu \
+      [--also=workdirs/other_run] [--split='train[85%:]']
+
+Restores the run's best checkpoint, predicts the raw proposals (no voting, no flip) on the
+validation slice (or `--split`, e.g. part of the training slice to see the fit there) and
+prints, as JSON lines:
+  * the top-1 crop's IoU / BDE and the best IoU among all N proposals;
+  * the mean area and edge statistics of the expert crops, the top-1 and the best proposal
+    (does the score favour large, safe crops?), and the correlation of each top-1 edge with the
+    expert's;
+  * alternative choices among the same proposals: the expected-IoU (minimum Bayes risk) choice
+    under p ~ score ** power, and the smallest crop scoring within `delta` of the best;
+  * with `--also`, the same top-1 and expected-IoU choices over both runs' proposals pooled (an
+    ensemble of two heads).
+"""
+
+import json
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+
+from procrop_jax import evaluate
+from procrop_jax import inference
+from procrop_jax import input_pipeline
+from procrop_jax import metrics
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The trained run.", required=True)
+_ALSO = flags.DEFINE_string("also", None, "A second run whose proposals are pooled with the first.")
+_SPLIT = flags.DEFINE_string("split", None, "Split to score (default: the validation benchmark's).")
+_POWERS = flags.DEFINE_list("powers", ["1", "4", "8", "16"], "Expected-IoU choice: score powers.")
+_DELTAS = flags.DEFINE_list("deltas", ["0.01", "0.02", "0.05"], "Smallest-crop choice: margins.")
+
+
+def proposals(workdir: str, split: str | None) -> dict[str, np.ndarray]:
+  """Normalised proposals [I, N, 4], scores [I, N], expert crops [I, 4] and sizes [I, 2]."""
+  base = inference.Predictor.from_workdir(workdir, best=True)
+  config = base.config.copy_and_resolve_references()
+  config.inference.flip, config.inference.vote_iou, config.inference.rescore = False, 0.0, False
+  predictor = inference.Predictor(base.model(), config, source=base.source, step=base.step)
+  benchmark = dict(config.eval.benchmarks[config.eval.best_benchmark])
+  benchmark["split"] = split or benchmark["split"]
+  data_config = evaluate.benchmark_data_config(config, benchmark)
+  rows = {"boxes": [], "scores": [], "gt": [], "size": []}
+  for batch in input_pipeline.create_eval_iterator(data_config,
+                                                   global_batch_size=config.eval.batch_size):
+    out = jax.device_get(predictor.predict_device(predictor.to_device(batch), False))
+    for i in np.flatnonzero(batch["valid"]):
+      rows["boxes"].append(np.asarray(out["boxes"][i], np.float64))
+      rows["scores"].append(np.asarray(out["scores"][i], np.float64))
+      rows["gt"].append(batch["boxes"][i][np.argmax(batch["box_mask"][i])].astype(np.float64))
+      rows["size"].append(batch["image_size"][i])
+  return {k: np.stack(v) for k, v in rows.items()}
+
+
+def score_choice(chosen: np.ndarray, data: dict[str, np.ndarray]) -> dict[str, float]:
+  """Mean IoU / BDE of one chosen crop per photo, in pixels, by the project's metric code."""
+  ious, bdes = [], []
+  for box, gt, (height, width) in zip(chosen, data["gt"], data["size"]):
+    to_px = np.array([width, height, width, height], np.float64)
+    iou, bde, _ = metrics.iou_and_bde(box * to_px, gt[None] * to_px, (height, width))
+    ious.append(iou)
+    bdes.append(bde)
+  return {"iou": round(float(np.mean(ious)), 4), "bde": round(float(np.mean(bdes)), 4)}
+
+
+def expected_iou_choice(boxes: np.ndarray, scores: np.ndarray, power: float) -> np.ndarray:
+  """Per photo, the proposal with the highest IoU expected under p ~ score ** power."""
+  chosen = []
+  for b, s in zip(boxes, scores):
+    p = s ** power / np.sum(s ** power)
+    chosen.append(b[np.argmax(metrics.pairwise_box_iou(b, b) @ p)])
+  return np.stack(chosen)
+
+
+def smallest_near_best(boxes: np.ndarray, scores: np.ndarray, delta: float) -> np.ndarray:
+  """Per photo, the smallest proposal scoring within `delta` of the best."""
+  areas = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+  areas = np.where(scores >= scores.max(1, keepdims=True) - delta, areas, np.inf)
+  return boxes[np.arange(len(boxes)), np.argmin(areas, 1)]
+
+
+def box_stats(boxes: np.ndarray, gt: np.ndarray) -> dict[str, list[float] | float]:
+  return {"area": round(float(np.mean((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))),
+                        3),
+          "edges_mean": np.round(boxes.mean(0), 3).tolist(),
+          "edges_std": np.round(boxes.std(0), 3).tolist(),
+          "edges_corr_with_expert": [round(float(np.corrcoef(boxes[:, k], gt[:, k])[0, 1]), 3)
+                                     for k in range(4)]}
+
+
+def main(argv):
+  del argv
+  data = proposals(_WORKDIR.value, _SPLIT.value)
+  n = len(data["gt"])
+  top1 = data["boxes"][np.arange(n), np.argmax(data["scores"], 1)]
+  overlap = np.stack([metrics.pairwise_box_iou(b, g[None])[:, 0]
+                      for b, g in zip(data["boxes"], data["gt"])])
+  best = data["boxes"][np.arange(n), np.argmax(overlap, 1)]
+  emit = lambda **row: print(json.dumps({"workdir": _WORKDIR.value, "photos": n, **row}),
+                             flush=True)
+  emit(choice="top1", **score_choice(top1, data), best_of_all_iou=round(float(overlap.max(1)
+                                                                                .mean()), 4))
+  for name, boxes in (("expert", data["gt"]), ("top1", top1), ("best_proposal", best)):
+    emit(boxes=name, **box_stats(boxes, data["gt"]))
+  for power in map(float, _POWERS.value):
+    emit(choice=f"expected_iou_power{power:g}",
+         **score_choice(expected_iou_choice(data["boxes"], data["scores"], power), data))
+  for delta in map(float, _DELTAS.value):
+    emit(choice=f"smallest_within_{delta:g}",
+         **score_choice(smallest_near_best(data["boxes"], data["scores"], delta), data))
+  if _ALSO.value:
+    other = proposals(_ALSO.value, _SPLIT.value)
+    boxes = np.concatenate([data["boxes"], other["boxes"]], 1)
+    scores = np.concatenate([data["scores"], other["scores"]], 1)
+    emit(choice="pooled_top1", also=_ALSO.value,
+         **score_choice(boxes[np.arange(n), np.argmax(scores, 1)], data))
+    for power in map(float, _POWERS.value):
+      emit(choice=f"pooled_expected_iou_power{power:g}", also=_ALSO.value,
+           **score_choice(expected_iou_choice(boxes, scores, power), data))
+
+
+if __name__ == "__main__":
+  app.run(main)
