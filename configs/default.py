@@ -148,6 +148,8 @@ def get_config() -> ml_collections.ConfigDict:
   # The checkpoint with the best value of this benchmark's metric is kept in checkpoints_best/.
   config.eval.best_benchmark = "cad_val"
   config.eval.best_metric = "iou"
+  # --mode=eval draws this many photos of best_benchmark with their crops in eval/report.html.
+  config.eval.report_examples = 12
   # name -> benchmark; see procrop_jax/evaluate.py for the fields and protocols.
   config.eval.benchmarks = ml_collections.ConfigDict()
   # The held-out slice of the training data (dataset and directories as in config.data).

@@ -46,7 +46,6 @@ import re
 import sys
 import time
 from typing import Any, Iterable, Iterator, Sequence
-import urllib.parse
 
 import ml_collections
 import numpy as np
@@ -54,6 +53,7 @@ from PIL import Image
 import tqdm
 
 from procrop_jax import aspect
+from procrop_jax import html_pages
 from procrop_jax import metrics
 from procrop_jax import photos
 
@@ -432,39 +432,16 @@ def run(inputs: Sequence[photos.Input], cropper: Cropper, *, out_dir: str | os.P
 
 def _save_preview(prepared: _Prepared, path: pathlib.Path) -> None:
   """The photo as the model saw it (its canvas, unpadded): a light image for the contact sheet."""
-  s = prepared.canvas.shape[0]
-  h, w = (max(1, int(round(v * s))) for v in prepared.valid_hw)
-  pixels = (np.clip(prepared.canvas[:h, :w], 0, 1) * 255 + 0.5).astype(np.uint8)
+  pixels = photos.from_canvas(prepared.canvas, prepared.valid_hw)
   path.parent.mkdir(parents=True, exist_ok=True)
   Image.fromarray(pixels).save(path, quality=85)
 
 
 # ----------------------------------------------------------------------------- contact sheet
-_COLOURS = ("#ff3b30", "#34c759", "#0a84ff", "#ffcc00", "#af52de", "#ff9500")
-_STYLE = """
-body{font:14px system-ui,sans-serif;margin:1.5em;background:#f4f4f4;color:#222}
-h1{font-size:1.3em} .item{background:#fff;margin:0 0 1em;padding:.8em;border-radius:6px;
-display:flex;gap:1em;flex-wrap:wrap;align-items:flex-start} .photo{position:relative;
-display:inline-block;line-height:0} .photo img{max-width:420px;max-height:320px}
-.box{position:absolute;border:2px solid;box-sizing:border-box} .box span{position:absolute;
-left:0;top:0;font-size:11px;line-height:1.3;color:#fff;padding:0 3px}
-.crops{display:flex;gap:.6em;flex-wrap:wrap} .crops figure{margin:0;text-align:center}
-.crops img{max-height:160px;max-width:240px;display:block;border:3px solid}
-figcaption{font-size:12px;color:#555} .error{color:#b00020} .path{font-weight:600;
-word-break:break-all;width:100%}
-"""
-
-
-def _url(path: str) -> str:
-  return urllib.parse.quote(path)
-
-
 def write_index(out: pathlib.Path, records: Sequence[dict[str, Any]]) -> pathlib.Path:
   """OUT/index.html: every photo with its crop boxes drawn over it and its crops beside it."""
   ok = [r for r in records if r["status"] == "ok"]
-  parts = [f"<!doctype html><meta charset=utf-8><title>procrop: {len(ok)} photos</title>",
-           f"<style>{_STYLE}</style><h1>procrop crops: {len(ok)} of {len(records)} inputs "
-           "cropped</h1>"]
+  parts = [f"<h1>procrop crops: {len(ok)} of {len(records)} inputs cropped</h1>"]
   for r in records:
     path = html.escape(str(r["path"]))
     if r["status"] != "ok":
@@ -475,22 +452,19 @@ def write_index(out: pathlib.Path, records: Sequence[dict[str, Any]]) -> pathlib
     boxes = []
     crops = []
     for n, c in enumerate(r["crops"]):
-      colour = _COLOURS[n % len(_COLOURS)]
+      colour = html_pages.COLOURS[n % len(html_pages.COLOURS)]
       x1, y1, x2, y2 = c["box"]
-      style = (f"left:{100 * x1 / width:.3f}%;top:{100 * y1 / height:.3f}%;"
-               f"width:{100 * (x2 - x1) / width:.3f}%;height:{100 * (y2 - y1) / height:.3f}%;"
-               f"border-color:{colour}")
-      label = html.escape(f"{c['aspect']} #{n + 1} {c['score']:.2f}")
-      boxes.append(f"<div class=box style='{style}'><span style='background:{colour}'>"
-                   f"{label}</span></div>")
-      crops.append(f"<figure><a href='{_url(c['file'])}'><img loading=lazy "
-                   f"src='{_url(c['file'])}' style='border-color:{colour}'></a>"
-                   f"<figcaption>{label}<br>{x2 - x1}x{y2 - y1}</figcaption></figure>")
+      label = f"{c['aspect']} #{n + 1} {c['score']:.2f}"
+      boxes.append(html_pages.box(c["box"], (width, height), colour, label))
+      link = html_pages.url(c["file"])
+      crops.append(f"<figure><a href='{link}'><img loading=lazy src='{link}' "
+                   f"style='border-color:{colour}'></a><figcaption>{html.escape(label)}<br>"
+                   f"{x2 - x1}x{y2 - y1}</figcaption></figure>")
     parts.append(f"<div class=item><div class=path>{path} ({width}x{height})</div>"
-                 f"<div class=photo><img loading=lazy src='{_url(r['preview'])}'>"
-                 f"{''.join(boxes)}</div><div class=crops>{''.join(crops)}</div></div>")
+                 f"{html_pages.photo(html_pages.url(r['preview']), boxes)}"
+                 f"<div class=crops>{''.join(crops)}</div></div>")
   index = out / "index.html"
-  index.write_text("\n".join(parts) + "\n")
+  index.write_text(html_pages.page(f"procrop: {len(ok)} photos", parts))
   return index
 
 

@@ -19,6 +19,10 @@ A benchmark is an entry of `config.eval.benchmarks` (a ConfigDict keyed by name)
 
 Fields marked * (and max_boxes) default to those of `config.data`.
 
+`main --mode=eval` also writes `report.html` beside the results (`write_report`): the metric
+tables and the first photos of the best benchmark with their crops, collected during the same
+pass.
+
 Predictions are made in fixed order over the mesh (the batch split over the data axis) and are
 deterministic. Boxes go from the model's normalised coordinates to pixels of the stored image with
 its own width (x) and height (y); the metrics then follow their documented formulas.
@@ -26,6 +30,8 @@ its own width (x) and height (y); the metrics then follow their documented formu
 
 from __future__ import annotations
 
+import dataclasses
+import html
 import json
 import os
 import re
@@ -40,12 +46,15 @@ import numpy as np
 
 from procrop_jax import artifacts
 from procrop_jax import aspect
+from procrop_jax import html_pages
 from procrop_jax import input_pipeline
 from procrop_jax import metrics
+from procrop_jax import photos
 from procrop_jax.datasets import prepare as prepare_lib
 from procrop_jax.datasets import schema
 
 PROTOCOLS = ("iou", "proposal", "ranking", "pairs", "aspect")
+REPORT_FILE = "report.html"
 
 # (device batch, score given boxes?) -> {"boxes": [B, N, 4] normalised, "scores": [B, N]}.
 PredictFn = Callable[[dict[str, jax.Array], bool], dict[str, jax.Array]]
@@ -119,12 +128,16 @@ def read_history(path: str) -> list[dict[str, Any]]:
   return records
 
 
+def _text(image_id: Any) -> str:
+  return image_id.decode() if isinstance(image_id, bytes) else str(image_id)
+
+
 def _host_view(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """The numeric host arrays of every process's batch (identity on a single process)."""
   keys = ("image_size", "boxes", "box_scores", "box_mask", "valid", "pair_boxes",
           "pair_weights")
   local = {k: np.asarray(batch[k]) for k in keys if k in batch}
-  ids = [x.decode() if isinstance(x, bytes) else str(x) for x in batch["image_id"]]
+  ids = [_text(x) for x in batch["image_id"]]
   if jax.process_count() == 1:
     return {**local, "image_id": ids}
   gathered = multihost_utils.process_allgather(local, tiled=True)
@@ -172,10 +185,28 @@ def _aspect_crops(predict: PredictFn, batch: dict[str, np.ndarray], to_device,
   return [c[0] if host["valid"][i] else None for i, c in enumerate(chosen)]
 
 
+@dataclasses.dataclass(frozen=True)
+class Example:
+  """One evaluated photo as the report shows it: boxes in pixels of the stored image."""
+  image_id: str
+  pixels: np.ndarray  # uint8 [h, w, 3]: the photo as the model saw it.
+  size: tuple[int, int]  # (width, height) of the stored image: the boxes' frame.
+  truth: np.ndarray  # [4] the ground-truth box that gave the IoU.
+  prediction: np.ndarray  # [4] the top-1 predicted crop.
+  score: float
+  iou: float
+
+
 def evaluate_benchmark(predict: PredictFn, batches: Iterator[dict[str, np.ndarray]],
                        to_device: Callable[[dict[str, np.ndarray]], dict[str, jax.Array]],
-                       protocols: tuple[str, ...]) -> dict[str, float]:
-  """Runs `predict` over `batches` and returns the protocols' metrics, merged into one dict."""
+                       protocols: tuple[str, ...], *, examples: list[Example] | None = None,
+                       max_examples: int = 0) -> dict[str, float]:
+  """Runs `predict` over `batches` and returns the protocols' metrics, merged into one dict.
+
+  With `examples`, the first `max_examples` photos of this process that have a ground truth
+  are appended to it with their top-1 crop (when a protocol proposes crops): the report's
+  pictures come from the pass that computes the metrics.
+  """
   accumulators = {
       "iou": metrics.IoUProtocol(),
       "proposal": metrics.ProposalProtocol(),
@@ -187,6 +218,8 @@ def evaluate_benchmark(predict: PredictFn, batches: Iterator[dict[str, np.ndarra
   for batch in batches:
     device_batch = to_device(batch)
     host = _host_view(batch)
+    # This process's rows of the gathered arrays (they are tiled in process order).
+    first_local = jax.process_index() * len(batch["valid"])
     proposals = scored = pair_scores = aspect_crops = None
     if {"iou", "proposal", "aspect"} & set(protocols):
       proposals = _device_to_host(predict(device_batch, False))
@@ -216,6 +249,14 @@ def evaluate_benchmark(predict: PredictFn, batches: Iterator[dict[str, np.ndarra
                                   pred_scores=pred_scores)
         if "proposal" in accumulators:
           accumulators["proposal"].add(image_id, pred_px, pred_scores, gt_px, gt_scores)
+        local = i - first_local
+        if (examples is not None and len(examples) < max_examples and len(gt_px)
+            and 0 <= local < len(batch["valid"]) and "image" in batch):
+          iou, _, g = metrics.iou_and_bde(pred_px[0], gt_px, (height, width))
+          examples.append(Example(
+              _text(batch["image_id"][local]),
+              photos.from_canvas(batch["image"][local], batch["image_valid_hw"][local]),
+              (width, height), gt_px[g], pred_px[0], float(pred_scores[0]), iou))
       if scored is not None:
         accumulators["ranking"].add(image_id, scored["scores"][i][mask], gt_scores)
       if pair_scores is not None:
@@ -240,13 +281,17 @@ def run_benchmarks(predict: PredictFn, config: ml_collections.ConfigDict, *,
                    output_dir: str | None, step: int | None = None,
                    prepare: bool = True,
                    batch_transform: Callable[[Iterator, ml_collections.ConfigDict, str],
-                                             Iterator] | None = None
+                                             Iterator] | None = None,
+                   report_examples: int | None = None
                    ) -> dict[str, dict[str, Any]]:
   """Evaluates every entry of `config.eval.benchmarks`; writes their results to `output_dir`.
 
   Each benchmark's record goes to `<dataset>_<builder_config>_<split>.json` (the latest,
   replaced atomically) and is appended to the `.jsonl` of the same name (the history); see
   `write_result`. `step` is the checkpoint's step, recorded with the result.
+
+  With `report_examples` (a count, 0 for none), `output_dir/report.html` is written too: every
+  metric table and that many photos of the best benchmark with their crops (`write_report`).
 
   `batch_transform(batches, data_config, split)`, if given, adapts the host batches (the trainer
   adds reference tokens with it).
@@ -256,6 +301,7 @@ def run_benchmarks(predict: PredictFn, config: ml_collections.ConfigDict, *,
     step).
   """
   all_results = {}
+  examples: dict[str, list[Example]] = {}
   for name, benchmark in config.eval.benchmarks.items():
     protocols = parse_protocols(benchmark["protocols"])
     data_config = benchmark_data_config(config, benchmark)
@@ -278,7 +324,9 @@ def run_benchmarks(predict: PredictFn, config: ml_collections.ConfigDict, *,
         data_config, global_batch_size=config.eval.batch_size)
     if batch_transform is not None:
       batches = batch_transform(batches, data_config, benchmark["split"])
-    result = evaluate_benchmark(predict, batches, to_device, protocols)
+    result = evaluate_benchmark(predict, batches, to_device, protocols,
+                                examples=examples.setdefault(name, []),
+                                max_examples=report_examples or 0)
     skipped = schema.build_report(builder).get(split_name, {}).get("skipped", {})
     result.update(dataset=data_config.dataset, builder_config=data_config.builder_config or "",
                   split=benchmark["split"], skipped=skipped, step=step)
@@ -289,7 +337,63 @@ def run_benchmarks(predict: PredictFn, config: ml_collections.ConfigDict, *,
     numeric = {name: {k: v for k, v in r.items() if isinstance(v, (int, float)) and k != "step"}
                for name, r in all_results.items()}
     print(format_table(numeric, transpose=True), flush=True)
+  if report_examples is not None and output_dir and jax.process_index() == 0:
+    # The best benchmark's photos; another's where it showed none (e.g. ranking only).
+    shown = config.eval.get("best_benchmark")
+    if not examples.get(shown):
+      shown = next((name for name, found in examples.items() if found), None)
+    path = write_report(output_dir, all_results, examples.get(shown, []), examples_of=shown)
+    print(f"Report: {path}", flush=True)
   return all_results
+
+
+# --------------------------------------------------------------------------------------- report
+def write_report(output_dir: str, results: Mapping[str, Mapping[str, Any]],
+                 examples: Sequence[Example], *, examples_of: str | None) -> str:
+  """Writes `output_dir/report.html` (atomically) and returns its path.
+
+  One self-contained page: each benchmark's metrics (the values of its JSON result) and the
+  `examples` (photos of benchmark `examples_of`), each with its ground truth and top-1 crop drawn
+  over it and their IoU. The photos are embedded JPEG thumbnails: the file reads offline and
+  can be moved alone.
+  """
+  truth_colour, crop_colour = html_pages.COLOURS[1], html_pages.COLOURS[0]
+  steps = sorted({r.get("step") for r in results.values() if r.get("step") is not None})
+  title = "procrop evaluation" + (f", step {', '.join(map(str, steps))}" if steps else "")
+  parts = [f"<h1>{html.escape(title)}</h1>"]
+  described = ("dataset", "builder_config", "split", "step")
+  for name, result in results.items():
+    source = " ".join(str(result[k]) for k in ("dataset", "builder_config", "split")
+                      if result.get(k))
+    rows = [(key, _format_cell(value)) for key, value in result.items() if key not in described]
+    parts.append(f"<h2>{html.escape(name)} <small>({html.escape(source)})</small></h2>"
+                 + html_pages.table(("metric", "value"), rows))
+  if examples:
+    parts.append(
+        f"<h2>The first {len(examples)} photos of {html.escape(str(examples_of))}</h2><p>"
+        f"<b style='color:{truth_colour}'>ground truth</b> and <b style='color:{crop_colour}'>"
+        "top-1 crop</b> (with its score), over the photo as the model saw it</p>")
+    figures = []
+    for example in examples:
+      boxes = [html_pages.box(example.truth, example.size, truth_colour, "truth",
+                              label_below=True),
+               html_pages.box(example.prediction, example.size, crop_colour,
+                              f"top-1 {example.score:.2f}")]
+      figures.append(
+          f"<figure>{html_pages.photo(html_pages.jpeg_data_uri(example.pixels), boxes)}"
+          f"<figcaption>{html.escape(example.image_id)}: IoU {example.iou:.3f}</figcaption>"
+          "</figure>")
+    parts.append(f"<div class=grid>{''.join(figures)}</div>")
+  os.makedirs(output_dir, exist_ok=True)
+  path = os.path.join(output_dir, REPORT_FILE)
+  artifacts.atomic_write_text(path, html_pages.page(title, parts))
+  return path
+
+
+def _format_cell(value: Any) -> str:
+  if isinstance(value, Mapping):  # The skipped counts by reason.
+    return ", ".join(f"{k}: {v}" for k, v in value.items()) or "none"
+  return _format_value(value, 4)
 
 
 # ------------------------------------------------------------------------------------- printing

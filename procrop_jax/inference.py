@@ -43,6 +43,7 @@ from procrop_jax.retrieval import neighbors
 from procrop_jax.retrieval import references as references_lib
 
 CONFIG_FILE = "config.json"
+DEFAULT_REPORT_EXAMPLES = 12  # Photos in eval/report.html where a run's config has no count.
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -> None:
@@ -325,11 +326,14 @@ class Predictor:
     """Benchmark batches with the run's cached neighbours (never an image's own source)."""
     return references_lib.add_references(self.references, batches, data_config, split)
 
-  def run_benchmarks(self, output_dir: str | None) -> dict[str, dict[str, Any]]:
-    """Every benchmark of `config.eval.benchmarks` (see evaluate.py)."""
+  def run_benchmarks(self, output_dir: str | None, *, report_examples: int | None = None
+                     ) -> dict[str, dict[str, Any]]:
+    """Every benchmark of `config.eval.benchmarks` (see evaluate.py); with `report_examples`,
+    also output_dir/report.html with that many example photos."""
     return evaluate.run_benchmarks(self.predict_device, self.config, to_device=self.to_device,
                                    output_dir=output_dir, step=self.step,
-                                   batch_transform=self.with_references)
+                                   batch_transform=self.with_references,
+                                   report_examples=report_examples)
 
 
 def trained_params(source: str) -> Any:
@@ -353,9 +357,12 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict | None, workdir: str, 
   """`main --mode=eval`: the latest (or best) checkpoint on every configured benchmark.
 
   Results go to WORKDIR/eval/<dataset>_<builder_config>_<split>.json (the latest) and are
-  appended to the .jsonl of the same name (see `evaluate.write_result`). `config` defaults to
-  the run's own.
+  appended to the .jsonl of the same name (see `evaluate.write_result`); WORKDIR/eval/report.html
+  shows them with `config.eval.report_examples` photos and their crops (`evaluate.write_report`).
+  `config` defaults to the run's own.
   """
   predictor = Predictor.from_workdir(workdir, config=config, best=best)
   logging.info("Evaluating the checkpoint of step %d.", predictor.step)
-  return predictor.run_benchmarks(os.path.join(workdir, "eval"))
+  # Runs older than the field have none in their config.json.
+  examples = predictor.config.eval.get("report_examples", DEFAULT_REPORT_EXAMPLES)
+  return predictor.run_benchmarks(os.path.join(workdir, "eval"), report_examples=examples)

@@ -349,6 +349,14 @@ def canvas(image: Image.Image, image_size: int) -> tuple[np.ndarray, np.ndarray]
   return out, np.array([new_h, new_w], np.float32) / image_size
 
 
+def from_canvas(canvas_pixels: np.ndarray, valid_hw: np.ndarray) -> np.ndarray:
+  """The photo part of a canvas (`canvas`, or an eval batch's image) as uint8 [h, w, 3]: the
+  photo as the model saw it, for previews."""
+  s = canvas_pixels.shape[0]
+  h, w = (max(1, int(round(float(v) * s))) for v in valid_hw)
+  return (np.clip(canvas_pixels[:h, :w], 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
 # ------------------------------------------------------------------------- where photos come from
 def list_photos(root: epath.PathLike) -> list[epath.Path]:
   """Every photo file (by suffix, `IMAGE_SUFFIXES`) below `root`, recursively, sorted.

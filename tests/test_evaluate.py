@@ -1,10 +1,14 @@
 """evaluate.py: every protocol against an independent count; where the results go (a latest
-file per dataset config and split, and a history)."""
+file per dataset config and split, a history, and the HTML report)."""
 
+import base64
+import io
 import json
 import os
+import re
 
 import numpy as np
+from PIL import Image
 import pytest
 
 from procrop_jax import evaluate
@@ -75,6 +79,42 @@ def test_every_protocol_against_an_independent_count():
   # aspect: with an oracle score the crop of the expert crop's ratio lands on the expert crop.
   assert result["aspect_iou"] > 0.9
   assert result["aspect_bde"] < 0.02
+
+
+def test_the_report_shows_the_results_and_the_collected_photos(tmp_path):
+  examples = []
+  result = evaluate.evaluate_benchmark(_predict, iter([_batch()]), lambda b: b, ("iou",),
+                                       examples=examples, max_examples=1)
+  # Collected in the metrics' own pass: the first photo, its top-1 crop and that crop's IoU.
+  assert [e.image_id for e in examples] == ["a"]
+  (height, width), example = SIZES[0], examples[0]
+  to_px = [width, height, width, height]
+  np.testing.assert_allclose(example.prediction, PROPOSALS[0, 1] * to_px, rtol=1e-6)
+  np.testing.assert_allclose(example.truth, GT[0] * to_px, rtol=1e-6)
+  assert example.iou == pytest.approx(_iou(PROPOSALS[0, 1], GT[0]), rel=1e-5)
+  assert example.pixels.dtype == np.uint8 and example.pixels.shape == (8, 8, 3)
+
+  result.update(dataset="fcdb", builder_config="", split="test", step=7, skipped={})
+  path = evaluate.write_report(str(tmp_path), {"fcdb_test": result}, examples,
+                               examples_of="fcdb_test")
+  assert path == str(tmp_path / evaluate.REPORT_FILE)
+  page = open(path).read()
+  for key in ("iou", "bde", "iou_top5"):
+    assert f"<td>{key}</td><td>{result[key]:.4f}</td>" in page
+  assert "step 7" in page and "IoU" in page and "a: IoU" in page
+  assert len(embedded_images(page)) == 1
+
+
+def embedded_images(page):
+  """The report's images, decoded (each must be an embedded JPEG that opens)."""
+  sources = re.findall(r"src='([^']*)'", page)
+  images = []
+  for src in sources:
+    assert src.startswith("data:image/jpeg;base64,"), src[:40]
+    image = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+    image.load()
+    images.append(image)
+  return images
 
 
 def test_pairs_protocol_needs_pairs():

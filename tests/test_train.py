@@ -19,6 +19,7 @@ from procrop_jax import inference
 from procrop_jax import input_pipeline
 from procrop_jax import train
 from tests.conftest import REPO_ROOT
+from tests.test_evaluate import embedded_images
 
 
 def synthetic_batch(config, seed=0):
@@ -151,6 +152,13 @@ def test_eval_mode_restores_and_writes_the_documented_keys(tiny_config, tiny_tra
   assert saved["step"] == 1
   history = evaluate.read_history(str(path.with_suffix(".jsonl")))
   assert history[-1]["step"] == 1 and history[-1]["iou"] == saved["iou"]
+  # The report: the metrics of the JSON result, and photos of the best benchmark with crops.
+  page = (tiny_trained_workdir / "eval" / "report.html").read_text()
+  for key in ("iou", "bde", "iou_top5", "num_images"):
+    assert f"<td>{key}</td><td>{evaluate._format_value(saved[key], 4)}</td>" in page  # pylint: disable=protected-access
+  examples = min(tiny_config.eval.report_examples, saved["num_images"])
+  assert len(embedded_images(page)) == examples > 0
+  assert page.count("IoU ") == examples and "of cad_val" in page
 
 
 def test_eval_mode_without_a_checkpoint_says_so(tiny_config, tmp_path):
