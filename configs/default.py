@@ -27,6 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.max_boxes = 16  # Ground-truth boxes padded to this count, with a mask.
   config.data.max_pairs = 10  # Rated crop pairs (FCDB's) padded to this count, weight 0.
   config.data.augment = True
+  # Share of training views cropped around the target box (the rest keep the whole photo).
+  config.data.crop_probability = 0.5
   config.data.prefetch = 2
   # Frozen-backbone features cached for `views` augmented views of every training example
   # (procrop_jax/feature_cache.py); 0 trains from images. Needs backbone_learning_rate = 0.

@@ -85,7 +85,7 @@ def cache_key(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuild
               split: str) -> dict[str, Any]:
   """Everything the cached arrays depend on."""
   settings = input_pipeline.DataSettings.from_config(config.data)
-  augment = input_pipeline.Augmentation() if settings.augment else input_pipeline.NO_AUGMENTATION
+  augment = settings.augmentation()
   return {
       "cache_version": _CACHE_VERSION,
       "dataset": builder.info.full_name,  # name/config/version
@@ -116,7 +116,7 @@ def _views_dataset(source, features, settings: input_pipeline.DataSettings, view
                    seed: int, batch_size: int) -> tf.data.Dataset:
   """View `view` of every example of `source`, in order, batched (the last batch padded)."""
   n = len(source)
-  augment = input_pipeline.Augmentation() if settings.augment else input_pipeline.NO_AUGMENTATION
+  augment = settings.augmentation()
   view_seed = tf.constant(seed ^ _SEED_SALT_VIEWS, tf.int64)
 
   @input_pipeline.no_autograph

@@ -85,6 +85,9 @@ class DataSettings:
   max_boxes: int = 16
   max_pairs: int = 10
   augment: bool = True
+  # A box-keeping crop shrinks the margins around the expert crop, so the more views are
+  # cropped, the larger the crops the model learns to expect on whole photos.
+  crop_probability: float = Augmentation.crop_probability
   prefetch: int = 2
 
   @classmethod
@@ -97,6 +100,12 @@ class DataSettings:
         values[field.name] = (config_data[field.name] if isinstance(config_data, Mapping)
                               else getattr(config_data, field.name))
     return cls(**values)
+
+  def augmentation(self) -> Augmentation:
+    """The training augmentation these settings ask for."""
+    if not self.augment:
+      return NO_AUGMENTATION
+    return Augmentation(crop_probability=self.crop_probability)
 
 
 # ------------------------------------------------------------------------- source
@@ -366,7 +375,7 @@ def create_train_dataset(settings: DataSettings, *, seed: int, batch_size: int,
     seed: the run's seed; the order and the augmentation are functions of it.
     batch_size: the local batch size.
     start_step: the first batch to produce (resume): seeks, reads nothing before it.
-    augment: the augmentation; default `Augmentation()` if settings.augment, else none.
+    augment: the augmentation; default `settings.augmentation()`.
     num_parallel_calls: parallelism of decoding and augmentation.
   """
   builder = load_builder(settings)
@@ -376,7 +385,7 @@ def create_train_dataset(settings: DataSettings, *, seed: int, batch_size: int,
   if n == 0:
     raise ValueError(f"split {split!r} of {builder.name} is empty on this host")
   if augment is None:
-    augment = Augmentation() if settings.augment else NO_AUGMENTATION
+    augment = settings.augmentation()
   features = builder.info.features
   seed_order = tf.constant(seed ^ _SEED_SALT_ORDER, tf.int64)
   seed_augment = tf.constant(seed ^ _SEED_SALT_AUGMENT, tf.int64)

@@ -62,6 +62,13 @@ def test_a_second_build_reuses_the_cache_and_a_changed_key_builds_a_new_one(cach
   second = feature_cache.build(other, batch_size=8)
   assert second != first
   assert json.loads((second / "metadata.json").read_text())["views"] == 1
+  # Fewer cropped views are different features: a new key, not the old cache.
+  milder = cache_config.copy_and_resolve_references()
+  milder.data.crop_probability = 0.2
+  settings = input_pipeline.DataSettings.from_config(cache_config.data)
+  builder = input_pipeline.load_builder(settings)
+  key = lambda config: feature_cache.cache_key(config, builder, settings.train_split)
+  assert key(milder) != key(cache_config)
 
 
 def test_an_interrupted_build_leaves_nothing_that_looks_finished(cache_config, monkeypatch):

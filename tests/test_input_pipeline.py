@@ -259,6 +259,28 @@ def test_settings_read_from_a_dict():
   assert settings.max_boxes == input_pipeline.DataSettings().max_boxes
 
 
+def test_crop_probability_sets_the_share_of_cropped_views():
+  settings = input_pipeline.DataSettings.from_config({"crop_probability": 0.2})
+  assert settings.augmentation() == input_pipeline.Augmentation(crop_probability=0.2)
+  # The default is what caches and runs made before the field existed used.
+  assert input_pipeline.DataSettings().augmentation() == input_pipeline.Augmentation()
+  off = input_pipeline.DataSettings.from_config({"augment": False, "crop_probability": 0.2})
+  assert off.augmentation() == input_pipeline.NO_AUGMENTATION
+  height, width, box = 60, 80, (0.3, 0.3, 0.6, 0.6)
+  example = {"image_size": tf.constant([height, width], tf.int32),
+             "boxes": tf.constant([box], tf.float32), "box_scores": tf.constant([1.0]),
+             "image_id": tf.constant("x")}
+  image = tf.zeros([height, width, 3], tf.uint8)
+  def cropped(probability):
+    augment = input_pipeline.Augmentation(crop_probability=probability, flip_probability=0.0)
+    return sum(
+        tuple(input_pipeline.preprocess(example, seed=tf.constant([1, seed], tf.int64),
+                                        image_size=32, max_boxes=1, image=image,
+                                        augment=augment)["image_size"].numpy()) != (height, width)
+        for seed in range(30))
+  assert cropped(0.0) == 0 and cropped(1.0) == 30
+
+
 def test_augmented_pair_boxes_stay_on_the_same_content():
   height, width = 90, 130
   target, green, blue = (30, 20, 95, 70), (40, 30, 60, 50), (70, 25, 90, 45)

@@ -6,7 +6,8 @@ r"""Why the top-1 crop misses: how a run's proposals and scores relate to the ex
 Restores the run's best checkpoint, predicts the raw proposals (no voting, no flip) on the
 validation slice (or `--split`, e.g. part of the training slice to see the fit there) and
 prints, as JSON lines:
-  * the top-1 crop's IoU / BDE and the best IoU among all N proposals;
+  * the top-1 crop's IoU / BDE, the best IoU among all N proposals, and how well the score
+    orders a photo's proposals by their IoU (mean Spearman correlation);
   * the mean area and edge statistics of the expert crops, the top-1 and the best proposal
     (does the score favour large, safe crops?), and the correlation of each top-1 edge with the
     expert's;
@@ -102,8 +103,10 @@ def main(argv):
   best = data["boxes"][np.arange(n), np.argmax(overlap, 1)]
   emit = lambda **row: print(json.dumps({"workdir": _WORKDIR.value, "photos": n, **row}),
                              flush=True)
-  emit(choice="top1", **score_choice(top1, data), best_of_all_iou=round(float(overlap.max(1)
-                                                                                .mean()), 4))
+  within_photo = np.nanmean([metrics.spearman(s, o) for s, o in zip(data["scores"], overlap)])
+  emit(choice="top1", **score_choice(top1, data),
+       best_of_all_iou=round(float(overlap.max(1).mean()), 4),
+       score_iou_spearman_within_photo=round(float(within_photo), 3))
   for name, boxes in (("expert", data["gt"]), ("top1", top1), ("best_proposal", best)):
     emit(boxes=name, **box_stats(boxes, data["gt"]))
   for power in map(float, _POWERS.value):
