@@ -121,7 +121,7 @@ def layer_loss(outputs: Mapping[str, jax.Array], targets: Mapping[str, jax.Array
 
   # Overlaps for the score targets use the boxes as the model reports them (clipped to the image).
   reported = jnp.clip(pred_xyxy, 0.0, 1.0)
-  mode = cfg.get("score_target", "matched")
+  mode = cfg["score_target"]
   if mode == "iou":
     focal = quality_focal_loss(outputs["logits"], iou_score_targets(reported, targets),
                                gamma=cfg["focal_gamma"])
@@ -171,15 +171,15 @@ def given_box_terms(outputs: Mapping[str, Any], targets: Mapping[str, jax.Array]
   # A pair the augmentation cut has weight 0; its boxes may lie outside the image: skip both.
   mask = jnp.repeat(weights > 0, 2, axis=1)
   return {
-      "loss_rank": cfg.get("rank_weight", 0.0) * pair_ranking_loss(logits, weights),
-      "loss_given_iou": cfg.get("given_iou_weight", 0.0) * given_iou_loss(
+      "loss_rank": cfg["rank_weight"] * pair_ranking_loss(logits, weights),
+      "loss_given_iou": cfg["given_iou_weight"] * given_iou_loss(
           logits, boxes, mask, targets, gamma=cfg["focal_gamma"]),
   }
 
 
 def uses_given_boxes(loss_config: Mapping[str, Any]) -> bool:
   """True when the loss needs the rated pairs scored through the given-box path."""
-  return bool(loss_config.get("rank_weight", 0.0) or loss_config.get("given_iou_weight", 0.0))
+  return bool(loss_config["rank_weight"] or loss_config["given_iou_weight"])
 
 
 def crop_loss(outputs: Mapping[str, Any], targets: Mapping[str, jax.Array],
@@ -203,7 +203,7 @@ def crop_loss(outputs: Mapping[str, Any], targets: Mapping[str, jax.Array],
   weights = {"score": cfg["score_weight"], "l1": cfg["l1_weight"], "giou": cfg["giou_weight"]}
   num_boxes = jnp.maximum(targets["box_mask"].astype(jnp.float32).sum(), 1.0)
   layers = [("", outputs)]
-  if cfg.get("aux_loss", True):
+  if cfg["aux_loss"]:
     layers += [(f"_{i}", aux) for i, aux in enumerate(outputs.get("aux", ()))]
   terms = {}
   for suffix, layer_outputs in layers:
