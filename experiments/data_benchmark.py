@@ -80,7 +80,7 @@ def main():
     config.data.data_dir = str(tmp / "tfds")
     config.data.manual_dir = str(tmp / "cad")
     with Timer() as timer:
-      prepare.ensure_dataset(config.data, config.cad)
+      prepare.ensure_dataset(config.data, config.cad, seed=config.seed)
     print(f"procrop_cad build ({report.written} images): {timer}")
     rate = pipeline_rate(config.data, batch_size=args.batch_size, steps=args.steps)
     print(f"Pipeline, procrop_cad, {config.data.image_size} px, augmented: {rate}")

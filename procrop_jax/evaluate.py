@@ -308,7 +308,7 @@ def run_benchmarks(predict: PredictFn, config: ml_collections.ConfigDict, *,
     split_name = benchmark["split"].split("[")[0]
     try:
       if prepare:
-        builder = prepare_lib.ensure_dataset(data_config, config.get("cad"), seed=config.seed)
+        builder = prepare_lib.ensure_dataset(data_config, config.cad, seed=config.seed)
       else:
         builder = input_pipeline.load_builder(
             input_pipeline.DataSettings.from_config(data_config))

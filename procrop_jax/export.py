@@ -47,10 +47,9 @@ def code_version() -> str:
 
 def export_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Exports the run in `workdir` as a shipped model; returns its model card."""
-  settings = config.get("export") or ml_collections.ConfigDict()
-  out_dir = settings.get("output_dir") or os.path.join(workdir, "export")
-  predictor = inference.Predictor.from_workdir(workdir, config=config,
-                                               best=settings.get("best", True))
+  settings = config.export
+  out_dir = settings.output_dir or os.path.join(workdir, "export")
+  predictor = inference.Predictor.from_workdir(workdir, config=config, best=settings.best)
   command_path = pathlib.Path(workdir) / COMMAND_FILE
   card = {
       "name": pathlib.Path(out_dir).name,
@@ -60,10 +59,10 @@ def export_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
       "checkpoint": os.path.relpath(predictor.source),
       "code_version": code_version(),
       "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "inference": dict(config.get("inference") or {}),
+      "inference": dict(config.inference),
   }
   path = model_zoo.export(predictor.model(), predictor.config, out_dir, card=card,
-                          dtype=settings.get("dtype", "float16"))
+                          dtype=settings.dtype)
   # The figures of what ships: the written folder, loaded back.
   shipped = inference.Predictor.from_pretrained(path)
   results = shipped.run_benchmarks(None)

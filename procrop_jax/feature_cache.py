@@ -61,8 +61,7 @@ _LABEL_KEYS = ("image_valid_hw", "boxes", "box_scores", "box_mask", "image_size"
 
 def enabled(config: ml_collections.ConfigDict) -> bool:
   """True when `config.data.feature_cache.views` asks for a cache."""
-  cache = config.data.get("feature_cache")
-  return bool(cache and cache.get("views", 0))
+  return bool(config.data.feature_cache.views)
 
 
 def check_frozen(config: ml_collections.ConfigDict) -> None:
@@ -105,8 +104,7 @@ def cache_key(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuild
 
 
 def cache_dir(config: ml_collections.ConfigDict, key: Mapping[str, Any]) -> pathlib.Path:
-  root = config.data.feature_cache.get("dir") or os.path.join(config.data.data_dir,
-                                                                "feature_cache")
+  root = config.data.feature_cache.dir or os.path.join(config.data.data_dir, "feature_cache")
   digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
   name = f"{config.data.dataset}-{config.model.backbone}-{config.data.image_size}px-{digest}"
   return pathlib.Path(root) / name

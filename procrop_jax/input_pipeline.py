@@ -47,6 +47,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from procrop_jax import datasets  # pylint: disable=unused-import  (registers the builders)
+from procrop_jax import settings as settings_lib
 from procrop_jax import sharding
 
 HOST_ONLY_KEYS = frozenset({"image_id"})
@@ -76,30 +77,24 @@ NO_AUGMENTATION = Augmentation(crop_probability=0.0, flip_probability=0.0,
 @dataclasses.dataclass(frozen=True)
 class DataSettings:
   """What the pipeline needs from `config.data` (read in `from_config` only)."""
-  dataset: str = "procrop_cad"
-  builder_config: str | None = "default"
-  data_dir: str | None = "data/tfds"
-  train_split: str = "train"
-  eval_split: str = "test"
-  image_size: int = 320
-  max_boxes: int = 16
-  max_pairs: int = 10
-  augment: bool = True
+  dataset: str
+  builder_config: str | None
+  data_dir: str | None
+  train_split: str
+  eval_split: str
+  image_size: int
+  max_boxes: int
+  max_pairs: int
+  augment: bool
   # A box-keeping crop shrinks the margins around the expert crop, so the more views are
   # cropped, the larger the crops the model learns to expect on whole photos.
-  crop_probability: float = Augmentation.crop_probability
-  prefetch: int = 2
+  crop_probability: float
+  prefetch: int
 
   @classmethod
   def from_config(cls, config_data: Any) -> "DataSettings":
-    """Reads an ml_collections `config.data` (or any object with those attributes)."""
-    values = {}
-    for field in dataclasses.fields(cls):
-      if hasattr(config_data, field.name) or (isinstance(config_data, Mapping)
-                                              and field.name in config_data):
-        values[field.name] = (config_data[field.name] if isinstance(config_data, Mapping)
-                              else getattr(config_data, field.name))
-    return cls(**values)
+    """Reads an ml_collections `config.data` (or a dict with its fields)."""
+    return settings_lib.read(cls, config_data, "config.data")
 
   def augmentation(self) -> Augmentation:
     """The training augmentation these settings ask for."""

@@ -125,7 +125,7 @@ def layer_loss(outputs: Mapping[str, jax.Array], targets: Mapping[str, jax.Array
 
   # Overlaps for the score targets use the boxes as the model reports them (clipped to the image).
   reported = jnp.clip(pred_xyxy, 0.0, 1.0)
-  mode = cfg.get("score_target", "matched")
+  mode = cfg["score_target"]
   if mode == "iou":
     focal = quality_focal_loss(outputs["logits"], iou_score_targets(reported, targets),
                                gamma=cfg["focal_gamma"])
@@ -193,11 +193,11 @@ def given_box_terms(outputs: Mapping[str, Any], targets: Mapping[str, jax.Array]
   # A pair the augmentation cut has weight 0; its boxes may lie outside the image: skip both.
   mask = jnp.repeat(weights > 0, 2, axis=1)
   terms = {
-      "loss_rank": cfg.get("rank_weight", 0.0) * pair_ranking_loss(logits, weights),
-      "loss_given_iou": cfg.get("given_iou_weight", 0.0) * given_iou_loss(
+      "loss_rank": cfg["rank_weight"] * pair_ranking_loss(logits, weights),
+      "loss_given_iou": cfg["given_iou_weight"] * given_iou_loss(
           logits, boxes, mask, targets, gamma=cfg["focal_gamma"]),
   }
-  if cfg.get("gt_rank_weight", 0.0):
+  if cfg["gt_rank_weight"]:
     gt_logits = outputs["given_logits"][:, num_pair_boxes]
     gt_boxes = targets["boxes"][:, :1].astype(logits.dtype)
     box_iou = box_ops.box_iou(boxes, jnp.broadcast_to(gt_boxes, boxes.shape))
@@ -209,15 +209,15 @@ def given_box_terms(outputs: Mapping[str, Any], targets: Mapping[str, jax.Array]
 
 def uses_given_boxes(loss_config: Mapping[str, Any]) -> bool:
   """True when the loss needs the rated pairs scored through the given-box path."""
-  return bool(loss_config.get("rank_weight", 0.0) or loss_config.get("given_iou_weight", 0.0)
-              or loss_config.get("gt_rank_weight", 0.0))
+  return bool(loss_config["rank_weight"] or loss_config["given_iou_weight"]
+              or loss_config["gt_rank_weight"])
 
 
 def given_boxes(batch: Mapping[str, jax.Array], loss_config: Mapping[str, Any]) -> jax.Array:
   """The boxes the given-box terms score, [B, Q, 4]: the pairs' boxes flattened, then (with
   gt_rank_weight) the first ground-truth box."""
   boxes = batch["pair_boxes"].reshape(batch["pair_boxes"].shape[0], -1, 4)
-  if loss_config.get("gt_rank_weight", 0.0):
+  if loss_config["gt_rank_weight"]:
     boxes = jnp.concatenate([boxes, batch["boxes"][:, :1].astype(boxes.dtype)], axis=1)
   return boxes
 
@@ -243,7 +243,7 @@ def crop_loss(outputs: Mapping[str, Any], targets: Mapping[str, jax.Array],
   weights = {"score": cfg["score_weight"], "l1": cfg["l1_weight"], "giou": cfg["giou_weight"]}
   num_boxes = jnp.maximum(targets["box_mask"].astype(jnp.float32).sum(), 1.0)
   layers = [("", outputs)]
-  if cfg.get("aux_loss", True):
+  if cfg["aux_loss"]:
     layers += [(f"_{i}", aux) for i, aux in enumerate(outputs.get("aux", ()))]
   terms = {}
   for suffix, layer_outputs in layers:

@@ -227,11 +227,10 @@ def predict_step(state: State, batch: dict[str, jax.Array], *, graphdef, rng_sta
 
 
 def inference_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """predict_step's test-time options from `config.inference` (absent: none)."""
-  inference = config.get("inference") or {}
-  return {"flip": bool(inference.get("flip", False)),
-          "vote_iou": float(inference.get("vote_iou", 0.0)),
-          "rescore": bool(inference.get("rescore", False))}
+  """predict_step's test-time options from `config.inference`."""
+  inference = config.inference
+  return {"flip": bool(inference.flip), "vote_iou": float(inference.vote_iou),
+          "rescore": bool(inference.rescore)}
 
 
 # --------------------------------------------------------------------------------- the trainer
@@ -531,7 +530,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   is_chief = jax.process_index() == 0
-  profiler = _StepProfiler(config.train.get("profile_steps", ()), workdir)
+  profiler = _StepProfiler(config.train.profile_steps, workdir)
   config_path = os.path.join(workdir, "config.json")
   if os.path.isfile(config_path) and _has_checkpoints(workdir):  # A resume: same model?
     with open(config_path) as f:
@@ -547,7 +546,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   metrics_path = os.path.join(workdir, "metrics.jsonl")
 
   # Data first: building the embedded default's dataset is the slow part of a first run.
-  prepare.ensure_dataset(config.data, config.cad)
+  prepare.ensure_dataset(config.data, config.cad, seed=config.seed)
   if feature_cache.enabled(config):
     feature_cache.check_frozen(config)
     feature_cache.build(config)
@@ -562,7 +561,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     start_step = int(trainer.state["step"])
     logging.info("Resumed from %s at step %d (data position %s).", manager.directory,
                  start_step, meta.get("examples_seen"))
-  elif config.train.get("init_from"):
+  elif config.train.init_from:
     trainer.initialize_from(config.train.init_from)
   if is_chief:  # Steps logged after the restored checkpoint are about to be trained again.
     checkpointing.truncate_metrics_log(metrics_path, start_step)

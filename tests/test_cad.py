@@ -6,6 +6,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from configs import default
 from procrop_jax import cad
 from procrop_jax import photos as photos_lib
 from procrop_jax.cad import generate
@@ -93,6 +94,22 @@ def test_generation_is_restartable_and_deterministic(tmp_path, photos):
   assert not list(out.rglob("*.tmp"))
 
 
+def test_a_folder_is_completed_only_with_the_parameters_it_was_begun_with(tmp_path, photos):
+  out = tmp_path / "cad"
+  cad.generate_cad(photos, out, variants_per_photo=2, progress=False)
+  with pytest.raises(generate.GenerationMismatchError, match="delete it"):
+    cad.generate_cad(photos, out, variants_per_photo=2, seed=1, progress=False)
+  with pytest.raises(generate.GenerationMismatchError):  # The third variants would stay.
+    cad.generate_cad(photos, out, variants_per_photo=1, progress=False)
+  report = cad.generate_cad(photos, out, variants_per_photo=3, progress=False)
+  assert (report.kept, report.written) == (4, 2)
+  # A folder begun from one named source is not completed from another.
+  cad.generate_cad(str(tmp_path / "photos"), tmp_path / "named", variants_per_photo=1,
+                   progress=False)
+  with pytest.raises(generate.GenerationMismatchError, match='"source": "skimage"'):
+    cad.generate_cad("skimage", tmp_path / "named", variants_per_photo=1, progress=False)
+
+
 def test_unreadable_photo_is_skipped(tmp_path, photos):
   bad = tmp_path / "photos" / "bad.jpg"
   bad.write_bytes(b"not a jpeg")
@@ -126,12 +143,13 @@ def test_failed_photos_are_reported_and_block_the_build_unless_allowed(tmp_path,
   assert not builder.is_prepared()
 
   # So does prepare (it generates from the folder, the bad photo fails again) ...
-  cad_config = {"source": str(tmp_path / "photos"), "variants_per_photo": 1}
+  cad_config = {**default.get_config().cad.to_dict(), "source": str(tmp_path / "photos"),
+                "variants_per_photo": 1, "max_side": 1024}
   with pytest.raises(generate.IncompleteCADError, match="1 of 3 photos failed"):
-    prepare.ensure_dataset(_cad_data_config(tmp_path, out), cad_config)
+    prepare.ensure_dataset(_cad_data_config(tmp_path, out), cad_config, seed=0)
   # ... unless the user allows it: then the set is built from the photos that worked.
   builder = prepare.ensure_dataset(_cad_data_config(tmp_path, out),
-                                   {**cad_config, "allow_failures": True})
+                                   {**cad_config, "allow_failures": True}, seed=0)
   assert builder.info.splits["train"].num_examples == 2
 
 

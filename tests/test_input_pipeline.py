@@ -190,13 +190,13 @@ def test_ensure_dataset_generates_and_builds_once(tmp_path, capsys):
   config.data.data_dir = str(tmp_path / "tfds")
   config.data.manual_dir = str(tmp_path / "manual" / "procrop_cad_default")
   config.cad.variants_per_photo = 1  # The full default is in the slow test below.
-  builder = prepare.ensure_dataset(config.data, config.cad)
+  builder = prepare.ensure_dataset(config.data, config.cad, seed=config.seed)
   assert builder.is_prepared()
   assert builder.info.splits["train"].num_examples == len(
       list((tmp_path / "manual" / "procrop_cad_default" / "images").glob("*.jpg"))) == 9
   out = capsys.readouterr().out
   assert "Generating CAD data" in out and "Prepared procrop_cad" in out
-  prepare.ensure_dataset(config.data, config.cad)
+  prepare.ensure_dataset(config.data, config.cad, seed=config.seed)
   assert "Building" not in capsys.readouterr().out  # Already prepared: no work.
 
 
@@ -210,7 +210,7 @@ def test_ensure_dataset_leaves_foreign_manual_data_alone(tmp_path):
   config = default.get_config()
   config.data.data_dir = str(tmp_path / "tfds")
   config.data.manual_dir = str(manual)
-  builder = prepare.ensure_dataset(config.data, config.cad)
+  builder = prepare.ensure_dataset(config.data, config.cad, seed=config.seed)
   assert builder.info.splits["train"].num_examples == 1
   assert sorted(p.name for p in (manual / "images").iterdir()) == ["x_0.jpg"]
 
@@ -220,7 +220,7 @@ def test_default_config_prepares_and_feeds(tmp_path):
   config = default.get_config()
   config.data.data_dir = str(tmp_path / "tfds")
   config.data.manual_dir = str(tmp_path / "manual")
-  prepare.ensure_dataset(config.data, config.cad)
+  prepare.ensure_dataset(config.data, config.cad, seed=config.seed)
   batch = next(input_pipeline.create_train_iterator(config.data, seed=0,
                                                     global_batch_size=8))
   size = config.data.image_size
@@ -253,18 +253,26 @@ def test_example_without_boxes_gets_an_empty_mask():
 
 
 def test_settings_read_from_a_dict():
+  data = default.get_config().data.to_dict()
   settings = input_pipeline.DataSettings.from_config(
-      {"dataset": "fcdb", "image_size": 128, "unrelated": 1})
+      {**data, "dataset": "fcdb", "image_size": 128, "unrelated": 1})
   assert settings.dataset == "fcdb" and settings.image_size == 128
-  assert settings.max_boxes == input_pipeline.DataSettings().max_boxes
+  assert settings.max_boxes == data["max_boxes"]
+  # No second set of defaults: a missing field is named.
+  del data["max_boxes"], data["prefetch"]
+  with pytest.raises(KeyError, match="config.data has no max_boxes, prefetch"):
+    input_pipeline.DataSettings.from_config(data)
 
 
 def test_crop_probability_sets_the_share_of_cropped_views():
-  settings = input_pipeline.DataSettings.from_config({"crop_probability": 0.2})
+  data = default.get_config().data.to_dict()
+  settings = input_pipeline.DataSettings.from_config({**data, "crop_probability": 0.2})
   assert settings.augmentation() == input_pipeline.Augmentation(crop_probability=0.2)
   # The default is what caches and runs made before the field existed used.
-  assert input_pipeline.DataSettings().augmentation() == input_pipeline.Augmentation()
-  off = input_pipeline.DataSettings.from_config({"augment": False, "crop_probability": 0.2})
+  assert (input_pipeline.DataSettings.from_config(data).augmentation()
+          == input_pipeline.Augmentation())
+  off = input_pipeline.DataSettings.from_config({**data, "augment": False,
+                                                 "crop_probability": 0.2})
   assert off.augmentation() == input_pipeline.NO_AUGMENTATION
   height, width, box = 60, 80, (0.3, 0.3, 0.6, 0.6)
   example = {"image_size": tf.constant([height, width], tf.int32),

@@ -187,7 +187,8 @@ def test_ranking_loss_orders_a_pair_after_a_few_steps():
   from procrop_jax.models import procrop  # pylint: disable=g-import-not-at-top
   config = testing.get_config()
   config.model.num_references = 0
-  model = procrop.ProCrop(config.model, image_size=64, rngs=nnx.Rngs(0))
+  model = procrop.ProCrop(config.model, image_size=64,
+                          tokens_grid=config.retrieval.tokens_grid, rngs=nnx.Rngs(0))
   rng = np.random.default_rng(0)
   features = {"stride32": jnp.asarray(rng.normal(size=(1, 2, 2, 1280)), jnp.float32),
               "stride16": jnp.asarray(rng.normal(size=(1, 4, 4, 112)), jnp.float32)}

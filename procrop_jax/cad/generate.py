@@ -10,8 +10,9 @@ written as the first (pseudo-label) line of the annotation:
 
 Each variant's randomness comes from (seed, photo id, k), so a variant is the same
 whichever worker makes it and whenever. Existing outputs are kept: an interrupted run
-is resumed by running it again. Files are written under temporary names and renamed,
-the annotation last, so a variant exists only once it is complete.
+is resumed by running it again (with the same parameters: a folder begun with others is
+refused, never mixed). Files are written under temporary names and renamed, the annotation
+last, so a variant exists only once it is complete.
 
 Photos that fail (an unreadable file, a full disk) are reported: counted, the first few named,
 and listed with their errors in `<out>/cad_failures.json`. The `procrop_cad` builder refuses a
@@ -72,6 +73,11 @@ class IncompleteCADError(RuntimeError):
   """Photos failed during CAD generation and the set was not allowed to be incomplete."""
 
 
+class GenerationMismatchError(ValueError):
+  """The output folder holds variants generated with other parameters; completing it would mix
+  them with new ones."""
+
+
 @dataclasses.dataclass
 class GenerationReport:
   photos: int = 0
@@ -119,6 +125,35 @@ def check_complete(out_dir: str | pathlib.Path) -> None:
       f"CAD generation into {out_dir} is incomplete: {summary}; the full list is in "
       f"{pathlib.Path(out_dir) / FAILURES}. Fix or remove those photos and run again, or set "
       "config.cad.allow_failures=True (generate: --allow_failures) to build without them.")
+
+
+# What shapes every variant: a set is completed only with the values it was begun with.
+_SHAPING_PARAMETERS = ("seed", "min_area_fraction", "max_area_fraction", "max_side",
+                       "outpainter")
+
+
+def _check_same_parameters(out_dir: pathlib.Path, marker: dict) -> None:
+  """Raises GenerationMismatchError unless completing `out_dir` with `marker`'s parameters
+  gives what a fresh run would: the same shaping parameters and named source ("skimage" or a
+  folder; a list of photos names none), and no fewer variants per photo (the surplus would
+  stay and be built)."""
+  path = out_dir / MARKER
+  if not path.exists():
+    return
+  try:
+    before = json.loads(path.read_text())
+  except ValueError:
+    before = {}
+  keys = ("source", "variants_per_photo") + _SHAPING_PARAMETERS
+  old = {k: before.get(k) for k in keys}
+  new = {k: marker[k] for k in keys}
+  other_source = old["source"] and new["source"] and old["source"] != new["source"]
+  fewer = not isinstance(old["variants_per_photo"], int) or (
+      new["variants_per_photo"] < old["variants_per_photo"])
+  if other_source or fewer or any(old[k] != new[k] for k in _SHAPING_PARAMETERS):
+    raise GenerationMismatchError(
+        f"{out_dir} holds CAD generated with {json.dumps(old, sort_keys=True)}, not "
+        f"{json.dumps(new, sort_keys=True)}: delete it or generate into another folder")
 
 
 def plan_canvas(photo_hw: tuple[int, int], rng: np.random.Generator, *,
@@ -236,12 +271,16 @@ def generate_cad(photos: Sequence[str | pathlib.Path] | str, out_dir: str | path
   (out_dir / "annotations").mkdir(parents=True, exist_ok=True)
   outpainter = outpainter or outpaint_lib.ReflectBlurOutPainter()
   ids = photos_lib.photo_ids(paths)
+  named = None
+  if isinstance(photos, str):
+    named = photos if photos == "skimage" else os.path.abspath(photos)
   marker = {
-      "format": "procrop_cad", "seed": seed, "variants_per_photo": variants_per_photo,
+      "format": "procrop_cad", "source": named, "seed": seed, "variants_per_photo": variants_per_photo,
       "min_area_fraction": min_area_fraction, "max_area_fraction": max_area_fraction,
       "max_side": max_side, "outpainter": type(outpainter).__name__,
       "photos": {i: str(p) for i, p in zip(ids, paths)},
   }
+  _check_same_parameters(out_dir, marker)
   artifacts.atomic_write_json(out_dir / MARKER, marker, indent=1)
 
   report = GenerationReport(photos=len(paths))

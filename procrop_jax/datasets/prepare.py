@@ -3,51 +3,101 @@ r"""Makes sure the configured dataset is built, generating CAD data first where 
   python -m procrop_jax.datasets.prepare --config=configs/default.py
 
 builds what `--config`'s `data` section names (and prints the skip report). The
-trainer calls `ensure_dataset(config.data, config.cad)` before it reads data.
+trainer calls `ensure_dataset(config.data, config.cad, seed=config.seed)` before it reads data.
+A build is reused while the source recorded beside it (`source_record`) is the configured one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
+import shutil
 import time
 from typing import Any, Sequence
 
 from absl import logging
 import tensorflow_datasets as tfds
 
+from procrop_jax import settings as settings_lib
 from procrop_jax.cad import generate
 from procrop_jax.datasets import schema
+from procrop_jax.datasets import source_record
 
 
-def _get(config: Any, name: str, default: Any = None) -> Any:
-  if config is None:
-    return default
-  if isinstance(config, dict):
-    return config.get(name, default)
-  return getattr(config, name, default)
+@dataclasses.dataclass(frozen=True)
+class BuildSettings:
+  """What preparing a dataset reads from `config.data` (or a benchmark's data config)."""
+  dataset: str
+  builder_config: str | None
+  data_dir: str
+  manual_dir: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class CadSettings:
+  """What generating a CAD set reads from `config.cad`."""
+  source: str
+  variants_per_photo: int
+  min_area_fraction: float
+  max_area_fraction: float
+  workers: int
+  max_side: int
+  allow_failures: bool
+
+
+class SourceChangedError(RuntimeError):
+  """A prepared build was made from another source, and there is nothing to rebuild it from."""
 
 
 def _resolve(path: str | None) -> str | None:
   """Relative paths (the config's defaults) are relative to the working directory."""
-  return os.path.abspath(os.path.expanduser(path)) if path else path
+  return os.path.abspath(os.path.expanduser(path)) if path else None
 
 
-def _should_generate_cad(manual_dir: pathlib.Path, cad_config: Any) -> bool:
+def _should_generate_cad(manual_dir: pathlib.Path, cad: CadSettings) -> bool:
   """Generate into an empty directory or one that the generator made (to finish it).
 
   A directory that holds other data (e.g. ProCrop's released CAD set) is left alone.
   """
-  if not _get(cad_config, "source"):
+  if not cad.source:
     return False
   if (manual_dir / generate.MARKER).exists():
     return True
   return not manual_dir.exists() or not any(manual_dir.iterdir())
 
 
+def _generation(cad: CadSettings, seed: int) -> dict[str, Any]:
+  """The generation parameters that shape the set (recorded with its build)."""
+  source = cad.source if cad.source == "skimage" else _resolve(cad.source)
+  return {"source": source, "seed": int(seed), "variants_per_photo": int(cad.variants_per_photo),
+          "min_area_fraction": float(cad.min_area_fraction),
+          "max_area_fraction": float(cad.max_area_fraction), "max_side": int(cad.max_side)}
+
+
+def _generate_cad(manual_dir: str, cad: CadSettings, seed: int) -> None:
+  print(f"Generating CAD data from {cad.source!r} into {manual_dir}", flush=True)
+  report = generate.generate_cad(
+      cad.source, manual_dir, variants_per_photo=cad.variants_per_photo,
+      min_area_fraction=cad.min_area_fraction, max_area_fraction=cad.max_area_fraction,
+      workers=cad.workers, seed=seed, max_side=cad.max_side,
+      allow_failures=bool(cad.allow_failures))
+  print(f"CAD: {report.written} images written ({report.images_per_second:.1f}/s), "
+        f"{report.kept} already there, {len(report.failed_photos)} photos failed", flush=True)
+  if report.errors:
+    print(f"CAD: {report.failure_summary()}", flush=True)
+  generate.check_complete(manual_dir)  # Before TFDS starts: the error is the first thing seen.
+
+
 def ensure_dataset(config_data: Any, cad_config: Any = None, *,
-                   seed: int = 0) -> tfds.core.DatasetBuilder:
-  """Builds the dataset of `config_data` into its data_dir unless it is already there.
+                   seed: int | None = None) -> tfds.core.DatasetBuilder:
+  """Builds the dataset of `config_data` into its data_dir unless it is there, built from it.
+
+  A prepared build is reused only when the source recorded with it (`source_record`: the
+  manual directory, its files, and the CAD generation parameters) is the one named now; else
+  it is rebuilt, and a build that predates the records is rebuilt once. Where there is nothing
+  to rebuild from (the manual directory is missing or empty), a build of the same directory is
+  kept with a warning, and one of another directory is refused.
 
   For `procrop_cad` with `cad_config.source` set ("skimage" for the embedded default,
   or a folder of professional photos), the CAD images are first generated into
@@ -55,52 +105,68 @@ def ensure_dataset(config_data: Any, cad_config: Any = None, *,
 
   Args:
     config_data: `config.data` (dataset, builder_config, data_dir, manual_dir).
-    cad_config: `config.cad` (source, variants_per_photo, min_area_fraction,
-      max_area_fraction, workers, and optionally max_side and allow_failures: build the set
-      even though some photos failed to generate; default False), or None.
-    seed: the CAD generation's seed.
+    cad_config: `config.cad`, or None: no CAD generation.
+    seed: `config.seed`, the CAD generation's seed; required with `cad_config`.
 
   Returns:
     The prepared builder. Its skip report: `schema.build_report(builder)`.
 
   Raises:
+    SourceChangedError: the build was made from another source, and the one named now is
+      missing or empty.
     procrop_jax.cad.generate.IncompleteCADError: photos failed during CAD generation (the
       message counts them and names the first few) and `cad_config.allow_failures` is not set.
+    procrop_jax.cad.generate.GenerationMismatchError: the manual directory holds CAD made with
+      other generation parameters.
   """
-  name = _get(config_data, "dataset")
-  config_name = _get(config_data, "builder_config") or None
-  data_dir = _resolve(_get(config_data, "data_dir"))
-  manual_dir = _resolve(_get(config_data, "manual_dir"))
+  data = settings_lib.read(BuildSettings, config_data, "config.data")
+  cad = None
+  if cad_config is not None:
+    if seed is None:
+      raise ValueError("ensure_dataset with a CAD config needs seed=config.seed")
+    cad = settings_lib.read(CadSettings, cad_config, "config.cad")
+  name, config_name = data.dataset, data.builder_config or None
+  data_dir, manual_dir = _resolve(data.data_dir), _resolve(data.manual_dir)
+  generation = None
+  if name == "procrop_cad" and manual_dir and cad and _should_generate_cad(
+      pathlib.Path(manual_dir), cad):
+    generation = _generation(cad, seed)
+  wanted = source_record.describe(manual_dir, generation)
+
   builder = tfds.builder(name, config=config_name, data_dir=data_dir)
-  if builder.is_prepared():
-    logging.info("%s is prepared in %s", builder.info.full_name, builder.data_dir)
-    return builder
+  stale = builder.is_prepared()
+  if stale:
+    recorded = source_record.read(builder.data_dir)
+    if recorded == wanted:
+      logging.info("%s is prepared in %s", builder.info.full_name, builder.data_dir)
+      return builder
+    if manual_dir and not wanted["files"] and not generation:  # Nothing to rebuild from.
+      if recorded is None or source_record.same_place(recorded, wanted):
+        logging.warning("%s in %s: %s has no files to rebuild from; keeping the build made "
+                        "from %s", builder.info.full_name, builder.data_dir, manual_dir,
+                        source_record.summary(recorded))
+        return builder
+      raise SourceChangedError(
+          f"{builder.info.full_name} in {builder.data_dir} was built from "
+          f"{source_record.summary(recorded)}, but the config names {manual_dir}, which has no "
+          "files: put the data there, or use another data_dir")
+    print(f"Rebuilding {builder.info.full_name} in {builder.data_dir}: it was built from "
+          f"{source_record.summary(recorded)}; the config names "
+          f"{source_record.summary(wanted)}", flush=True)
 
   start = time.perf_counter()
-  if name == "procrop_cad" and manual_dir and _should_generate_cad(pathlib.Path(manual_dir),
-                                                                    cad_config):
-    print(f"Generating CAD data from {_get(cad_config, 'source')!r} into {manual_dir}",
-          flush=True)
-    report = generate.generate_cad(
-        _get(cad_config, "source"), manual_dir,
-        variants_per_photo=_get(cad_config, "variants_per_photo", 8),
-        min_area_fraction=_get(cad_config, "min_area_fraction", 0.3),
-        max_area_fraction=_get(cad_config, "max_area_fraction", 0.8),
-        workers=_get(cad_config, "workers", 2), seed=seed,
-        max_side=_get(cad_config, "max_side", 1024),
-        allow_failures=bool(_get(cad_config, "allow_failures", False)))
-    print(f"CAD: {report.written} images written ({report.images_per_second:.1f}/s), "
-          f"{report.kept} already there, {len(report.failed_photos)} photos failed",
-          flush=True)
-    if report.errors:
-      print(f"CAD: {report.failure_summary()}", flush=True)
-    generate.check_complete(manual_dir)  # Before TFDS starts: the error is the first thing seen.
-
+  if generation:
+    _generate_cad(manual_dir, cad, seed)
+  if stale:  # Removed only now: a generation that refuses leaves the old build in place.
+    shutil.rmtree(builder.data_dir)
+    builder = tfds.builder(name, config=config_name, data_dir=data_dir)
   print(f"Building {builder.info.full_name} from {manual_dir} into {builder.data_dir}",
         flush=True)
   download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
   builder.download_and_prepare(download_config=download_config)
   builder = tfds.builder(name, config=config_name, data_dir=data_dir)
+  # Described after generation and build: the files as the build read them.
+  source_record.write(builder.data_dir, source_record.describe(manual_dir, generation))
   for split, counts in schema.build_report(builder).items():
     print(f"  {split}: {counts['kept']} of {counts['entries']} kept; skipped "
           f"{counts['skipped'] or 'none'}; boxes dropped {counts['dropped_boxes'] or 'none'}",
@@ -113,7 +179,7 @@ def ensure_dataset(config_data: Any, cad_config: Any = None, *,
 def main(argv: Sequence[str]) -> None:
   del argv
   config = _CONFIG.value
-  ensure_dataset(config.data, config.get("cad"), seed=config.get("seed", 0))
+  ensure_dataset(config.data, config.cad, seed=config.seed)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ what keeps this scoring path the one training shapes (a given box is just anothe
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Mapping
 
@@ -31,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from procrop_jax import box_ops
+from procrop_jax import settings as settings_lib
 from procrop_jax.models import efficientnet_lite
 from procrop_jax.models import position_encoding
 from procrop_jax.models import transformer
@@ -91,10 +93,28 @@ class ConcatMLPFusion(nnx.Module):
     return z * mask[..., None]
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+  """What the model reads from `config.model` (`pretrained` is its weight loader's)."""
+  backbone: str
+  freeze_backbone_bn: bool
+  use_stride16: bool
+  d_model: int
+  num_heads: int
+  mlp_dim: int
+  num_encoder_layers: int
+  num_decoder_layers: int
+  num_queries: int
+  dropout: float
+  fusion: str
+  num_references: int
+
+
 class ProCrop(nnx.Module):
   """The ProCrop crop proposer. See the module docstring.
 
-  Constructor: `ProCrop(model_config, *, image_size=320, tokens_grid=4, rngs)`, or
+  Constructor: `ProCrop(model_config, *, image_size, tokens_grid, rngs)` (model_config: a
+  `config.model`, read as `ModelSettings`), or
   `ProCrop.from_config(config, rngs=...)` which reads config.model, config.data.image_size and
   config.retrieval.tokens_grid. `image_size` (the padded canvas side S) fixes the number of image
   tokens, ceil(S / 32) ** 2, which the concat_mlp fusion's token-mixing layers depend on (other
@@ -103,25 +123,25 @@ class ProCrop(nnx.Module):
   `procrop_jax.weights.imagenet.load_pretrained(model.backbone, ...)`.
   """
 
-  def __init__(self, model_config: Mapping[str, Any], *, image_size: int = 320,
-               tokens_grid: int = 4, rngs: nnx.Rngs):
-    cfg = model_config
-    d = cfg["d_model"]
-    if d % 4 or d % cfg["num_heads"]:
+  def __init__(self, model_config: Mapping[str, Any], *, image_size: int, tokens_grid: int,
+               rngs: nnx.Rngs):
+    cfg = settings_lib.read(ModelSettings, model_config, "config.model")
+    d = cfg.d_model
+    if d % 4 or d % cfg.num_heads:
       raise ValueError(f"d_model={d} must be a multiple of 4 and of num_heads="
-                       f"{cfg['num_heads']}")
-    if cfg["fusion"] not in FUSIONS:
-      raise ValueError(f"config.model.fusion={cfg['fusion']!r}: use one of {FUSIONS}")
+                       f"{cfg.num_heads}")
+    if cfg.fusion not in FUSIONS:
+      raise ValueError(f"config.model.fusion={cfg.fusion!r}: use one of {FUSIONS}")
     self.d_model = d
-    self.num_heads = cfg["num_heads"]
-    self.num_queries = cfg["num_queries"]
-    self.num_references = cfg["num_references"]
-    self.fusion_type = cfg["fusion"]
-    self.use_stride16 = cfg["use_stride16"]
+    self.num_heads = cfg.num_heads
+    self.num_queries = cfg.num_queries
+    self.num_references = cfg.num_references
+    self.fusion_type = cfg.fusion
+    self.use_stride16 = cfg.use_stride16
     self.image_size = image_size
     self.tokens_grid = tokens_grid
     self.grid = math.ceil(image_size / 32)  # Backbone convs are "SAME": ceil at every stride.
-    dropout = cfg["dropout"]
+    dropout = cfg.dropout
     # Dropout layers draw from a stream tagged "dropout", so `nnx.reseed(model, dropout=key)`
     # reaches them whatever streams the caller's Rngs has.
     try:
@@ -132,17 +152,17 @@ class ProCrop(nnx.Module):
 
     # Backbone and input projection.
     self.backbone = efficientnet_lite.EfficientNetLite(
-        cfg["backbone"], rngs=rngs, frozen_bn=cfg["freeze_backbone_bn"])
+        cfg.backbone, rngs=rngs, frozen_bn=cfg.freeze_backbone_bn)
     channels = self.backbone.feature_channels
     self.input_proj = nnx.Linear(channels["stride32"], d, rngs=rngs)  # A 1x1 convolution.
     self.stride16_proj = (nnx.Conv(channels["stride16"], d, (3, 3), strides=2, padding="SAME",
                                    rngs=rngs) if self.use_stride16 else None)
     self.input_norm = nnx.LayerNorm(d, epsilon=1e-5, rngs=rngs)
 
-    layer_args = (d, cfg["num_heads"], cfg["mlp_dim"], dropout)
+    layer_args = (d, cfg.num_heads, cfg.mlp_dim, dropout)
     self.encoder_layers = nnx.List([
         transformer.EncoderLayer(*layer_args, rngs=_mixed(rngs, drop_rngs))
-        for _ in range(cfg["num_encoder_layers"])])
+        for _ in range(cfg.num_encoder_layers)])
 
     # Fusion with the professional references (absent when K == 0).
     num_ref_tokens = tokens_grid ** 2
@@ -153,7 +173,7 @@ class ProCrop(nnx.Module):
         self.fusion = ConcatMLPFusion(d, self.grid ** 2, self.num_references * num_ref_tokens,
                                       dropout, rngs=_mixed(rngs, drop_rngs))
       else:
-        self.fusion = transformer.CrossAttentionBlock(d, cfg["num_heads"], dropout,
+        self.fusion = transformer.CrossAttentionBlock(d, cfg.num_heads, dropout,
                                                       rngs=_mixed(rngs, drop_rngs))
     else:
       self.reference_encoder = None
@@ -171,7 +191,7 @@ class ProCrop(nnx.Module):
     self.decoder_layers = nnx.List([
         transformer.ConditionalDecoderLayer(*layer_args, is_first=i == 0,
                                             rngs=_mixed(rngs, drop_rngs))
-        for i in range(cfg["num_decoder_layers"])])
+        for i in range(cfg.num_decoder_layers)])
     self.decoder_norm = nnx.LayerNorm(d, epsilon=1e-5, rngs=rngs)
     self.box_head = transformer.MLP(d, d, 4, 3, zero_last=True, rngs=rngs)
     prior_bias = -math.log((1 - _PRIOR_PROB) / _PRIOR_PROB)

@@ -18,19 +18,19 @@ Steps (multi-host: every process runs this with the same config):
      build never loads as complete); a last barrier lets every process return together.
 The database goes to config.retrieval.index_dir, or <workdir>/reference_db when that is empty.
 
-Config fields read here (config.retrieval, with these defaults when absent):
-  index_dir ""              database directory ("" -> <workdir>/reference_db)
-  tokens_grid 4, embedding_grid 4, embedding_dim 256   see embedding.py
-  search "auto"             index method: auto | brute_force | scann | exact
-  database_dataset "photo_folder"   TFDS builder of the professional photos
-  database_config ""        its builder config ("" -> "skimage" when config.cad.source is
+Config fields read here (config.retrieval; their defaults are in configs/default.py):
+  index_dir                 database directory ("" -> <workdir>/reference_db)
+  tokens_grid, embedding_grid, embedding_dim   see embedding.py
+  search                    index method: auto | brute_force | scann | exact
+  database_dataset          TFDS builder of the professional photos
+  database_config           its builder config ("" -> "skimage" when config.cad.source is
                             "skimage", else "default")
-  database_manual_dir ""    its manual dir ("" -> config.cad.source when that is a folder)
-  database_data_dir ""      TFDS data dir ("" -> config.data.data_dir)
-  database_split "train"
-  batch_size 32             images per extraction step on each host
-  scann {}                  ScaNN tree-AH overrides (index.default_scann_params keys)
-and config.model.backbone / pretrained, config.data.image_size, config.seed.
+  database_manual_dir       its manual dir ("" -> config.cad.source when that is a folder)
+  database_data_dir         TFDS data dir ("" -> config.data.data_dir)
+  database_split
+  batch_size                images per extraction step on each host
+  scann                     ScaNN tree-AH overrides (index.default_scann_params keys)
+and config.model.backbone / pretrained, config.data, config.cad.source, config.seed.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ import tqdm
 
 from procrop_jax import artifacts
 from procrop_jax import input_pipeline
+from procrop_jax import settings as settings_lib
 from procrop_jax.datasets import prepare
 from procrop_jax.models import efficientnet_lite
 from procrop_jax.retrieval import database as database_lib
@@ -62,27 +63,23 @@ from procrop_jax.weights import imagenet
 @dataclasses.dataclass(frozen=True)
 class RetrievalSettings:
   """What retrieval needs from the config (read in `from_config` only)."""
-  index_dir: str = ""
-  tokens_grid: int = 4
-  embedding_grid: int = 4
-  embedding_dim: int = 256
-  search: str = "auto"
-  database_dataset: str = "photo_folder"
-  database_config: str = ""
-  database_manual_dir: str = ""
-  database_data_dir: str = ""
-  database_split: str = "train"
-  batch_size: int = 32
-  scann: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  index_dir: str
+  tokens_grid: int
+  embedding_grid: int
+  embedding_dim: int
+  search: str
+  database_dataset: str
+  database_config: str
+  database_manual_dir: str
+  database_data_dir: str
+  database_split: str
+  batch_size: int
+  scann: Mapping[str, Any]
 
   @classmethod
   def from_config(cls, config: Any) -> "RetrievalSettings":
-    retrieval = config.get("retrieval") or {}
-    values = {f.name: retrieval.get(f.name) for f in dataclasses.fields(cls)
-              if retrieval.get(f.name) is not None}
-    if "scann" in values:
-      values["scann"] = dict(values["scann"])
-    return cls(**values)
+    settings = settings_lib.read(cls, config.retrieval, "config.retrieval")
+    return dataclasses.replace(settings, scann=dict(settings.scann))  # A plain, unlocked copy.
 
 
 def _barrier(name: str) -> None:
@@ -93,17 +90,18 @@ def _barrier(name: str) -> None:
 def database_data_config(config: Any) -> dict[str, Any]:
   """The `config.data`-like dict of the professional-photo dataset (see the module docstring)."""
   settings = RetrievalSettings.from_config(config)
-  source = (config.get("cad") or {}).get("source", "skimage") or "skimage"
+  source = config.cad.source or "skimage"
   builder_config = settings.database_config or ("skimage" if source == "skimage" else "default")
   manual_dir = settings.database_manual_dir or (None if source == "skimage" else source)
+  # config.data's other fields (image_size, max_pairs, prefetch) carry over as they are.
   return {
+      **config.data.to_dict(),
       "dataset": settings.database_dataset,
       "builder_config": builder_config,
       "data_dir": settings.database_data_dir or config.data.data_dir,
       "manual_dir": manual_dir,
       "train_split": settings.database_split,
       "eval_split": settings.database_split,
-      "image_size": int(config.data.image_size),
       "max_boxes": 1,
       "augment": False,
   }
@@ -123,10 +121,10 @@ SHARD_FORMAT_VERSION = 2
 
 def weights_fingerprint(config: Any) -> str:
   """Which backbone weights made the tokens: the pretrained file's sha256, or the random seed."""
-  if config.model.get("pretrained", True):
+  if config.model.pretrained:
     digest = artifacts.file_sha256(imagenet.checkpoint_path(config.model.backbone))
     return f"sha256:{digest[:16]}"
-  return f"random:seed={config.get('seed', 0)}"
+  return f"random:seed={config.seed}"
 
 
 def photos_fingerprint(config: Any) -> dict[str, Any]:
@@ -150,8 +148,8 @@ def shard_key(config: Any) -> dict[str, Any]:
 def create_backbone(config: Any):
   """The backbone whose stride-32 features the tokens are made of (frozen, inference mode)."""
   backbone = efficientnet_lite.EfficientNetLite(config.model.backbone,
-                                                rngs=nnx.Rngs(config.get("seed", 0)))
-  if config.model.get("pretrained", True):
+                                                rngs=nnx.Rngs(config.seed))
+  if config.model.pretrained:
     imagenet.load_pretrained(backbone, config.model.backbone)
   return backbone
 
@@ -232,7 +230,7 @@ def finalize_database(directory: str | os.PathLike[str], config: Any, *, num_sha
   start = time.perf_counter()
   projection = embedding_lib.fit_projection(
       tokens, tokens_grid=settings.tokens_grid, embedding_grid=settings.embedding_grid,
-      embedding_dim=settings.embedding_dim, seed=config.get("seed", 0))
+      embedding_dim=settings.embedding_dim, seed=config.seed)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{database_lib.EMBEDDINGS}.",
                              suffix=".tmp")
   os.close(fd)

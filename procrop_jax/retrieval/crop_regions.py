@@ -81,7 +81,7 @@ def main(argv):
   del argv
   if _CONFIG.value is None or not _SPLIT.value or not _OUT.value:
     raise app.UsageError("--config, --split and --out are required.")
-  prepare.ensure_dataset(_CONFIG.value.data, _CONFIG.value.get("cad"))
+  prepare.ensure_dataset(_CONFIG.value.data, _CONFIG.value.cad, seed=_CONFIG.value.seed)
   print(export_crop_regions(_CONFIG.value.data, _SPLIT.value, _OUT.value))
 
 

@@ -240,11 +240,11 @@ def expected_metadata(config: Any) -> dict[str, Any]:
   retrieval = config.retrieval
   return {
       "backbone": config.model.backbone,
-      "pretrained": bool(config.model.get("pretrained", True)),
+      "pretrained": bool(config.model.pretrained),
       "image_size": int(config.data.image_size),
       "tokens_grid": int(retrieval.tokens_grid),
-      "embedding_grid": int(retrieval.get("embedding_grid", retrieval.tokens_grid)),
-      "embedding_dim": int(retrieval.get("embedding_dim", 256)),
+      "embedding_grid": int(retrieval.embedding_grid),
+      "embedding_dim": int(retrieval.embedding_dim),
   }
 
 
