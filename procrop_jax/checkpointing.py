@@ -3,20 +3,24 @@
 WORKDIR/checkpoints holds the latest `config.train.keep_checkpoints` steps (Orbax
 `CheckpointManager`, `StandardSave`/`StandardRestore` into an abstract, sharded target) and
 WORKDIR/checkpoints_best the one with the best benchmark value (`BestCheckpoint`). The metrics
-log is cut back to the restored step so that a resumed run does not log steps twice.
+log and the TensorBoard event files are cut back to the restored step so that a resumed run does
+not log steps twice.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import tempfile
 from typing import Any, Iterator
 
 from absl import logging
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+import tensorflow as tf
 
 from procrop_jax import artifacts
 
@@ -129,3 +133,39 @@ def truncate_metrics_log(path: str, step: int) -> None:
       if isinstance(record, dict) and record.get("step", 0) <= step:
         kept.append(json.dumps(record) + "\n")
   artifacts.atomic_write_text(path, "".join(kept))
+
+
+def truncate_event_files(logdir: str, step: int) -> None:
+  """Drops the events of steps after `step` from the TensorBoard event files in `logdir`.
+
+  The resumed run writes those steps again into a new event file; kept in the old one, they
+  would draw every curve twice between the checkpoint and the kill. (TensorBoard's own purge of
+  such "orphaned" steps needs a SessionLog.START marker and is not done by every reader, nor by
+  a script reading the files, so the files themselves are rewritten.) A record cut short by the
+  kill is dropped too. Each file that changes is rewritten to a unique temporary name and
+  renamed.
+  """
+  for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
+    kept, dropped = [], False
+    try:
+      for record in tf.data.TFRecordDataset(path):
+        record = record.numpy()
+        if tf.compat.v1.Event.FromString(record).step > step:
+          dropped = True
+        else:
+          kept.append(record)
+    except tf.errors.DataLossError:  # The kill cut the last record short.
+      dropped = True
+    if not dropped:
+      continue
+    fd, tmp = tempfile.mkstemp(dir=logdir, prefix=".events.", suffix=".tmp")
+    os.close(fd)
+    try:
+      with tf.io.TFRecordWriter(tmp) as writer:
+        for record in kept:
+          writer.write(record)
+      os.replace(tmp, path)
+    except BaseException:
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(tmp)
+      raise

@@ -540,9 +540,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   if is_chief:  # The run describes itself: eval, crop and the Predictor read this back.
     artifacts.atomic_write_json(config_path, config.copy_and_resolve_references().to_dict(),
                                 indent=2, default=list)
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
-  if is_chief:
-    writer.write_hparams(_hparams(config))
   metrics_path = os.path.join(workdir, "metrics.jsonl")
 
   # Data first: building the embedded default's dataset is the slow part of a first run.
@@ -565,6 +562,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     trainer.initialize_from(config.train.init_from)
   if is_chief:  # Steps logged after the restored checkpoint are about to be trained again.
     checkpointing.truncate_metrics_log(metrics_path, start_step)
+    checkpointing.truncate_event_files(workdir, start_step)
+  # Created after the cut, so that its new event file is not cut.
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+  if is_chief:
+    writer.write_hparams(_hparams(config))
   num_params = sum(x.size for x in jax.tree.leaves(trainer.state["params"]))
   logging.info("ProCrop: %.2fM parameters, mesh %s, global batch %d, steps %d -> %d.",
                num_params / 1e6, dict(trainer.mesh.shape), config.train.batch_size,

@@ -2,8 +2,9 @@
 
   python tests/killed_train_worker.py WORKDIR DATA_DIR MANUAL_DIR NUM_STEPS CHECKPOINT_EVERY KILL_AT
 
-Trains configs/testing.py and sends itself SIGKILL right after logging step KILL_AT, once the
-checkpoint before it is on disk: what a preemption or an OOM killer leaves behind.
+Trains configs/testing.py and sends itself SIGKILL right after logging step KILL_AT (metrics.jsonl
+and TensorBoard events), once the checkpoint before it is on disk: what a preemption or an OOM
+killer leaves behind.
 """
 
 import os
@@ -26,16 +27,24 @@ def main() -> None:
   last_checkpoint = pathlib.Path(workdir, "checkpoints",
                                  str(kill_at // checkpoint_every * checkpoint_every))
   write_jsonl = train._write_jsonl  # pylint: disable=protected-access
+  create_writer = train.metric_writers.create_default_writer
+  writers = []
+
+  def recorded_writer(*args, **kwargs):
+    writers.append(create_writer(*args, **kwargs))
+    return writers[-1]
 
   def write_then_die(path, record):
     write_jsonl(path, record)
     if record["step"] == kill_at:
+      writers[-1].flush()  # The TensorBoard events up to the kill are on disk, as they may be.
       deadline = time.time() + 120  # Saves are asynchronous: wait for the one to resume from.
       while not last_checkpoint.is_dir() and time.time() < deadline:
         time.sleep(0.1)
       os.kill(os.getpid(), signal.SIGKILL)
 
   train._write_jsonl = write_then_die  # pylint: disable=protected-access
+  train.metric_writers.create_default_writer = recorded_writer
   train.train_and_evaluate(config, workdir)
   sys.exit("not killed")
 

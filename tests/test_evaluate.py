@@ -4,6 +4,7 @@ file per dataset config and split, a history, and the HTML report)."""
 import base64
 import io
 import json
+import math
 import os
 import re
 
@@ -115,6 +116,72 @@ def embedded_images(page):
     image.load()
     images.append(image)
   return images
+
+
+# A GAICD-like photo (100 high, 200 wide) with 10 annotated candidates, best MOS first;
+# candidate c spans x1..x1 + 0.5 and y 0.1..0.9.
+X1 = np.array([0.20, 0.45, 0.40, 0.05, 0.35, 0.30, 0.25, 0.15, 0.10, 0.00], np.float32)
+CANDIDATES = np.stack([X1, np.full(10, 0.1), X1 + 0.5, np.full(10, 0.9)], -1).astype(np.float32)
+MOS = np.array([4.6, 4.2, 3.9, 3.5, 3.1, 2.8, 2.5, 2.2, 1.9, 1.5], np.float32)
+# Proposals by descending score: candidate 0 narrowed to IoU 0.44 / 0.5 = 0.88 with it,
+# candidate 1 itself, a box far from every candidate.
+GAICD_PROPOSALS = np.array([[[0.2, 0.1, 0.64, 0.9], [0.45, 0.1, 0.95, 0.9],
+                             [0.0, 0.92, 0.05, 1.0]]] * 2, np.float32)
+GAICD_SCORES = np.array([[0.9, 0.5, 0.1]] * 2, np.float32)
+
+
+def _gaicd_batch():
+  boxes = np.zeros((2, 10, 4), np.float32)  # The second example is padding.
+  boxes[0] = CANDIDATES
+  return {
+      "image": np.zeros((2, 8, 8, 3), np.float32),
+      "image_valid_hw": np.ones((2, 2), np.float32),
+      "image_size": np.array([[100, 200], [1, 1]], np.int32),
+      "boxes": boxes, "box_scores": np.stack([MOS, np.zeros(10, np.float32)]),
+      "box_mask": np.array([[True] * 10, [False] * 10]),
+      "valid": np.array([True, False]),
+      "image_id": np.array([b"photo", b"pad"]),
+  }
+
+
+def _predict_gaicd(batch, score_given):
+  """The proposals above; a given box scores its x1."""
+  if score_given:
+    return {"boxes": batch["boxes"], "scores": np.asarray(batch["boxes"])[..., 0]}
+  return {"boxes": GAICD_PROPOSALS, "scores": GAICD_SCORES}
+
+
+def test_proposal_ranking_and_iou_protocols_against_hand_computed_values():
+  result = evaluate.evaluate_benchmark(_predict_gaicd, iter([_gaicd_batch()]), lambda b: b,
+                                       ("iou", "proposal", "ranking"))
+  assert result["num_images"] == 1  # The padding example is skipped.
+  # iou: the top proposal against its best candidate (0): IoU 0.88; only its x2 moves, by 0.06
+  # of the width: BDE 0.06 / 4. The second proposal is candidate 1 itself.
+  assert result["iou"] == pytest.approx(0.88, abs=1e-6)
+  assert result["bde"] == pytest.approx(0.015, abs=1e-6)
+  assert result["iou_top5"] == 1.0
+  # proposal: positives are candidates 0 and 1 (MOS >= 4), the best is 0. The top proposal
+  # reaches IoU 0.88 with it: a hit at tau 0.85, not at 0.90.
+  assert result["acc5_tau0.85"] == result["acc10_tau0.85"] == 1.0
+  assert result["acc5_tau0.90"] == result["acc10_tau0.90"] == 0.0
+  assert result["num_positives"] == 2
+  # AP at IoU 0.50..0.85 (8 thresholds): TP, TP, FP -> 1. At 0.90 and 0.95: FP, TP, FP ->
+  # precision 0, 1/2, 1/3 at recall 0, 1/2, 1/2: recall points 0.00..0.50 (51 of 101) get 1/2.
+  ap_high = 51 * 0.5 / 101
+  assert result["ap_tau0.85"] == 1.0
+  assert result["ap_tau0.90"] == pytest.approx(ap_high, rel=1e-12)
+  assert result["map"] == pytest.approx((8 * 1.0 + 2 * ap_high) / 10, rel=1e-12)
+  # ranking: scored by x1, the candidates come in the order 1, 2, 4, 5, 6, 0, 7, 8, 3, 9, i.e.
+  # predicted ranks 5, 0, 1, 8, 2, 3, 4, 6, 7, 9 against MOS ranks 0..9: sum d^2 = 66 and
+  # SRCC = 1 - 6 * 66 / (10 * 99) = 0.6.
+  assert result["srcc"] == pytest.approx(0.6, rel=1e-6)
+  assert result["pcc"] == pytest.approx(np.corrcoef(X1, MOS)[0, 1], rel=1e-5)
+  # The top 4 (MOS ranks 1, 2, 4, 5): 3 of them in the MOS top 5, all in the top 10; weighted,
+  # ranks 1, 2, 4 count exp(-0.2 (rank - position)) and rank 5 is out of the top 5.
+  assert result["acc_1_5"] == 1.0 and result["acc_4_5"] == 0.75 and result["acc_4_10"] == 1.0
+  assert result["wacc_1_5"] == pytest.approx(math.exp(-0.2), rel=1e-12)
+  assert result["wacc_4_5"] == pytest.approx((2 * math.exp(-0.2) + math.exp(-0.4)) / 4,
+                                             rel=1e-12)
 
 
 def test_pairs_protocol_needs_pairs():

@@ -275,13 +275,21 @@ def test_ranking_protocol_result_and_undefined_correlations():
   protocol.add("a", _PRED, _MOS)
   protocol.add("b", [1.0] * 11, _MOS)  # constant predictions: SRCC and PCC undefined
   result = protocol.result()
-  assert result["srcc"] == pytest.approx(metrics.spearman(_PRED, _MOS))
+  # Image a: predicted ranks (ascending) 10, 1, 11, 2, 8, 3, 4, 9, 5, 6, 7 against MOS ranks
+  # 11, 10, ..., 1: d = -1, -9, 2, -6, 1, -3, -1, 5, 2, 4, 6, sum d^2 = 214, and
+  # SRCC = 1 - 6 * 214 / (11 * 120) = 3 / 110. Image b is left out (undefined).
+  assert result["srcc"] == pytest.approx(3 / 110, rel=1e-12)
+  assert result["pcc"] == pytest.approx(stats.pearsonr(_PRED, _MOS)[0], rel=1e-12)
   assert result["num_undefined_srcc"] == result["num_undefined_pcc"] == 1
-  # Constant predictions return crops 0..3 (annotation order), the four best by MOS.
+  # Constant predictions return crops 0..3 (annotation order), the four best by MOS: every
+  # accuracy of image b is 1; image a's are the hand cases above.
   assert result["acc_4_5"] == pytest.approx((3 / 4 + 1) / 2)
   assert result["wacc_1_5"] == pytest.approx((E(-0.4) + 1) / 2)
-  assert result["acc_mean_10"] == pytest.approx(
-      np.mean([result[f"acc_{k}_10"] for k in range(1, 5)]))
+  assert result["acc_mean_5"] == pytest.approx((1 + 1 + (2 / 3 + 1) / 2 + (3 / 4 + 1) / 2) / 4,
+                                               rel=1e-12)
+  wacc_a = [E(-0.4), (1 + E(-0.2)) / 2, (1 + E(-0.2)) / 3, (1 + E(-0.2) + E(-0.4)) / 4]
+  assert result["wacc_mean_5"] == pytest.approx(sum((w + 1) / 2 for w in wacc_a) / 4, rel=1e-12)
+  assert result["acc_mean_10"] == 1.0
   expected_keys = {"srcc", "pcc", "num_images", "num_undefined_srcc", "num_undefined_pcc"}
   expected_keys |= {f"{p}_{k}_{n}" for p in ("acc", "wacc") for k in range(1, 5) for n in (5, 10)}
   expected_keys |= {f"{p}_mean_{n}" for p in ("acc", "wacc") for n in (5, 10)}
@@ -289,7 +297,7 @@ def test_ranking_protocol_result_and_undefined_correlations():
   zero = metrics.RankingProtocol(undefined_correlation="zero")
   zero.add("a", _PRED, _MOS)
   zero.add("b", [1.0] * 11, _MOS)
-  assert zero.result()["srcc"] == pytest.approx(metrics.spearman(_PRED, _MOS) / 2)
+  assert zero.result()["srcc"] == pytest.approx(3 / 110 / 2, rel=1e-12)  # Image b counts 0.
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,7 +1,10 @@
 """End to end: build_index over a photo folder, load it, precompute cached neighbours."""
 
+import concurrent.futures
 import json
+import threading
 
+import jax
 import numpy as np
 from PIL import Image
 import pytest
@@ -136,3 +139,54 @@ def test_a_rebuild_notices_other_weights_and_an_interrupted_one_is_not_complete(
   assert rebuilt.metadata["build_key"]["weights"] == f"random:seed={reseeded.seed}"
   assert rebuilt.fingerprint != first.fingerprint
   assert not [p for p in (tmp_path / "db").rglob("*") if p.name.endswith(".tmp")]
+
+
+def _patch_means(images):  # 32x32 patch means as a 3-channel "stride-32" map: compiles at once.
+  b, s = images.shape[0], images.shape[1]
+  return {"stride32": images.reshape(b, s // 32, 32, s // 32, 32, 3).mean(axis=(2, 4))}
+
+
+def test_neighbours_computed_per_process_merge_into_the_single_process_table(
+    config, tmp_path, monkeypatch):
+  # Two processes simulated by two threads, each with its own process index (which the input
+  # pipeline's split_for_jax_process and precompute_neighbors read) and a shared barrier; a
+  # real two-process run (tests/test_distributed.py) would add minutes for the same merge.
+  config = config.copy_and_resolve_references()
+  config.model.num_references = 3
+  config.retrieval.index_dir = ""  # An in-memory database of the same 10 photos.
+  extractor = build.create_extractor(config, backbone=_patch_means)
+  db = build.load_database(config, extractor=extractor)
+  single = neighbors.precompute_neighbors(config, db, split="train", cache_dir=tmp_path / "one",
+                                          extractor=extractor)
+  assert single.rows.shape == (10, 3)
+
+  process = threading.local()
+  monkeypatch.setattr(jax, "process_index", lambda: getattr(process, "index", 0))
+  monkeypatch.setattr(jax, "process_count", lambda: getattr(process, "count", 1))
+  barrier = threading.Barrier(2, timeout=300)
+  monkeypatch.setattr(neighbors, "_barrier", lambda name: barrier.wait())
+  computed = {}  # process index -> ids it embedded and searched itself
+  compute = neighbors.compute_neighbors
+
+  def recording_compute(*args, **kwargs):
+    table = compute(*args, **kwargs)
+    computed[process.index] = table.ids
+    return table
+  monkeypatch.setattr(neighbors, "compute_neighbors", recording_compute)
+
+  def run_process(index):
+    process.index, process.count = index, 2
+    return neighbors.precompute_neighbors(config, db, split="train", cache_dir=tmp_path / "two",
+                                          extractor=extractor)
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    tables = list(pool.map(run_process, [0, 1]))
+
+  assert [len(computed[0]), len(computed[1])] == [5, 5]  # Each process did its half...
+  assert sorted(computed[0] + computed[1]) == sorted(single.ids)
+  cached = list((tmp_path / "two").iterdir())  # ... and only the merged cache file is left.
+  assert len(cached) == 1 and cached[0].name.startswith("neighbors-")
+  for table in tables + [neighbors.NeighborTable.load(cached[0])]:
+    assert sorted(table.ids) == sorted(single.ids)
+    np.testing.assert_array_equal(table.lookup(single.ids), single.rows)
+    order = [table.ids.index(i) for i in single.ids]
+    np.testing.assert_allclose(table.scores[order], single.scores, rtol=1e-6)

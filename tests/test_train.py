@@ -208,6 +208,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_loss_with_one_log_line_pe
   assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
   logged = [json.loads(l)["step"] for l in open(workdir / "metrics.jsonl")]
   assert logged == [1, 2, 3, 4]
+  assert scalar_steps(workdir, "loss") == [1, 2, 3, 4]
   # What a kill during a save leaves: unfinished Orbax folders.
   for folder in ("checkpoints", "checkpoints_best"):
     (workdir / folder / "4.orbax-checkpoint-tmp-1234567890").mkdir(parents=True)
@@ -221,6 +222,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_loss_with_one_log_line_pe
   assert_params_close(a, b, atol=1e-6)
   logged = [json.loads(l)["step"] for l in open(workdir / "metrics.jsonl")]
   assert logged == [1, 2, 3, 4, 5]
+  assert scalar_steps(workdir, "loss") == [1, 2, 3, 4, 5]  # TensorBoard draws each step once.
   assert not list(workdir.glob("checkpoints*/*orbax-checkpoint-tmp*"))
 
 
@@ -233,6 +235,32 @@ def test_truncate_metrics_log_keeps_steps_up_to_the_restored_one(tmp_path):
   checkpointing.truncate_metrics_log(str(path), 0)  # A fresh run in an old workdir starts empty.
   assert path.read_text() == ""
   checkpointing.truncate_metrics_log(str(tmp_path / "absent.jsonl"), 3)  # Nothing to do.
+
+
+def scalar_steps(logdir, tag):
+  """The steps of every `tag` event in the TensorBoard event files of `logdir`, as read back."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  steps = []
+  for path in sorted(pathlib.Path(logdir).glob("events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(str(path)):
+      steps += [event.step for value in event.summary.value if value.tag == tag]
+  return sorted(steps)
+
+
+def test_truncate_event_files_keeps_steps_up_to_the_restored_one(tmp_path):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  writer = tf.summary.create_file_writer(str(tmp_path))
+  with writer.as_default():
+    for step in (1, 2, 3, 4):
+      tf.summary.scalar("loss", 1.0 / step, step=step)
+  writer.close()
+  (path,) = tmp_path.glob("events.out.tfevents.*")
+  with open(path, "ab") as f:
+    f.write(b"\x20\x00\x00")  # A record cut short by a kill.
+  checkpointing.truncate_event_files(str(tmp_path), 2)
+  assert scalar_steps(tmp_path, "loss") == [1, 2]
+  assert list(tmp_path.glob("events.out.tfevents.*")) == [path]  # Replaced in place...
+  assert not list(tmp_path.glob(".*"))  # ... leaving no temporary file behind.
 
 
 def test_a_second_run_in_the_same_workdir_is_refused(tmp_path):
