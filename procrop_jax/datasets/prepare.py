@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import time
 from typing import Any, Sequence
 
@@ -17,6 +18,7 @@ from absl import logging
 import tensorflow_datasets as tfds
 
 from procrop_jax.cad import generate
+from procrop_jax.cad import refine_files
 from procrop_jax.datasets import schema
 
 
@@ -45,13 +47,23 @@ def _should_generate_cad(manual_dir: pathlib.Path, cad_config: Any) -> bool:
   return not manual_dir.exists() or not any(manual_dir.iterdir())
 
 
+def _refined_since_build(builder: tfds.core.DatasetBuilder, manual_dir: str | None) -> bool:
+  """Whether a prepared procrop_cad set's annotations were refined after it was built."""
+  if builder.name != "procrop_cad" or not manual_dir:
+    return False
+  built = (builder.info.metadata or {}).get("annotations_fingerprint", "")
+  return built != refine_files.annotations_fingerprint(manual_dir)
+
+
 def ensure_dataset(config_data: Any, cad_config: Any = None, *,
-                   seed: int = 0) -> tfds.core.DatasetBuilder:
+                   seed: int = 0, rebuild_stale: bool = True) -> tfds.core.DatasetBuilder:
   """Builds the dataset of `config_data` into its data_dir unless it is already there.
 
   For `procrop_cad` with `cad_config.source` set ("skimage" for the embedded default,
   or a folder of professional photos), the CAD images are first generated into
-  `config_data.manual_dir` (only the missing ones: the generation is restartable).
+  `config_data.manual_dir` (only the missing ones: the generation is restartable). A prepared
+  `procrop_cad` set whose annotations a refinement round changed since it was built is built
+  again (unless `rebuild_stale` is False: the refinement round itself only needs the images).
 
   Args:
     config_data: `config.data` (dataset, builder_config, data_dir, manual_dir).
@@ -73,8 +85,13 @@ def ensure_dataset(config_data: Any, cad_config: Any = None, *,
   manual_dir = _resolve(_get(config_data, "manual_dir"))
   builder = tfds.builder(name, config=config_name, data_dir=data_dir)
   if builder.is_prepared():
-    logging.info("%s is prepared in %s", builder.info.full_name, builder.data_dir)
-    return builder
+    if not (rebuild_stale and _refined_since_build(builder, manual_dir)):
+      logging.info("%s is prepared in %s", builder.info.full_name, builder.data_dir)
+      return builder
+    print(f"Rebuilding {builder.info.full_name}: its annotations in {manual_dir} were refined "
+          "since it was built", flush=True)
+    shutil.rmtree(builder.data_dir)
+    builder = tfds.builder(name, config=config_name, data_dir=data_dir)
 
   start = time.perf_counter()
   if name == "procrop_cad" and manual_dir and _should_generate_cad(pathlib.Path(manual_dir),
