@@ -4,6 +4,14 @@ Either put ProCrop's released CAD set in data/manual/procrop_cad, or generate on
 professional photos with `--config.cad.source=/path/to/photos` (see data/README.md). Then:
 
   python -m procrop_jax.main --config=configs/cad.py --workdir=workdirs/cad
+
+Refinement rounds (procrop_jax/refine_cad.py) alternate with training: the trained run adds its
+best crops to the training canvases' annotations, and a second run, started from the first,
+trains on them (its dataset is rebuilt because the annotations changed):
+
+  python -m procrop_jax.main --config=configs/cad.py --workdir=workdirs/cad --mode=refine_cad
+  python -m procrop_jax.main --config=configs/cad.py --workdir=workdirs/cad_r1 \
+      --config.train.init_from=workdirs/cad
 """
 
 import ml_collections

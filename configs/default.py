@@ -47,6 +47,18 @@ def get_config() -> ml_collections.ConfigDict:
   # A CAD set some of whose photos failed (a bad file, a full disk) is refused unless True.
   config.cad.allow_failures = False
 
+  # CAD refinement rounds (--mode=refine_cad, procrop_jax/refine_cad.py): the model's crops that
+  # pass these rules (procrop_jax/cad/refine.py) become extra annotation lines.
+  config.refine = ml_collections.ConfigDict()
+  config.refine.split = ""  # Canvases to refine; empty: config.data.train_split (never eval's).
+  config.refine.best = True  # The best checkpoint (when evaluation kept one); else the latest.
+  config.refine.ratios = (1.0, 5 / 4, 4 / 3, 7 / 5, 3 / 2, 16 / 9)  # W/H; inverses too.
+  config.refine.aspect_tolerance = 0.03  # Relative distance to the nearest ratio.
+  config.refine.min_label_iou = 0.8  # IoU with the pseudo-label must exceed this.
+  config.refine.min_score = 0.4  # The model's score must exceed this.
+  config.refine.duplicate_iou = 0.9  # Dropped above this IoU with a box already kept.
+  config.refine.max_boxes = 4  # Extra lines per canvas.
+
   # --------------------------------------------------------------- model
   config.model = ml_collections.ConfigDict()
   config.model.backbone = "lite0"  # lite0 | lite1 | lite2

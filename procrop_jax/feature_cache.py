@@ -85,7 +85,7 @@ def cache_key(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuild
   """Everything the cached arrays depend on."""
   settings = input_pipeline.DataSettings.from_config(config.data)
   augment = settings.augmentation()
-  return {
+  key = {
       "cache_version": _CACHE_VERSION,
       "dataset": builder.info.full_name,  # name/config/version
       "num_examples": builder.info.splits[split].num_examples,
@@ -101,6 +101,11 @@ def cache_key(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuild
       "seed": int(config.seed),
       "process": [jax.process_index(), jax.process_count()],
   }
+  # A refined CAD set keeps its name, version and size but not its boxes (cad/refine_files.py).
+  refined = (builder.info.metadata or {}).get("annotations_fingerprint")
+  if refined:  # Only then: the caches of sets never refined keep their keys.
+    key["annotations_fingerprint"] = refined
+  return key
 
 
 def cache_dir(config: ml_collections.ConfigDict, key: Mapping[str, Any]) -> pathlib.Path:

@@ -411,7 +411,8 @@ def create_train_dataset(settings: DataSettings, *, seed: int, batch_size: int,
 
 def create_eval_dataset(settings: DataSettings, *, batch_size: int,
                         split: str | None = None, max_boxes: int | None = None,
-                        num_parallel_calls: int = tf.data.AUTOTUNE) -> tf.data.Dataset:
+                        num_parallel_calls: int = tf.data.AUTOTUNE,
+                        start: int = 0) -> tf.data.Dataset:
   """One pass over this host's slice of the eval split, padded to full batches.
 
   Every host yields the same number of batches (what the largest slice needs); the
@@ -423,6 +424,8 @@ def create_eval_dataset(settings: DataSettings, *, batch_size: int,
     split: default settings.eval_split.
     max_boxes: default settings.max_boxes (GAICD's ~90 candidates need 128).
     num_parallel_calls: parallelism of decoding.
+    start: the pass begins at this position of the host's slice, reading nothing before it
+      (a resumed pass; hosts then yield as many batches as their own remainder needs).
   """
   builder = load_builder(settings)
   split = split or settings.eval_split
@@ -454,7 +457,9 @@ def create_eval_dataset(settings: DataSettings, *, batch_size: int,
 
   if n == 0:
     raise ValueError(f"split {host_split!r} of {builder.name} is empty on this host")
-  positions = tf.data.Dataset.range(num_batches * batch_size)
+  if start:
+    num_batches = math.ceil(max(per_host - start, 0) / batch_size)
+  positions = tf.data.Dataset.range(start, start + num_batches * batch_size)
   ds = serialized(source, positions.map(position_to_index))
   ds = ds.map(process, num_parallel_calls=num_parallel_calls, deterministic=True)
   ds = ds.batch(batch_size, drop_remainder=True)
@@ -482,16 +487,16 @@ def create_train_iterator(config_data: Any, *, seed: int, global_batch_size: int
 
 
 def create_eval_iterator(config_data: Any, *, global_batch_size: int,
-                         split: str | None = None, max_boxes: int | None = None
-                         ) -> Iterator[dict[str, np.ndarray]]:
+                         split: str | None = None, max_boxes: int | None = None,
+                         start: int = 0) -> Iterator[dict[str, np.ndarray]]:
   """Host-local numpy eval batches, one pass in a fixed order, with a `valid` mask.
 
   Call again for another pass. `split` defaults to config_data.eval_split and
-  `max_boxes` to config_data.max_boxes.
+  `max_boxes` to config_data.max_boxes; `start` skips the host's first examples unread.
   """
   settings = DataSettings.from_config(config_data)
   ds = create_eval_dataset(settings, batch_size=local_batch_size(global_batch_size),
-                           split=split, max_boxes=max_boxes)
+                           split=split, max_boxes=max_boxes, start=start)
   return ds.as_numpy_iterator()
 
 

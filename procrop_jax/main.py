@@ -3,8 +3,8 @@ r"""Command-line entry point.
   python -m procrop_jax.main --config=configs/default.py --workdir=workdirs/default [--mode=train]
   procrop crop PATH... [options]        (the installed script; see procrop_jax/crop.py)
 
-Kept short on purpose: flags, device set-up, and one call into the library. `--mode=eval` and
-`--mode=crop` may leave out --config: the run's own WORKDIR/config.json is used.
+Kept short on purpose: flags, device set-up, and one call into the library. `--mode=eval`,
+`crop`, `export` and `refine_cad` may leave out --config: the run's own WORKDIR/config.json is used.
 """
 
 import os
@@ -22,6 +22,7 @@ MODES = {
     "build_index": ("procrop_jax.retrieval.build", "build_index"),
     "crop": ("procrop_jax.crop", "crop_folder"),
     "export": ("procrop_jax.export", "export_run"),
+    "refine_cad": ("procrop_jax.refine_cad", "refine_cad"),
 }
 
 FLAGS = flags.FLAGS
@@ -64,7 +65,7 @@ def _available_configs() -> str:
 
 def _run_has_config() -> bool:
   """True where eval/crop can use the run's own config (training wrote WORKDIR/config.json)."""
-  return (FLAGS.mode in ("eval", "crop", "export") and bool(FLAGS.workdir)
+  return (FLAGS.mode in ("eval", "crop", "export", "refine_cad") and bool(FLAGS.workdir)
           and os.path.isfile(os.path.join(FLAGS.workdir, "config.json")))
 
 

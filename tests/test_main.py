@@ -17,7 +17,7 @@ def run_main(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("args, expected", [
     (["--config=configs/default.py", "--workdir=/tmp/w", "--mode=bogus"],
-     "value should be one of <train|eval|build_index|crop|export>"),
+     "value should be one of <train|eval|build_index|crop|export|refine_cad>"),
     (["--config=configs/missing.py", "--workdir=/tmp/w"], "configs/default.py"),
     (["--config=configs/default.py", "--workdir=/tmp/w", "--config.model.no_such_field=3"],
      "no_such_field"),

@@ -205,6 +205,20 @@ def _variant_done(out_dir: pathlib.Path, name: str) -> bool:
       out_dir / "images" / f"{name}.jpg").exists()
 
 
+def make_canvas(photo: np.ndarray, rng: np.random.Generator, *,
+                outpainter: outpaint_lib.OutPainter, min_area_fraction: float = 0.3,
+                max_area_fraction: float = 0.8) -> tuple[np.ndarray, CanvasPlan]:
+  """One out-painted canvas around a uint8 photo, and where the photo sits in it."""
+  plan = plan_canvas(photo.shape[:2], rng, min_area_fraction=min_area_fraction,
+                     max_area_fraction=max_area_fraction)
+  canvas = outpainter(photo, canvas_hw=(plan.canvas_h, plan.canvas_w),
+                      offset_yx=(plan.top, plan.left), rng=rng)
+  canvas = np.array(canvas, np.uint8, copy=True)
+  # The pseudo-label must point at the original pixels whatever the out-painter did.
+  canvas[plan.top:plan.top + plan.photo_h, plan.left:plan.left + plan.photo_w] = photo
+  return canvas, plan
+
+
 def _make_photo_variants(path: pathlib.Path, photo_id: str, variants: Sequence[int],
                          out_dir: pathlib.Path, *, seed: int, min_area_fraction: float,
                          max_area_fraction: float, max_side: int | None,
@@ -213,23 +227,18 @@ def _make_photo_variants(path: pathlib.Path, photo_id: str, variants: Sequence[i
   photo = photos_lib.load_photo(path, max_side=max_side)
   written = 0
   for k in variants:
-    rng = variant_rng(seed, photo_id, k)
-    plan = plan_canvas(photo.shape[:2], rng, min_area_fraction=min_area_fraction,
-                       max_area_fraction=max_area_fraction)
-    canvas = outpainter(photo, canvas_hw=(plan.canvas_h, plan.canvas_w),
-                        offset_yx=(plan.top, plan.left), rng=rng)
-    canvas = np.array(canvas, np.uint8, copy=True)
-    # The pseudo-label must point at the original pixels whatever the out-painter did.
-    canvas[plan.top:plan.top + plan.photo_h, plan.left:plan.left + plan.photo_w] = photo
+    canvas, plan = make_canvas(photo, variant_rng(seed, photo_id, k), outpainter=outpainter,
+                               min_area_fraction=min_area_fraction,
+                               max_area_fraction=max_area_fraction)
     name = f"{photo_id}_{k}"
-    buffer = _encode_jpeg(canvas)
+    buffer = encode_jpeg(canvas)
     _write_atomic(out_dir / "images" / f"{name}.jpg", buffer)
     _write_atomic(out_dir / "annotations" / f"{name}.txt", annotation_text(plan).encode())
     written += 1
   return written
 
 
-def _encode_jpeg(canvas: np.ndarray) -> bytes:
+def encode_jpeg(canvas: np.ndarray) -> bytes:
   buffer = io.BytesIO()
   # 4:4:4 chroma keeps the photo's pixels close to the original inside the frame.
   Image.fromarray(canvas).save(buffer, format="JPEG", quality=photos_lib.JPEG_QUALITY,

@@ -90,18 +90,23 @@ def _generate_cad(manual_dir: str, cad: CadSettings, seed: int) -> None:
 
 
 def ensure_dataset(config_data: Any, cad_config: Any = None, *,
-                   seed: int | None = None) -> tfds.core.DatasetBuilder:
+                   seed: int | None = None, rebuild_stale: bool = True
+                   ) -> tfds.core.DatasetBuilder:
   """Builds the dataset of `config_data` into its data_dir unless it is there, built from it.
 
   A prepared build is reused only when the source recorded with it (`source_record`: the
   manual directory, its files, and the CAD generation parameters) is the one named now; else
   it is rebuilt, and a build that predates the records is rebuilt once. Where there is nothing
   to rebuild from (the manual directory is missing or empty), a build of the same directory is
-  kept with a warning, and one of another directory is refused.
+  kept with a warning, and one of another directory is refused. With `rebuild_stale=False`
+  any prepared build is used as it is (a CAD refinement round rewrites the annotations it reads
+  the images of; the next training run rebuilds).
 
   For `procrop_cad` with `cad_config.source` set ("skimage" for the embedded default,
   or a folder of professional photos), the CAD images are first generated into
-  `config_data.manual_dir` (only the missing ones: the generation is restartable).
+  `config_data.manual_dir` (only the missing ones: the generation is restartable). A prepared
+  `procrop_cad` set whose annotations a refinement round changed since it was built is built
+  again (unless `rebuild_stale` is False: the refinement round itself only needs the images).
 
   Args:
     config_data: `config.data` (dataset, builder_config, data_dir, manual_dir).
@@ -137,7 +142,7 @@ def ensure_dataset(config_data: Any, cad_config: Any = None, *,
   stale = builder.is_prepared()
   if stale:
     recorded = source_record.read(builder.data_dir)
-    if recorded == wanted:
+    if recorded == wanted or not rebuild_stale:
       logging.info("%s is prepared in %s", builder.info.full_name, builder.data_dir)
       return builder
     if manual_dir and not wanted["files"] and not generation:  # Nothing to rebuild from.

@@ -9,6 +9,11 @@ writes):
                               pseudo-label, where the original photo sits; a missing
                               score is 5; a line with score -2 is ignored.
 
+Refinement rounds (`main --mode=refine_cad`, `procrop_jax.cad.refine_files`) add lines after
+the pseudo-label: the model's best crops around it, with their scores; they are read as extra
+boxes like any other line. The build records the rounds' state (`metadata.json`,
+"annotations_fingerprint"), so that `prepare.ensure_dataset` rebuilds a set refined since.
+
 A set written by `procrop_jax.cad.generate` in which photos failed (its `cad_failures.json`)
 is refused unless the failures were allowed: a partial set is never built as if complete.
 
@@ -26,6 +31,7 @@ import tensorflow_datasets as tfds
 
 from procrop_jax import photos as photos_lib
 from procrop_jax.cad import generate
+from procrop_jax.cad import refine_files
 from procrop_jax.datasets import annotation_files
 from procrop_jax.datasets import crop_builder
 from procrop_jax.datasets import image_files
@@ -75,6 +81,8 @@ class ProcropCad(crop_builder.CropBuilder):
       raise FileNotFoundError(f"{root / 'annotations'} not found.\n"
                               f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
     generate.check_complete(root)
+    # Read before the annotations: a round writing meanwhile makes the record stale, not wrong.
+    self.info.metadata["annotations_fingerprint"] = refine_files.annotations_fingerprint(root)
     entries = list_examples(root)
     # Parse every annotation before reading an image: a malformed file stops the build
     # at once, naming the file and line.
