@@ -17,6 +17,7 @@ from procrop_jax import checkpointing
 from procrop_jax import evaluate
 from procrop_jax import inference
 from procrop_jax import input_pipeline
+from procrop_jax import sharding
 from procrop_jax import train
 from tests.conftest import REPO_ROOT
 from tests.test_evaluate import embedded_images
@@ -44,7 +45,8 @@ def synthetic_batch(config, seed=0):
 
 
 def params_of(state):
-  return {"/".join(map(str, path)): np.asarray(leaf)
+  """{"backbone/stem_conv/kernel": array, ...} of a state's parameters."""
+  return {sharding.path_to_string(path): np.asarray(leaf)
           for path, leaf in jax.tree_util.tree_leaves_with_path(state["params"])}
 
 
@@ -65,11 +67,11 @@ def test_one_step_is_the_same_on_1_and_8_devices_and_params_are_sharded(tiny_con
   assert multi.mesh.devices.size == 8
 
   # A head matrix is split over the "model" axis; the backbone is replicated.
-  specs = {"/".join(map(str, p)): leaf.sharding.spec
+  specs = {sharding.path_to_string(p): leaf.sharding.spec
            for p, leaf in jax.tree_util.tree_leaves_with_path(multi.state["params"])}
   assert any(spec == jax.sharding.PartitionSpec(None, "model") for spec in specs.values())
-  assert all(spec == jax.sharding.PartitionSpec()
-             for name, spec in specs.items() if name.startswith("backbone"))
+  backbone = [spec for name, spec in specs.items() if name.startswith("backbone/")]
+  assert backbone and all(spec == jax.sharding.PartitionSpec() for spec in backbone)
 
   single.state, single_metrics = single.train_step(single.state, single.device_batch(batch))
   multi.state, multi_metrics = multi.train_step(multi.state, multi.device_batch(batch))
@@ -185,6 +187,74 @@ def test_a_planted_nan_stops_training_with_the_step_and_keeps_the_last_checkpoin
     _train(config, tmp_path, 6)
   manager = ocp.CheckpointManager(os.path.join(tmp_path, "checkpoints"))
   assert manager.latest_step() == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone_learning_rate", [0.0, 1e-3])
+def test_the_backbone_trains_only_with_a_backbone_learning_rate(tiny_config, tmp_path,
+                                                                 backbone_learning_rate):
+  config = tiny_config.copy_and_resolve_references()
+  config.optim.backbone_learning_rate = backbone_learning_rate
+  config.optim.warmup_steps = 0  # The first step moves the parameters (warm-up starts at 0).
+  config.data.feature_cache.views = 0  # Images through the backbone, not cached features.
+  config.model.num_references = 0  # No reference database to build.
+  config.mesh.shape = (1, 1)
+  trainer = train.Trainer(config, str(tmp_path), devices=jax.devices()[:1])
+  # Copies: the step donates the state, whose buffers the CPU arrays would otherwise share.
+  before = {k: v.copy() for k, v in params_of(trainer.state).items()}
+  trainer.state, _ = trainer.train_step(trainer.state, trainer.device_batch(
+      synthetic_batch(config)))
+  after = params_of(trainer.state)
+  changed = {k for k in before if not np.array_equal(before[k], after[k])}
+  backbone = {k for k in before if k.startswith("backbone/")}
+  assert backbone and changed - backbone  # The head trains in both cases...
+  if backbone_learning_rate:  # ... the backbone only with its own rate: every matrix moves.
+    assert {k for k in backbone if before[k].ndim > 1} <= changed
+  else:
+    assert not changed & backbone
+
+
+def _expected_ema(raw_params, decay):
+  """The exponential average of `raw_params` (step 0 first), computed anew in float64."""
+  ema = {k: v.astype(np.float64) for k, v in raw_params[0].items()}
+  averages = [ema]
+  for params in raw_params[1:]:
+    ema = {k: decay * ema[k] + (1 - decay) * params[k].astype(np.float64) for k in ema}
+    averages.append(ema)
+  return averages
+
+
+@pytest.mark.slow
+def test_an_ema_run_checkpoints_the_average_and_the_predictor_restores_it(tiny_config, tmp_path):
+  config = tiny_config.copy_and_resolve_references()
+  config.optim.ema_decay = 0.5
+  config.train.checkpoint_every = 1
+  config.train.keep_checkpoints = 3
+  _train(config, tmp_path, 3)
+
+  # The raw parameters of steps 0 (the initialisation from config.seed) to 3, and the EMA each
+  # checkpoint holds.
+  trainer = train.Trainer(config, str(tmp_path))
+  raw, ema = [params_of(trainer.state)], [params_of(trainer.state)]
+  manager = checkpointing.create_checkpoint_manager(str(tmp_path), config)
+  assert manager.all_steps() == [1, 2, 3]
+  for step in (1, 2, 3):
+    state, _ = checkpointing.restore_state(manager, trainer.abstract_state, step)
+    raw.append(params_of(state))
+    ema.append(params_of({"params": state["ema_params"]}))
+  for step, (got, want) in enumerate(zip(ema, _expected_ema(raw, 0.5))):
+    for key in want:
+      np.testing.assert_allclose(got[key], want[key], rtol=1e-6, atol=1e-7,
+                                 err_msg=f"step {step}: {key}")
+  # Where training moved the head, its average lags behind; the frozen backbone's equals it.
+  moved = [k for k in raw[3] if not np.array_equal(raw[3][k], raw[0][k])]
+  assert moved and not any(k.startswith("backbone/") for k in moved)
+  assert all(not np.array_equal(ema[3][k], raw[3][k]) for k in moved)
+  assert all(np.array_equal(ema[3][k], raw[3][k]) for k in raw[3] if k.startswith("backbone/"))
+
+  predictor = inference.Predictor.from_workdir(tmp_path)
+  assert predictor.step == 3
+  assert_params_close(params_of({"params": predictor.state["params"]}), ema[3], atol=0.0)
 
 
 # ------------------------------------------------------------------- resume after a kill -9
