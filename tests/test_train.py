@@ -246,10 +246,12 @@ def test_an_ema_run_checkpoints_the_average_and_the_predictor_restores_it(tiny_c
     for key in want:
       np.testing.assert_allclose(got[key], want[key], rtol=1e-6, atol=1e-7,
                                  err_msg=f"step {step}: {key}")
-  # Where training moved the head, its average lags behind; the frozen backbone's equals it.
+  # Where training moved the head, its average lags behind (the exact values are checked above;
+  # a parameter moved by a rounding-sized step may average to itself in float32); the frozen
+  # backbone's equals it.
   moved = [k for k in raw[3] if not np.array_equal(raw[3][k], raw[0][k])]
   assert moved and not any(k.startswith("backbone/") for k in moved)
-  assert all(not np.array_equal(ema[3][k], raw[3][k]) for k in moved)
+  assert any(not np.array_equal(ema[3][k], raw[3][k]) for k in moved)
   assert all(np.array_equal(ema[3][k], raw[3][k]) for k in raw[3] if k.startswith("backbone/"))
 
   predictor = inference.Predictor.from_workdir(tmp_path)
