@@ -219,12 +219,19 @@ def test_ranking_loss_orders_a_pair_after_a_few_steps():
   assert losses_seen[-1] < losses_seen[0]
 
 
+def _one_photo_with_pairs(expert, pairs, weights, expert_score=1.0):
+  """Targets of one photo: its expert crop and its rated pairs [(preferred, other), ...]."""
+  return {"boxes": np.array([[expert]], np.float32),
+          "box_scores": np.array([[expert_score]], np.float32), "box_mask": np.array([[True]]),
+          "pair_boxes": np.array([pairs], np.float32),
+          "pair_weights": np.array([weights], np.float32)}
+
+
 def test_given_box_terms_train_scores_to_iou_on_the_same_scale():
-  targets = {"boxes": np.array([[[0.1, 0.1, 0.6, 0.7]]], np.float32),
-             "box_scores": np.array([[5.0]], np.float32), "box_mask": np.array([[True]]),
-             "pair_boxes": np.array([[[[0.1, 0.1, 0.6, 0.7], [0.5, 0.5, 1.0, 1.0]],
-                                      [[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 2.0, 2.0]]]], np.float32),
-             "pair_weights": np.array([[1.0, 0.0]], np.float32)}
+  targets = _one_photo_with_pairs(
+      [0.1, 0.1, 0.6, 0.7], [[[0.1, 0.1, 0.6, 0.7], [0.5, 0.5, 1.0, 1.0]],
+                             [[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 2.0, 2.0]]], [1.0, 0.0],
+      expert_score=5.0)
   config = dict(LOSS_CONFIG, rank_weight=1.0, given_iou_weight=2.0)
   iou = losses.iou_score_targets(jnp.asarray(targets["pair_boxes"][:, 0]), targets)
   np.testing.assert_allclose(iou[0], [1.0, 0.02 / (0.3 + 0.25 - 0.02)], rtol=1e-5)
@@ -242,16 +249,13 @@ def test_given_box_terms_train_scores_to_iou_on_the_same_scale():
 
 
 def test_gt_rank_orders_the_expert_crop_above_each_rated_crop():
-  targets = {"boxes": np.array([[[0.0, 0.0, 0.5, 1.0]]], np.float32),
-             "box_scores": np.array([[1.0]], np.float32), "box_mask": np.array([[True]]),
-             # Pair 1: a crop that is the expert's (no order) and one that overlaps it by 1/3;
-             # pair 2 has weight 0 (cut by augmentation): both its boxes are skipped.
-             "pair_boxes": np.array([[[[0.0, 0.0, 0.5, 1.0], [0.25, 0.0, 0.75, 1.0]],
-                                      [[0.5, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]]]], np.float32),
-             "pair_weights": np.array([[1.0, 0.0]], np.float32)}
+  # Pair 1: a crop that is the expert's (no order) and one that overlaps it by 1/3; pair 2 has
+  # weight 0 (cut by augmentation): both its boxes are skipped.
+  targets = _one_photo_with_pairs(
+      [0.0, 0.0, 0.5, 1.0], [[[0.0, 0.0, 0.5, 1.0], [0.25, 0.0, 0.75, 1.0]],
+                             [[0.5, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]]], [1.0, 0.0])
   config = dict(LOSS_CONFIG, gt_rank_weight=1.0)
-  batch = {**targets}
-  given = losses.given_boxes(batch, config)
+  given = losses.given_boxes(targets, config)
   np.testing.assert_array_equal(given[0, -1], targets["boxes"][0, 0])
   assert given.shape == (1, 5, 4)
   # Logits: pair boxes (4), then the expert crop. Only the second box of pair 1 weighs (1 - 1/3).
