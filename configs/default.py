@@ -123,6 +123,10 @@ def get_config() -> ml_collections.ConfigDict:
   # 0 freezes the ImageNet backbone (not differentiated: a CPU-sized default). The benchmark
   # configs fine-tune it.
   config.optim.backbone_learning_rate = 0.0
+  # With backbone_learning_rate > 0: -1 trains the whole backbone; N >= 0 only its last N MBConv
+  # blocks and its 1x1 head conv (the rest stays as ImageNet left it, so a feature cache can
+  # hold the tail's input: configs/fcdb_cpu.py).
+  config.optim.trainable_backbone_blocks = -1
   config.optim.weight_decay = 1e-4
   config.optim.warmup_steps = 20
   config.optim.schedule = "cosine"  # cosine | constant

@@ -14,6 +14,9 @@ On disk (one folder per cache key, under `config.data.feature_cache.dir`):
                           shapes, and the process slice it covers; written last
   features_stride32.npy   float16 [V * N, g, g, C32]      (memory-mapped when read)
   features_stride16.npy   float16 [V * N, 2g, 2g, C16]    (when the model uses stride 16)
+  features_blockI_input.npy  instead of features_stride32 when the backbone's blocks from I on
+                          train (`config.optim.trainable_backbone_blocks`): their frozen input,
+                          which the model runs through them (`ProCrop.encode`)
   image_valid_hw.npy, boxes.npy, box_scores.npy, box_mask.npy, image_size.npy, pair_boxes.npy,
   pair_weights.npy, image_id.npy
 
@@ -49,7 +52,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from procrop_jax import input_pipeline
-from procrop_jax.models import procrop
+from procrop_jax import model_zoo
+from procrop_jax.models import efficientnet_lite
 
 FEATURE_PREFIX = "features_"
 # Bump when what is cached (or how) changes, so older caches are not reused.
@@ -65,11 +69,15 @@ def enabled(config: ml_collections.ConfigDict) -> bool:
 
 
 def check_frozen(config: ml_collections.ConfigDict) -> None:
-  """Raises unless the backbone is frozen, the only case where cached features stay right."""
-  if config.optim.backbone_learning_rate != 0 or not config.model.freeze_backbone_bn:
+  """Raises unless what the cache holds stays right while training: the backbone is frozen, or
+  only its last blocks train (the cache then holds their input)."""
+  frozen = (config.optim.backbone_learning_rate == 0
+            or model_zoo.backbone_tail_start(config) is not None)
+  if not frozen or not config.model.freeze_backbone_bn:
     raise ValueError(
         "config.data.feature_cache.views > 0 needs a frozen backbone "
-        "(config.optim.backbone_learning_rate=0 and config.model.freeze_backbone_bn=True): "
+        "(config.optim.backbone_learning_rate=0, or only its last blocks trained with "
+        "config.optim.trainable_backbone_blocks >= 0, and config.model.freeze_backbone_bn=True): "
         "a trained backbone would make the cached features stale. Set "
         "--config.data.feature_cache.views=0 to train from images.")
 
@@ -102,6 +110,9 @@ def cache_key(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuild
       "process": [jax.process_index(), jax.process_count()],
   }
   # A refined CAD set keeps its name, version and size but not its boxes (cad/refine_files.py).
+  tail = model_zoo.backbone_tail_start(config)
+  if tail is not None:  # Only then: caches of frozen-backbone runs keep their keys.
+    key["backbone_tail_start"] = tail
   refined = (builder.info.metadata or {}).get("annotations_fingerprint")
   if refined:  # Only then: the caches of sets never refined keep their keys.
     key["annotations_fingerprint"] = refined
@@ -157,12 +168,22 @@ def build(config: ml_collections.ConfigDict, *, batch_size: int = 16) -> pathlib
   from procrop_jax import train  # pylint: disable=g-import-not-at-top  (train imports us)
   model = train.create_model(config)
   graphdef, state = nnx.split(model.backbone)
+  # With a trained tail the cache holds the tail's input instead of the last map.
+  tail = key.get("backbone_tail_start")
+  last = "stride32" if tail is None else efficientnet_lite.tail_input_name(tail)
+  keep = (last, "stride16") if config.model.use_stride16 else (last,)
+  if tail is not None and config.model.use_stride16 and (
+      model.backbone.feature_blocks["stride16"] >= tail):
+    raise ValueError(
+        f"config.optim.trainable_backbone_blocks={config.optim.trainable_backbone_blocks} "
+        "trains the block that makes the stride-16 map (config.model.use_stride16=True), "
+        "which a feature cache cannot hold: train fewer blocks or set "
+        "--config.data.feature_cache.views=0")
 
   @jax.jit
   def extract(images):
     backbone = nnx.merge(graphdef, state)
-    feats = backbone(images, train=False)
-    keep = procrop.FEATURE_KEYS if config.model.use_stride16 else ("stride32",)
+    feats = backbone(images, train=False, stop_at_block=tail)
     return {k: feats[k].astype(jnp.float16) for k in keep}
 
   out.parent.mkdir(parents=True, exist_ok=True)

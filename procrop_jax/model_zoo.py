@@ -6,7 +6,8 @@ A shipped model is a folder (`procrop_jax/shipped/<name>/` for the ones in the p
   params.npz       trained parameters, "path/to/param" -> array, stored as float16 (halves the
                    size; every parameter is cast back to float32 on load). With a frozen
                    ImageNet backbone the backbone is left out and comes from the
-                   efficientnet-liteN package, exactly as in training.
+                   efficientnet-liteN package, exactly as in training; when only its last
+                   blocks were fine-tuned, only those are stored (listed in the card).
   model_card.json  what made it: the training command, the validation figures, the code
                    version, the parameter dtype and the sha256 of params.npz (checked on load)
 
@@ -30,6 +31,7 @@ import numpy as np
 
 from procrop_jax import artifacts
 from procrop_jax import sharding
+from procrop_jax.models import efficientnet_lite
 from procrop_jax.models import procrop
 from procrop_jax.weights import imagenet
 
@@ -94,6 +96,35 @@ def backbone_is_frozen(config: ml_collections.ConfigDict) -> bool:
           and config.model.freeze_backbone_bn)
 
 
+def backbone_tail_start(config: ml_collections.ConfigDict) -> int | None:
+  """The first backbone block that trains when only the last blocks do, else None.
+
+  `config.optim.trainable_backbone_blocks` = N >= 0 with a backbone learning rate > 0 trains
+  the last N MBConv blocks and the 1x1 head conv (and their BN scales and offsets) and freezes
+  the rest; -1 trains the whole backbone. None also when the backbone does not train at all.
+  """
+  blocks = config.optim.trainable_backbone_blocks
+  if config.optim.backbone_learning_rate == 0 or blocks < 0:
+    return None
+  total = efficientnet_lite.num_blocks(config.model.backbone)
+  if blocks > total:
+    raise ValueError(f"config.optim.trainable_backbone_blocks={blocks}: "
+                     f"{config.model.backbone} has {total} blocks")
+  return total - blocks
+
+
+def trained_backbone_prefixes(config: ml_collections.ConfigDict) -> tuple[str, ...] | None:
+  """Path prefixes ("backbone/blocks/15/", ...) of the backbone variables training changes when
+  only its tail trains; () when the backbone is frozen; None when all of it may change."""
+  if backbone_is_frozen(config):
+    return ()
+  start = backbone_tail_start(config)
+  if start is None or not config.model.pretrained or not config.model.freeze_backbone_bn:
+    return None
+  total = efficientnet_lite.num_blocks(config.model.backbone)
+  return tuple("backbone/" + p for p in efficientnet_lite.tail_param_prefixes(start, total))
+
+
 def export(model: procrop.ProCrop, config: ml_collections.ConfigDict,
            out_dir: str | os.PathLike[str], *, card: dict[str, Any] | None = None,
            dtype: str = "float16") -> pathlib.Path:
@@ -110,10 +141,12 @@ def export(model: procrop.ProCrop, config: ml_collections.ConfigDict,
     raise ValueError(f"dtype={dtype!r}: use one of {_STORAGE_DTYPES}")
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  skip_backbone = backbone_is_frozen(config)
+  # The untouched part of an ImageNet backbone comes from its package when loaded.
+  kept_backbone = trained_backbone_prefixes(config)
   arrays = {}
   for name, var in _named_variables(model).items():
-    if skip_backbone and name.startswith("backbone/"):
+    if (kept_backbone is not None and name.startswith("backbone/")
+        and not name.startswith(kept_backbone)):
       continue
     value = np.asarray(jax.device_get(var.get_value()), np.float32)
     if dtype == "float16" and np.abs(value).max(initial=0.0) > np.finfo(np.float16).max:
@@ -132,7 +165,8 @@ def export(model: procrop.ProCrop, config: ml_collections.ConfigDict,
       **(card or {}),
       "param_dtype": dtype,
       "num_params_stored": int(sum(a.size for a in arrays.values())),
-      "backbone_from_package": skip_backbone,
+      "backbone_from_package": kept_backbone is not None,
+      "backbone_stored": list(kept_backbone or ()),
       "params_sha256": artifacts.file_sha256(params_path),
   }
   _atomic_write(out / "model_card.json", json.dumps(full_card, indent=2).encode())
@@ -189,8 +223,10 @@ def load(name_or_path: str | os.PathLike[str] | None = None, *,
   except (OSError, ValueError) as e:
     raise ValueError(f"{params_path}: not a readable parameter file ({e})") from e
   variables = _named_variables(model)
+  stored_backbone = tuple(card.get("backbone_stored", ()))
   expected = {k for k in variables
-              if not (card.get("backbone_from_package") and k.startswith("backbone/"))}
+              if not (card.get("backbone_from_package") and k.startswith("backbone/")
+                      and not k.startswith(stored_backbone))}
   missing = sorted(expected - arrays.keys())
   unexpected = sorted(arrays.keys() - variables.keys())
   mismatched = sorted(f"{k}: file {arrays[k].shape}, model {variables[k].get_value().shape}"

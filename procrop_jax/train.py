@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from absl import logging
 from clu import metric_writers
@@ -31,9 +31,11 @@ from procrop_jax import evaluate
 from procrop_jax import feature_cache
 from procrop_jax import input_pipeline
 from procrop_jax import losses
+from procrop_jax import model_zoo
 from procrop_jax import sharding
 from procrop_jax import tta
 from procrop_jax.datasets import prepare
+from procrop_jax.models import efficientnet_lite
 from procrop_jax.models import procrop
 from procrop_jax.retrieval import references as references_lib
 from procrop_jax.weights import imagenet
@@ -60,8 +62,20 @@ def _is_backbone(path: tuple[Any, ...]) -> bool:
   return sharding.path_to_string(path).startswith("backbone/")
 
 
-def _is_backbone_filter(path: tuple[Any, ...], _) -> bool:
-  return _is_backbone(path)
+def frozen_filter(config: ml_collections.ConfigDict
+                  ) -> Callable[[tuple[Any, ...], Any], bool] | None:
+  """nnx filter of the parameters that never train: the backbone when its learning rate is 0,
+  the blocks before the tail when only the last blocks train (`model_zoo.backbone_tail_start`);
+  None when everything trains."""
+  if config.optim.backbone_learning_rate == 0:
+    return lambda path, _: _is_backbone(path)
+  start = model_zoo.backbone_tail_start(config)
+  if start is None:
+    return None
+  total = efficientnet_lite.num_blocks(config.model.backbone)
+  tail = tuple("backbone/" + p for p in efficientnet_lite.tail_param_prefixes(start, total))
+  return lambda path, _: (_is_backbone(path)
+                          and not sharding.path_to_string(path).startswith(tail))
 
 
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -87,11 +101,18 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
     return optax.adamw(schedule(peak), weight_decay=optim.weight_decay, mask=decay_mask)
 
-  labels = lambda params: jax.tree_util.tree_map_with_path(
-      lambda path, _: "backbone" if _is_backbone(path) else "head", params)
+  is_frozen = frozen_filter(config) or (lambda path, value: False)
+
+  def label(path, value):
+    if is_frozen(path, value):
+      return "frozen"
+    return "backbone" if _is_backbone(path) else "head"
+
+  labels = lambda params: jax.tree_util.tree_map_with_path(label, params)
   return optax.chain(
       optax.clip_by_global_norm(optim.grad_clip_norm),
-      optax.multi_transform({"backbone": adamw(optim.backbone_learning_rate),
+      optax.multi_transform({"frozen": optax.set_to_zero(),
+                             "backbone": adamw(optim.backbone_learning_rate),
                              "head": adamw(optim.learning_rate)}, labels))
 
 
@@ -129,14 +150,18 @@ def _forward(graphdef, params, rest, rng_state, batch, *, train: bool, dropout_k
 
 def train_step(state: State, batch: dict[str, jax.Array], *, graphdef, rng_state, tx,
                loss_config, ema_decay: float, base_key: jax.Array,
-               train_backbone: bool = True) -> tuple[State, dict]:
-  """One optimisation step. A non-finite loss or gradient leaves the state unchanged."""
+               is_frozen: Callable[[tuple[Any, ...], Any], bool] | None = None
+               ) -> tuple[State, dict]:
+  """One optimisation step. A non-finite loss or gradient leaves the state unchanged.
+
+  `is_frozen` (an nnx filter, `frozen_filter(config)`) names the parameters that never train.
+  """
   dropout_key = jax.random.fold_in(base_key, state["step"])
 
-  # A frozen backbone is not differentiated at all: its backward pass is most of the step's
-  # compute and compile time.
-  frozen, trainable = (nnx.split_state(state["params"], _is_backbone_filter, ...)
-                       if not train_backbone else ({}, state["params"]))
+  # Frozen parameters are not differentiated at all: a frozen backbone's backward pass is most
+  # of the step's compute and compile time.
+  frozen, trainable = (nnx.split_state(state["params"], is_frozen, ...)
+                       if is_frozen is not None else ({}, state["params"]))
 
   # The ranking loss scores the rated pairs through the given-box path in the same pass.
   pairs = None
@@ -278,7 +303,7 @@ class Trainer:
         functools.partial(train_step, graphdef=self.graphdef, rng_state=self.rng_state,
                           tx=self.tx, loss_config=config.loss,
                           ema_decay=config.optim.ema_decay, base_key=base_key,
-                          train_backbone=config.optim.backbone_learning_rate > 0),
+                          is_frozen=frozen_filter(config)),
         in_shardings=(self.state_shardings, self.batch_sharding),
         out_shardings=(self.state_shardings, replicated),
         donate_argnums=0)

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from procrop_jax import feature_cache
+from procrop_jax import inference
 from procrop_jax import input_pipeline
+from procrop_jax import model_zoo
 from procrop_jax import train
 
 
@@ -108,3 +110,76 @@ def test_training_from_the_cache_runs_and_compiles_once(cache_config, tmp_path):
   summary = train.train_and_evaluate(cache_config, str(tmp_path / "run"))
   assert summary["step"] == 3 and summary["train_step_compilations"] == 1
   assert np.isfinite(summary["metrics"]["loss"])
+
+
+@pytest.fixture
+def tail_config(cache_config):
+  """Only the backbone's last block (and its head conv) trains: the cache holds its input."""
+  cache_config.optim.backbone_learning_rate = 1e-3
+  cache_config.optim.trainable_backbone_blocks = 1
+  return cache_config
+
+
+def test_with_a_trained_tail_the_cache_holds_its_input_and_the_model_runs_it(tail_config):
+  cache = feature_cache.FeatureCache(feature_cache.build(tail_config, batch_size=8))
+  assert "features_stride32" not in cache.arrays
+  tail_input = cache.arrays["features_block15_input"]
+  grid = -(-tail_config.data.image_size // 32)
+  assert tail_input.shape[1:] == (grid, grid, 192)  # Lite0's last block reads 192 channels.
+  model = train.create_model(tail_config)
+  data = tail_config.data.copy_and_resolve_references()
+  data.eval_split = data.train_split
+  batch = next(input_pipeline.create_eval_iterator(data, global_batch_size=8))
+  from_images = model(jnp.asarray(batch["image"]), image_valid_hw=batch["image_valid_hw"])
+  cached = {k: jnp.asarray(cache.arrays[feature_cache.FEATURE_PREFIX + k][:8], jnp.float32)
+            for k in ("block15_input", "stride16")}
+  from_cache = model(None, image_valid_hw=batch["image_valid_hw"], features=cached)
+  np.testing.assert_allclose(from_cache["boxes"], from_images["boxes"], atol=2e-2)
+  np.testing.assert_allclose(from_cache["logits"], from_images["logits"], atol=5e-2)
+
+
+def test_a_tail_cache_has_its_own_key_and_a_tail_reaching_stride16_is_refused(tail_config,
+                                                                              cache_config):
+  settings = input_pipeline.DataSettings.from_config(tail_config.data)
+  builder = input_pipeline.load_builder(settings)
+  frozen = cache_config.copy_and_resolve_references()
+  frozen.optim.backbone_learning_rate = 0.0
+  keys = [feature_cache.cache_key(c, builder, settings.train_split) for c in (tail_config, frozen)]
+  assert keys[0]["backbone_tail_start"] == 15 and "backbone_tail_start" not in keys[1]
+  # Blocks 10 on include the one that makes the cached stride-16 map.
+  tail_config.optim.trainable_backbone_blocks = 6
+  with pytest.raises(ValueError, match="stride-16"):
+    feature_cache.build(tail_config)
+  tail_config.optim.trainable_backbone_blocks = 17
+  with pytest.raises(ValueError, match="has 16 blocks"):
+    feature_cache.build(tail_config)
+
+
+@pytest.mark.slow
+def test_training_a_tail_from_the_cache_changes_the_tail_only_and_exports_it(tail_config,
+                                                                             tmp_path):
+  tail_config.model.pretrained = True  # An ImageNet backbone: its untouched part is not stored.
+  tail_config.train.num_steps = 3
+  tail_config.optim.warmup_steps = 0
+  tail_config.optim.schedule = "constant"
+  tail_config.optim.ema_decay = 0.0
+  workdir = str(tmp_path / "run")
+  summary = train.train_and_evaluate(tail_config, workdir)
+  assert summary["step"] == 3 and summary["train_step_compilations"] == 1
+  before = model_zoo._named_variables(train.create_model(tail_config))
+  trained = inference.Predictor.from_workdir(workdir).model()
+  after = model_zoo._named_variables(trained)
+  changed = lambda name: not np.array_equal(before[name].get_value(), after[name].get_value())
+  assert changed("backbone/blocks/15/expand_conv/kernel")
+  assert changed("backbone/head_conv/kernel")
+  assert not changed("backbone/blocks/14/expand_conv/kernel")
+  assert not changed("backbone/stem_conv/kernel")
+  # The export stores the trained tail and takes the rest from the ImageNet package.
+  out = model_zoo.export(trained, tail_config, tmp_path / "shipped", dtype="float32")
+  stored = np.load(out / "params.npz").files
+  assert "backbone/blocks/15/expand_conv/kernel" in stored
+  assert "backbone/head_bn/scale" in stored
+  assert not any(k.startswith("backbone/blocks/14/") for k in stored)
+  loaded = model_zoo.load(out).model
+  for name, var in model_zoo._named_variables(loaded).items():
+    np.testing.assert_array_equal(var.get_value(), after[name].get_value(), err_msg=name)

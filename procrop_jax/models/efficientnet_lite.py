@@ -67,6 +67,29 @@ VARIANTS: dict[str, tuple[float, float, int, float]] = {
 
 # Which stage's last block feeds each output (the stem has stride 2; see BASE_STAGES strides).
 _FEATURE_STAGES = {"stride8": 2, "stride16": 4}
+_TAIL_PREFIX = "block"
+_TAIL_SUFFIX = "_input"
+
+
+def tail_input_name(start_block: int) -> str:
+  """The name of block `start_block`'s input map, e.g. "block15_input"."""
+  return f"{_TAIL_PREFIX}{start_block}{_TAIL_SUFFIX}"
+
+
+def parse_tail_input_name(name: str) -> int | None:
+  """The block index in a `tail_input_name`, or None for any other map name."""
+  if name.startswith(_TAIL_PREFIX) and name.endswith(_TAIL_SUFFIX):
+    index = name[len(_TAIL_PREFIX):-len(_TAIL_SUFFIX)]
+    if index.isdigit():
+      return int(index)
+  return None
+
+
+def tail_param_prefixes(start_block: int, num_blocks: int) -> tuple[str, ...]:
+  """Path prefixes ("blocks/15/", "head_conv/", ...) of the variables from block `start_block`
+  on: what a fine-tuned tail changes."""
+  return tuple(f"blocks/{i}/" for i in range(start_block, num_blocks)) + ("head_conv/",
+                                                                            "head_bn/")
 
 
 def round_filters(channels: int, width: float, divisor: int = 8) -> int:
@@ -82,6 +105,11 @@ def round_filters(channels: int, width: float, divisor: int = 8) -> int:
 
 def round_repeats(repeats: int, depth: float) -> int:
   return int(math.ceil(depth * repeats))
+
+
+def num_blocks(variant: str) -> int:
+  """Number of MBConv blocks of `variant` (16 for Lite0)."""
+  return sum(len(stage) for stage in stage_specs(variant))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -349,12 +377,35 @@ class EfficientNetLite(nnx.Module):
     """Maps [0, 1] RGB to the network's input range."""
     return (images.astype(self.dtype) - INPUT_MEAN) / INPUT_STD
 
-  def __call__(self, images: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
+  def _head(self, x: jax.Array, *, use_running_average: bool) -> jax.Array:
+    return jax.nn.relu6(self.head_bn(self.head_conv(x), use_running_average=use_running_average))
+
+  def tail_start(self, num_blocks: int) -> int:
+    """Index of the first of the last `num_blocks` MBConv blocks."""
+    if not 0 <= num_blocks <= len(self.blocks):
+      raise ValueError(f"num_blocks={num_blocks}: {self.variant} has {len(self.blocks)} blocks")
+    return len(self.blocks) - num_blocks
+
+  def run_tail(self, x: jax.Array, start_block: int, *, train: bool = False) -> jax.Array:
+    """The "stride32" map from the input of block `start_block` (`tail_input_name`).
+
+    Together with `__call__(..., stop_at_block=start_block)` this splits the network in two
+    with the same result as one pass, so the frozen front can be cached while the tail trains.
+    """
+    use_avg = (not train) or self.frozen_bn
+    for block in self.blocks[start_block:]:
+      x = block(x, use_running_average=use_avg)
+    return self._head(x, use_running_average=use_avg)
+
+  def __call__(self, images: jax.Array, *, train: bool = False,
+               stop_at_block: int | None = None) -> dict[str, jax.Array]:
     """Runs the backbone.
 
     Args:
       images: [B, H, W, 3] float RGB in [0, 1].
       train: batch statistics for BN (unless frozen) and dropout before the classifier.
+      stop_at_block: stop before this block and return its input as `tail_input_name(i)`,
+        with the intermediate maps computed before it (see `run_tail`).
 
     Returns:
       {"stride8", "stride16", "stride32"}: NHWC maps of spatial size ceil(H / s) x ceil(W / s);
@@ -367,11 +418,14 @@ class EfficientNetLite(nnx.Module):
     x = jax.nn.relu6(self.stem_bn(self.stem_conv(x), use_running_average=use_avg))
     outputs = {}
     for i, block in enumerate(self.blocks):
+      if i == stop_at_block:
+        outputs[tail_input_name(i)] = x
+        return outputs
       x = block(x, use_running_average=use_avg)
       for name, index in self.feature_blocks.items():
         if index == i:
           outputs[name] = x
-    x = jax.nn.relu6(self.head_bn(self.head_conv(x), use_running_average=use_avg))
+    x = self._head(x, use_running_average=use_avg)
     outputs["stride32"] = x
     if self.classifier is not None:
       pooled = jnp.mean(x, axis=(1, 2))

@@ -213,7 +213,10 @@ class ProCrop(nnx.Module):
     `features` (the backbone's "stride32" and "stride16" maps, e.g. from a feature cache)
     replace the backbone pass; `images` is then unused.
     """
-    feats = self.backbone_features(images, train=train) if features is None else features
+    if features is None:
+      feats = self.backbone_features(images, train=train)
+    else:
+      feats = self._features_from_cache(features, train=train)
     x = self.input_proj(feats["stride32"].astype(jnp.float32))
     b, h, w, _ = x.shape
     # Only the concat_mlp fusion's token mixing needs the token count it was built for.
@@ -230,6 +233,22 @@ class ProCrop(nnx.Module):
     for layer in self.encoder_layers:
       x = layer(x, pos, mask, train=train)
     return x, pos, mask
+
+  def _features_from_cache(self, features: Mapping[str, jax.Array], *, train: bool
+                           ) -> Mapping[str, jax.Array]:
+    """Cached maps -> the maps the head reads: a cached block input (a feature cache of a run
+    that fine-tunes the backbone's last blocks) goes through those blocks first."""
+    tails = {k: i for k in features
+             if (i := efficientnet_lite.parse_tail_input_name(k)) is not None}
+    if not tails:
+      return features
+    if len(tails) > 1:
+      raise ValueError(f"features hold several block inputs: {sorted(tails)}")
+    (name, start), = tails.items()
+    feats = {k: v for k, v in features.items() if k != name}
+    feats["stride32"] = self.backbone.run_tail(features[name].astype(jnp.float32), start,
+                                               train=train)
+    return feats
 
   def backbone_features(self, images: jax.Array, *, train: bool = False
                         ) -> dict[str, jax.Array]:
@@ -320,8 +339,9 @@ class ProCrop(nnx.Module):
         T = tokens_grid ** 2, C_ref = backbone stride-32 channels; None (or K = 0) = no fusion.
       query_boxes: optional [B, Q, 4] normalised xyxy boxes to score instead of proposing.
       train: dropout on, and backbone BN batch statistics unless freeze_backbone_bn.
-      features: precomputed `backbone_features(images)` (a feature cache); then `images` may
-        be None.
+      features: precomputed `backbone_features(images)` (a feature cache), or with the input
+        of the backbone's last blocks (`efficientnet_lite.tail_input_name`) in place of
+        "stride32"; then `images` may be None.
       with_proposals: with `query_boxes`, return the proposals and the given boxes' logits
         ("given_logits" [B, Q]) from one pass (training's ranking loss).
 
@@ -332,7 +352,7 @@ class ProCrop(nnx.Module):
       N = num_queries, or Q when scoring given boxes.
     """
     if image_valid_hw is None:
-      batch = images.shape[0] if features is None else features["stride32"].shape[0]
+      batch = images.shape[0] if features is None else next(iter(features.values())).shape[0]
       image_valid_hw = jnp.ones((batch, 2), jnp.float32)
     image_valid_hw = image_valid_hw.astype(jnp.float32)
     x, pos, mask = self.encode(images, image_valid_hw, train=train, features=features)
