@@ -31,7 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.crop_probability = 0.5
   config.data.prefetch = 2
   # Frozen-backbone features cached for `views` augmented views of every training example
-  # (procrop_jax/feature_cache.py); 0 trains from images. Needs backbone_learning_rate = 0.
+  # (procrop_jax/feature_cache.py); 0 trains from images. Needs backbone_learning_rate = 0, or
+  # optim.trainable_backbone_blocks >= 0 (the cache then holds the trained blocks' input).
   config.data.feature_cache = ml_collections.ConfigDict()
   config.data.feature_cache.views = 0
   config.data.feature_cache.dir = ""  # Empty: DATA_DIR/feature_cache.

@@ -8,6 +8,11 @@ box-keeping crop, flip, colour jitter) and training then samples (example, view)
 sees `views` fixed augmentations instead of a fresh one each epoch, in exchange for steps that
 skip the backbone.
 
+When only the backbone's last blocks train (`config.optim.trainable_backbone_blocks` = N >= 0
+with a backbone learning rate > 0), everything before them is still frozen: the cache then holds
+the input of those N blocks, and each step runs them (and the 1x1 head conv) before the head. For
+Lite0 and N = 1 that input is 192 channels at stride 32, a seventh of the 1,280-channel map.
+
 On disk (one folder per cache key, under `config.data.feature_cache.dir`):
 
   metadata.json           the key (dataset, version, split, canvas, backbone, views, seed, ...),
