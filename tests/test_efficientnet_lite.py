@@ -218,3 +218,23 @@ def test_pointwise_conv_matches_convolution():
   want = jax.lax.conv_general_dilated(x, conv.kernel[...], (1, 1), "SAME",
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
   np.testing.assert_allclose(conv(x), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("num_blocks", [0, 1, 5])
+def test_stopping_before_the_tail_and_running_it_equals_one_pass(num_blocks):
+  model = efficientnet_lite.EfficientNetLite("lite0", rngs=nnx.Rngs(0), frozen_bn=True)
+  images = jax.random.uniform(jax.random.key(1), (2, 64, 64, 3))
+  start = model.tail_start(num_blocks)
+  assert start == efficientnet_lite.num_blocks("lite0") - num_blocks
+  front = model(images, stop_at_block=start)
+  name = efficientnet_lite.tail_input_name(start)
+  assert efficientnet_lite.parse_tail_input_name(name) == start
+  assert "stride32" not in front
+  # Maps made before the tail are returned as in a full pass (stride16 ends at block 10).
+  full = model(images)
+  assert ("stride16" in front) == (start > model.feature_blocks["stride16"])
+  np.testing.assert_allclose(model.run_tail(front[name], start), full["stride32"],
+                             rtol=1e-5, atol=1e-5)
+  assert efficientnet_lite.parse_tail_input_name("stride32") is None
+  with pytest.raises(ValueError, match="has 16 blocks"):
+    model.tail_start(17)

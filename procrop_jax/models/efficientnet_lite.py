@@ -425,6 +425,9 @@ class EfficientNetLite(nnx.Module):
       for name, index in self.feature_blocks.items():
         if index == i:
           outputs[name] = x
+    if stop_at_block == len(self.blocks):  # Only the head conv is the tail.
+      outputs[tail_input_name(stop_at_block)] = x
+      return outputs
     x = self._head(x, use_running_average=use_avg)
     outputs["stride32"] = x
     if self.classifier is not None:
