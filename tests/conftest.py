@@ -6,6 +6,7 @@ The flag must be set before JAX initialises its backends, hence at import time h
 import importlib.util
 import os
 import pathlib
+import socket
 
 os.environ.setdefault("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
@@ -20,6 +21,13 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 HAS_SCANN = importlib.util.find_spec("scann") is not None
 requires_scann = pytest.mark.skipif(not HAS_SCANN, reason="scann is not installed (the [scann] extra)")
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def free_port() -> int:
+  """A localhost port for the coordinator of a test's jax.distributed processes."""
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -3,22 +3,15 @@ train exactly like one process fed the concatenation of their local batches."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, free_port
 
 WORKER = REPO_ROOT / "tests" / "distributed_worker.py"
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
 
 
 def _run(process_id, num_processes, port, local_devices, out, data, *replay):
@@ -42,7 +35,7 @@ def test_two_hosts_reading_their_own_shards_train_like_one_on_the_joined_batch(
   data = tmp_path / "data.json"
   data.write_text(json.dumps({"data_dir": tiny_config.data.data_dir,
                               "manual_dir": tiny_config.data.manual_dir}))
-  port = _free_port()
+  port = free_port()
   _wait([_run(i, 2, port, 4, tmp_path / "two", data) for i in range(2)])
   hosts = [json.loads((tmp_path / f"two.p{i}.json").read_text()) for i in range(2)]
   # Each host read its own examples: different local batches, none shared.

@@ -1,10 +1,10 @@
 """End to end: build_index over a photo folder, load it, precompute cached neighbours."""
 
-import concurrent.futures
 import json
-import threading
+import os
+import subprocess
+import sys
 
-import jax
 import numpy as np
 from PIL import Image
 import pytest
@@ -13,7 +13,7 @@ from configs import testing
 from procrop_jax.retrieval import build
 from procrop_jax.retrieval import database as database_lib
 from procrop_jax.retrieval import neighbors
-from tests.conftest import HAS_SCANN
+from tests.conftest import HAS_SCANN, REPO_ROOT, free_port
 
 
 def _photos(folder, n=10):
@@ -141,50 +141,57 @@ def test_a_rebuild_notices_other_weights_and_an_interrupted_one_is_not_complete(
   assert not [p for p in (tmp_path / "db").rglob("*") if p.name.endswith(".tmp")]
 
 
-def _patch_means(images):  # 32x32 patch means as a 3-channel "stride-32" map: compiles at once.
+def patch_means(images):  # 32x32 patch means as a 3-channel "stride-32" map: compiles at once.
   b, s = images.shape[0], images.shape[1]
   return {"stride32": images.reshape(b, s // 32, 32, s // 32, 32, 3).mean(axis=(2, 4))}
 
 
-def test_neighbours_computed_per_process_merge_into_the_single_process_table(
-    config, tmp_path, monkeypatch):
-  # Two processes simulated by two threads, each with its own process index (which the input
-  # pipeline's split_for_jax_process and precompute_neighbors read) and a shared barrier; a
-  # real two-process run (tests/test_distributed.py) would add minutes for the same merge.
+def _wait(procs, timeout=300):
+  try:
+    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+  finally:
+    for p in procs:  # Ends one still waiting at a barrier for a process that failed.
+      p.kill()
+  for p, output in zip(procs, outputs):
+    assert p.returncode == 0, output[-3000:]
+
+
+@pytest.mark.slow
+def test_neighbours_computed_by_two_processes_merge_into_the_single_process_table(
+    config, tmp_path):
   config = config.copy_and_resolve_references()
   config.model.num_references = 3
   config.retrieval.index_dir = ""  # An in-memory database of the same 10 photos.
-  extractor = build.create_extractor(config, backbone=_patch_means)
+  extractor = build.create_extractor(config, backbone=patch_means)
   db = build.load_database(config, extractor=extractor)
   single = neighbors.precompute_neighbors(config, db, split="train", cache_dir=tmp_path / "one",
                                           extractor=extractor)
   assert single.rows.shape == (10, 3)
 
-  process = threading.local()
-  monkeypatch.setattr(jax, "process_index", lambda: getattr(process, "index", 0))
-  monkeypatch.setattr(jax, "process_count", lambda: getattr(process, "count", 1))
-  barrier = threading.Barrier(2, timeout=300)
-  monkeypatch.setattr(neighbors, "_barrier", lambda name: barrier.wait())
-  computed = {}  # process index -> ids it embedded and searched itself
-  compute = neighbors.compute_neighbors
+  # Two processes joined by jax.distributed (tests/neighbors_worker.py), each with 4 CPU
+  # devices, synchronised by precompute_neighbors' own barriers. An in-memory database is
+  # single-process only, so they load this one from disk, as the hosts of a real run load theirs.
+  config.retrieval.index_dir = str(db.save(tmp_path / "db"))
+  sections = tmp_path / "config.json"
+  sections.write_text(json.dumps({s: config[s].to_dict() for s in ("data", "retrieval", "model")}))
+  env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="3")
+  env.pop("XLA_FLAGS", None)
+  port = free_port()
+  _wait([subprocess.Popen(
+      [sys.executable, str(REPO_ROOT / "tests" / "neighbors_worker.py"), str(i), "2", str(port),
+       str(sections), str(tmp_path / "two"), str(tmp_path / "out")], cwd=REPO_ROOT, env=env,
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)])
 
-  def recording_compute(*args, **kwargs):
-    table = compute(*args, **kwargs)
-    computed[process.index] = table.ids
-    return table
-  monkeypatch.setattr(neighbors, "compute_neighbors", recording_compute)
-
-  def run_process(index):
-    process.index, process.count = index, 2
-    return neighbors.precompute_neighbors(config, db, split="train", cache_dir=tmp_path / "two",
-                                          extractor=extractor)
-  with concurrent.futures.ThreadPoolExecutor(2) as pool:
-    tables = list(pool.map(run_process, [0, 1]))
-
+  hosts = [json.loads((tmp_path / f"out.p{i}.json").read_text()) for i in range(2)]
+  # JAX itself saw two processes: the merge ran on the real multi-process path.
+  assert [(h["process_index"], h["process_count"]) for h in hosts] == [(0, 2), (1, 2)]
+  computed = [h["computed"] for h in hosts]
   assert [len(computed[0]), len(computed[1])] == [5, 5]  # Each process did its half...
   assert sorted(computed[0] + computed[1]) == sorted(single.ids)
-  cached = list((tmp_path / "two").iterdir())  # ... and only the merged cache file is left.
-  assert len(cached) == 1 and cached[0].name.startswith("neighbors-")
+  # ... and only the merged cache file is left: the one a single process writes and loads.
+  cached = list((tmp_path / "two").iterdir())
+  assert [p.name for p in cached] == [p.name for p in (tmp_path / "one").iterdir()]
+  tables = [neighbors.NeighborTable.load(tmp_path / f"out.p{i}.npz") for i in range(2)]
   for table in tables + [neighbors.NeighborTable.load(cached[0])]:
     assert sorted(table.ids) == sorted(single.ids)
     np.testing.assert_array_equal(table.lookup(single.ids), single.rows)
