@@ -58,12 +58,12 @@ def build_cropper(args):
     return crop.Cropper.from_workdir(args.workdir, batch_size=args.batch_size)
   if args.config:
     import importlib.util  # pylint: disable=g-import-not-at-top
-    from procrop_jax import train  # pylint: disable=g-import-not-at-top
+    from procrop_jax import model_zoo  # pylint: disable=g-import-not-at-top
     spec = importlib.util.spec_from_file_location("bench_config", args.config)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config()
-    predictor = inference.Predictor(train.create_model(config), config, source=args.config)
+    predictor = inference.Predictor(model_zoo.create_model(config), config, source=args.config)
     return crop.Cropper(predictor, batch_size=args.batch_size)
   return crop.Cropper.pretrained(args.model, batch_size=args.batch_size)
 

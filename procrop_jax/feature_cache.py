@@ -170,8 +170,7 @@ def build(config: ml_collections.ConfigDict, *, batch_size: int = 16) -> pathlib
     raise ValueError(f"split {split!r} of {builder.name} is empty on this host")
 
   # The backbone exactly as the trainer builds it (same weights, frozen BN).
-  from procrop_jax import train  # pylint: disable=g-import-not-at-top  (train imports us)
-  model = train.create_model(config)
+  model = model_zoo.create_model(config)
   graphdef, state = nnx.split(model.backbone)
   # With a trained tail the cache holds the tail's input instead of the last map.
   tail = key.get("backbone_tail_start")

@@ -9,9 +9,10 @@ Runs describe themselves: training writes its resolved config to WORKDIR/config.
 `from_workdir` reads it, so nobody retypes a run's overrides. A config passed explicitly wins,
 with a warning for every model field that differs from the checkpoint's.
 
-The forward pass is `train.predict_step`, the one evaluation during training uses, jitted once
-per (canvas, batch size, number of given boxes): callers keep those fixed (the cropper pads its
-batches and candidate lists) so a run compiles once.
+The forward pass is `predict_step`, the one evaluation during training uses (the trainer's steps
+run the model through the same `forward`), jitted once per (canvas, batch size, number of given
+boxes): callers keep those fixed (the cropper pads its batches and candidate lists) so a run
+compiles once.
 
 `evaluate_checkpoint` is `main --mode=eval`.
 """
@@ -37,7 +38,7 @@ from procrop_jax import feature_cache
 from procrop_jax import input_pipeline
 from procrop_jax import model_zoo
 from procrop_jax import sharding
-from procrop_jax import train
+from procrop_jax import tta
 from procrop_jax.models import procrop
 from procrop_jax.retrieval import neighbors
 from procrop_jax.retrieval import references as references_lib
@@ -61,6 +62,17 @@ def read_config(workdir: str | os.PathLike[str]) -> ml_collections.ConfigDict | 
   return model_zoo._config_from_json(path) if path.is_file() else None  # pylint: disable=protected-access
 
 
+def flat_config(tree: Any, prefix: str = "") -> dict[str, Any]:
+  """{"model.d_model": 256, ...} of a config dict; tuples as lists (as config.json stores them),
+  so a config and the one a run saved compare field by field."""
+  if isinstance(tree, dict):
+    out = {}
+    for key, value in tree.items():
+      out.update(flat_config(value, f"{prefix}{key}."))
+    return out
+  return {prefix[:-1]: list(tree) if isinstance(tree, tuple) else tree}
+
+
 def resolve_config(workdir: str | os.PathLike[str],
                    config: ml_collections.ConfigDict | None = None
                    ) -> ml_collections.ConfigDict:
@@ -78,8 +90,8 @@ def resolve_config(workdir: str | os.PathLike[str],
                               "--mode=eval/crop takes its --config)")
     return saved
   if saved is not None:
-    given = train.flat_config(config.copy_and_resolve_references().to_dict())
-    theirs = train.flat_config(saved.to_dict())
+    given = flat_config(config.copy_and_resolve_references().to_dict())
+    theirs = flat_config(saved.to_dict())
     # The fields that shape the model; a difference means the checkpoint will not fit.
     model_keys = [k for k in sorted(set(given) | set(theirs))
                   if k.startswith(("model.", "retrieval.tokens_grid", "data.image_size"))]
@@ -100,6 +112,70 @@ def _concrete_rng_state(abstract: Any) -> Any:
   return jax.tree.map(make, abstract)
 
 
+# ---------------------------------------------------------------------------- the forward pass
+def forward(graphdef, params, rest, rng_state, batch, *, train: bool, query_boxes=None,
+            with_proposals: bool = False):
+  """Runs the model from its split state; returns outputs and the updated non-param state.
+
+  The trainer's steps call it too (with `train=True` and freshly seeded `rng_state` for dropout),
+  so training, evaluation and prediction run the model alike.
+  """
+  model = nnx.merge(graphdef, params, rng_state, rest)
+  outputs = model(batch.get("image"), image_valid_hw=batch["image_valid_hw"],
+                  reference_tokens=batch.get("reference_tokens"), query_boxes=query_boxes,
+                  train=train, features=feature_cache.batch_features(batch),
+                  with_proposals=with_proposals)
+  return outputs, nnx.state(model, nnx.Not(nnx.Any(nnx.Param, nnx.RngState)))
+
+
+def predict_step(state: dict[str, Any], batch: dict[str, jax.Array], *, graphdef, rng_state,
+                 score_given_boxes: bool, flip: bool = False, vote_iou: float = 0.0,
+                 rescore: bool = False) -> dict[str, jax.Array]:
+  """Inference: proposed crops, or scores for the batch's own boxes when score_given_boxes.
+
+  `flip` adds the mirrored photo's pass and `vote_iou` > 0 votes proposals (see tta.py);
+  `rescore` replaces each proposal's score by the given-box path's score of its final box.
+  """
+  if rescore and not score_given_boxes:
+    proposals = predict_step(state, batch, graphdef=graphdef, rng_state=rng_state,
+                             score_given_boxes=False, flip=flip, vote_iou=vote_iou)
+    scored = predict_step(state, {**batch, "boxes": proposals["boxes"]}, graphdef=graphdef,
+                          rng_state=rng_state, score_given_boxes=True, flip=flip)
+    return {"boxes": proposals["boxes"], "scores": scored["scores"]}
+  params = state.get("ema_params", state["params"])
+  given = batch["boxes"] if score_given_boxes else None
+  if flip:  # Both passes in one batch: [plain; mirrored].
+    batch = dict(batch)
+    batch["image"] = jnp.concatenate(
+        [batch["image"], tta.flip_canvas(batch["image"], batch["image_valid_hw"])])
+    for key in ("image_valid_hw", "reference_tokens"):
+      if key in batch:
+        batch[key] = jnp.concatenate([batch[key], batch[key]])
+    if given is not None:
+      given = jnp.concatenate([given, tta.flip_boxes(given)])
+  outputs, _ = forward(graphdef, params, state["rest"], rng_state, batch, train=False,
+                       query_boxes=given)
+  boxes, scores = outputs["boxes"], jax.nn.sigmoid(outputs["logits"])
+  if flip:
+    plain, mirrored = jnp.split(boxes, 2), jnp.split(scores, 2)
+    if given is None:  # The mirrored pass's proposals join the plain ones.
+      boxes = jnp.concatenate([plain[0], tta.flip_boxes(plain[1])], axis=1)
+      scores = jnp.concatenate(mirrored, axis=1)
+    else:  # A given box's score: the mean over both passes.
+      boxes, scores = plain[0], 0.5 * (mirrored[0] + mirrored[1])
+  if vote_iou > 0 and given is None:
+    boxes = tta.vote_boxes(boxes, scores, vote_iou)
+  return {"boxes": boxes, "scores": scores}
+
+
+def inference_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """predict_step's test-time options from `config.inference`."""
+  inference = config.inference
+  return {"flip": bool(inference.flip), "vote_iou": float(inference.vote_iou),
+          "rescore": bool(inference.rescore)}
+
+
+# ------------------------------------------------------------------------------- the predictor
 class Predictor:
   """A trained ProCrop model ready to predict on batches of canvases.
 
@@ -230,9 +306,9 @@ class Predictor:
     if score_given_boxes not in self._steps:
       # The same keyword arguments as the Trainer's predict step, so both predict alike.
       self._steps[score_given_boxes] = jax.jit(
-          functools.partial(train.predict_step, graphdef=self.graphdef,
+          functools.partial(predict_step, graphdef=self.graphdef,
                             rng_state=self.rng_state, score_given_boxes=score_given_boxes,
-                            **train.inference_options(self.config)),
+                            **inference_options(self.config)),
           in_shardings=(self._replicated, self._batch_sharding),
           out_shardings=self._replicated)
     return self._steps[score_given_boxes]
@@ -256,7 +332,7 @@ class Predictor:
   def reuses_features(self) -> bool:
     """Whether `features` can stand in for the images in `predict` (not with flip averaging,
     whose mirrored pass needs the pixels)."""
-    return not train.inference_options(self.config)["flip"]
+    return not inference_options(self.config)["flip"]
 
   @functools.cached_property
   def _features_step(self) -> Callable:

@@ -1,4 +1,5 @@
-"""Shipped models: trained ProCrop weights that come with the package, loaded with no workdir.
+"""ProCrop models: a fresh one from a config (`create_model`), and shipped ones: trained weights
+that come with the package, loaded with no workdir.
 
 A shipped model is a folder (`procrop_jax/shipped/<name>/` for the ones in the package) holding:
 
@@ -88,6 +89,16 @@ def _atomic_write(path: pathlib.Path, data: bytes) -> None:
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
+
+
+def create_model(config: ml_collections.ConfigDict, *, seed: int | None = None,
+                 load_weights: bool = True) -> procrop.ProCrop:
+  """The ProCrop model, with ImageNet backbone weights when `config.model.pretrained`."""
+  seed = config.seed if seed is None else seed
+  model = procrop.ProCrop.from_config(config, rngs=nnx.Rngs(seed))
+  if load_weights and config.model.pretrained:
+    imagenet.load_pretrained(model.backbone, config.model.backbone)
+  return model
 
 
 def backbone_is_frozen(config: ml_collections.ConfigDict) -> bool:

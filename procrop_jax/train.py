@@ -27,18 +27,18 @@ import orbax.checkpoint as ocp
 
 from procrop_jax import artifacts
 from procrop_jax import checkpointing
+from procrop_jax import crop
 from procrop_jax import evaluate
 from procrop_jax import feature_cache
+from procrop_jax import inference
 from procrop_jax import input_pipeline
 from procrop_jax import losses
 from procrop_jax import model_zoo
 from procrop_jax import sharding
-from procrop_jax import tta
 from procrop_jax.datasets import prepare
 from procrop_jax.models import efficientnet_lite
 from procrop_jax.models import procrop
 from procrop_jax.retrieval import references as references_lib
-from procrop_jax.weights import imagenet
 
 State = dict[str, Any]
 
@@ -47,17 +47,7 @@ class NonFiniteLossError(FloatingPointError):
   """Raised when a step's loss or gradients are not finite; training stops there."""
 
 
-# ----------------------------------------------------------------------------- model & optimizer
-def create_model(config: ml_collections.ConfigDict, *, seed: int | None = None,
-                 load_weights: bool = True) -> procrop.ProCrop:
-  """The ProCrop model, with ImageNet backbone weights when `config.model.pretrained`."""
-  seed = config.seed if seed is None else seed
-  model = procrop.ProCrop.from_config(config, rngs=nnx.Rngs(seed))
-  if load_weights and config.model.pretrained:
-    imagenet.load_pretrained(model.backbone, config.model.backbone)
-  return model
-
-
+# ----------------------------------------------------------------------------------- optimizer
 def _is_backbone(path: tuple[Any, ...]) -> bool:
   return sharding.path_to_string(path).startswith("backbone/")
 
@@ -135,19 +125,6 @@ def _reseed(rng_state: nnx.State, key: jax.Array) -> nnx.State:
   return jax.tree.unflatten(treedef, leaves)
 
 
-def _forward(graphdef, params, rest, rng_state, batch, *, train: bool, dropout_key=None,
-             query_boxes=None, with_proposals: bool = False):
-  """Runs the model from its split state; returns outputs and the updated non-param state."""
-  if dropout_key is not None:
-    rng_state = _reseed(rng_state, dropout_key)
-  model = nnx.merge(graphdef, params, rng_state, rest)
-  outputs = model(batch.get("image"), image_valid_hw=batch["image_valid_hw"],
-                  reference_tokens=batch.get("reference_tokens"), query_boxes=query_boxes,
-                  train=train, features=feature_cache.batch_features(batch),
-                  with_proposals=with_proposals)
-  return outputs, nnx.state(model, nnx.Not(nnx.Any(nnx.Param, nnx.RngState)))
-
-
 def train_step(state: State, batch: dict[str, jax.Array], *, graphdef, rng_state, tx,
                loss_config, ema_decay: float, base_key: jax.Array,
                is_frozen: Callable[[tuple[Any, ...], Any], bool] | None = None
@@ -156,7 +133,7 @@ def train_step(state: State, batch: dict[str, jax.Array], *, graphdef, rng_state
 
   `is_frozen` (an nnx filter, `frozen_filter(config)`) names the parameters that never train.
   """
-  dropout_key = jax.random.fold_in(base_key, state["step"])
+  rng_state = _reseed(rng_state, jax.random.fold_in(base_key, state["step"]))
 
   # Frozen parameters are not differentiated at all: a frozen backbone's backward pass is most
   # of the step's compute and compile time.
@@ -174,9 +151,9 @@ def train_step(state: State, batch: dict[str, jax.Array], *, graphdef, rng_state
 
   def loss_fn(trainable_params):
     params = nnx.merge_state(frozen, trainable_params) if frozen else trainable_params
-    outputs, rest = _forward(graphdef, params, state["rest"], rng_state, batch, train=True,
-                             dropout_key=dropout_key, query_boxes=pairs,
-                             with_proposals=pairs is not None)
+    outputs, rest = inference.forward(graphdef, params, state["rest"], rng_state, batch,
+                                      train=True, query_boxes=pairs,
+                                      with_proposals=pairs is not None)
     loss, terms = losses.crop_loss(outputs, _targets(batch), loss_config)
     return loss, (terms, rest)
 
@@ -206,56 +183,9 @@ def eval_step(state: State, batch: dict[str, jax.Array], *, graphdef, rng_state,
               loss_config) -> dict[str, jax.Array]:
   """Loss terms on one batch in inference mode (EMA parameters when present)."""
   params = state.get("ema_params", state["params"])
-  outputs, _ = _forward(graphdef, params, state["rest"], rng_state, batch, train=False)
+  outputs, _ = inference.forward(graphdef, params, state["rest"], rng_state, batch, train=False)
   loss, terms = losses.crop_loss(outputs, _targets(batch), loss_config)
   return {"loss": loss, **terms}
-
-
-def predict_step(state: State, batch: dict[str, jax.Array], *, graphdef, rng_state,
-                 score_given_boxes: bool, flip: bool = False, vote_iou: float = 0.0,
-                 rescore: bool = False) -> dict[str, jax.Array]:
-  """Inference: proposed crops, or scores for the batch's own boxes when score_given_boxes.
-
-  `flip` adds the mirrored photo's pass and `vote_iou` > 0 votes proposals (see tta.py);
-  `rescore` replaces each proposal's score by the given-box path's score of its final box.
-  """
-  if rescore and not score_given_boxes:
-    proposals = predict_step(state, batch, graphdef=graphdef, rng_state=rng_state,
-                             score_given_boxes=False, flip=flip, vote_iou=vote_iou)
-    scored = predict_step(state, {**batch, "boxes": proposals["boxes"]}, graphdef=graphdef,
-                          rng_state=rng_state, score_given_boxes=True, flip=flip)
-    return {"boxes": proposals["boxes"], "scores": scored["scores"]}
-  params = state.get("ema_params", state["params"])
-  given = batch["boxes"] if score_given_boxes else None
-  if flip:  # Both passes in one batch: [plain; mirrored].
-    batch = dict(batch)
-    batch["image"] = jnp.concatenate(
-        [batch["image"], tta.flip_canvas(batch["image"], batch["image_valid_hw"])])
-    for key in ("image_valid_hw", "reference_tokens"):
-      if key in batch:
-        batch[key] = jnp.concatenate([batch[key], batch[key]])
-    if given is not None:
-      given = jnp.concatenate([given, tta.flip_boxes(given)])
-  outputs, _ = _forward(graphdef, params, state["rest"], rng_state, batch, train=False,
-                        query_boxes=given)
-  boxes, scores = outputs["boxes"], jax.nn.sigmoid(outputs["logits"])
-  if flip:
-    plain, mirrored = jnp.split(boxes, 2), jnp.split(scores, 2)
-    if given is None:  # The mirrored pass's proposals join the plain ones.
-      boxes = jnp.concatenate([plain[0], tta.flip_boxes(plain[1])], axis=1)
-      scores = jnp.concatenate(mirrored, axis=1)
-    else:  # A given box's score: the mean over both passes.
-      boxes, scores = plain[0], 0.5 * (mirrored[0] + mirrored[1])
-  if vote_iou > 0 and given is None:
-    boxes = tta.vote_boxes(boxes, scores, vote_iou)
-  return {"boxes": boxes, "scores": scores}
-
-
-def inference_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """predict_step's test-time options from `config.inference`."""
-  inference = config.inference
-  return {"flip": bool(inference.flip), "vote_iou": float(inference.vote_iou),
-          "rescore": bool(inference.rescore)}
 
 
 # --------------------------------------------------------------------------------- the trainer
@@ -276,7 +206,7 @@ class Trainer:
       raise ValueError(f"config.train.batch_size={config.train.batch_size} must be divisible "
                        f"by the mesh's data axis ({num_data} devices).")
     # Model and its split state.
-    model = create_model(config)
+    model = model_zoo.create_model(config)
     self.graphdef, params, self.rng_state, rest = nnx.split(model, nnx.Param, nnx.RngState, ...)
     self.tx = create_optimizer(config)
     # Shardings: parameters from the rule table; optimizer state mirrors them.
@@ -312,9 +242,9 @@ class Trainer:
                           loss_config=config.loss),
         in_shardings=(self.state_shardings, self.batch_sharding), out_shardings=replicated)
     self._predict_steps = {
-        given: jax.jit(functools.partial(predict_step, graphdef=self.graphdef,
+        given: jax.jit(functools.partial(inference.predict_step, graphdef=self.graphdef,
                                          rng_state=self.rng_state, score_given_boxes=given,
-                                         **inference_options(config)),
+                                         **inference.inference_options(config)),
                        in_shardings=(self.state_shardings, self.batch_sharding),
                        out_shardings=replicated)
         for given in (False, True)}
@@ -326,8 +256,6 @@ class Trainer:
     Raises:
       ValueError: the trained model's parameters do not fit this config's model.
     """
-    # Imported here: inference imports train (a circle).
-    from procrop_jax import inference  # pylint: disable=g-import-not-at-top
     trained = inference.trained_params(source)
     ours = {"/".join(map(str, k)): v.shape for k, v in nnx.to_flat_state(self.state["params"])}
     theirs = {"/".join(map(str, k)): v.shape for k, v in nnx.to_flat_state(trained)}
@@ -436,17 +364,6 @@ class ConfigChangedError(ValueError):
   """A resumed run's config changes the model its checkpoints were trained with."""
 
 
-def flat_config(tree: Any, prefix: str = "") -> dict[str, Any]:
-  """{"model.d_model": 256, ...} of a config dict; tuples as lists (as config.json stores them),
-  so a config and the one a run saved compare field by field."""
-  if isinstance(tree, dict):
-    out = {}
-    for key, value in tree.items():
-      out.update(flat_config(value, f"{prefix}{key}."))
-    return out
-  return {prefix[:-1]: list(tree) if isinstance(tree, tuple) else tree}
-
-
 def _config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The resolved config as WORKDIR/config.json holds it (tuples as lists)."""
   return json.loads(json.dumps(config.copy_and_resolve_references().to_dict(), default=list))
@@ -469,7 +386,7 @@ def check_resumed_config(saved: dict[str, Any], config: ml_collections.ConfigDic
   Raises:
     ConfigChangedError: a model field changed (one line naming every such field).
   """
-  before, now = flat_config(saved), flat_config(_config_json(config))
+  before, now = inference.flat_config(saved), inference.flat_config(_config_json(config))
   changed = [k for k in sorted(set(before) & set(now))
              if before[k] != now[k] and not k.startswith(_UNCHECKED_FIELDS)]
   model = [k for k in changed if k.startswith(MODEL_FIELDS)]
@@ -493,7 +410,7 @@ def _has_checkpoints(workdir: str) -> bool:
 def _hparams(config: ml_collections.ConfigDict) -> dict[str, bool | int | float | str]:
   """The config as TensorBoard hyperparameters (scalars; anything else as its text)."""
   return {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
-          for k, v in flat_config(_config_json(config)).items()}
+          for k, v in inference.flat_config(_config_json(config)).items()}
 
 
 class _StepProfiler:
@@ -654,6 +571,5 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
              "train_step_compilations": trainer.train_step._cache_size()}  # pylint: disable=protected-access
   logging.info("Training done: %s", summary)
   if config.crop.after_training:
-    from procrop_jax import crop  # pylint: disable=g-import-not-at-top  (crop builds on train)
     summary["crop"] = crop.crop_folder(config, workdir)
   return summary

@@ -30,7 +30,7 @@ def test_view_zero_holds_the_backbone_features_of_the_plain_images(cache_config)
   n = cache.num_examples
   assert cache.views == 2 and len(cache.image_id) == 2 * n
   assert cache.arrays["features_stride32"].dtype == np.float16
-  model = train.create_model(cache_config)
+  model = model_zoo.create_model(cache_config)
   data = cache_config.data.copy_and_resolve_references()
   data.eval_split = data.train_split
   batch = next(input_pipeline.create_eval_iterator(data, global_batch_size=8))
@@ -126,7 +126,7 @@ def test_with_a_trained_tail_the_cache_holds_its_input_and_the_model_runs_it(tai
   tail_input = cache.arrays["features_block15_input"]
   grid = -(-tail_config.data.image_size // 32)
   assert tail_input.shape[1:] == (grid, grid, 192)  # Lite0's last block reads 192 channels.
-  model = train.create_model(tail_config)
+  model = model_zoo.create_model(tail_config)
   data = tail_config.data.copy_and_resolve_references()
   data.eval_split = data.train_split
   batch = next(input_pipeline.create_eval_iterator(data, global_batch_size=8))
@@ -166,7 +166,7 @@ def test_training_a_tail_from_the_cache_changes_the_tail_only_and_exports_it(tai
   workdir = str(tmp_path / "run")
   summary = train.train_and_evaluate(tail_config, workdir)
   assert summary["step"] == 3 and summary["train_step_compilations"] == 1
-  before = model_zoo._named_variables(train.create_model(tail_config))
+  before = model_zoo._named_variables(model_zoo.create_model(tail_config))
   trained = inference.Predictor.from_workdir(workdir).model()
   after = model_zoo._named_variables(trained)
   changed = lambda name: not np.array_equal(before[name].get_value(), after[name].get_value())

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from procrop_jax import model_zoo
-from procrop_jax import train
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +26,7 @@ def _outputs(model, config):
 
 
 def test_export_then_load_gives_the_same_model(tiny_model_config, tmp_path):
-  model = train.create_model(tiny_model_config, seed=3)
+  model = model_zoo.create_model(tiny_model_config, seed=3)
   folder = model_zoo.export(model, tiny_model_config, tmp_path / "m", card={"note": "x"},
                             dtype="float32")
   shipped = model_zoo.load(folder)
@@ -42,7 +41,7 @@ def test_export_then_load_gives_the_same_model(tiny_model_config, tmp_path):
 
 def test_float16_storage_halves_the_file_and_barely_moves_predictions(tiny_model_config,
                                                                       tmp_path):
-  model = train.create_model(tiny_model_config, seed=3)
+  model = model_zoo.create_model(tiny_model_config, seed=3)
   f32 = model_zoo.export(model, tiny_model_config, tmp_path / "f32", dtype="float32")
   f16 = model_zoo.export(model, tiny_model_config, tmp_path / "f16")
   ratio = (f16 / "params.npz").stat().st_size / (f32 / "params.npz").stat().st_size
@@ -56,7 +55,7 @@ def test_a_frozen_imagenet_backbone_comes_from_its_package_not_the_file(tiny_mod
                                                                         tmp_path):
   config = tiny_model_config.copy_and_resolve_references()
   config.model.pretrained = True
-  model = train.create_model(config, seed=1)
+  model = model_zoo.create_model(config, seed=1)
   folder = model_zoo.export(model, config, tmp_path / "m")
   with np.load(folder / "params.npz") as data:
     assert data.files and not any(k.startswith("backbone/") for k in data.files)
@@ -68,7 +67,7 @@ def test_a_frozen_imagenet_backbone_comes_from_its_package_not_the_file(tiny_mod
 
 
 def test_a_changed_parameter_file_is_refused(tiny_model_config, tmp_path):
-  folder = model_zoo.export(train.create_model(tiny_model_config), tiny_model_config,
+  folder = model_zoo.export(model_zoo.create_model(tiny_model_config), tiny_model_config,
                             tmp_path / "m")
   with np.load(folder / "params.npz") as data:
     arrays = {k: data[k] for k in data.files}
@@ -85,7 +84,7 @@ def test_a_changed_parameter_file_is_refused(tiny_model_config, tmp_path):
 
 
 def test_pickled_arrays_are_never_loaded(tiny_model_config, tmp_path):
-  folder = model_zoo.export(train.create_model(tiny_model_config), tiny_model_config,
+  folder = model_zoo.export(model_zoo.create_model(tiny_model_config), tiny_model_config,
                             tmp_path / "m")
   np.savez(folder / "params.npz", evil=np.array([object()], dtype=object))
   with pytest.raises(ValueError, match="params.npz"):
