@@ -496,7 +496,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser(prog: str = "procrop crop") -> argparse.ArgumentParser:
-  from procrop_jax import model_zoo  # pylint: disable=g-import-not-at-top  (light: no model)
+  from procrop_jax import model_zoo  # pylint: disable=g-import-not-at-top  (imports JAX: not at the CLI's start)
   parser = _Parser(prog=prog, description="Crops photos with a ProCrop model (see "
                    "procrop_jax/crop.py).")
   parser.add_argument("paths", nargs="*", metavar="PATH",

@@ -8,6 +8,7 @@ Kept short on purpose: flags, device set-up, and one call into the library. `--m
 """
 
 import os
+import shlex
 import sys
 
 from absl import app
@@ -95,7 +96,6 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 def _record_command(workdir: str) -> None:
   """Writes the training command to WORKDIR/command.txt (exported models record it)."""
-  import shlex  # pylint: disable=g-import-not-at-top
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "command.txt"), "w") as f:
     f.write(shlex.join(["python", "-m", "procrop_jax.main", *sys.argv[1:]]) + "\n")

@@ -23,6 +23,7 @@ from typing import Any, Iterator
 
 from etils import epath
 import numpy as np
+import scipy.io
 import tensorflow_datasets as tfds
 
 from procrop_jax import photos
@@ -74,7 +75,6 @@ def parse_json(crop_path: epath.PathLike, split_path: epath.PathLike
 
 def parse_mat(path: epath.PathLike) -> dict[str, list[dict[str, Any]]]:
   """Reads the original imdb_GAIC1000.mat into per-split entries (see `parse_json`)."""
-  import scipy.io  # pylint: disable=g-import-not-at-top
   path = epath.Path(path)
   try:
     with path.open("rb") as f:
