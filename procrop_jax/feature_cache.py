@@ -58,6 +58,7 @@ import tensorflow_datasets as tfds
 
 from procrop_jax import input_pipeline
 from procrop_jax import model_zoo
+from procrop_jax.datasets import source_record
 from procrop_jax.models import efficientnet_lite
 
 FEATURE_PREFIX = "features_"
@@ -115,6 +116,10 @@ def cache_key(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuild
       "process": [jax.process_index(), jax.process_count()],
   }
   # A refined CAD set keeps its name, version and size but not its boxes (cad/refine_files.py).
+  # A build remade from a changed source keeps its name and version: its source record tells.
+  source = source_record.read(builder.data_dir)
+  if source:  # Only then: caches of builds made before records existed keep their keys.
+    key["source_fingerprint"] = source.get("fingerprint")
   tail = model_zoo.backbone_tail_start(config)
   if tail is not None:  # Only then: caches of frozen-backbone runs keep their keys.
     key["backbone_tail_start"] = tail

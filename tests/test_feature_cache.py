@@ -14,6 +14,7 @@ from procrop_jax import inference
 from procrop_jax import input_pipeline
 from procrop_jax import model_zoo
 from procrop_jax import train
+from procrop_jax.datasets import source_record
 
 
 @pytest.fixture
@@ -54,7 +55,8 @@ def test_view_zero_holds_the_backbone_features_of_the_plain_images(cache_config)
   np.testing.assert_allclose(from_cache["boxes"], from_images["boxes"], atol=2e-2)
 
 
-def test_a_second_build_reuses_the_cache_and_a_changed_key_builds_a_new_one(cache_config):
+def test_a_second_build_reuses_the_cache_and_a_changed_key_builds_a_new_one(cache_config,
+                                                                           monkeypatch):
   first = feature_cache.build(cache_config, batch_size=8)
   stamp = (first / "metadata.json").stat().st_mtime_ns
   assert feature_cache.build(cache_config, batch_size=8) == first
@@ -71,6 +73,14 @@ def test_a_second_build_reuses_the_cache_and_a_changed_key_builds_a_new_one(cach
   builder = input_pipeline.load_builder(settings)
   key = lambda config: feature_cache.cache_key(config, builder, settings.train_split)
   assert key(milder) != key(cache_config)
+  # A build remade from a changed source keeps its name and version but not its cache.
+  record = source_record.read(builder.data_dir)
+  assert record, "the prepared tiny set has a source record"
+  before = key(cache_config)
+  # (The shared tiny build's record is left alone: other test workers read it.)
+  monkeypatch.setattr(source_record, "read",
+                      lambda build_dir: {**record, "fingerprint": "changed"})
+  assert key(cache_config) != before
 
 
 def test_an_interrupted_build_leaves_nothing_that_looks_finished(cache_config, monkeypatch):
