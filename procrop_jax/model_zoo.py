@@ -7,8 +7,8 @@ A shipped model is a folder (`procrop_jax/shipped/<name>/` for the ones in the p
   params.npz       trained parameters, "path/to/param" -> array, stored as float16 (halves the
                    size; every parameter is cast back to float32 on load). With a frozen
                    ImageNet backbone the backbone is left out and comes from the
-                   efficientnet-liteN package, exactly as in training; when only its last
-                   blocks were fine-tuned, only those are stored (listed in the card).
+                   efficientnet-liteN package, exactly as in training; of a fine-tuned one,
+                   only what training changed is stored (listed in the card).
   model_card.json  what made it: the training command, the validation figures, the code
                    version, the parameter dtype and the sha256 of params.npz (checked on load)
 
@@ -101,12 +101,6 @@ def create_model(config: ml_collections.ConfigDict, *, seed: int | None = None,
   return model
 
 
-def backbone_is_frozen(config: ml_collections.ConfigDict) -> bool:
-  """True when training left the ImageNet backbone untouched (weights and BN statistics)."""
-  return (config.model.pretrained and config.optim.backbone_learning_rate == 0
-          and config.model.freeze_backbone_bn)
-
-
 def backbone_tail_start(config: ml_collections.ConfigDict) -> int | None:
   """The first backbone block that trains when only the last blocks do, else None.
 
@@ -124,16 +118,23 @@ def backbone_tail_start(config: ml_collections.ConfigDict) -> int | None:
   return total - blocks
 
 
-def trained_backbone_prefixes(config: ml_collections.ConfigDict) -> tuple[str, ...] | None:
-  """Path prefixes ("backbone/blocks/15/", ...) of the backbone variables training changes when
-  only its tail trains; () when the backbone is frozen; None when all of it may change."""
-  if backbone_is_frozen(config):
-    return ()
-  start = backbone_tail_start(config)
-  if start is None or not config.model.pretrained or not config.model.freeze_backbone_bn:
-    return None
-  total = efficientnet_lite.num_blocks(config.model.backbone)
-  return tuple("backbone/" + p for p in efficientnet_lite.tail_param_prefixes(start, total))
+def _untouched_backbone(model: procrop.ProCrop, config: ml_collections.ConfigDict) -> set[str]:
+  """Names of the backbone variables that still hold the package's ImageNet values.
+
+  They are not stored: loading takes them from the efficientnet-liteN package, as training did.
+  Compared value by value, so what is stored follows what training changed (nothing for a
+  frozen backbone, the last blocks for a trained tail), whatever the config claims.
+  """
+  if not config.model.pretrained:
+    return set()
+  reference = efficientnet_lite.EfficientNetLite(config.model.backbone, rngs=nnx.Rngs(0))
+  imagenet.load_pretrained(reference, config.model.backbone)
+  imagenet_values = {"backbone/" + k: v.get_value()
+                     for k, v in _named_variables(reference).items()}
+  return {name for name, var in _named_variables(model).items()
+          if name in imagenet_values
+          and np.array_equal(np.asarray(jax.device_get(var.get_value())),
+                             np.asarray(imagenet_values[name]))}
 
 
 def export(model: procrop.ProCrop, config: ml_collections.ConfigDict,
@@ -152,12 +153,10 @@ def export(model: procrop.ProCrop, config: ml_collections.ConfigDict,
     raise ValueError(f"dtype={dtype!r}: use one of {_STORAGE_DTYPES}")
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  # The untouched part of an ImageNet backbone comes from its package when loaded.
-  kept_backbone = trained_backbone_prefixes(config)
+  untouched = _untouched_backbone(model, config)
   arrays = {}
   for name, var in _named_variables(model).items():
-    if (kept_backbone is not None and name.startswith("backbone/")
-        and not name.startswith(kept_backbone)):
+    if name in untouched:
       continue
     value = np.asarray(jax.device_get(var.get_value()), np.float32)
     if dtype == "float16" and np.abs(value).max(initial=0.0) > np.finfo(np.float16).max:
@@ -176,8 +175,9 @@ def export(model: procrop.ProCrop, config: ml_collections.ConfigDict,
       **(card or {}),
       "param_dtype": dtype,
       "num_params_stored": int(sum(a.size for a in arrays.values())),
-      "backbone_from_package": kept_backbone is not None,
-      "backbone_stored": list(kept_backbone or ()),
+      "backbone_from_package": bool(untouched),
+      # The backbone variables training changed: the file holds them, the package the rest.
+      "backbone_stored": sorted(k for k in arrays if k.startswith("backbone/")),
       "params_sha256": artifacts.file_sha256(params_path),
   }
   _atomic_write(out / "model_card.json", json.dumps(full_card, indent=2).encode())
@@ -234,10 +234,10 @@ def load(name_or_path: str | os.PathLike[str] | None = None, *,
   except (OSError, ValueError) as e:
     raise ValueError(f"{params_path}: not a readable parameter file ({e})") from e
   variables = _named_variables(model)
-  stored_backbone = tuple(card.get("backbone_stored", ()))
+  stored_backbone = set(card.get("backbone_stored", ()))
   expected = {k for k in variables
               if not (card.get("backbone_from_package") and k.startswith("backbone/")
-                      and not k.startswith(stored_backbone))}
+                      and k not in stored_backbone)}
   missing = sorted(expected - arrays.keys())
   unexpected = sorted(arrays.keys() - variables.keys())
   mismatched = sorted(f"{k}: file {arrays[k].shape}, model {variables[k].get_value().shape}"

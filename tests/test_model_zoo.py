@@ -66,6 +66,24 @@ def test_a_frozen_imagenet_backbone_comes_from_its_package_not_the_file(tiny_mod
     np.testing.assert_array_equal(a, b)
 
 
+def test_backbone_variables_training_changed_are_stored_whatever_the_config_says(
+    tiny_model_config, tmp_path):
+  config = tiny_model_config.copy_and_resolve_references()
+  config.model.pretrained = True  # ... and backbone_learning_rate = 0: the config says frozen.
+  model = model_zoo.create_model(config, seed=1)
+  tuned = model.backbone.blocks[-1].project_conv.kernel
+  tuned.set_value(tuned.get_value() * 1.5)
+  folder = model_zoo.export(model, config, tmp_path / "m", dtype="float32")
+  card = model_zoo.load(folder).card
+  assert card["backbone_from_package"]
+  assert card["backbone_stored"] == ["backbone/blocks/15/project_conv/kernel"]
+  loaded = model_zoo.load(folder).model
+  np.testing.assert_array_equal(loaded.backbone.blocks[-1].project_conv.kernel.get_value(),
+                                tuned.get_value())
+  np.testing.assert_allclose(_outputs(loaded, config)["logits"],
+                             _outputs(model, config)["logits"], atol=1e-5)
+
+
 def test_a_changed_parameter_file_is_refused(tiny_model_config, tmp_path):
   folder = model_zoo.export(model_zoo.create_model(tiny_model_config), tiny_model_config,
                             tmp_path / "m")
