@@ -111,11 +111,10 @@ def backbone_tail_start(config: ml_collections.ConfigDict) -> int | None:
   blocks = config.optim.trainable_backbone_blocks
   if config.optim.backbone_learning_rate == 0 or blocks < 0:
     return None
-  total = efficientnet_lite.num_blocks(config.model.backbone)
-  if blocks > total:
-    raise ValueError(f"config.optim.trainable_backbone_blocks={blocks}: "
-                     f"{config.model.backbone} has {total} blocks")
-  return total - blocks
+  try:
+    return efficientnet_lite.tail_start(config.model.backbone, blocks)
+  except ValueError as e:
+    raise ValueError(f"config.optim.trainable_backbone_blocks={blocks}: {e}") from None
 
 
 def _untouched_backbone(model: procrop.ProCrop, config: ml_collections.ConfigDict) -> set[str]:

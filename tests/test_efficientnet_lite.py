@@ -224,7 +224,7 @@ def test_pointwise_conv_matches_convolution():
 def test_stopping_before_the_tail_and_running_it_equals_one_pass(num_blocks):
   model = efficientnet_lite.EfficientNetLite("lite0", rngs=nnx.Rngs(0), frozen_bn=True)
   images = jax.random.uniform(jax.random.key(1), (2, 64, 64, 3))
-  start = model.tail_start(num_blocks)
+  start = efficientnet_lite.tail_start("lite0", num_blocks)
   assert start == efficientnet_lite.num_blocks("lite0") - num_blocks
   front = model(images, stop_at_block=start)
   name = efficientnet_lite.tail_input_name(start)
@@ -237,4 +237,4 @@ def test_stopping_before_the_tail_and_running_it_equals_one_pass(num_blocks):
                              rtol=1e-5, atol=1e-5)
   assert efficientnet_lite.parse_tail_input_name("stride32") is None
   with pytest.raises(ValueError, match="has 16 blocks"):
-    model.tail_start(17)
+    efficientnet_lite.tail_start("lite0", 17)

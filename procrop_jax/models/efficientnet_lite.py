@@ -112,6 +112,14 @@ def num_blocks(variant: str) -> int:
   return sum(len(stage) for stage in stage_specs(variant))
 
 
+def tail_start(variant: str, tail_blocks: int) -> int:
+  """Index of the first of the last `tail_blocks` MBConv blocks of `variant`."""
+  total = num_blocks(variant)
+  if not 0 <= tail_blocks <= total:
+    raise ValueError(f"{tail_blocks} tail blocks: {variant} has {total} blocks")
+  return total - tail_blocks
+
+
 @dataclasses.dataclass(frozen=True)
 class BlockSpec:
   in_channels: int
@@ -380,12 +388,6 @@ class EfficientNetLite(nnx.Module):
   def _head(self, x: jax.Array, *, use_running_average: bool) -> jax.Array:
     return jax.nn.relu6(self.head_bn(self.head_conv(x), use_running_average=use_running_average))
 
-  def tail_start(self, num_blocks: int) -> int:
-    """Index of the first of the last `num_blocks` MBConv blocks."""
-    if not 0 <= num_blocks <= len(self.blocks):
-      raise ValueError(f"num_blocks={num_blocks}: {self.variant} has {len(self.blocks)} blocks")
-    return len(self.blocks) - num_blocks
-
   def run_tail(self, x: jax.Array, start_block: int, *, train: bool = False) -> jax.Array:
     """The "stride32" map from the input of block `start_block` (`tail_input_name`).
 
@@ -417,15 +419,12 @@ class EfficientNetLite(nnx.Module):
     x = self.normalize(images)
     x = jax.nn.relu6(self.stem_bn(self.stem_conv(x), use_running_average=use_avg))
     outputs = {}
-    for i, block in enumerate(self.blocks):
-      if i == stop_at_block:
-        outputs[tail_input_name(i)] = x
-        return outputs
+    for i, block in enumerate(self.blocks[:stop_at_block]):
       x = block(x, use_running_average=use_avg)
       for name, index in self.feature_blocks.items():
         if index == i:
           outputs[name] = x
-    if stop_at_block == len(self.blocks):  # Only the head conv is the tail.
+    if stop_at_block is not None:
       outputs[tail_input_name(stop_at_block)] = x
       return outputs
     x = self._head(x, use_running_average=use_avg)
