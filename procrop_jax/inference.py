@@ -73,6 +73,10 @@ def flat_config(tree: Any, prefix: str = "") -> dict[str, Any]:
   return {prefix[:-1]: list(tree) if isinstance(tree, tuple) else tree}
 
 
+# Config fields that shape the model: a checkpoint fits only a config that agrees on them.
+MODEL_FIELDS = ("model.", "data.image_size", "retrieval.tokens_grid")
+
+
 def resolve_config(workdir: str | os.PathLike[str],
                    config: ml_collections.ConfigDict | None = None
                    ) -> ml_collections.ConfigDict:
@@ -93,8 +97,7 @@ def resolve_config(workdir: str | os.PathLike[str],
     given = flat_config(config.copy_and_resolve_references().to_dict())
     theirs = flat_config(saved.to_dict())
     # The fields that shape the model; a difference means the checkpoint will not fit.
-    model_keys = [k for k in sorted(set(given) | set(theirs))
-                  if k.startswith(("model.", "retrieval.tokens_grid", "data.image_size"))]
+    model_keys = [k for k in sorted(set(given) | set(theirs)) if k.startswith(MODEL_FIELDS)]
     for key in model_keys:
       if given.get(key) != theirs.get(key):
         logging.warning("The given config's %s=%r differs from the run's (%s: %r); the given "

@@ -350,9 +350,6 @@ def evaluate_during_training(trainer: Trainer, step: int, writer,
 
 
 # -------------------------------------------------------------------- the run describes itself
-# Fields that shape the model's parameters: the checkpoints of a run cannot be restored into a
-# model built with other values.
-MODEL_FIELDS = ("model.", "data.image_size", "retrieval.tokens_grid")
 # Fields of the optimisation schedule: a resumed run may change them, but its curves then stop
 # describing one recipe.
 SCHEDULE_FIELDS = ("optim.", "train.")
@@ -389,7 +386,7 @@ def check_resumed_config(saved: dict[str, Any], config: ml_collections.ConfigDic
   before, now = inference.flat_config(saved), inference.flat_config(_config_json(config))
   changed = [k for k in sorted(set(before) & set(now))
              if before[k] != now[k] and not k.startswith(_UNCHECKED_FIELDS)]
-  model = [k for k in changed if k.startswith(MODEL_FIELDS)]
+  model = [k for k in changed if k.startswith(inference.MODEL_FIELDS)]
   if model:
     raise ConfigChangedError(
         f"resuming with a different model than the checkpoints' ({source}): "
