@@ -147,6 +147,9 @@ class CropBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   DESCRIPTION = ""
   CITATION = ""
   HOMEPAGE = ""
+  # True keeps the examples in the order `_generate_examples` gives them (TFDS reads this only
+  # from `DatasetInfo`, which `_info` passes it to); False stores them in hashed-key order.
+  DISABLE_SHUFFLING = False
   # Threads that decode images while a split is generated.
   WORKERS = 2
 
@@ -168,6 +171,7 @@ class CropBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         homepage=self.HOMEPAGE,
         citation=self.CITATION,
         metadata=tfds.core.MetadataDict(),
+        disable_shuffling=self.DISABLE_SHUFFLING,
     )
 
   def _counted(self, split: str, examples: Iterable[tuple[str, dict[str, Any] | None]],
