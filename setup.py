@@ -30,9 +30,13 @@ INSTALL_REQUIRES = [
 EXTRAS_REQUIRE = {
     # dill: tfds.testing's DatasetBuilderTestCase needs it. nbclient, nbformat, ipykernel and
     # matplotlib: tests/test_notebooks.py runs experiments/colab_quickstart.ipynb headless.
-    "test": ["dill>=0.3.8,<0.5", "ipykernel>=6.29,<8", "matplotlib>=3.9,<4",
-             "nbclient>=0.10,<0.12", "nbformat>=5.10,<6", "pytest>=8,<10",
+    # apache-beam: tests/test_cad_beam.py runs the Beam paths on the DirectRunner.
+    "test": ["apache-beam>=2.77,<3", "dill>=0.3.8,<0.5", "ipykernel>=6.29,<8",
+             "matplotlib>=3.9,<4", "nbclient>=0.10,<0.12", "nbformat>=5.10,<6", "pytest>=8,<10",
              "pytest-xdist>=3.6,<4"],
+    # CAD generation and the procrop_cad build through Apache Beam (data/README.md, "Large
+    # sets"). Beam 2.77 needs protobuf < 7 and pyarrow < 26: pip picks 6.33 and 25 beside it.
+    "beam": ["apache-beam>=2.77,<3"],
     # ScaNN nearest-neighbour search (wheels for Linux x86-64, CPython 3.11-3.13 only). Without
     # it, retrieval searches exactly (numpy): the same neighbours, slower on millions of photos.
     "scann": ["scann~=1.4.2"],

@@ -95,6 +95,13 @@ class GenerationReport:
     """"2 of 10 photos failed (a.jpg: <error>; b.jpg: <error>)", or "" when none did."""
     return summarize_failures(self.errors, self.photos, limit=limit)
 
+  def add(self, photo: str, written: int, error: str | None) -> None:
+    """Counts one photo's outcome (`VariantMaker`'s result)."""
+    self.written += written
+    if error is not None:
+      self.failed_photos.append(photo)
+      self.errors[photo] = error
+
 
 def summarize_failures(errors: dict[str, str], photos: int, *, limit: int = 3) -> str:
   if not errors:
@@ -246,33 +253,51 @@ def encode_jpeg(canvas: np.ndarray) -> bytes:
   return buffer.getvalue()
 
 
-def generate_cad(photos: Sequence[str | pathlib.Path] | str, out_dir: str | pathlib.Path, *,
-                 variants_per_photo: int = 8, min_area_fraction: float = 0.3,
-                 max_area_fraction: float = 0.8, workers: int = 2, seed: int = 0,
-                 max_side: int | None = 1024,
-                 outpainter: outpaint_lib.OutPainter | None = None,
-                 progress: bool = True, allow_failures: bool = False) -> GenerationReport:
-  """Generates (or completes) a CAD dataset in `out_dir`.
+@dataclasses.dataclass(frozen=True)
+class PhotoTask:
+  """One photo's share of a generation: the variants of it still missing."""
+  path: str
+  photo_id: str
+  variants: tuple[int, ...]
 
-  Args:
-    photos: photo paths, or a source name for `sources.photo_paths` ("skimage" or a
-      folder).
-    out_dir: the dataset's root (the `procrop_cad` builder's manual directory).
-    variants_per_photo: canvases per photo.
-    min_area_fraction, max_area_fraction: range of the photo's share of the canvas.
-    workers: parallel workers (threads: the heavy work is in PIL and NumPy, which
-      release the GIL, and threads are safe beside JAX and TensorFlow).
-    seed: the dataset's seed.
-    max_side: photos are first downscaled to this longer side (None: never).
-    outpainter: defaults to `ReflectBlurOutPainter()`.
-    progress: show a progress bar.
-    allow_failures: record in `FAILURES` that the set may be built without the photos that
-      failed (they are reported either way).
 
-  Returns:
-    What was written, kept and failed (with each failure's error), and how long it took.
+@dataclasses.dataclass(frozen=True)
+class VariantMaker:
+  """Writes a photo's missing variants: what each worker runs, a thread or a Beam worker.
+
+  Small and picklable (no list of photos), so that Beam ships it to its workers as it is.
   """
-  start = time.perf_counter()
+  out_dir: pathlib.Path
+  seed: int
+  min_area_fraction: float
+  max_area_fraction: float
+  max_side: int | None
+  outpainter: outpaint_lib.OutPainter
+
+  def __call__(self, task: PhotoTask) -> tuple[str, int, str | None]:
+    """(photo path, variants written, error or None) of one photo."""
+    try:
+      written = _make_photo_variants(
+          pathlib.Path(task.path), task.photo_id, task.variants, self.out_dir, seed=self.seed,
+          min_area_fraction=self.min_area_fraction, max_area_fraction=self.max_area_fraction,
+          max_side=self.max_side, outpainter=self.outpainter)
+    except Exception as e:  # pylint: disable=broad-except
+      # An unreadable photo is skipped, not fatal: it is counted and the rest go on.
+      logging.warning("CAD: skipping %s: %s", task.path, e)
+      return task.path, 0, f"{type(e).__name__}: {e}"
+    return task.path, written, None
+
+
+def begin_generation(photos: Sequence[str | pathlib.Path] | str, out_dir: str | pathlib.Path,
+                     *, variants_per_photo: int, min_area_fraction: float,
+                     max_area_fraction: float, seed: int, max_side: int | None,
+                     outpainter: outpaint_lib.OutPainter | None
+                     ) -> tuple[VariantMaker, list[PhotoTask], GenerationReport]:
+  """Checks and records the parameters in `out_dir` (`MARKER`) and finds what is missing.
+
+  Returns the maker of variants, the photos that still miss variants, and a report that counts
+  the variants already there (`generate_cad` and the Beam pipeline then fill it in).
+  """
   paths = [pathlib.Path(p) for p in (sources.photo_paths(photos) if isinstance(photos, str)
                                      else photos)]
   out_dir = pathlib.Path(out_dir)
@@ -293,32 +318,23 @@ def generate_cad(photos: Sequence[str | pathlib.Path] | str, out_dir: str | path
   artifacts.atomic_write_json(out_dir / MARKER, marker, indent=1)
 
   report = GenerationReport(photos=len(paths))
-  todo = []
+  tasks = []
   for path, photo_id in zip(paths, ids):
-    missing = [k for k in range(variants_per_photo)
-               if not _variant_done(out_dir, f"{photo_id}_{k}")]
+    missing = tuple(k for k in range(variants_per_photo)
+                    if not _variant_done(out_dir, f"{photo_id}_{k}"))
     report.kept += variants_per_photo - len(missing)
     if missing:
-      todo.append((path, photo_id, missing))
-  total = sum(len(m) for _, _, m in todo)
-  kwargs = dict(seed=seed, min_area_fraction=min_area_fraction,
-                max_area_fraction=max_area_fraction, max_side=max_side,
-                outpainter=outpainter)
-  with tqdm.tqdm(total=total, desc=f"CAD -> {out_dir}", unit="img",
-                 disable=not progress or not total) as bar:
-    with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
-      futures = {pool.submit(_make_photo_variants, path, pid, missing, out_dir, **kwargs):
-                 (path, missing) for path, pid, missing in todo}
-      for future in concurrent.futures.as_completed(futures):
-        path, missing = futures[future]
-        try:
-          report.written += future.result()
-        except Exception as e:  # pylint: disable=broad-except
-          # An unreadable photo is skipped, not fatal: count it and go on.
-          logging.warning("CAD: skipping %s: %s", path, e)
-          report.failed_photos.append(str(path))
-          report.errors[str(path)] = f"{type(e).__name__}: {e}"
-        bar.update(len(missing))
+      tasks.append(PhotoTask(str(path), photo_id, missing))
+  maker = VariantMaker(out_dir, seed=seed, min_area_fraction=min_area_fraction,
+                       max_area_fraction=max_area_fraction, max_side=max_side,
+                       outpainter=outpainter)
+  return maker, tasks, report
+
+
+def finish_generation(report: GenerationReport, out_dir: str | pathlib.Path, *,
+                      allow_failures: bool, start: float) -> GenerationReport:
+  """Records the failures (`FAILURES`, or removes a stale record) and logs the totals."""
+  out_dir = pathlib.Path(out_dir)
   report.failed_photos.sort()
   report.seconds = time.perf_counter() - start
   if report.errors:
@@ -334,34 +350,91 @@ def generate_cad(photos: Sequence[str | pathlib.Path] | str, out_dir: str | path
   return report
 
 
-def main(argv: Sequence[str]) -> None:
-  del argv
-  report = generate_cad(FLAGS.source, FLAGS.out, variants_per_photo=FLAGS.variants,
-                        min_area_fraction=FLAGS.min_area_fraction,
-                        max_area_fraction=FLAGS.max_area_fraction, workers=FLAGS.workers,
-                        seed=FLAGS.seed, max_side=FLAGS.max_side or None,
-                        allow_failures=FLAGS.allow_failures)
-  print(f"{report.written} written, {report.kept} kept, {len(report.failed_photos)} photos "
-        f"failed, {report.images_per_second:.1f} images/s")
-  if report.errors:
-    print(report.failure_summary())
-    if not FLAGS.allow_failures:
-      sys.exit(f"Incomplete: the procrop_cad builder will refuse {FLAGS.out} until every photo "
-               "succeeds (or run again with --allow_failures).")
+def generate_cad(photos: Sequence[str | pathlib.Path] | str, out_dir: str | pathlib.Path, *,
+                 variants_per_photo: int = 8, min_area_fraction: float = 0.3,
+                 max_area_fraction: float = 0.8, workers: int = 2, seed: int = 0,
+                 max_side: int | None = 1024,
+                 outpainter: outpaint_lib.OutPainter | None = None,
+                 progress: bool = True, allow_failures: bool = False) -> GenerationReport:
+  """Generates (or completes) a CAD dataset in `out_dir`, on a few threads of this process.
+
+  For a large set, `procrop_jax.cad.generate_beam.generate_cad_beam` writes the same files
+  through Apache Beam.
+
+  Args:
+    photos: photo paths, or a source name for `sources.photo_paths` ("skimage" or a
+      folder).
+    out_dir: the dataset's root (the `procrop_cad` builder's manual directory).
+    variants_per_photo: canvases per photo.
+    min_area_fraction, max_area_fraction: range of the photo's share of the canvas.
+    workers: parallel workers (threads: the heavy work is in PIL and NumPy, which
+      release the GIL, and threads are safe beside JAX and TensorFlow).
+    seed: the dataset's seed.
+    max_side: photos are first downscaled to this longer side (None: never).
+    outpainter: defaults to `ReflectBlurOutPainter()`.
+    progress: show a progress bar.
+    allow_failures: record in `FAILURES` that the set may be built without the photos that
+      failed (they are reported either way).
+
+  Returns:
+    What was written, kept and failed (with each failure's error), and how long it took.
+  """
+  start = time.perf_counter()
+  maker, tasks, report = begin_generation(
+      photos, out_dir, variants_per_photo=variants_per_photo,
+      min_area_fraction=min_area_fraction, max_area_fraction=max_area_fraction, seed=seed,
+      max_side=max_side, outpainter=outpainter)
+  total = sum(len(task.variants) for task in tasks)
+  with tqdm.tqdm(total=total, desc=f"CAD -> {out_dir}", unit="img",
+                 disable=not progress or not total) as bar:
+    with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+      futures = {pool.submit(maker, task): task for task in tasks}
+      for future in concurrent.futures.as_completed(futures):
+        report.add(*future.result())
+        bar.update(len(futures[future].variants))
+  return finish_generation(report, out_dir, allow_failures=allow_failures, start=start)
 
 
-if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
+def define_flags() -> None:
+  """The command line's flags, shared with `generate_beam`'s."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("source", "skimage", "'skimage' or a folder of photos.")
   flags.DEFINE_string("out", None, "Output directory.", required=True)
   flags.DEFINE_integer("variants", 8, "Canvases per photo.")
   flags.DEFINE_float("min_area_fraction", 0.3, "Smallest share of the canvas.")
   flags.DEFINE_float("max_area_fraction", 0.8, "Largest share of the canvas.")
-  flags.DEFINE_integer("workers", 2, "Parallel workers.")
   flags.DEFINE_integer("seed", 0, "Seed.")
   flags.DEFINE_integer("max_side", 1024, "Downscale photos to this longer side (0: never).")
   flags.DEFINE_bool("allow_failures", False,
                     "Let the procrop_cad builder build the set without photos that failed.")
-  FLAGS = flags.FLAGS
+
+
+def print_report(report: GenerationReport, out: str, *, allow_failures: bool) -> None:
+  """Prints a command's totals; exits with an error when photos failed and that is not allowed."""
+  print(f"{report.written} written, {report.kept} kept, {len(report.failed_photos)} photos "
+        f"failed, {report.images_per_second:.1f} images/s")
+  if report.errors:
+    print(report.failure_summary())
+    if not allow_failures:
+      sys.exit(f"Incomplete: the procrop_cad builder will refuse {out} until every photo "
+               "succeeds (or run again with --allow_failures).")
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  flags = FLAGS
+  report = generate_cad(flags.source, flags.out, variants_per_photo=flags.variants,
+                        min_area_fraction=flags.min_area_fraction,
+                        max_area_fraction=flags.max_area_fraction, workers=flags.workers,
+                        seed=flags.seed, max_side=flags.max_side or None,
+                        allow_failures=flags.allow_failures)
+  print_report(report, flags.out, allow_failures=flags.allow_failures)
+
+
+if __name__ == "__main__":
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags as flags_lib  # pylint: disable=g-import-not-at-top
+  define_flags()
+  flags_lib.DEFINE_integer("workers", 2, "Parallel workers.")
+  FLAGS = flags_lib.FLAGS
   app.run(main)

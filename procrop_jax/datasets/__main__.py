@@ -7,7 +7,8 @@ use); this runs its `build` command alone, with the same flags:
   python -m procrop_jax.datasets photo_folder/skimage --data_dir=data/tfds
 
 Where Apache Beam is installed, `tfds build fcdb --imports=procrop_jax.datasets ...` is
-the same.
+the same, and `--beam_pipeline_options=runner=DirectRunner` (or another runner and its options)
+builds `procrop_cad` through Beam (data/README.md, "Large sets").
 """
 
 from absl import app

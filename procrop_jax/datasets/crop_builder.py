@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import functools
 import inspect
+import json
 import zlib
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
@@ -103,12 +105,28 @@ def pair_features(image: image_files.LoadedImage, pairs_px: np.ndarray, votes: n
   return {"pair_boxes": boxes.astype(np.float32), "pair_votes": votes[keep]}
 
 
+def _sum_reports(reports: Iterable[dict[str, Any]], *, split: str) -> dict[str, Any]:
+  """Sums `BuildStats.as_dict()` reports; Beam combines partial sums with it too."""
+  stats = schema.BuildStats(split)
+  for report in reports:
+    stats.add(report)
+  return stats.as_dict()
+
+
+def _write_json(value: Any, path: str) -> None:
+  epath.Path(path).write_text(json.dumps(value))
+
+
 def stable_key(text: str) -> int:
   """A hash of `text` that is the same in every process and run."""
   return zlib.crc32(text.encode("utf-8"))
 
 
 # --------------------------------------------------------------------- builders
+
+# Written by a Beam build's pipeline beside the split's files: the split's counts, which the
+# builder stores in metadata.json and removes (`CropBuilder._process_pipeline_result`).
+_BEAM_REPORT = "{split}.build_report.json"
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -147,8 +165,13 @@ class CropBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   DESCRIPTION = ""
   CITATION = ""
   HOMEPAGE = ""
+  # True keeps the examples in the order `_generate_examples` gives them (TFDS reads this only
+  # from `DatasetInfo`, which `_info` passes it to); False stores them in hashed-key order.
+  DISABLE_SHUFFLING = False
   # Threads that decode images while a split is generated.
   WORKERS = 2
+  # Whether this build runs through Apache Beam (set by `_download_and_prepare`).
+  uses_beam = False
 
   @tfds.core.utils.classproperty
   @classmethod
@@ -168,6 +191,7 @@ class CropBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         homepage=self.HOMEPAGE,
         citation=self.CITATION,
         metadata=tfds.core.MetadataDict(),
+        disable_shuffling=self.DISABLE_SHUFFLING,
     )
 
   def _counted(self, split: str, examples: Iterable[tuple[str, dict[str, Any] | None]],
@@ -176,12 +200,69 @@ class CropBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     for key, example in examples:
       if example is not None:
         yield key, example
+    self._store_stats(stats)
+
+  def _store_stats(self, stats: schema.BuildStats) -> None:
+    """Logs a finished split's counts and stores them in the dataset's metadata."""
     logging.info("%s %s", self.name, stats.summary())
     if stats.skipped or stats.dropped_boxes or stats.converted:
       print(f"[{self.name}] {stats.summary()}", flush=True)
     report = dict(self.info.metadata.get("build_report", {}))
-    report[split] = stats.as_dict()
+    report[stats.split] = stats.as_dict()
     self.info.metadata["build_report"] = report
+
+  # ------------------------------------------------------------------ Apache Beam
+
+  def _download_and_prepare(self, dl_manager: tfds.download.DownloadManager,
+                            download_config: tfds.download.DownloadConfig) -> None:
+    # A caller that gives Beam a runner or options asks for a Beam build: the builders that
+    # support one (`_beam_examples`) then return a PTransform, which TFDS runs on that runner.
+    self.uses_beam = (download_config.beam_runner is not None
+                      or download_config.beam_options is not None)
+    self._beam_reports: dict[str, epath.Path] = {}
+    super()._download_and_prepare(dl_manager, download_config)
+
+  def _beam_examples(self, split: str, entries: list[_T],
+                     load: Callable[[_T, schema.BuildStats], dict[str, Any] | None]):
+    """A split's examples as a Beam PTransform: `load(entry, stats)` on Beam's workers.
+
+    Each example's key is its entry's position. TFDS's Beam writer orders examples by key when
+    shuffling is disabled (and hashes the key otherwise), so the stored order is the entries'
+    order, as in the local build. The counts of each entry are summed in the pipeline and
+    written beside the split, to be stored like the local build's (`_process_pipeline_result`).
+    """
+    beam = tfds.core.lazy_imports.apache_beam
+    report_path = epath.Path(self.data_dir) / _BEAM_REPORT.format(split=split)
+    self._beam_reports[split] = report_path
+
+    def load_one(indexed):  # Closes over no builder: Beam pickles it to its workers.
+      index, entry = indexed
+      stats = schema.BuildStats(split)
+      return index, load(entry, stats), stats.as_dict()
+
+    @beam.ptransform_fn
+    def examples(root):
+      loaded = (root
+                | "Entries" >> beam.Create(list(enumerate(entries)))
+                | "Load" >> beam.Map(load_one))
+      _ = (loaded
+           | "Counts" >> beam.Map(lambda item: item[2])
+           | "SumCounts" >> beam.CombineGlobally(functools.partial(_sum_reports, split=split))
+           | "WriteCounts" >> beam.Map(_write_json, path=str(report_path)))
+      return (loaded
+              | "Kept" >> beam.Filter(lambda item: item[1] is not None)
+              | "Examples" >> beam.Map(lambda item: (item[0], item[1])))
+
+    return examples()  # pylint: disable=no-value-for-parameter
+
+  def _process_pipeline_result(self, pipeline_result) -> None:
+    """Stores the counts that a Beam build's pipeline wrote (TFDS calls this after it ran)."""
+    del pipeline_result
+    for split, path in self._beam_reports.items():
+      stats = schema.BuildStats(split)
+      stats.add(json.loads(path.read_text()))
+      path.unlink()
+      self._store_stats(stats)
 
   def _manual_dir(self, dl_manager: tfds.download.DownloadManager) -> epath.Path:
     return epath.Path(dl_manager.manual_dir)

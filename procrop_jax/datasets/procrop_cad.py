@@ -20,11 +20,15 @@ is refused unless the failures were allowed: a partial set is never built as if 
 One split, `train`. Examples are stored grouped by photo (variants of one photo are
 adjacent, photos in a fixed pseudo-random order), so that a slice such as
 `train[90%:]` holds photos that `train[:90%]` does not (one photo may straddle).
+
+Given Beam options (`DownloadConfig(beam_options=...)`, or `--beam_pipeline_options` on the
+command line), the examples are loaded by an Apache Beam pipeline on its runner, in the same
+order and with the same counts (`crop_builder.CropBuilder._beam_examples`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 from etils import epath
 import tensorflow_datasets as tfds
@@ -48,6 +52,17 @@ def list_examples(root: epath.PathLike) -> list[dict[str, Any]]:
                  key=lambda s: (crop_builder.stable_key(photos_lib.source_photo_id(s)),
                                 photos_lib.source_photo_id(s), s))
   return [{"stem": s, "image": images.get(s), "annotation": notes.get(s)} for s in stems]
+
+
+def load_example(entry: dict[str, Any], stats: schema.BuildStats) -> dict[str, Any] | None:
+  """The example of one `list_examples` entry (its boxes parsed), or None if it is skipped."""
+  if entry["annotation"] is None:
+    stats.entry()
+    stats.skip("missing_annotation", entry["stem"])
+    return None
+  return crop_builder.build_example(
+      entry["stem"], image_files.read_bytes(entry["image"]), entry["boxes_px"], entry["scores"],
+      stats, require_first_box=True)
 
 
 class ProcropCad(crop_builder.CropBuilder):
@@ -91,19 +106,11 @@ class ProcropCad(crop_builder.CropBuilder):
         entry["boxes_px"], entry["scores"] = annotation_files.parse_yxyx_lines(entry["annotation"])
     return {"train": self._generate_examples(entries, "train")}
 
-  def _generate_examples(self, entries: list[dict[str, Any]],
-                         split: str) -> Iterator[tuple[str, dict[str, Any]]]:
+  def _generate_examples(self, entries: list[dict[str, Any]], split: str):
+    """The split's (key, example) pairs; a Beam PTransform of them in a Beam build."""
+    if self.uses_beam:
+      return self._beam_examples(split, entries, load_example)
     stats = schema.BuildStats(split)
-
-    def load(entry):
-      stem = entry["stem"]
-      if entry["annotation"] is None:
-        stats.entry()
-        stats.skip("missing_annotation", stem)
-        return stem, None
-      return stem, crop_builder.build_example(
-          stem, image_files.read_bytes(entry["image"]), entry["boxes_px"], entry["scores"],
-          stats, require_first_box=True)
-
-    yield from self._counted(split, crop_builder.ordered_map(load, entries, workers=self.WORKERS),
-                             stats)
+    examples = crop_builder.ordered_map(lambda entry: (entry["stem"], load_example(entry, stats)),
+                                        entries, workers=self.WORKERS)
+    return self._counted(split, examples, stats)

@@ -110,6 +110,21 @@ class BuildStats:
       if len(self.skipped_ids[reason]) < 50:  # Enough to find the files; bounded metadata.
         self.skipped_ids[reason].append(image_id)
 
+  def add(self, report: dict[str, Any]) -> None:
+    """Adds the counts of another part of the split (its stats' `as_dict()`).
+
+    Where the parts together skipped more than 50 examples for a reason, the 50 ids kept are the
+    first in sorted order, so that the report does not depend on the order parts are added in.
+    """
+    with self._lock:
+      self.entries += report["entries"]
+      self.kept += report["kept"]
+      self.skipped.update(report["skipped"])
+      self.dropped_boxes.update(report["dropped_boxes"])
+      self.converted.update(report["converted"])
+      for reason, ids in report["skipped_examples"].items():
+        self.skipped_ids[reason] = sorted(self.skipped_ids[reason] + list(ids))[:50]
+
   def as_dict(self) -> dict[str, Any]:
     return {
         "entries": self.entries,
