@@ -68,6 +68,12 @@ def load_example(entry: dict[str, Any], stats: schema.BuildStats) -> dict[str, A
 class ProcropCad(crop_builder.CropBuilder):
   """ProCrop's composition-aware dataset (CAD) format."""
 
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Initial release.",
+      "1.1.0": "Examples stored grouped by photo, as documented (1.0.0 stored them in hashed-key "
+               "order, so a slice such as train[90%:] shared photos with train[:90%]).",
+  }
   DISABLE_SHUFFLING = True  # Keep the photo-grouped order (see the module docstring).
   DESCRIPTION = (
       "Weakly-labelled cropping data in the format of ProCrop's CAD set: professional "
