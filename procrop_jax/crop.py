@@ -2,6 +2,7 @@ r"""Cropping photos: the `Cropper` API, the `procrop crop` command and `main --m
 
   procrop crop PATH... [--out DIR] [--aspect W:H ...] [--size WxH ...] [--top-k K]
                        [--workdir DIR [--best] | --model NAME_OR_PATH] [--batch-size B]
+                       [--canvas-size S]
                        [--format keep|jpg|png|webp]
 
 (`python -m procrop_jax.crop ...` is the same.) PATH is any mix of files, folders (recursive),
@@ -28,9 +29,13 @@ such a crop is what `Cropper.score` gives for its box. A free crop's score is it
 confidence; models trained with `loss.given_iou_weight` put both on the same scale (the
 estimated IoU with an expert's crop).
 
-Photos are decoded in threads while the model runs on the previous batch. Every photo is seen on
-the model's S x S canvas and batches are padded to --batch-size, candidate lists to a fixed
-count per aspect, so a run compiles its forward pass once.
+Photos are decoded in threads while the model runs, and crops are written while the model runs
+on the next batch. Each photo's longer side is resized to the model's canvas size S
+(--canvas-size; default the size it was trained at), and its shorter side is padded only up to
+the next multiple of 32: photos of similar shapes share a canvas bucket (a 3:2 photo at S = 320
+runs on 320 x 224), batches are formed per bucket and padded to --batch-size, candidate lists to a
+fixed count per aspect, so a run compiles its forward passes once per bucket. (A model with
+retrieval keeps its S x S canvas.) results.jsonl lists the inputs in the order they finish.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from procrop_jax import metrics
 from procrop_jax import photos
 
 DEFAULT_OUT = "crops"
+CANVAS_MULTIPLE = 32  # The backbone's stride: canvas sides are multiples of it.
 _ASPECT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[:x/]\s*(\d+(?:\.\d+)?)\s*$")
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
@@ -174,12 +180,34 @@ class Cropper:
   """
 
   def __init__(self, predictor, *, nms_iou: float = 0.7,
-               max_pixels: int = photos.DEFAULT_MAX_PIXELS, batch_size: int = 8):
-    """`predictor` is an `inference.Predictor`."""
+               max_pixels: int = photos.DEFAULT_MAX_PIXELS, batch_size: int = 8,
+               canvas_size: int | None = None, buckets: bool = True):
+    """`predictor` is an `inference.Predictor`.
+
+    `canvas_size` is the side S the photo's longer side is resized to (default: the model's
+    training size); with `buckets` the canvas's shorter side fits the photo (rounded up to a
+    multiple of 32) instead of padding it to S: fewer pixels, the same crops within noise
+    (experiments/README.md). Both need a model without retrieval (`flexible_canvas`).
+    """
     self.predictor = predictor
     self.nms_iou = nms_iou
     self.max_pixels = max_pixels
     self.batch_size = batch_size
+    if canvas_size is not None and (canvas_size <= 0 or canvas_size % CANVAS_MULTIPLE):
+      raise ValueError(f"canvas_size={canvas_size}: use a positive multiple of "
+                       f"{CANVAS_MULTIPLE}")
+    self.canvas_size = int(canvas_size or predictor.image_size)
+    flexible = predictor.flexible_canvas
+    if self.canvas_size != predictor.image_size and not flexible:
+      raise ValueError(
+          f"canvas_size={canvas_size}: this model uses retrieval, whose fusion was built for "
+          f"its training canvas ({predictor.image_size} px); leave canvas_size unset")
+    self.buckets = bool(buckets) and flexible
+
+  def canvas_shape(self, width: int, height: int) -> tuple[int, int]:
+    """(height, width) of the canvas a width x height photo is put on: its bucket."""
+    return photos.canvas_shape(width, height, self.canvas_size,
+                               CANVAS_MULTIPLE if self.buckets else None)[:2]
 
   @classmethod
   def pretrained(cls, name_or_path: str | os.PathLike[str] | None = None, **kwargs
@@ -208,10 +236,16 @@ class Cropper:
     """`crop` for many photos, batched."""
     target = _as_target(aspect)
     prepared = [self.prepare(_to_pil(image, self.max_pixels)) for image in images]
-    out = []
-    for start in range(0, len(prepared), self.batch_size):
-      chunk = prepared[start:start + self.batch_size]
-      out.extend(c[target.label] for c in self.crop_batch(chunk, [target], top_k=top_k))
+    buckets: dict[tuple[int, ...], list[int]] = {}  # Canvas shape -> photos on it.
+    for i, p in enumerate(prepared):
+      buckets.setdefault(p.canvas.shape, []).append(i)
+    out: list[list[Crop]] = [[] for _ in prepared]
+    for indices in buckets.values():
+      for start in range(0, len(indices), self.batch_size):
+        chunk = indices[start:start + self.batch_size]
+        crops = self.crop_batch([prepared[i] for i in chunk], [target], top_k=top_k)
+        for i, c in zip(chunk, crops):
+          out[i] = c[target.label]
     return out
 
   def score(self, image: ImageLike, boxes: Sequence[Sequence[float]]) -> np.ndarray:
@@ -231,7 +265,8 @@ class Cropper:
   # ---------------------------------------------------------------------------------- batches
   def prepare(self, image: Image.Image) -> _Prepared:
     """An upright PIL photo on the model's canvas."""
-    canvas, valid_hw = photos.canvas(image, self.predictor.image_size)
+    canvas, valid_hw = photos.canvas(image, self.canvas_size,
+                                     CANVAS_MULTIPLE if self.buckets else None)
     return _Prepared(canvas, valid_hw, image.size)
 
   def _predict(self, batch: list[_Prepared], boxes: np.ndarray | None = None,
@@ -245,6 +280,10 @@ class Cropper:
     return {k: v[:n] for k, v in outputs.items()}
 
   def _padded(self, batch: list[_Prepared]) -> tuple[np.ndarray, np.ndarray]:
+    shapes = {p.canvas.shape[:2] for p in batch}
+    if len(shapes) > 1:
+      raise ValueError(f"one batch holds canvases of several shapes {sorted(shapes)}: batch "
+                       "photos of the same Cropper.canvas_shape")
     size = max(self.batch_size, len(batch))
     pad = [batch[0]] * (size - len(batch))
     return (np.stack([p.canvas for p in batch + pad]),
@@ -313,7 +352,7 @@ def _output_bases(inputs: Sequence[photos.Input]) -> list[pathlib.PurePath]:
   return bases
 
 
-def _decode(item: photos.Input, image_size: int, max_pixels: int, cropper: Cropper):
+def _decode(item: photos.Input, max_pixels: int, cropper: Cropper):
   """(Photo, prepared) or a PhotoError; runs in a worker thread."""
   try:
     photo = photos.read_photo(item.source, max_pixels=max_pixels)
@@ -368,12 +407,15 @@ def run(inputs: Sequence[photos.Input], cropper: Cropper, *, out_dir: str | os.P
             "crops": []})
       failed += 1
 
-    emit_later: dict[int, dict[str, Any]] = {}  # Records waiting for their crops to be written.
+    Decoded = tuple[int, photos.Photo, _Prepared]  # (input index, photo, its canvas)
+    written: list[tuple[list[Decoded], dict[int, dict[str, Any]], list]] = []
 
-    def finish(batch: list[tuple[int, photos.Photo, _Prepared]]) -> None:
-      nonlocal ok, failed
+    def finish(batch: list[Decoded]) -> None:
+      """Crops one batch (one canvas bucket) and starts writing its crops; the records of the
+      previous batch are emitted once its writes are done, so writing overlaps the next
+      batch's model pass."""
       crops = cropper.crop_batch([p for _, _, p in batch], targets, top_k=top_k)
-      writes = []
+      records, writes = {}, []
       for (index, photo, prepared), by_target in zip(batch, crops):
         item, base = inputs[index], bases[index]
         fmt_name = photos.output_format(photo, fmt)
@@ -389,9 +431,16 @@ def run(inputs: Sequence[photos.Input], cropper: Cropper, *, out_dir: str | os.P
         preview = out / "index_files" / f"{base.as_posix()}.jpg"
         writes.append((writer.submit(_save_preview, prepared, preview), index))
         width, height = photo.size
-        emit_later[index] = {"path": item.source, "status": "ok", "error": None,
-                             "width": width, "height": height, "crops": record_crops,
-                             "preview": preview.relative_to(out).as_posix()}
+        records[index] = {"path": item.source, "status": "ok", "error": None,
+                          "width": width, "height": height, "crops": record_crops,
+                          "preview": preview.relative_to(out).as_posix()}
+      written.append((batch, records, writes))
+      if len(written) > 1:
+        settle(*written.pop(0))
+
+    def settle(batch: list[Decoded], records: dict[int, dict[str, Any]], writes: list) -> None:
+      """Waits for a batch's writes and emits its records (an error where a write failed)."""
+      nonlocal ok, failed
       write_errors = {}
       for future, index in writes:
         try:
@@ -399,7 +448,7 @@ def run(inputs: Sequence[photos.Input], cropper: Cropper, *, out_dir: str | os.P
         except (OSError, ValueError) as e:
           write_errors.setdefault(index, f"cannot write a crop ({type(e).__name__}: {e})")
       for index, _, _ in batch:
-        record = emit_later.pop(index)
+        record = records[index]
         if index in write_errors:
           record.update(status="error", error=write_errors[index])
           failed += 1
@@ -408,9 +457,12 @@ def run(inputs: Sequence[photos.Input], cropper: Cropper, *, out_dir: str | os.P
         emit(record)
       bar.update(len(batch))
 
-    pending: list[tuple[int, photos.Photo, _Prepared]] = []
-    decoded = _ordered(decoder, lambda i: (i, _decode(inputs[i], cropper.predictor.image_size,
-                                                      cropper.max_pixels, cropper)),
+    # Decoded photos wait in their canvas bucket until it fills a batch. At most
+    # `max_waiting` wait in all (the fullest bucket goes as a partial batch beyond that), so
+    # memory stays bounded however the photos' shapes are mixed.
+    buckets: dict[tuple[int, ...], list[Decoded]] = {}
+    max_waiting = 2 * cropper.batch_size
+    decoded = _ordered(decoder, lambda i: (i, _decode(inputs[i], cropper.max_pixels, cropper)),
                        range(len(inputs)), lookahead=2 * cropper.batch_size)
     for index, result in decoded:
       if isinstance(result, photos.PhotoError):
@@ -419,12 +471,16 @@ def run(inputs: Sequence[photos.Input], cropper: Cropper, *, out_dir: str | os.P
         failed += 1
         bar.update(1)
         continue
-      pending.append((index, *result))
-      if len(pending) == cropper.batch_size:
-        finish(pending)
-        pending = []
-    if pending:
-      finish(pending)
+      bucket = buckets.setdefault(result[1].canvas.shape, [])
+      bucket.append((index, *result))
+      if len(bucket) == cropper.batch_size:
+        finish(buckets.pop(result[1].canvas.shape))
+      elif sum(len(b) for b in buckets.values()) > max_waiting:
+        finish(buckets.pop(max(buckets, key=lambda k: len(buckets[k]))))
+    for shape in list(buckets):
+      finish(buckets.pop(shape))
+    while written:
+      settle(*written.pop(0))
   bar.close()
   write_index(out, records)
   return RunSummary(len(inputs) + len(problems), ok, failed, out, time.perf_counter() - start)
@@ -518,6 +574,10 @@ def build_parser(prog: str = "procrop crop") -> argparse.ArgumentParser:
                       f"{model_zoo.DEFAULT_MODEL})")
   parser.add_argument("--batch-size", type=_positive_int, default=8,
                       help="photos per model call (default: %(default)s)")
+  parser.add_argument("--canvas-size", type=_positive_int, default=None,
+                      help="pixels of the photo's longer side as the model sees it, a multiple "
+                      "of 32 (default: the model's training size); smaller is faster "
+                      "(experiments/README.md measures speed and quality)")
   parser.add_argument("--format", choices=photos.FORMAT_CHOICES, default="keep",
                       help="format of the crops (default: the input's)")
   parser.add_argument("--quality", type=int, default=92, choices=range(1, 101),
@@ -535,7 +595,8 @@ def build_parser(prog: str = "procrop crop") -> argparse.ArgumentParser:
 def _load_cropper(args: argparse.Namespace) -> Cropper:
   """The cropper the flags ask for; a problem is one line and exit status 2."""
   from procrop_jax import model_zoo  # pylint: disable=g-import-not-at-top  (imports JAX)
-  kwargs = dict(nms_iou=args.nms_iou, max_pixels=args.max_pixels, batch_size=args.batch_size)
+  kwargs = dict(nms_iou=args.nms_iou, max_pixels=args.max_pixels, batch_size=args.batch_size,
+                canvas_size=args.canvas_size)
   try:
     if args.workdir:
       return Cropper.from_workdir(args.workdir, best=args.best, **kwargs)
@@ -565,6 +626,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "procrop crop") -> in
     parser.error("--best needs --workdir")
   if args.workdir and args.model:
     parser.error("give --workdir or --model, not both")
+  if args.canvas_size is not None and args.canvas_size % CANVAS_MULTIPLE:
+    parser.error(f"--canvas-size {args.canvas_size}: use a multiple of {CANVAS_MULTIPLE}")
   if not 0 <= args.nms_iou <= 1:
     parser.error(f"--nms-iou {args.nms_iou}: use a value in [0, 1]")
   if args.paths.count(photos.STDIN) > 1:

@@ -283,6 +283,16 @@ class Predictor:
   def num_references(self) -> int:
     return int(self.config.model.num_references)
 
+  @property
+  def flexible_canvas(self) -> bool:
+    """Whether the model takes canvases of another size or shape than its training S x S.
+
+    Its positions are normalised to the photo and padding tokens are masked, so without
+    retrieval any canvas whose sides are multiples of the backbone's stride works. With
+    retrieval, the fusion's token mixing and the reference embedding expect S x S.
+    """
+    return self.num_references == 0
+
   def model(self) -> procrop.ProCrop:
     """The model as an NNX module (for statistics; predict with `predict`)."""
     return nnx.merge(self.graphdef, self.state["params"], self.rng_state, self.state["rest"])
@@ -363,8 +373,9 @@ class Predictor:
     """Crops for a batch of canvases, on the host.
 
     Args:
-      images: [B, S, S, 3] float32 canvases in [0, 1] (`photos.canvas`).
-      image_valid_hw: [B, 2] the photo's (h, w) as a fraction of S.
+      images: [B, H, W, 3] float32 canvases in [0, 1] (`photos.canvas`): S x S, or any size
+        when `flexible_canvas`.
+      image_valid_hw: [B, 2] the photo's (h, w) as fractions of H and W.
       boxes: optional [B, Q, 4] normalised xyxy boxes to score instead of proposing.
       features: optional `self.features(images)`: the backbone is then skipped (needs
         `reuses_features`).

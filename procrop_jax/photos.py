@@ -332,28 +332,46 @@ def save_crop(photo: Photo, box: Sequence[int], path: pathlib.Path, *, fmt: str,
       tmp.unlink()
 
 
-def canvas(image: Image.Image, image_size: int) -> tuple[np.ndarray, np.ndarray]:
-  """The model's input: (float32 [S, S, 3] in [0, 1], the photo at the top-left; valid (h, w)).
+def canvas_shape(width: int, height: int, image_size: int, multiple: int | None = None
+                 ) -> tuple[int, int, int, int]:
+  """(canvas height, canvas width, photo height, photo width) of a photo on the model's canvas.
 
-  The longer side is resized to S with antialiased bilinear resampling, as in training.
+  The photo's longer side is resized to S = image_size. Without `multiple` the canvas is S x S;
+  with it, the canvas's shorter side is the photo's rounded up to a multiple of `multiple`
+  (the backbone's stride, 32, keeps the token grid aligned with the canvas): a 3:2 photo at
+  S = 320 sits on a 320 x 224 canvas, 30% fewer pixels to run the model on than 320 x 320.
   """
-  rgb = to_rgb(image)
-  width, height = rgb.size
   scale = image_size / max(width, height)
   new_w = min(image_size, max(1, round(width * scale)))
   new_h = min(image_size, max(1, round(height * scale)))
+  if multiple is None:
+    return image_size, image_size, new_h, new_w
+  fit = lambda side: min(image_size, -(-side // multiple) * multiple)
+  return fit(new_h), fit(new_w), new_h, new_w
+
+
+def canvas(image: Image.Image, image_size: int, multiple: int | None = None
+           ) -> tuple[np.ndarray, np.ndarray]:
+  """The model's input: (float32 [H, W, 3] in [0, 1], the photo at the top-left; valid (h, w)
+  as fractions of the canvas's height and width).
+
+  The longer side is resized to S = image_size with antialiased bilinear resampling, as in
+  training. The canvas is S x S, or with `multiple` just large enough (`canvas_shape`).
+  """
+  rgb = to_rgb(image)
+  canvas_h, canvas_w, new_h, new_w = canvas_shape(*rgb.size, image_size, multiple)
   # reducing_gap first box-averages very large photos: several times faster, visually the same.
   small = rgb.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=3.0)
-  out = np.zeros((image_size, image_size, 3), np.float32)
+  out = np.zeros((canvas_h, canvas_w, 3), np.float32)
   out[:new_h, :new_w] = np.asarray(small, np.float32) / 255.0
-  return out, np.array([new_h, new_w], np.float32) / image_size
+  return out, np.array([new_h / canvas_h, new_w / canvas_w], np.float32)
 
 
 def from_canvas(canvas_pixels: np.ndarray, valid_hw: np.ndarray) -> np.ndarray:
   """The photo part of a canvas (`canvas`, or an eval batch's image) as uint8 [h, w, 3]: the
   photo as the model saw it, for previews."""
-  s = canvas_pixels.shape[0]
-  h, w = (max(1, int(round(float(v) * s))) for v in valid_hw)
+  h, w = (max(1, int(round(float(v) * side)))
+          for v, side in zip(valid_hw, canvas_pixels.shape[:2]))
   return (np.clip(canvas_pixels[:h, :w], 0, 1) * 255 + 0.5).astype(np.uint8)
 
 

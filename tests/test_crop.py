@@ -68,7 +68,8 @@ def test_parse_size():
     ([], "no inputs"), (["x.jpg", "--aspect", "0:1"], "aspect '0:1'"),
     (["x.jpg", "--aspect", "abc"], "aspect 'abc'"), (["x.jpg", "--bogus"], "--bogus"),
     (["x.jpg", "--best"], "--best needs --workdir"),
-    (["x.jpg", "--aspect", "1:1", "--aspect", "1:1"], "twice")])
+    (["x.jpg", "--aspect", "1:1", "--aspect", "1:1"], "twice"),
+    (["x.jpg", "--canvas-size", "100"], "multiple of 32")])
 def test_usage_errors_exit_2_with_one_line(args, message, capsys):
   with pytest.raises(SystemExit) as exit_info:
     crop.main(args)
@@ -186,3 +187,50 @@ def test_crops_keep_the_icc_profile_and_reset_the_orientation(tmp_path):
     assert out.info["icc_profile"] == icc and out.size == (48, 30)
     assert out.getexif()[0x0112] == 1 and out.getexif()[0x010F] == "TestCam"
   assert not os.path.exists(tmp_path / ".out.jpg.tmp")
+
+
+@pytest.mark.parametrize("size, bucket, photo_hw", [
+    ((600, 400), (224, 320), (213, 320)),  # 3:2 landscape: 320 x 224 instead of 320 x 320.
+    ((400, 600), (320, 224), (320, 213)),  # Portrait.
+    ((800, 600), (256, 320), (240, 320)),  # 4:3.
+    ((500, 500), (320, 320), (320, 320)),
+    ((2000, 3), (32, 320), (1, 320)),  # Extremely thin: at least one stride.
+])
+def test_canvas_buckets_fit_the_photo_to_a_multiple_of_the_stride(size, bucket, photo_hw):
+  image = Image.new("RGB", size, (255, 255, 255))
+  assert photos.canvas_shape(*size, 320, crop.CANVAS_MULTIPLE) == (*bucket, *photo_hw)
+  canvas, valid_hw = photos.canvas(image, 320, crop.CANVAS_MULTIPLE)
+  assert canvas.shape == (*bucket, 3)
+  np.testing.assert_allclose(valid_hw, np.divide(photo_hw, bucket), rtol=1e-6)
+  # The photo fills exactly its valid part; the rest is padding.
+  h, w = photo_hw
+  assert canvas[:h, :w].min() == 1.0 and canvas.sum() == h * w * 3
+  assert photos.from_canvas(canvas, valid_hw).shape == (*photo_hw, 3)
+  # Without buckets: the S x S canvas of training.
+  assert photos.canvas(image, 320)[0].shape == (320, 320, 3)
+
+
+class _FakePredictor:
+  image_size = 320
+
+  def __init__(self, flexible_canvas):
+    self.flexible_canvas = flexible_canvas
+
+
+def test_canvas_size_and_buckets_need_a_model_without_retrieval():
+  flexible = crop.Cropper(_FakePredictor(True), canvas_size=192)
+  assert flexible.canvas_shape(600, 400) == (128, 192)
+  assert crop.Cropper(_FakePredictor(True), buckets=False).canvas_shape(600, 400) == (320, 320)
+  with_retrieval = crop.Cropper(_FakePredictor(False))
+  assert not with_retrieval.buckets and with_retrieval.canvas_shape(600, 400) == (320, 320)
+  with pytest.raises(ValueError, match="retrieval"):
+    crop.Cropper(_FakePredictor(False), canvas_size=192)
+  with pytest.raises(ValueError, match="multiple of 32"):
+    crop.Cropper(_FakePredictor(True), canvas_size=200)
+
+
+def test_a_batch_of_mixed_canvas_shapes_is_refused():
+  cropper = crop.Cropper(_FakePredictor(True))
+  batch = [cropper.prepare(Image.new("RGB", size)) for size in ((600, 400), (400, 600))]
+  with pytest.raises(ValueError, match="several shapes"):
+    cropper._padded(batch)  # pylint: disable=protected-access

@@ -50,10 +50,10 @@ def test_command_on_a_tree_of_good_and_bad_files(cropper, tmp_path, monkeypatch)
   summary = crop.run(inputs, cropper, out_dir="out", targets=[crop.parse_aspect("16:9"),
                                                               crop.parse_size("32x32")],
                      top_k=2, problems=problems, progress=False)
-  # A fixed set of compiled passes for the whole run, whatever the photos: proposals, the
-  # candidates of the fixed ratios, their refinement (one canvas bucket, fixed counts) ...
+  # A fixed set of compiled passes per canvas bucket, whatever the photos: proposals, the
+  # candidates of the fixed ratios, their refinement (fixed counts) ...
   compiled = cropper.predictor.compilations()
-  assert compiled - before <= 3
+  assert compiled - before <= 3 * len(_buckets(cropper, tmp_path, expected))
   # ... and none more for another run over the same photos.
   crop.run(inputs, cropper, out_dir="out2", targets=[crop.parse_aspect("16:9"),
                                                     crop.parse_size("32x32")],
@@ -90,6 +90,49 @@ def test_command_on_a_tree_of_good_and_bad_files(cropper, tmp_path, monkeypatch)
   html = (tmp_path / "out/index.html").read_text()
   refs = re.findall(r"(?:src|href)='([^']+)'", html)
   assert refs and all((tmp_path / "out" / urllib.parse.unquote(u)).is_file() for u in refs)
+
+
+def _buckets(cropper, root, expected) -> set[tuple[int, int]]:
+  sizes = [Image.open(root / name).size for name, status in expected.items() if status == "ok"]
+  return {cropper.canvas_shape(*size) for size in sizes}
+
+
+@pytest.fixture(scope="module")
+def flexible_cropper():
+  """A model without retrieval (random weights: shapes and compilations, not quality)."""
+  from configs import testing  # pylint: disable=g-import-not-at-top
+  from procrop_jax import inference  # pylint: disable=g-import-not-at-top
+  config = testing.get_config()
+  config.model.num_references = 0
+  predictor = inference.Predictor(model_zoo.create_model(config), config, source="random")
+  return crop.Cropper(predictor, batch_size=2)
+
+
+@pytest.mark.slow
+def test_photos_share_canvas_buckets_and_each_compiles_once(flexible_cropper, tmp_path,
+                                                             monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  expected = _tree(tmp_path)
+  buckets = _buckets(flexible_cropper, tmp_path, expected)
+  assert 1 < len(buckets) < list(expected.values()).count("ok")  # Similar shapes share one.
+  inputs, problems = photos.list_inputs(["a", "b"], exclude="out")
+  before = flexible_cropper.predictor.compilations()
+  targets = [crop.FREE, crop.parse_aspect("1:1")]
+  summary = crop.run(inputs, flexible_cropper, out_dir="out", targets=targets, top_k=2,
+                     problems=problems, progress=False)
+  assert (summary.ok, summary.failed) == (6, 2)
+  compiled = flexible_cropper.predictor.compilations()
+  assert compiled - before <= 3 * len(buckets)
+  crop.run(inputs, flexible_cropper, out_dir="out2", targets=targets, top_k=2, problems=[],
+           progress=False)
+  assert flexible_cropper.predictor.compilations() == compiled
+  # A photo's crops do not depend on the photos batched with it.
+  lines = (tmp_path / "out/results.jsonl").read_text().splitlines()
+  records = [json.loads(line) for line in lines]
+  record = next(r for r in records if r["path"] == "b/deep/tall.webp")
+  alone = flexible_cropper.crop(tmp_path / "b/deep/tall.webp", top_k=2)
+  free = [c["box"] for c in record["crops"] if c["aspect"] == "free"]
+  assert [list(c.box) for c in alone] == free
 
 
 @pytest.mark.slow
