@@ -133,7 +133,7 @@ def train_step(state: State, batch: dict[str, jax.Array], *, graphdef, rng_state
 
   `is_frozen` (an nnx filter, `frozen_filter(config)`) names the parameters that never train.
   """
-  rng_state = _reseed(rng_state, jax.random.fold_in(base_key, state["step"]))
+  dropout_key = jax.random.fold_in(base_key, state["step"])
 
   # Frozen parameters are not differentiated at all: a frozen backbone's backward pass is most
   # of the step's compute and compile time.
@@ -151,7 +151,10 @@ def train_step(state: State, batch: dict[str, jax.Array], *, graphdef, rng_state
 
   def loss_fn(trainable_params):
     params = nnx.merge_state(frozen, trainable_params) if frozen else trainable_params
-    outputs, rest = inference.forward(graphdef, params, state["rest"], rng_state, batch,
+    # Reseeded here, inside the differentiated function: dropout advances the RNG variables'
+    # counts, which NNX allows only at the trace level that created them.
+    step_rng_state = _reseed(rng_state, dropout_key)
+    outputs, rest = inference.forward(graphdef, params, state["rest"], step_rng_state, batch,
                                       train=True, query_boxes=pairs,
                                       with_proposals=pairs is not None)
     loss, terms = losses.crop_loss(outputs, _targets(batch), loss_config)
