@@ -1,11 +1,18 @@
 """CAD generation shared by the processes of a multi-process run: each makes its slice."""
 
+import json
+import os
 import pathlib
+import subprocess
+import sys
 
 from PIL import Image
 import pytest
 
+from configs import testing
+from procrop_jax import photos as photos_lib
 from procrop_jax.cad import generate
+from tests.conftest import REPO_ROOT, free_port
 from tests.test_cad import smooth_photo
 
 SETTINGS = dict(variants_per_photo=2, max_side=64, progress=False)
@@ -76,3 +83,55 @@ def test_a_share_that_left_no_record_stops_the_merge(tmp_path, photos):
   with pytest.raises(generate.IncompleteCADError,
                      match=r"missing: cad_failures\.part-00001-of-00002\.json.*shared by all"):
     generate.merge_failure_parts(tmp_path, process_count=2, allow_failures=False)
+
+
+def _run_processes(tmp_path, sections, name):
+  config = tmp_path / f"{name}.json"
+  config.write_text(json.dumps(sections))
+  env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="3")
+  env.pop("XLA_FLAGS", None)
+  port = free_port()
+  workers = [subprocess.Popen(
+      [sys.executable, str(REPO_ROOT / "tests" / "cad_worker.py"), str(i), "2", str(port),
+       str(config), str(tmp_path / name)], cwd=REPO_ROOT, env=env,
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  for worker in workers:
+    output, _ = worker.communicate(timeout=300)
+    assert worker.returncode == 0, output
+  return [json.loads((tmp_path / f"{name}.p{i}.json").read_text()) for i in range(2)]
+
+
+def test_two_processes_generate_their_shares_and_build_once(tmp_path):
+  config = testing.get_config()
+  config.cad.max_side = 64
+  generate.generate_cad("skimage", tmp_path / "one", variants_per_photo=2, max_side=64,
+                        seed=config.seed, progress=False)
+  # Two processes joined by jax.distributed (tests/cad_worker.py), as the hosts of a training
+  # run, with the manual_dir and data_dir in one folder that both see.
+  sections = {"data": dict(manual_dir=str(tmp_path / "manual"), data_dir=str(tmp_path / "tfds")),
+              "cad": config.cad.to_dict()}
+  hosts = _run_processes(tmp_path, sections, "shared")
+
+  # JAX itself saw two processes: ensure_dataset took the multi-process path.
+  assert [(h["process_index"], h["process_count"]) for h in hosts] == [(0, 2), (1, 2)]
+  assert all("error" not in h for h in hosts), hosts
+  ids = photos_lib.photo_ids(photos_lib.skimage_photo_paths())
+  generated = [h["generated"] for h in hosts]
+  assert [len(generated[0]), len(generated[1])] == [5, 4]  # Each process made its share...
+  assert sorted(generated[0] + generated[1]) == sorted(ids)
+  # ... and together the single-process set, byte for byte, with no failure parts left.
+  assert _files(tmp_path / "manual") == _files(tmp_path / "one")
+  assert [h["built"] for h in hosts] == [True, False]  # Built once, by process 0.
+  names = {f"{i}_{k}" for i in ids for k in range(2)}
+  assert set(hosts[0]["examples"]) == names
+  assert hosts[0]["examples"] == hosts[1]["examples"]  # Both read the same examples.
+
+  # Hosts that do not share the manual_dir: process 0 names what it cannot see, and every
+  # process stops (none waits forever for another) without building a partial set.
+  sections["data"].update(manual_dir=str(tmp_path / "apart_{process}"),
+                          data_dir=str(tmp_path / "tfds_apart"))
+  hosts = _run_processes(tmp_path, sections, "apart")
+  assert hosts[0]["error"].startswith("IncompleteCADError")
+  assert "cad_failures.part-00001-of-00002.json" in hosts[0]["error"]
+  assert hosts[1]["error"].startswith("OtherProcessFailedError: process 0 of 2")
+  assert not any(h["built"] for h in hosts)
