@@ -5,6 +5,9 @@ professional photos with `--config.cad.source=/path/to/photos` (see data/README.
 
   python -m procrop_jax.main --config=configs/cad.py --workdir=workdirs/cad
 
+In a multi-process run each process generates its slice of the photos and process 0 builds the
+set, so data.manual_dir and data.data_dir must be on storage shared by all hosts.
+
 Refinement rounds (procrop_jax/refine_cad.py) alternate with training: the trained run adds its
 best crops to the training canvases' annotations, and a second run, started from the first,
 trains on them (its dataset is rebuilt because the annotations changed):

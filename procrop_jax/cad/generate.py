@@ -19,6 +19,11 @@ and listed with their errors in `<out>/cad_failures.json`. The `procrop_cad` bui
 set with failures unless they were allowed (`allow_failures`, `config.cad.allow_failures`,
 `--allow_failures`); a later run in which every photo succeeds removes the file.
 
+The processes of a multi-process run share the work (`process_index`, `process_count`): each
+makes the variants of its slice of the sorted photos (`process_share`) in the same folder, and
+writes its failures to a part file; once all have finished, one of them merges the parts into
+`cad_failures.json` (`merge_failure_parts`).
+
   python -m procrop_jax.cad.generate --source=skimage --out=data/manual/procrop_cad_default
 """
 
@@ -47,6 +52,7 @@ from procrop_jax.cad import sources
 
 MARKER = "cad_generation.json"  # Written by the generator: its parameters and sources.
 FAILURES = "cad_failures.json"  # Written when photos failed: which, why, and if allowed.
+FAILURE_PARTS = "cad_failures.part-*.json"  # One per process of a multi-process generation.
 PSEUDO_LABEL_SCORE = 5
 
 
@@ -120,6 +126,69 @@ def read_failures(out_dir: str | pathlib.Path) -> dict | None:
     return json.loads(path.read_text())
   except ValueError as e:
     raise IncompleteCADError(f"{path} is unreadable ({e}): run the CAD generation again") from None
+
+
+def process_share(paths: Sequence[str | pathlib.PurePath], process_index: int,
+                  process_count: int) -> list[int]:
+  """The positions in `paths` of the photos that process `process_index` of `process_count`
+  generates: every `process_count`-th photo of the sorted list, from the `process_index`-th.
+
+  The sorted list makes the split independent of the order the photos were listed in, so the
+  processes agree on it without talking to each other.
+  """
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"need 0 <= process_index < process_count, got {process_index} of "
+                     f"{process_count}")
+  order = sorted(range(len(paths)), key=lambda i: str(paths[i]))
+  return sorted(order[process_index::process_count])
+
+
+def _failure_part(out_dir: pathlib.Path, process_index: int, process_count: int) -> pathlib.Path:
+  return out_dir / f"cad_failures.part-{process_index:05d}-of-{process_count:05d}.json"
+
+
+def _write_failures(out_dir: pathlib.Path, photos: int, errors: dict[str, str],
+                    allow_failures: bool) -> None:
+  """Writes `FAILURES`, or removes a stale one when no photo failed; parts are then spent."""
+  if errors:
+    artifacts.atomic_write_json(out_dir / FAILURES, {
+        "photos": photos, "errors": errors, "allow_failures": allow_failures},
+                                indent=1, sort_keys=True)
+  else:
+    (out_dir / FAILURES).unlink(missing_ok=True)
+  for part in out_dir.glob(FAILURE_PARTS):  # Also those of an interrupted run.
+    part.unlink(missing_ok=True)
+
+
+def merge_failure_parts(out_dir: str | pathlib.Path, *, process_count: int,
+                        allow_failures: bool) -> dict[str, str]:
+  """Combines the failure parts of a multi-process generation into `FAILURES`.
+
+  Run by one process once every process has finished its share (after a barrier).
+
+  Returns:
+    Every failed photo with its error.
+
+  Raises:
+    IncompleteCADError: a process's part is not there: it did not finish, or `out_dir` is not
+      on storage that all the processes share (each then sees only its own files).
+  """
+  out_dir = pathlib.Path(out_dir)
+  parts = [_failure_part(out_dir, p, process_count) for p in range(process_count)]
+  missing = [part.name for part in parts if not part.exists()]
+  if missing:
+    raise IncompleteCADError(
+        f"CAD generation into {out_dir} is incomplete: {len(missing)} of {process_count} "
+        f"processes left no record of their photos here (missing: {', '.join(missing[:3])}"
+        f"{', ...' if len(missing) > 3 else ''}). A multi-process run needs the manual_dir "
+        "on storage shared by all hosts (each host generates only its share of the photos).")
+  photos, errors = 0, {}
+  for part in parts:
+    record = json.loads(part.read_text())
+    photos += record["photos"]
+    errors.update(record["errors"])
+  _write_failures(out_dir, photos, errors, allow_failures)
+  return errors
 
 
 def check_complete(out_dir: str | pathlib.Path) -> None:
@@ -291,12 +360,14 @@ class VariantMaker:
 def begin_generation(photos: Sequence[str | pathlib.Path] | str, out_dir: str | pathlib.Path,
                      *, variants_per_photo: int, min_area_fraction: float,
                      max_area_fraction: float, seed: int, max_side: int | None,
-                     outpainter: outpaint_lib.OutPainter | None
+                     outpainter: outpaint_lib.OutPainter | None,
+                     process_index: int = 0, process_count: int = 1
                      ) -> tuple[VariantMaker, list[PhotoTask], GenerationReport]:
   """Checks and records the parameters in `out_dir` (`MARKER`) and finds what is missing.
 
-  Returns the maker of variants, the photos that still miss variants, and a report that counts
-  the variants already there (`generate_cad` and the Beam pipeline then fill it in).
+  Returns the maker of variants, the photos of this process's share (`process_share`) that
+  still miss variants, and a report of that share that counts the variants already there
+  (`generate_cad` and the Beam pipeline then fill it in).
   """
   paths = [pathlib.Path(p) for p in (sources.photo_paths(photos) if isinstance(photos, str)
                                      else photos)]
@@ -315,11 +386,14 @@ def begin_generation(photos: Sequence[str | pathlib.Path] | str, out_dir: str | 
       "photos": {i: str(p) for i, p in zip(ids, paths)},
   }
   _check_same_parameters(out_dir, marker)
+  # Every process writes the same marker, atomically: a reader sees one whole copy, and no
+  # variant is written into a folder whose parameters are not recorded.
   artifacts.atomic_write_json(out_dir / MARKER, marker, indent=1)
 
-  report = GenerationReport(photos=len(paths))
+  share = process_share(paths, process_index, process_count)
+  report = GenerationReport(photos=len(share))
   tasks = []
-  for path, photo_id in zip(paths, ids):
+  for path, photo_id in ((paths[i], ids[i]) for i in share):
     missing = tuple(k for k in range(variants_per_photo)
                     if not _variant_done(out_dir, f"{photo_id}_{k}"))
     report.kept += variants_per_photo - len(missing)
@@ -332,18 +406,23 @@ def begin_generation(photos: Sequence[str | pathlib.Path] | str, out_dir: str | 
 
 
 def finish_generation(report: GenerationReport, out_dir: str | pathlib.Path, *,
-                      allow_failures: bool, start: float) -> GenerationReport:
-  """Records the failures (`FAILURES`, or removes a stale record) and logs the totals."""
+                      allow_failures: bool, start: float, process_index: int = 0,
+                      process_count: int = 1) -> GenerationReport:
+  """Records the failures (`FAILURES`, or removes a stale record) and logs the totals.
+
+  One of several processes writes its part instead (even with no failures: the part says that
+  it finished); `merge_failure_parts` makes the record of them all.
+  """
   out_dir = pathlib.Path(out_dir)
   report.failed_photos.sort()
   report.seconds = time.perf_counter() - start
-  if report.errors:
-    artifacts.atomic_write_json(out_dir / FAILURES, {
-        "photos": report.photos, "errors": report.errors, "allow_failures": allow_failures},
-                                indent=1, sort_keys=True)
-    logging.warning("CAD: %s", report.failure_summary())
+  if process_count > 1:
+    artifacts.atomic_write_json(_failure_part(out_dir, process_index, process_count), {
+        "photos": report.photos, "errors": report.errors}, indent=1, sort_keys=True)
   else:
-    (out_dir / FAILURES).unlink(missing_ok=True)
+    _write_failures(out_dir, report.photos, report.errors, allow_failures)
+  if report.errors:
+    logging.warning("CAD: %s", report.failure_summary())
   logging.info("CAD: %d photos, %d variants written, %d kept, %d photos failed, %.1f s",
                report.photos, report.written, report.kept, len(report.failed_photos),
                report.seconds)
@@ -355,7 +434,8 @@ def generate_cad(photos: Sequence[str | pathlib.Path] | str, out_dir: str | path
                  max_area_fraction: float = 0.8, workers: int = 2, seed: int = 0,
                  max_side: int | None = 1024,
                  outpainter: outpaint_lib.OutPainter | None = None,
-                 progress: bool = True, allow_failures: bool = False) -> GenerationReport:
+                 progress: bool = True, allow_failures: bool = False,
+                 process_index: int = 0, process_count: int = 1) -> GenerationReport:
   """Generates (or completes) a CAD dataset in `out_dir`, on a few threads of this process.
 
   For a large set, `procrop_jax.cad.generate_beam.generate_cad_beam` writes the same files
@@ -375,15 +455,20 @@ def generate_cad(photos: Sequence[str | pathlib.Path] | str, out_dir: str | path
     progress: show a progress bar.
     allow_failures: record in `FAILURES` that the set may be built without the photos that
       failed (they are reported either way).
+    process_index, process_count: this process's place among the processes that share the
+      work (`process_share`); with more than one, each writes a failure part, and one of them
+      runs `merge_failure_parts` once all have finished.
 
   Returns:
-    What was written, kept and failed (with each failure's error), and how long it took.
+    What was written, kept and failed in this process's share (with each failure's error),
+    and how long it took.
   """
   start = time.perf_counter()
   maker, tasks, report = begin_generation(
       photos, out_dir, variants_per_photo=variants_per_photo,
       min_area_fraction=min_area_fraction, max_area_fraction=max_area_fraction, seed=seed,
-      max_side=max_side, outpainter=outpainter)
+      max_side=max_side, outpainter=outpainter, process_index=process_index,
+      process_count=process_count)
   total = sum(len(task.variants) for task in tasks)
   with tqdm.tqdm(total=total, desc=f"CAD -> {out_dir}", unit="img",
                  disable=not progress or not total) as bar:
@@ -392,7 +477,8 @@ def generate_cad(photos: Sequence[str | pathlib.Path] | str, out_dir: str | path
       for future in concurrent.futures.as_completed(futures):
         report.add(*future.result())
         bar.update(len(futures[future].variants))
-  return finish_generation(report, out_dir, allow_failures=allow_failures, start=start)
+  return finish_generation(report, out_dir, allow_failures=allow_failures, start=start,
+                           process_index=process_index, process_count=process_count)
 
 
 def define_flags() -> None:

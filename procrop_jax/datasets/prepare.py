@@ -5,6 +5,10 @@ r"""Makes sure the configured dataset is built, generating CAD data first where 
 builds what `--config`'s `data` section names (and prints the skip report). The
 trainer calls `ensure_dataset(config.data, config.cad, seed=config.seed)` before it reads data.
 A build is reused while the source recorded beside it (`source_record`) is the configured one.
+
+In a multi-process JAX run (`jax.distributed`) every process calls `ensure_dataset`: each
+generates its share of the CAD photos, and process 0 alone builds the dataset while the others
+wait. The manual_dir and data_dir must then be on storage shared by all hosts.
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ import dataclasses
 import os
 import pathlib
 import shutil
+import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from absl import logging
+import numpy as np
 import tensorflow_datasets as tfds
 
 from procrop_jax import settings as settings_lib
@@ -44,6 +50,55 @@ class CadSettings:
   workers: int
   max_side: int
   allow_failures: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Processes:
+  """This process's place in a multi-process run, and how the processes wait for each other."""
+  index: int = 0
+  count: int = 1
+  # Waits for every process to pass whether it failed; returns the indices of those that did.
+  gather_failures: Callable[[bool], list[int]] = lambda failed: [0] if failed else []
+
+
+def _processes() -> Processes:
+  """The processes of this jax.distributed run; one process where there is none.
+
+  JAX is looked at only where the caller has imported it (the trainer, the evaluator), so the
+  dataset command stays JAX-free and never touches an accelerator.
+  """
+  jax = sys.modules.get("jax")
+  if jax is None or not jax.distributed.is_initialized() or jax.process_count() == 1:
+    return Processes()
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  def gather_failures(failed: bool) -> list[int]:
+    flags = multihost_utils.process_allgather(np.asarray(failed, np.int32))
+    return [int(i) for i in np.flatnonzero(flags)]
+  return Processes(jax.process_index(), jax.process_count(), gather_failures)
+
+
+class OtherProcessFailedError(RuntimeError):
+  """Another process of a multi-process run failed a step of preparing the dataset."""
+
+
+def _step(processes: Processes, what: str, work: Callable[[], Any]) -> Any:
+  """Runs `work` here, then waits for every process to finish its own.
+
+  Where it failed on any process, it fails on all of them: one that went on alone would wait
+  for the others at the next step forever.
+  """
+  try:
+    result = work()
+  except Exception:
+    processes.gather_failures(True)
+    raise
+  failed = processes.gather_failures(False)
+  if failed:
+    raise OtherProcessFailedError(
+        f"process {', '.join(map(str, failed))} of {processes.count} could not {what} "
+        "(its log says why)")
+  return result
 
 
 class SourceChangedError(RuntimeError):
@@ -75,17 +130,26 @@ def _generation(cad: CadSettings, seed: int) -> dict[str, Any]:
           "max_area_fraction": float(cad.max_area_fraction), "max_side": int(cad.max_side)}
 
 
-def _generate_cad(manual_dir: str, cad: CadSettings, seed: int) -> None:
-  print(f"Generating CAD data from {cad.source!r} into {manual_dir}", flush=True)
-  report = generate.generate_cad(
+def _generate_cad(manual_dir: str, cad: CadSettings, seed: int, processes: Processes) -> None:
+  """Generates this process's share; returns once every process has finished its own."""
+  share = f" (share {processes.index + 1} of {processes.count})" if processes.count > 1 else ""
+  print(f"Generating CAD data from {cad.source!r} into {manual_dir}{share}", flush=True)
+  report = _step(processes, "generate its CAD share", lambda: generate.generate_cad(
       cad.source, manual_dir, variants_per_photo=cad.variants_per_photo,
       min_area_fraction=cad.min_area_fraction, max_area_fraction=cad.max_area_fraction,
       workers=cad.workers, seed=seed, max_side=cad.max_side,
-      allow_failures=bool(cad.allow_failures))
-  print(f"CAD: {report.written} images written ({report.images_per_second:.1f}/s), "
+      allow_failures=bool(cad.allow_failures), process_index=processes.index,
+      process_count=processes.count))
+  print(f"CAD{share}: {report.written} images written ({report.images_per_second:.1f}/s), "
         f"{report.kept} already there, {len(report.failed_photos)} photos failed", flush=True)
   if report.errors:
-    print(f"CAD: {report.failure_summary()}", flush=True)
+    print(f"CAD{share}: {report.failure_summary()}", flush=True)
+  def merge_failures() -> None:  # Once every share is done.
+    if processes.index == 0:
+      generate.merge_failure_parts(manual_dir, process_count=processes.count,
+                                   allow_failures=bool(cad.allow_failures))
+  if processes.count > 1:
+    _step(processes, "combine the CAD failure records", merge_failures)
   generate.check_complete(manual_dir)  # Before TFDS starts: the error is the first thing seen.
 
 
@@ -108,6 +172,13 @@ def ensure_dataset(config_data: Any, cad_config: Any = None, *,
   `procrop_cad` set whose annotations a refinement round changed since it was built is built
   again (unless `rebuild_stale` is False: the refinement round itself only needs the images).
 
+  In a multi-process JAX run every process must call it: each generates its share of the CAD
+  photos (`generate.process_share`) into the manual directory, then process 0 alone builds the
+  dataset while the others wait, and they open its build. The manual_dir and data_dir must be
+  on storage shared by all hosts: where a host cannot see the others' files, process 0 stops
+  with an IncompleteCADError that names the missing processes' records. A step that fails on
+  one process fails on all (OtherProcessFailedError on the others).
+
   Args:
     config_data: `config.data` (dataset, builder_config, data_dir, manual_dir).
     cad_config: `config.cad`, or None: no CAD generation.
@@ -123,7 +194,9 @@ def ensure_dataset(config_data: Any, cad_config: Any = None, *,
       message counts them and names the first few) and `cad_config.allow_failures` is not set.
     procrop_jax.cad.generate.GenerationMismatchError: the manual directory holds CAD made with
       other generation parameters.
+    OtherProcessFailedError: in a multi-process run, another process failed a step.
   """
+  processes = _processes()
   data = settings_lib.read(BuildSettings, config_data, "config.data")
   cad = None
   if cad_config is not None:
@@ -159,9 +232,25 @@ def ensure_dataset(config_data: Any, cad_config: Any = None, *,
           f"{source_record.summary(recorded)}; the config names "
           f"{source_record.summary(wanted)}", flush=True)
 
+  # Every process has read the build and the source as they were before anyone writes.
+  _step(processes, "check the dataset", lambda: None)
   start = time.perf_counter()
   if generation:
-    _generate_cad(manual_dir, cad, seed)
+    _generate_cad(manual_dir, cad, seed, processes)
+  def build() -> None:
+    if processes.index == 0:  # One builder: builds into the same data_dir would race.
+      _build(name, config_name, data_dir, manual_dir, generation, stale=stale)
+  _step(processes, f"build {name}", build)
+  builder = tfds.builder(name, config=config_name, data_dir=data_dir)
+  print(f"Prepared {builder.info.full_name} in {time.perf_counter() - start:.1f} s",
+        flush=True)
+  return builder
+
+
+def _build(name: str, config_name: str | None, data_dir: str | None, manual_dir: str | None,
+           generation: dict[str, Any] | None, *, stale: bool) -> None:
+  """Builds (or rebuilds) the dataset, records its source and prints its skip report."""
+  builder = tfds.builder(name, config=config_name, data_dir=data_dir)
   if stale:  # Removed only now: a generation that refuses leaves the old build in place.
     shutil.rmtree(builder.data_dir)
     builder = tfds.builder(name, config=config_name, data_dir=data_dir)
@@ -176,9 +265,6 @@ def ensure_dataset(config_data: Any, cad_config: Any = None, *,
     print(f"  {split}: {counts['kept']} of {counts['entries']} kept; skipped "
           f"{counts['skipped'] or 'none'}; boxes dropped {counts['dropped_boxes'] or 'none'}",
           flush=True)
-  print(f"Prepared {builder.info.full_name} in {time.perf_counter() - start:.1f} s",
-        flush=True)
-  return builder
 
 
 def main(argv: Sequence[str]) -> None:

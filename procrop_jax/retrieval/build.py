@@ -5,7 +5,7 @@ r"""Builds the professional-photo database: `main --mode=build_index`.
 
 Steps (multi-host: every process runs this with the same config):
   1. process 0 prepares the photo dataset if needed (a TFDS builder; by default `photo_folder`
-     over the CAD source photos), then all processes wait at a barrier;
+     over the CAD source photos) while the others wait (`prepare.ensure_dataset`);
   2. each process reads its slice of the photos (`tfds.split_for_jax_process`), runs the jitted
      backbone over its local devices (embedding.TokenExtractor) and writes its own shard of
      float16 reference tokens, batch by batch into a memory map (bounded memory; a progress bar;
@@ -184,10 +184,7 @@ def _open_photos(config: Any, *, batch_size: int, all_processes: bool = False):
   """(this host's number of photos, its batch iterator) for the database dataset."""
 
   data_config = database_data_config(config)
-  if jax.process_index() == 0 or all_processes:
-    prepare.ensure_dataset(data_config)
-  if not all_processes:
-    _barrier("procrop_retrieval_dataset_prepared")
+  prepare.ensure_dataset(data_config)  # Every process: process 0 builds, the others wait.
   settings = input_pipeline.DataSettings.from_config(data_config)
   builder = input_pipeline.load_builder(settings)
   split = settings.eval_split
