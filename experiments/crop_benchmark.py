@@ -1,22 +1,28 @@
 r"""`procrop crop` against smartcrop on the same photos, in the same run: photos/s end to end.
 
-  python -m experiments.crop_benchmark [--photos DIR] [--limit N] [--aspect 1:1]
-      [--workdir DIR | --model NAME_OR_PATH | --config configs/fcdb_cpu.py]
+  python -m experiments.crop_benchmark [--photos DIR] [--limit N] [--aspect 1:1] [--top-k 1]
+      [--canvas-sizes 320,192] [--workdir DIR | --model NAME_OR_PATH | --config configs/fcdb_cpu.py]
 
-Measures, on the first N photos of DIR (default: the FCDB images in ../shared/data/fcdb/data):
+Measures, on the first N photos of DIR (default: the FCDB images in ../shared/data/fcdb/data),
+for each canvas size S of --canvas-sizes (default: the model's training size; photos on canvas
+buckets, see procrop_jax/crop.py):
 
-  procrop_free_photos_per_s    `procrop crop` free crops, decode to written results (crops,
-                               results.jsonl, index.html), after a warm-up that compiles
-  procrop_aspect_photos_per_s  the same with one --aspect
-  smartcrop_photos_per_s       the smartcrop package (pip install -e '.[bench]'): decode, crop of
-                               that aspect, write the crop
-  model_gflops_per_photo       XLA's FLOP count of one forward pass (free; and with the aspect's
-                               candidates), retrieval not included
-  model_gflops_per_s           FLOP/s of the model alone on full batches, against
+  procrop_free_photos_per_s    `procrop crop` free crops (--top-k per photo), decode to written
+                               results (crops, results.jsonl, index.html), after a first pass
+                               over the same photos that compiled every bucket
+  procrop_free_cold_photos_per_s  that first pass, compilations included
+  procrop_aspect_photos_per_s  the same with one --aspect (warm)
+  model_only_photos_per_s      the model's passes alone on those photos' canvases, full batches
+  model_gflops_per_photo       XLA's FLOP count of one forward pass, averaged over the photos'
+                               buckets (free; and with the aspect's first-pass candidates)
+  model_gflops_per_s           FLOP/s of the model alone, against
   matmul_gflops_per_s          a 2048 x 2048 float32 matrix product timed in the same run
+  smartcrop_photos_per_s       the smartcrop package (pip install -e '.[bench]'): decode, one
+                               crop of that aspect, write the crop
 
---config builds the model of a config with its ImageNet backbone and a random head: the timing
-is that of a trained model of that config, the crops are meaningless. Prints one JSON line.
+smartcrop writes one crop per photo, hence --top-k 1 by default. --config builds the model of a
+config with its ImageNet backbone and a random head: the timing is that of a trained model of
+that config, the crops are meaningless. Prints one JSON line per canvas size.
 """
 
 from __future__ import annotations
@@ -51,11 +57,11 @@ def matmul_flops_per_second(n: int = 2048) -> float:
   return 2 * n ** 3 / _timed(lambda: matmul(a).block_until_ready(), repeats=5)
 
 
-def build_cropper(args):
+def build_predictor(args):
   from procrop_jax import crop  # pylint: disable=g-import-not-at-top
   from procrop_jax import inference  # pylint: disable=g-import-not-at-top
   if args.workdir:
-    return crop.Cropper.from_workdir(args.workdir, batch_size=args.batch_size)
+    return inference.Predictor.from_workdir(args.workdir)
   if args.config:
     import importlib.util  # pylint: disable=g-import-not-at-top
     from procrop_jax import model_zoo  # pylint: disable=g-import-not-at-top
@@ -63,18 +69,17 @@ def build_cropper(args):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config()
-    predictor = inference.Predictor(model_zoo.create_model(config), config, source=args.config)
-    return crop.Cropper(predictor, batch_size=args.batch_size)
-  return crop.Cropper.pretrained(args.model, batch_size=args.batch_size)
+    return inference.Predictor(model_zoo.create_model(config), config, source=args.config)
+  return crop.Cropper.pretrained(args.model).predictor
 
 
-def run_procrop(cropper, paths, out: pathlib.Path, targets) -> float:
+def run_procrop(cropper, paths, out: pathlib.Path, targets, top_k: int) -> float:
   from procrop_jax import crop  # pylint: disable=g-import-not-at-top
   from procrop_jax import photos  # pylint: disable=g-import-not-at-top
   inputs, problems = photos.list_inputs([str(p) for p in paths])
   shutil.rmtree(out, ignore_errors=True)
-  summary = crop.run(inputs, cropper, out_dir=out, targets=targets, top_k=3, problems=problems,
-                     progress=False)
+  summary = crop.run(inputs, cropper, out_dir=out, targets=targets, top_k=top_k,
+                     problems=problems, progress=False)
   return summary.photos_per_second
 
 
@@ -97,66 +102,84 @@ def run_smartcrop(paths, out: pathlib.Path, ratio: float) -> float:
   return len(paths) / (time.perf_counter() - start)
 
 
+def model_figures(cropper, paths) -> dict[str, float]:
+  """The model alone on the photos' canvases (full batches per bucket), and its FLOPs."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from procrop_jax import aspect  # pylint: disable=g-import-not-at-top
+  from procrop_jax.models import procrop  # pylint: disable=g-import-not-at-top
+  prepared = [cropper.prepare(Image.open(p)) for p in paths]
+  buckets = {}
+  for p in prepared:
+    buckets.setdefault(p.canvas.shape[:2], []).append(p)
+  model = cropper.predictor.model()
+  flops, flops_aspect, seconds = 0.0, 0.0, 0.0
+  for shape, members in buckets.items():
+    share = len(members) / len(prepared)
+    flops += share * procrop.flops_per_image(model, canvas_hw=shape)
+    flops_aspect += share * procrop.flops_per_image(
+        model, canvas_hw=shape, num_query_boxes=aspect.first_pass_count(model.num_queries))
+    batch = (members * cropper.batch_size)[:cropper.batch_size]
+    cropper._predict(batch)  # pylint: disable=protected-access  (compiles)
+    seconds += share * _timed(lambda: cropper._predict(batch),  # pylint: disable=protected-access
+                              repeats=3) / cropper.batch_size
+  return {"flops": flops, "flops_aspect": flops_aspect, "seconds": seconds,
+          "buckets": len(buckets)}
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--photos", default=str(DEFAULT_PHOTOS))
   parser.add_argument("--limit", type=int, default=50)
   parser.add_argument("--aspect", default="1:1")
+  parser.add_argument("--top-k", type=int, default=1)
   parser.add_argument("--batch-size", type=int, default=8)
+  parser.add_argument("--canvas-sizes", default="",
+                      help="comma-separated canvas sizes (default: the model's training size)")
   source = parser.add_mutually_exclusive_group()
   source.add_argument("--workdir")
   source.add_argument("--model")
   source.add_argument("--config")
   args = parser.parse_args()
 
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from procrop_jax import aspect  # pylint: disable=g-import-not-at-top
   from procrop_jax import crop  # pylint: disable=g-import-not-at-top
   from procrop_jax import photos  # pylint: disable=g-import-not-at-top
-  from procrop_jax.models import procrop  # pylint: disable=g-import-not-at-top
   paths = sorted(p for p in pathlib.Path(args.photos).rglob("*")
                  if p.suffix.lower() in photos.IMAGE_SUFFIXES)[:args.limit]
   if not paths:
     raise SystemExit(f"no photos in {args.photos}")
   target = crop.parse_aspect(args.aspect)
-  cropper = build_cropper(args)
-  predictor = cropper.predictor
+  predictor = build_predictor(args)
+  sizes = [int(v) for v in args.canvas_sizes.split(",") if v] or [predictor.image_size]
   tmp = pathlib.Path(tempfile.mkdtemp(prefix="crop_benchmark_"))
   try:
-    # Warm-up: compiles both forward passes (and builds any reference database).
-    for targets in ([crop.FREE], [target]):
-      run_procrop(cropper, paths[:2], tmp / "warmup", targets)
-    free = run_procrop(cropper, paths, tmp / "free", [crop.FREE])
-    aspect = run_procrop(cropper, paths, tmp / "aspect", [target])
     smart = run_smartcrop(paths, tmp / "smartcrop", target.ratio)
-
-    model = predictor.model()
-    flops_free = procrop.flops_per_image(model)
-    flops_aspect = procrop.flops_per_image(model, num_query_boxes=aspect.first_pass_count(model.num_queries))
-    s, b = predictor.image_size, cropper.batch_size
-    images = np.random.default_rng(0).uniform(0, 1, (b, s, s, 3)).astype(np.float32)
-    valid = np.ones((b, 2), np.float32)
-    predictor.predict(images, valid)
-    model_seconds = _timed(lambda: predictor.predict(images, valid), repeats=3) / b
     matmul = matmul_flops_per_second()
+    for size in sizes:
+      cropper = crop.Cropper(predictor, batch_size=args.batch_size, canvas_size=size)
+      cold = run_procrop(cropper, paths, tmp / "cold", [crop.FREE], args.top_k)
+      run_procrop(cropper, paths, tmp / "warmup", [target], args.top_k)  # Compiles the rest.
+      free = run_procrop(cropper, paths, tmp / "free", [crop.FREE], args.top_k)
+      fixed = run_procrop(cropper, paths, tmp / "aspect", [target], args.top_k)
+      model = model_figures(cropper, paths)
+      print(json.dumps({
+          "photos": len(paths), "model": predictor.source, "canvas_size": size,
+          "canvas_buckets": model["buckets"], "batch_size": args.batch_size,
+          "top_k": args.top_k, "aspect": target.label, "cpu_count": os.cpu_count(),
+          "procrop_free_photos_per_s": round(free, 3),
+          "procrop_free_cold_photos_per_s": round(cold, 3),
+          "procrop_aspect_photos_per_s": round(fixed, 3),
+          "smartcrop_photos_per_s": round(smart, 3),
+          "speedup_free_vs_smartcrop": round(free / smart, 2),
+          "speedup_aspect_vs_smartcrop": round(fixed / smart, 2),
+          "model_gflops_per_photo": round(model["flops"] / 1e9, 3),
+          "model_gflops_per_photo_aspect": round(model["flops_aspect"] / 1e9, 3),
+          "model_only_photos_per_s": round(1 / model["seconds"], 3),
+          "model_gflops_per_s": round(model["flops"] / model["seconds"] / 1e9, 2),
+          "matmul_gflops_per_s": round(matmul / 1e9, 2),
+          "model_fraction_of_matmul": round(model["flops"] / model["seconds"] / matmul, 3),
+      }), flush=True)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
-  figures = {
-      "photos": len(paths), "model": predictor.source, "image_size": predictor.image_size,
-      "batch_size": b, "aspect": target.label, "cpu_count": os.cpu_count(),
-      "procrop_free_photos_per_s": round(free, 3),
-      "procrop_aspect_photos_per_s": round(aspect, 3),
-      "smartcrop_photos_per_s": round(smart, 3),
-      "speedup_free_vs_smartcrop": round(free / smart, 2),
-      "speedup_aspect_vs_smartcrop": round(aspect / smart, 2),
-      "model_gflops_per_photo": round(flops_free / 1e9, 3),
-      "model_gflops_per_photo_aspect": round(flops_aspect / 1e9, 3),
-      "model_only_photos_per_s": round(1 / model_seconds, 3),
-      "model_gflops_per_s": round(flops_free / model_seconds / 1e9, 2),
-      "matmul_gflops_per_s": round(matmul / 1e9, 2),
-      "model_fraction_of_matmul": round(flops_free / model_seconds / matmul, 3),
-  }
-  print(json.dumps(figures), flush=True)
 
 
 if __name__ == "__main__":

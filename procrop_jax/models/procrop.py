@@ -374,14 +374,15 @@ def param_count(model: nnx.Module) -> int:
 
 
 def flops_per_image(model: ProCrop, *, num_references: int | None = None,
-                    num_query_boxes: int | None = None) -> float:
-  """XLA's FLOP count of one inference forward pass on a single image at model.image_size.
+                    num_query_boxes: int | None = None,
+                    canvas_hw: tuple[int, int] | None = None) -> float:
+  """XLA's FLOP count of one inference forward pass on a single image.
 
   num_references defaults to the model's K; num_query_boxes scores that many given boxes instead
-  of proposing.
+  of proposing; canvas_hw is the canvas's (height, width), by default model.image_size square.
   """
   k = model.num_references if num_references is None else num_references
-  s = model.image_size
+  h, w = canvas_hw or (model.image_size, model.image_size)
   graphdef, state = nnx.split(model)
   c_ref = model.backbone.feature_channels["stride32"]
 
@@ -389,7 +390,7 @@ def flops_per_image(model: ProCrop, *, num_references: int | None = None,
     return nnx.merge(graphdef, state)(images, image_valid_hw=valid, reference_tokens=refs,
                                       query_boxes=boxes)
 
-  args = (jax.ShapeDtypeStruct((1, s, s, 3), jnp.float32),
+  args = (jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32),
           jax.ShapeDtypeStruct((1, 2), jnp.float32),
           jax.ShapeDtypeStruct((1, k, model.tokens_grid ** 2, c_ref), jnp.float32) if k else None,
           jax.ShapeDtypeStruct((1, num_query_boxes, 4), jnp.float32) if num_query_boxes else None)
