@@ -2,7 +2,7 @@ r"""Cropping photos: the `Cropper` API, the `procrop crop` command and `main --m
 
   procrop crop PATH... [--out DIR] [--aspect W:H ...] [--size WxH ...] [--top-k K]
                        [--workdir DIR [--best] | --model NAME_OR_PATH] [--batch-size B]
-                       [--canvas-size S]
+                       [--canvas-size S] [--compile-cache DIR]
                        [--format keep|jpg|png|webp]
 
 (`python -m procrop_jax.crop ...` is the same.) PATH is any mix of files, folders (recursive),
@@ -31,11 +31,13 @@ estimated IoU with an expert's crop).
 
 Photos are decoded in threads while the model runs, and crops are written while the model runs
 on the next batch. Each photo's longer side is resized to the model's canvas size S
-(--canvas-size; default the size it was trained at), and its shorter side is padded only up to
-the next multiple of 32: photos of similar shapes share a canvas bucket (a 3:2 photo at S = 320
-runs on 320 x 224), batches are formed per bucket and padded to --batch-size, candidate lists to a
-fixed count per aspect, so a run compiles its forward passes once per bucket. (A model with
-retrieval keeps its S x S canvas.) results.jsonl lists the inputs in the order they finish.
+(--canvas-size; default the size it was trained at), and its shorter side is padded to the
+smallest of a few canvas buckets that holds it (CANVAS_BUCKETS: 9/16, 3/4 and all of S, in
+multiples of 32), not always to S: a 3:2 photo at S = 320 runs on 320 x 256, a 16:9 one on
+320 x 192. Batches are formed per bucket and padded to --batch-size, candidate lists to a fixed
+count per aspect, so a run compiles its forward passes once per bucket; --compile-cache keeps
+the compiled passes for the next run. (A model with retrieval keeps its S x S canvas.)
+results.jsonl lists the inputs in the order they finish.
 """
 
 from __future__ import annotations
@@ -64,6 +66,9 @@ from procrop_jax import photos
 
 DEFAULT_OUT = "crops"
 CANVAS_MULTIPLE = 32  # The backbone's stride: canvas sides are multiples of it.
+# The canvas's shorter side, as fractions of S: 16:9 photos, 4:3 and 3:2 ones, the rest. Few
+# buckets: each compiles its own forward passes (seconds each on a CPU).
+CANVAS_BUCKETS = (9 / 16, 3 / 4, 1.0)
 _ASPECT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[:x/]\s*(\d+(?:\.\d+)?)\s*$")
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
@@ -185,9 +190,9 @@ class Cropper:
     """`predictor` is an `inference.Predictor`.
 
     `canvas_size` is the side S the photo's longer side is resized to (default: the model's
-    training size); with `buckets` the canvas's shorter side fits the photo (rounded up to a
-    multiple of 32) instead of padding it to S: fewer pixels, the same crops within noise
-    (experiments/README.md). Both need a model without retrieval (`flexible_canvas`).
+    training size); with `buckets` the canvas's shorter side is the smallest of
+    `CANVAS_BUCKETS` that holds the photo's instead of S: fewer pixels, the same crops within
+    noise (experiments/README.md). Both need a model without retrieval (`flexible_canvas`).
     """
     self.predictor = predictor
     self.nms_iou = nms_iou
@@ -207,7 +212,7 @@ class Cropper:
   def canvas_shape(self, width: int, height: int) -> tuple[int, int]:
     """(height, width) of the canvas a width x height photo is put on: its bucket."""
     return photos.canvas_shape(width, height, self.canvas_size,
-                               CANVAS_MULTIPLE if self.buckets else None)[:2]
+                               CANVAS_BUCKETS if self.buckets else None)[:2]
 
   @classmethod
   def pretrained(cls, name_or_path: str | os.PathLike[str] | None = None, **kwargs
@@ -266,7 +271,7 @@ class Cropper:
   def prepare(self, image: Image.Image) -> _Prepared:
     """An upright PIL photo on the model's canvas."""
     canvas, valid_hw = photos.canvas(image, self.canvas_size,
-                                     CANVAS_MULTIPLE if self.buckets else None)
+                                     CANVAS_BUCKETS if self.buckets else None)
     return _Prepared(canvas, valid_hw, image.size)
 
   def _predict(self, batch: list[_Prepared], boxes: np.ndarray | None = None,
@@ -588,8 +593,30 @@ def build_parser(prog: str = "procrop crop") -> argparse.ArgumentParser:
                       help="photos with more pixels are refused unread (default: %(default)s)")
   parser.add_argument("--workers", type=_positive_int, default=2,
                       help="threads decoding and writing photos (default: %(default)s)")
+  parser.add_argument("--compile-cache", default=_default_compile_cache(),
+                      help="folder of JAX's persistent compilation cache: later runs load the "
+                      "compiled model instead of compiling it; '' turns it off (default: "
+                      "%(default)s)")
   parser.add_argument("--quiet", action="store_true", help="no progress bar")
   return parser
+
+
+def _default_compile_cache() -> str:
+  """$JAX_COMPILATION_CACHE_DIR where it is set (empty: no cache), else the user's cache."""
+  if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+    return os.environ["JAX_COMPILATION_CACHE_DIR"]
+  cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(cache, "procrop_jax", "jax")
+
+
+def _use_compile_cache(folder: str) -> None:
+  """Keeps compiled passes on disk: each canvas bucket costs seconds of compilation on a CPU,
+  which a later run over photos of the same buckets then skips."""
+  if not folder:
+    return
+  import jax  # pylint: disable=g-import-not-at-top  (not at the CLI's start)
+  jax.config.update("jax_compilation_cache_dir", os.path.expanduser(folder))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def _load_cropper(args: argparse.Namespace) -> Cropper:
@@ -636,6 +663,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "procrop crop") -> in
   if len({t.label for t in targets}) != len(targets):
     parser.error("the same --aspect or --size is given twice")
   _hide_gpus_from_tensorflow()
+  _use_compile_cache(args.compile_cache)
   inputs, problems = photos.list_inputs(args.paths, exclude=args.out)
   try:
     cropper = _load_cropper(args)

@@ -332,34 +332,37 @@ def save_crop(photo: Photo, box: Sequence[int], path: pathlib.Path, *, fmt: str,
       tmp.unlink()
 
 
-def canvas_shape(width: int, height: int, image_size: int, multiple: int | None = None
+def canvas_shape(width: int, height: int, image_size: int,
+                 buckets: Sequence[float] | None = None, stride: int = 32
                  ) -> tuple[int, int, int, int]:
   """(canvas height, canvas width, photo height, photo width) of a photo on the model's canvas.
 
-  The photo's longer side is resized to S = image_size. Without `multiple` the canvas is S x S;
-  with it, the canvas's shorter side is the photo's rounded up to a multiple of `multiple`
-  (the backbone's stride, 32, keeps the token grid aligned with the canvas): a 3:2 photo at
-  S = 320 sits on a 320 x 224 canvas, 30% fewer pixels to run the model on than 320 x 320.
+  The photo's longer side is resized to S = image_size. Without `buckets` the canvas is S x S.
+  With them (fractions of S, ascending, the last 1.0) the canvas's shorter side is the smallest
+  bucket that holds the photo's, each bucket rounded up to a multiple of `stride` so that the
+  backbone's token grid stays aligned with the canvas: with (9/16, 3/4, 1) a 3:2 or 4:3 photo at
+  S = 320 sits on 320 x 256, a 16:9 one on 320 x 192.
   """
   scale = image_size / max(width, height)
   new_w = min(image_size, max(1, round(width * scale)))
   new_h = min(image_size, max(1, round(height * scale)))
-  if multiple is None:
+  if not buckets:
     return image_size, image_size, new_h, new_w
-  fit = lambda side: min(image_size, -(-side // multiple) * multiple)
+  sides = [min(image_size, -(-round(f * image_size) // stride) * stride) for f in buckets]
+  fit = lambda side: next((b for b in sides if b >= side), image_size)
   return fit(new_h), fit(new_w), new_h, new_w
 
 
-def canvas(image: Image.Image, image_size: int, multiple: int | None = None
+def canvas(image: Image.Image, image_size: int, buckets: Sequence[float] | None = None
            ) -> tuple[np.ndarray, np.ndarray]:
   """The model's input: (float32 [H, W, 3] in [0, 1], the photo at the top-left; valid (h, w)
   as fractions of the canvas's height and width).
 
   The longer side is resized to S = image_size with antialiased bilinear resampling, as in
-  training. The canvas is S x S, or with `multiple` just large enough (`canvas_shape`).
+  training. The canvas is S x S, or with `buckets` the bucket that holds it (`canvas_shape`).
   """
   rgb = to_rgb(image)
-  canvas_h, canvas_w, new_h, new_w = canvas_shape(*rgb.size, image_size, multiple)
+  canvas_h, canvas_w, new_h, new_w = canvas_shape(*rgb.size, image_size, buckets)
   # reducing_gap first box-averages very large photos: several times faster, visually the same.
   small = rgb.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=3.0)
   out = np.zeros((canvas_h, canvas_w, 3), np.float32)

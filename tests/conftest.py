@@ -13,6 +13,8 @@ if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
   os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# `procrop crop` keeps compiled passes in the user's cache unless told otherwise: not in tests.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", "")
 
 import pytest  # pylint: disable=g-import-not-at-top
 

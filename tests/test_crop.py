@@ -190,16 +190,18 @@ def test_crops_keep_the_icc_profile_and_reset_the_orientation(tmp_path):
 
 
 @pytest.mark.parametrize("size, bucket, photo_hw", [
-    ((600, 400), (224, 320), (213, 320)),  # 3:2 landscape: 320 x 224 instead of 320 x 320.
-    ((400, 600), (320, 224), (320, 213)),  # Portrait.
+    ((600, 400), (256, 320), (213, 320)),  # 3:2 landscape: 320 x 256 instead of 320 x 320.
+    ((400, 600), (320, 256), (320, 213)),  # Portrait.
     ((800, 600), (256, 320), (240, 320)),  # 4:3.
+    ((1920, 1080), (192, 320), (180, 320)),  # 16:9.
+    ((500, 420), (320, 320), (269, 320)),  # More than 3/4 of S (rounded up to 256).
     ((500, 500), (320, 320), (320, 320)),
-    ((2000, 3), (32, 320), (1, 320)),  # Extremely thin: at least one stride.
+    ((2000, 3), (192, 320), (1, 320)),  # Extremely thin: the smallest bucket.
 ])
-def test_canvas_buckets_fit_the_photo_to_a_multiple_of_the_stride(size, bucket, photo_hw):
+def test_canvas_buckets_are_the_smallest_that_holds_the_photo(size, bucket, photo_hw):
   image = Image.new("RGB", size, (255, 255, 255))
-  assert photos.canvas_shape(*size, 320, crop.CANVAS_MULTIPLE) == (*bucket, *photo_hw)
-  canvas, valid_hw = photos.canvas(image, 320, crop.CANVAS_MULTIPLE)
+  assert photos.canvas_shape(*size, 320, crop.CANVAS_BUCKETS) == (*bucket, *photo_hw)
+  canvas, valid_hw = photos.canvas(image, 320, crop.CANVAS_BUCKETS)
   assert canvas.shape == (*bucket, 3)
   np.testing.assert_allclose(valid_hw, np.divide(photo_hw, bucket), rtol=1e-6)
   # The photo fills exactly its valid part; the rest is padding.
@@ -208,6 +210,13 @@ def test_canvas_buckets_fit_the_photo_to_a_multiple_of_the_stride(size, bucket, 
   assert photos.from_canvas(canvas, valid_hw).shape == (*photo_hw, 3)
   # Without buckets: the S x S canvas of training.
   assert photos.canvas(image, 320)[0].shape == (320, 320, 3)
+
+
+def test_bucket_sides_are_multiples_of_the_stride_at_any_canvas_size():
+  for size in range(32, 640, 32):
+    for width in (size, size // 2, size // 3 + 1, 7):
+      h, w, _, _ = photos.canvas_shape(width, size, size, crop.CANVAS_BUCKETS)
+      assert h == size and w % crop.CANVAS_MULTIPLE == 0 and width * size / size <= w <= size
 
 
 class _FakePredictor:

@@ -1,8 +1,11 @@
 """`procrop crop` end to end on a trained tiny run: outputs, statuses, scores, compilations."""
 
 import json
+import os
 import pathlib
 import re
+import subprocess
+import sys
 import urllib.parse
 
 import numpy as np
@@ -13,6 +16,7 @@ import pytest
 from procrop_jax import crop
 from procrop_jax import model_zoo
 from procrop_jax import photos
+from tests.conftest import REPO_ROOT
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +171,16 @@ def test_command_with_an_exported_model_and_no_workdir(cropper, tmp_path, capsys
   assert code == 0, capsys.readouterr().err
   record = json.loads((tmp_path / "out/results.jsonl").read_text())
   assert record["status"] == "ok" and record["crops"][0]["file"].endswith(".png")
+  assert not (tmp_path / "cache").exists()  # No cache unless asked (tests turn it off).
+  # The installed command, in its own process: its compiled passes stay for the next run.
+  env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+  env.pop("JAX_COMPILATION_CACHE_DIR")
+  done = subprocess.run(
+      [sys.executable, "-m", "procrop_jax.crop", str(tmp_path / "x.jpg"), "--model", str(folder),
+       "--out", str(tmp_path / "out2"), "--quiet", "--compile-cache", str(tmp_path / "cache")],
+      env=env, capture_output=True, text=True, check=False)
+  assert done.returncode == 0, done.stderr
+  assert any((tmp_path / "cache").iterdir())
 
 
 @pytest.mark.slow
