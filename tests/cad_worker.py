@@ -13,7 +13,6 @@ or the error that stopped it.
 
 import hashlib
 import json
-import os
 import sys
 
 
@@ -24,19 +23,12 @@ def _text(value) -> str:
 def main() -> None:
   process_id, num_processes, port = (int(a) for a in sys.argv[1:4])
   config_path, out = sys.argv[4:6]
-  os.environ["CUDA_VISIBLE_DEVICES"] = ""
-  import jax  # pylint: disable=g-import-not-at-top
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(f"localhost:{port}", num_processes=num_processes,
-                             process_id=process_id)
-  from configs import testing  # pylint: disable=g-import-not-at-top
+  from tests import process_worker  # pylint: disable=g-import-not-at-top
+  jax = process_worker.join(process_id, num_processes, port)
   from procrop_jax.cad import generate  # pylint: disable=g-import-not-at-top
   from procrop_jax.datasets import prepare  # pylint: disable=g-import-not-at-top
 
-  config = testing.get_config()
-  with open(config_path) as f:
-    for section, values in json.load(f).items():
-      config[section].update(values)
+  config = process_worker.testing_config(config_path)
   config.data.manual_dir = config.data.manual_dir.format(process=process_id)
   # Records what this process generated and built itself; the work is left as it is.
   generated, built = [], []

@@ -11,7 +11,6 @@ and OUT.p<PROCESS_ID>.json (its process index and count, and the ids it computed
 """
 
 import json
-import os
 import sys
 
 # Two hosts of 4 devices: the extractor splits its batch of 8 over them like the test process's 8.
@@ -21,21 +20,13 @@ LOCAL_DEVICES = 4
 def main() -> None:
   process_id, num_processes, port = (int(a) for a in sys.argv[1:4])
   config_path, cache_dir, out = sys.argv[4:7]
-  os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={LOCAL_DEVICES}"
-  os.environ["CUDA_VISIBLE_DEVICES"] = ""
-  import jax  # pylint: disable=g-import-not-at-top
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(f"localhost:{port}", num_processes=num_processes,
-                             process_id=process_id)
-  from configs import testing  # pylint: disable=g-import-not-at-top
+  from tests import process_worker  # pylint: disable=g-import-not-at-top
+  jax = process_worker.join(process_id, num_processes, port, local_devices=LOCAL_DEVICES)
   from procrop_jax.retrieval import build  # pylint: disable=g-import-not-at-top
   from procrop_jax.retrieval import neighbors  # pylint: disable=g-import-not-at-top
   from tests.test_retrieval_build import patch_means  # pylint: disable=g-import-not-at-top
 
-  config = testing.get_config()
-  with open(config_path) as f:
-    for section, values in json.load(f).items():
-      config[section].update(values)
+  config = process_worker.testing_config(config_path)
   # Records what this process embedded and searched itself; the merge is left as it is.
   computed = []
   compute = neighbors.compute_neighbors
