@@ -1,7 +1,8 @@
 r"""`procrop crop` against smartcrop on the same photos, in the same run: photos/s end to end.
 
   python -m experiments.crop_benchmark [--photos DIR] [--limit N] [--aspect 1:1] [--top-k 1]
-      [--canvas-sizes 320,192] [--workdir DIR | --model NAME_OR_PATH | --config configs/fcdb_cpu.py]
+      [--canvas-sizes 320,192] [--no-buckets]
+      [--workdir DIR | --model NAME_OR_PATH | --config configs/fcdb_cpu.py]
 
 Measures, on the first N photos of DIR (default: the FCDB images in ../shared/data/fcdb/data),
 for each canvas size S of --canvas-sizes (default: the model's training size; photos on canvas
@@ -135,6 +136,8 @@ def main() -> None:
   parser.add_argument("--batch-size", type=int, default=8)
   parser.add_argument("--canvas-sizes", default="",
                       help="comma-separated canvas sizes (default: the model's training size)")
+  parser.add_argument("--buckets", action=argparse.BooleanOptionalAction, default=True,
+                      help="canvas buckets (--no-buckets: every photo on an S x S canvas)")
   source = parser.add_mutually_exclusive_group()
   source.add_argument("--workdir")
   source.add_argument("--model")
@@ -155,7 +158,8 @@ def main() -> None:
     smart = run_smartcrop(paths, tmp / "smartcrop", target.ratio)
     matmul = matmul_flops_per_second()
     for size in sizes:
-      cropper = crop.Cropper(predictor, batch_size=args.batch_size, canvas_size=size)
+      cropper = crop.Cropper(predictor, batch_size=args.batch_size, canvas_size=size,
+                             buckets=args.buckets)
       cold = run_procrop(cropper, paths, tmp / "cold", [crop.FREE], args.top_k)
       run_procrop(cropper, paths, tmp / "warmup", [target], args.top_k)  # Compiles the rest.
       free = run_procrop(cropper, paths, tmp / "free", [crop.FREE], args.top_k)
@@ -163,7 +167,8 @@ def main() -> None:
       model = model_figures(cropper, paths)
       print(json.dumps({
           "photos": len(paths), "model": predictor.source, "canvas_size": size,
-          "canvas_buckets": model["buckets"], "batch_size": args.batch_size,
+          "canvas_buckets": model["buckets"] if args.buckets else 0,
+          "batch_size": args.batch_size,
           "top_k": args.top_k, "aspect": target.label, "cpu_count": os.cpu_count(),
           "procrop_free_photos_per_s": round(free, 3),
           "procrop_free_cold_photos_per_s": round(cold, 3),
