@@ -42,7 +42,7 @@ def _commands_in(shell: str):
         and tokens[i + 2:i + 3] and tokens[i + 2].startswith("procrop_jax")):
       args = []
       for arg in tokens[i + 3:]:
-        if arg in ("&&", "||", ";", "|"):
+        if arg in ("&&", "||", ";", "|", "--"):  # After "--": another program's flags (Beam's).
           break
         args.append(arg)
       yield tokens[i + 2], args
@@ -65,9 +65,15 @@ COMMANDS = documented_commands()
 
 
 def _defined_flags(module: str) -> set[str]:
-  """Flag names the module defines with absl (also under `if __name__ == "__main__":`)."""
+  """Flag names the module defines with absl (also under `if __name__ == "__main__":`), and
+  those of a module whose `define_flags()` it calls (generate_beam shares generate's)."""
   source = pathlib_of(module).read_text()
-  return set(re.findall(r"DEFINE_\w+\(\s*\"(\w+)\"", source))
+  defined = set(re.findall(r"DEFINE_\w+\(\s*\"(\w+)\"", source))
+  imported = dict((alias, f"{package}.{alias}") for package, alias
+                  in re.findall(r"^from ([\w.]+) import (\w+)", source, re.MULTILINE))
+  for alias in re.findall(r"(\w+)\.define_flags\(\)", source):
+    defined |= _defined_flags(imported[alias])
+  return defined
 
 
 def pathlib_of(module: str):
