@@ -43,13 +43,13 @@ def _score(cropper: crop.Cropper, examples, with_aspect: bool) -> dict[str, floa
                             buckets=cropper.buckets, batch_size=1)
   start = time.perf_counter()
   crops = cropper.crop_many(images, top_k=5)
-  for ex, found in zip(examples, crops):
+  for ex, image, found in zip(examples, images, crops):
     h, w = (int(v) for v in ex["image_size"])
     free.add(ex["image_id"], np.array([c.box for c in found], np.float64), ex["boxes_px"], (h, w))
     if with_aspect:
       gt = ex["boxes_px"][0]
       ratio = float(gt[2] - gt[0]) / max(float(gt[3] - gt[1]), 1e-9)
-      found = one_by_one.crop(Image.fromarray(ex["image"]), aspect=ratio, top_k=1)
+      found = one_by_one.crop(image, aspect=ratio, top_k=1)
       told.add(ex["image_id"], np.array([c.box for c in found], np.float64), ex["boxes_px"],
                (h, w))
   result = free.result()
@@ -73,7 +73,7 @@ def main(argv):
   settings += [("buckets", int(size), True) for size in _SIZES.value]
   for name, size, buckets in settings:
     cropper = crop.Cropper(base.predictor, canvas_size=size, buckets=buckets)
-    shapes = {cropper.canvas_shape(*Image.fromarray(ex["image"]).size) for ex in examples}
+    shapes = {cropper.canvas_shape(ex["image"].shape[1], ex["image"].shape[0]) for ex in examples}
     print(json.dumps({"canvas": name, "size": size, "photos": len(examples),
                       "buckets": len(shapes), **_score(cropper, examples, _ASPECT.value)}),
           flush=True)
