@@ -106,7 +106,6 @@ def run_smartcrop(paths, out: pathlib.Path, ratio: float) -> float:
 def model_figures(cropper, paths) -> dict[str, float]:
   """The model alone on the photos' canvases (full batches per bucket), and its FLOPs."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from procrop_jax import aspect  # pylint: disable=g-import-not-at-top
   from procrop_jax.models import procrop  # pylint: disable=g-import-not-at-top
   prepared = [cropper.prepare(Image.open(p)) for p in paths]
   buckets = {}
@@ -118,7 +117,8 @@ def model_figures(cropper, paths) -> dict[str, float]:
     share = len(members) / len(prepared)
     flops += share * procrop.flops_per_image(model, canvas_hw=shape)
     flops_aspect += share * procrop.flops_per_image(
-        model, canvas_hw=shape, num_query_boxes=aspect.first_pass_count(model.num_queries))
+        model, canvas_hw=shape,
+        num_query_boxes=cropper.aspect_candidates.first_pass_count(model.num_queries))
     batch = (members * cropper.batch_size)[:cropper.batch_size]
     cropper._predict(batch)  # pylint: disable=protected-access  (compiles)
     seconds += share * _timed(lambda: cropper._predict(batch),  # pylint: disable=protected-access

@@ -4,32 +4,64 @@ Most requests fix the ratio (a 1:1 avatar, a 16:9 banner, a 4:5 post). The model
 crops; a crop of a given ratio is chosen among candidate boxes of that ratio (to within a pixel)
 by the given-box scoring path:
 
-1. the grid: the largest box of the ratio inside the photo at `GRID_SCALES` scales, at
-   `GRID_POSITIONS` x `GRID_POSITIONS` places;
+1. the grid: the largest box of the ratio inside the photo at `Candidates.grid_scales` scales,
+   at `grid_positions` x `grid_positions` places;
 2. the model's free proposals snapped to the ratio: for each, the largest box of the ratio inside
    it and the smallest one containing it (moved, or shrunk, into the photo), on its centre;
-3. a local refinement of the best `REFINE_TOP` candidates of steps 1-2: scaled by
+3. a local refinement of the best `refine_top` candidates of steps 1-2: scaled by
    `REFINE_SCALES` and shifted by `REFINE_SHIFT` of their size in x and y, scored in a second
    pass.
 
 Every pass scores a fixed number of boxes per request (short lists are padded by repeating), so
 the forward pass compiles once whatever the photo and the ratio. `choose` is shared by the
 `Cropper` and the aspect-conditioned evaluation protocol, so what is measured is what users get.
+The decoder's cost grows with the number of boxes scored: `FAST` (the cropper's and the
+evaluation's default) scores far fewer than `DENSE`; experiments/README.md has what each costs
+and scores.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Sequence
 
 import numpy as np
 
-GRID_SCALES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
-GRID_POSITIONS = 5
-GRID_CANDIDATES = len(GRID_SCALES) * GRID_POSITIONS ** 2
-REFINE_TOP = 3
 REFINE_SCALES = (0.94, 1.0, 1.06)
 REFINE_SHIFT = 0.04
-REFINE_CANDIDATES = REFINE_TOP * (len(REFINE_SCALES) * 9 - 1)
+REFINE_PER_BOX = len(REFINE_SCALES) * 9 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidates:
+  """Which candidate boxes of a ratio are scored (see the module docstring)."""
+  grid_scales: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
+  grid_positions: int = 5
+  refine_top: int = 3
+  proposals: int | None = None  # The best-scored proposals snapped; None: all of them.
+
+  @property
+  def grid_count(self) -> int:
+    return len(self.grid_scales) * self.grid_positions ** 2
+
+  @property
+  def refine_count(self) -> int:
+    return self.refine_top * REFINE_PER_BOX
+
+  def snapped_count(self, num_proposals: int) -> int:
+    """How many of `num_proposals` proposals are snapped to the ratio."""
+    return num_proposals if self.proposals is None else min(self.proposals, num_proposals)
+
+  def first_pass_count(self, num_proposals: int) -> int:
+    """Boxes scored per request in the first pass (grid + snapped proposals)."""
+    return self.grid_count + 2 * self.snapped_count(num_proposals)
+
+
+DENSE = Candidates()
+# 45 boxes per request instead of DENSE's 288, and as good on FCDB's validation slice (aspect-
+# conditioned IoU 0.763 vs 0.760, experiments/README.md): the snapped proposals and the local
+# refinement find the crop; the grid rarely does.
+FAST = Candidates(grid_scales=(1.0,), grid_positions=3, refine_top=1, proposals=5)
 
 # score_fn(boxes [B, Q, 4] normalised xyxy) -> scores [B, Q]: the model's given-box path.
 ScoreFn = Callable[[np.ndarray], np.ndarray]
@@ -71,8 +103,8 @@ def _check_ratio(ratio: float) -> None:
 
 
 def grid_candidates(ratio: float, size: tuple[int, int], *,
-                    scales: Sequence[float] = GRID_SCALES,
-                    positions: int = GRID_POSITIONS) -> np.ndarray:
+                    scales: Sequence[float] = DENSE.grid_scales,
+                    positions: int = DENSE.grid_positions) -> np.ndarray:
   """Distinct whole-pixel boxes [M, 4] of a (width, height) photo with width / height = ratio.
 
   The largest box of that ratio inside the photo at each scale, at positions x positions places.
@@ -128,11 +160,6 @@ def refine_candidates(boxes_px: np.ndarray, ratio: float, size: tuple[int, int])
   return np.array(out, np.int64).reshape(-1, 4)
 
 
-def first_pass_count(num_proposals: int) -> int:
-  """Boxes scored per request in the first pass (grid + snapped proposals)."""
-  return GRID_CANDIDATES + 2 * num_proposals
-
-
 def _fixed(boxes: np.ndarray, count: int) -> np.ndarray:
   """`boxes` [M, 4] repeated (or cut) to exactly `count` rows."""
   return np.resize(boxes, (count, 4))
@@ -145,7 +172,9 @@ def _normalised(boxes_px: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def choose(score_fn: ScoreFn, proposals_px: Sequence[np.ndarray],
            sizes: Sequence[tuple[int, int]], ratios: Sequence[Sequence[float]], *,
-           refine: bool = True) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+           candidates: Candidates = DENSE, refine: bool = True,
+           proposal_scores: Sequence[np.ndarray] | None = None
+           ) -> list[list[tuple[np.ndarray, np.ndarray]]]:
   """Scored candidate crops of each requested ratio for a batch of photos.
 
   Args:
@@ -153,7 +182,10 @@ def choose(score_fn: ScoreFn, proposals_px: Sequence[np.ndarray],
     proposals_px: per photo, the model's free proposals [N, 4] in pixels (same N for all).
     sizes: per photo, (width, height).
     ratios: per photo, the requested width / height ratios (the same count for every photo).
-    refine: also score the neighbours of the best REFINE_TOP candidates (a second pass).
+    candidates: which boxes to score.
+    refine: also score the neighbours of the best `candidates.refine_top` (a second pass).
+    proposal_scores: per photo, the proposals' own scores [N], needed when
+      `candidates.proposals` keeps only the best of them.
 
   Returns:
     Per photo, per ratio: (boxes [M, 4] whole pixels, distinct, of that ratio; scores [M]),
@@ -163,13 +195,20 @@ def choose(score_fn: ScoreFn, proposals_px: Sequence[np.ndarray],
   if any(len(r) != num_ratios for r in ratios):
     raise ValueError("every photo must ask for the same number of ratios")
   num_proposals = len(proposals_px[0])
-  count = first_pass_count(num_proposals)
+  snapped = candidates.snapped_count(num_proposals)
+  if snapped < num_proposals:
+    if proposal_scores is None:
+      raise ValueError("candidates.proposals keeps the best proposals: pass proposal_scores")
+    proposals_px = [np.asarray(p)[np.argsort(-np.asarray(s), kind="stable")[:snapped]]
+                    for p, s in zip(proposals_px, proposal_scores)]
+  count = candidates.first_pass_count(num_proposals)
   pools = []  # [photo][ratio] -> distinct boxes
   given = np.zeros((len(sizes), num_ratios * count, 4))
   for i, size in enumerate(sizes):
     pools.append([])
     for j, ratio in enumerate(ratios[i]):
-      boxes = np.concatenate([grid_candidates(ratio, size),
+      boxes = np.concatenate([grid_candidates(ratio, size, scales=candidates.grid_scales,
+                                              positions=candidates.grid_positions),
                               proposal_candidates(proposals_px[i], ratio, size)])
       boxes = np.array(list(dict.fromkeys(map(tuple, boxes.tolist()))), np.int64)
       pools[i].append(boxes)
@@ -178,23 +217,24 @@ def choose(score_fn: ScoreFn, proposals_px: Sequence[np.ndarray],
   pooled = [[(pools[i][j], scores[i, j * count:j * count + len(pools[i][j])])
              for j in range(num_ratios)] for i in range(len(sizes))]
 
-  if refine:
-    given = np.zeros((len(sizes), num_ratios * REFINE_CANDIDATES, 4))
+  refine_count = candidates.refine_count
+  if refine and refine_count:
+    given = np.zeros((len(sizes), num_ratios * refine_count, 4))
     extra = []
     for i, size in enumerate(sizes):
       extra.append([])
       for j, ratio in enumerate(ratios[i]):
         boxes, s = pooled[i][j]
-        best = boxes[np.argsort(-s, kind="stable")[:REFINE_TOP]]
+        best = boxes[np.argsort(-s, kind="stable")[:candidates.refine_top]]
         near = refine_candidates(best, ratio, size)
         extra[i].append(near)
-        block = slice(j * REFINE_CANDIDATES, (j + 1) * REFINE_CANDIDATES)
-        given[i, block] = _normalised(_fixed(near, REFINE_CANDIDATES), size)
+        block = slice(j * refine_count, (j + 1) * refine_count)
+        given[i, block] = _normalised(_fixed(near, refine_count), size)
     scores = np.asarray(score_fn(given), np.float64)
     for i in range(len(sizes)):
       for j in range(num_ratios):
         near = extra[i][j]
-        s = scores[i, j * REFINE_CANDIDATES:j * REFINE_CANDIDATES + len(near)]
+        s = scores[i, j * refine_count:j * refine_count + len(near)]
         boxes, old = pooled[i][j]
         pooled[i][j] = (np.concatenate([boxes, near]), np.concatenate([old, s]))
 

@@ -186,15 +186,19 @@ class Cropper:
 
   def __init__(self, predictor, *, nms_iou: float = 0.7,
                max_pixels: int = photos.DEFAULT_MAX_PIXELS, batch_size: int = 8,
-               canvas_size: int | None = None, buckets: bool = True):
+               canvas_size: int | None = None, buckets: bool = True,
+               aspect_candidates: aspect.Candidates = aspect.FAST):
     """`predictor` is an `inference.Predictor`.
 
     `canvas_size` is the side S the photo's longer side is resized to (default: the model's
     training size); with `buckets` the canvas's shorter side is the smallest of
     `CANVAS_BUCKETS` that holds the photo's instead of S: fewer pixels, the same crops within
     noise (experiments/README.md). Both need a model without retrieval (`flexible_canvas`).
+    `aspect_candidates` are the boxes scored for a fixed-aspect crop (`aspect.FAST`, or
+    `aspect.DENSE` as the aspect-conditioned evaluation scores them).
     """
     self.predictor = predictor
+    self.aspect_candidates = aspect_candidates
     self.nms_iou = nms_iou
     self.max_pixels = max_pixels
     self.batch_size = batch_size
@@ -274,15 +278,21 @@ class Cropper:
                                      CANVAS_BUCKETS if self.buckets else None)
     return _Prepared(canvas, valid_hw, image.size)
 
-  def _predict(self, batch: list[_Prepared], boxes: np.ndarray | None = None,
-               features: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """Predicts on a batch padded to batch_size, so that every call has the same shapes."""
+  def _predict(self, batch: list[_Prepared], boxes: np.ndarray | None = None, *,
+               encoding: dict[str, np.ndarray] | None = None, keep_encoding: bool = False
+               ) -> dict[str, Any]:
+    """Predicts on a batch padded to batch_size, so that every call has the same shapes.
+
+    The "encoding" it keeps stays padded, for the calls that reuse it."""
     n = len(batch)
     canvases, valid = self._padded(batch)
     if boxes is not None:
       boxes = np.concatenate([boxes, np.repeat(boxes[:1], len(canvases) - n, 0)])
-    outputs = self.predictor.predict(canvases, valid, boxes, features=features)
-    return {k: v[:n] for k, v in outputs.items()}
+    if encoding is not None:
+      canvases = None
+    outputs = self.predictor.predict(canvases, valid, boxes, encoding=encoding,
+                                     keep_encoding=keep_encoding)
+    return {k: v if k == "encoding" else v[:n] for k, v in outputs.items()}
 
   def _padded(self, batch: list[_Prepared]) -> tuple[np.ndarray, np.ndarray]:
     shapes = {p.canvas.shape[:2] for p in batch}
@@ -299,12 +309,12 @@ class Cropper:
     """For each photo, target label -> its top_k crops, best first."""
     results: list[dict[str, list[Crop]]] = [{} for _ in batch]
     ratios = [t for t in targets if t.ratio is not None]
-    # Fixed aspects take two more passes on the same photos: run their backbone once.
-    features = None
-    if ratios and self.predictor.reuses_features:
-      features = self.predictor.features(self._padded(batch)[0])
-    # Free proposals: the free crops, and (snapped) candidates of every fixed ratio.
-    proposals = self._predict(batch, features=features)
+    # Free proposals: the free crops, and (snapped) candidates of every fixed ratio. Fixed
+    # ratios then score candidates on the same photos: the backbone, the encoder and the
+    # learned queries' decoder rows run once, in this pass.
+    reuse = bool(ratios) and self.predictor.reuses_encoding
+    proposals = self._predict(batch, keep_encoding=reuse)
+    encoding = proposals.get("encoding")
     proposals_px = [proposals["boxes"][i].astype(np.float64) * (p.size * 2)
                     for i, p in enumerate(batch)]
     if any(t.ratio is None for t in targets):
@@ -313,8 +323,9 @@ class Cropper:
         results[i]["free"] = self._top(boxes, proposals["scores"][i], top_k, "free")
     if ratios:
       chosen = aspect.choose(
-          lambda given: self._predict(batch, given, features=features)["scores"], proposals_px,
-          [p.size for p in batch], [[t.ratio for t in ratios]] * len(batch))
+          lambda given: self._predict(batch, given, encoding=encoding)["scores"], proposals_px,
+          [p.size for p in batch], [[t.ratio for t in ratios]] * len(batch),
+          candidates=self.aspect_candidates, proposal_scores=list(proposals["scores"]))
       for i in range(len(batch)):
         for j, t in enumerate(ratios):
           boxes, scores = chosen[i][j]

@@ -11,8 +11,8 @@ A benchmark is an entry of `config.eval.benchmarks` (a ConfigDict keyed by name)
                   "ranking" (GAIC: the model scores the annotated candidate crops),
                   "pairs" (FCDB's rated crop pairs: pairwise accuracy of the given-box
                   scores, keys pair_acc*), "aspect" (the crop asked for with the ground
-                  truth's aspect ratio through aspect.choose, as the Cropper does, scored
-                  like "iou": keys aspect_iou, aspect_bde, aspect_iou_top5, ...)
+                  truth's aspect ratio, chosen as the Cropper chooses it (aspect.choose,
+                  aspect.FAST), scored like "iou": keys aspect_iou, aspect_bde, ...)
   max_boxes       ground-truth boxes kept per image (GAICD has about 90 candidates)
   optional        (default False) skip with a message when the data or split is absent, e.g. a
                   test split that is held out
@@ -181,7 +181,8 @@ def _aspect_crops(predict: PredictFn, batch: dict[str, np.ndarray], to_device,
     ratios.append([ratio])
     props.append(proposals["boxes"][i].astype(np.float64) * to_px)
   chosen = aspect.choose(lambda given: _score_boxes(predict, batch, to_device, given), props,
-                         sizes, ratios)
+                         sizes, ratios, candidates=aspect.FAST,
+                         proposal_scores=list(proposals["scores"]))
   return [c[0] if host["valid"][i] else None for i, c in enumerate(chosen)]
 
 

@@ -116,6 +116,16 @@ def _concrete_rng_state(abstract: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------- the forward pass
+ENCODING_PREFIX = "encoding_"  # Batch keys of a model's "encoding" (flat, as batches are).
+
+
+def batch_encoding(batch: dict[str, Any]) -> dict[str, Any] | None:
+  """The model's "encoding" held by a batch, or None."""
+  found = {k[len(ENCODING_PREFIX):]: v for k, v in batch.items()
+           if k.startswith(ENCODING_PREFIX)}
+  return found or None
+
+
 def forward(graphdef, params, rest, rng_state, batch, *, train: bool, query_boxes=None,
             with_proposals: bool = False):
   """Runs the model from its split state; returns outputs and the updated non-param state.
@@ -127,17 +137,19 @@ def forward(graphdef, params, rest, rng_state, batch, *, train: bool, query_boxe
   outputs = model(batch.get("image"), image_valid_hw=batch["image_valid_hw"],
                   reference_tokens=batch.get("reference_tokens"), query_boxes=query_boxes,
                   train=train, features=feature_cache.batch_features(batch),
-                  with_proposals=with_proposals)
+                  encoding=batch_encoding(batch), with_proposals=with_proposals)
   return outputs, nnx.state(model, nnx.Not(nnx.Any(nnx.Param, nnx.RngState)))
 
 
 def predict_step(state: dict[str, Any], batch: dict[str, jax.Array], *, graphdef, rng_state,
                  score_given_boxes: bool, flip: bool = False, vote_iou: float = 0.0,
-                 rescore: bool = False) -> dict[str, jax.Array]:
+                 rescore: bool = False, keep_encoding: bool = False) -> dict[str, jax.Array]:
   """Inference: proposed crops, or scores for the batch's own boxes when score_given_boxes.
 
   `flip` adds the mirrored photo's pass and `vote_iou` > 0 votes proposals (see tta.py);
   `rescore` replaces each proposal's score by the given-box path's score of its final box.
+  `keep_encoding` also returns the model's "encoding" of the photos; a batch that holds one
+  (instead of "image") runs the decoder alone (not with `flip`: its mirrored pass needs pixels).
   """
   if rescore and not score_given_boxes:
     proposals = predict_step(state, batch, graphdef=graphdef, rng_state=rng_state,
@@ -159,6 +171,7 @@ def predict_step(state: dict[str, Any], batch: dict[str, jax.Array], *, graphdef
   outputs, _ = forward(graphdef, params, state["rest"], rng_state, batch, train=False,
                        query_boxes=given)
   boxes, scores = outputs["boxes"], jax.nn.sigmoid(outputs["logits"])
+  extra = {"encoding": outputs["encoding"]} if keep_encoding and not flip else {}
   if flip:
     plain, mirrored = jnp.split(boxes, 2), jnp.split(scores, 2)
     if given is None:  # The mirrored pass's proposals join the plain ones.
@@ -168,7 +181,7 @@ def predict_step(state: dict[str, Any], batch: dict[str, jax.Array], *, graphdef
       boxes, scores = plain[0], 0.5 * (mirrored[0] + mirrored[1])
   if vote_iou > 0 and given is None:
     boxes = tta.vote_boxes(boxes, scores, vote_iou)
-  return {"boxes": boxes, "scores": scores}
+  return {"boxes": boxes, "scores": scores, **extra}
 
 
 def inference_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -315,16 +328,17 @@ class Predictor:
                                k=self.num_references)
 
   # ----------------------------------------------------------------------------- prediction
-  def _step(self, score_given_boxes: bool) -> Callable:
-    if score_given_boxes not in self._steps:
+  def _step(self, score_given_boxes: bool, keep_encoding: bool = False) -> Callable:
+    key = (score_given_boxes, keep_encoding)
+    if key not in self._steps:
       # The same keyword arguments as the Trainer's predict step, so both predict alike.
-      self._steps[score_given_boxes] = jax.jit(
+      self._steps[key] = jax.jit(
           functools.partial(predict_step, graphdef=self.graphdef,
                             rng_state=self.rng_state, score_given_boxes=score_given_boxes,
-                            **inference_options(self.config)),
+                            keep_encoding=keep_encoding, **inference_options(self.config)),
           in_shardings=(self._replicated, self._batch_sharding),
           out_shardings=self._replicated)
-    return self._steps[score_given_boxes]
+    return self._steps[key]
 
   def predict_device(self, batch: dict[str, jax.Array], score_given_boxes: bool = False
                      ) -> dict[str, jax.Array]:
@@ -342,68 +356,49 @@ class Predictor:
     return {**batch, "reference_tokens": tokens}
 
   @property
-  def reuses_features(self) -> bool:
-    """Whether `features` can stand in for the images in `predict` (not with flip averaging,
+  def reuses_encoding(self) -> bool:
+    """Whether `predict` can return an encoding for later calls (not with flip averaging,
     whose mirrored pass needs the pixels)."""
     return not inference_options(self.config)["flip"]
 
-  @functools.cached_property
-  def _features_step(self) -> Callable:
-    def extract(state, images):
-      model = nnx.merge(self.graphdef, state["params"], self.rng_state, state["rest"])
-      return {feature_cache.FEATURE_PREFIX + k: v.astype(jnp.float32)
-              for k, v in model.backbone_features(images).items()}
-    return jax.jit(extract, in_shardings=(self._replicated, self._batch_sharding),
-                   out_shardings=self._batch_sharding)
-
-  def features(self, images: np.ndarray) -> dict[str, np.ndarray]:
-    """The backbone's maps of a batch of canvases, for several `predict` calls on the same
-    photos (proposals, then candidate boxes): the backbone, most of a forward pass, runs once."""
-    n = images.shape[0]
-    images = np.asarray(images, np.float32)
-    pad = -n % self.num_devices
-    if pad:  # Repeat the last canvas: its maps are dropped below.
-      images = np.concatenate([images, np.repeat(images[-1:], pad, 0)])
-    maps = self._features_step(self.state, self.to_device({"image": images})["image"])
-    return {k: np.asarray(v)[:n] for k, v in jax.device_get(maps).items()}
-
-  def predict(self, images: np.ndarray, image_valid_hw: np.ndarray,
-              boxes: np.ndarray | None = None,
-              features: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+  def predict(self, images: np.ndarray | None, image_valid_hw: np.ndarray,
+              boxes: np.ndarray | None = None, *, encoding: dict[str, np.ndarray] | None = None,
+              keep_encoding: bool = False) -> dict[str, Any]:
     """Crops for a batch of canvases, on the host.
 
     Args:
       images: [B, H, W, 3] float32 canvases in [0, 1] (`photos.canvas`): S x S, or any size
-        when `flexible_canvas`.
+        when `flexible_canvas`. None with `encoding`.
       image_valid_hw: [B, 2] the photo's (h, w) as fractions of H and W.
       boxes: optional [B, Q, 4] normalised xyxy boxes to score instead of proposing.
-      features: optional `self.features(images)`: the backbone is then skipped (needs
-        `reuses_features`).
+      encoding: the "encoding" a `keep_encoding` call returned for the same canvases: only the
+        decoder runs, and for `boxes` only their rows of it.
+      keep_encoding: also return "encoding" (needs `reuses_encoding`).
 
     Returns:
       "boxes" [B, N, 4] normalised xyxy and "scores" [B, N] in [0, 1] (N = the model's queries,
-      or Q with `boxes`). B is padded to a multiple of the device count inside: keep B (and Q)
-      fixed across calls to compile once.
+      or Q with `boxes`); "encoding" with keep_encoding. B is padded to a multiple of the device
+      count inside: keep B (and Q) fixed across calls to compile once.
     """
-    n = images.shape[0]
-    batch = {"image_valid_hw": np.asarray(image_valid_hw, np.float32)}
-    if features is None or self.retriever is not None:  # Retrieval embeds the images.
+    if (encoding is not None or keep_encoding) and not self.reuses_encoding:
+      raise ValueError("an encoding cannot replace the images with config.inference.flip: the "
+                       "mirrored pass needs the pixels")
+    n = len(image_valid_hw)
+    batch: dict[str, Any] = {"image_valid_hw": np.asarray(image_valid_hw, np.float32)}
+    if encoding is None:
       batch["image"] = np.asarray(images, np.float32)
-    if features is not None:
-      if not self.reuses_features:
-        raise ValueError("features cannot replace the images with config.inference.flip: the "
-                         "mirrored pass needs the pixels")
-      batch.update(features)
+    else:
+      batch.update({ENCODING_PREFIX + k: v for k, v in encoding.items()})
     if boxes is not None:
       batch["boxes"] = np.asarray(boxes, np.float32)
     pad = -n % self.num_devices
     if pad:  # Repeat the last example: its outputs are dropped below.
       batch = {k: np.concatenate([v, np.repeat(v[-1:], pad, 0)]) for k, v in batch.items()}
-    batch = self.add_references(batch)
-    if features is not None:
-      batch.pop("image", None)
-    outputs = jax.device_get(self.predict_device(self.to_device(batch), boxes is not None))
-    return {k: np.asarray(v)[:n] for k, v in outputs.items()}
+    if encoding is None:
+      batch = self.add_references(batch)
+    step = self._step(boxes is not None, keep_encoding)
+    outputs = jax.device_get(step(self.state, self.to_device(batch)))
+    return jax.tree.map(lambda v: np.asarray(v)[:n], outputs)
 
   def compilations(self) -> int:
     """How many times the forward passes have compiled (one per new input shape)."""

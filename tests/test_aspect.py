@@ -50,8 +50,8 @@ def test_choose_scores_fixed_counts_and_returns_the_best_first():
     return -np.abs(given - target).sum(-1)
 
   chosen = aspect.choose(score_fn, proposals, sizes, [[1.0, 16 / 9]] * 2)
-  per_request = aspect.first_pass_count(2)
-  assert calls == [(2, 2 * per_request, 4), (2, 2 * aspect.REFINE_CANDIDATES, 4)]
+  per_request = aspect.DENSE.first_pass_count(2)
+  assert calls == [(2, 2 * per_request, 4), (2, 2 * aspect.DENSE.refine_count, 4)]
   for i, size in enumerate(sizes):
     for j, ratio in enumerate((1.0, 16 / 9)):
       boxes, scores = chosen[i][j]
@@ -75,3 +75,28 @@ def test_choose_finds_the_ground_truth_with_an_oracle_score():
 
   boxes, _ = aspect.choose(oracle, proposals, [size], [[4 / 3]])[0][0]
   assert metrics.pairwise_box_iou(boxes[:1].astype(float), gt[None])[0, 0] > 0.95
+
+
+def test_fast_candidates_snap_only_the_best_scored_proposals():
+  size = (640, 480)
+  proposals = np.array([[0, 0, 640, 480], [100, 100, 300, 250], [20, 40, 500, 400]], np.float64)
+  scores = np.array([0.2, 0.9, 0.5])
+  seen = []
+
+  def score_fn(given):
+    seen.append(given.copy())
+    return np.zeros(given.shape[:2])
+
+  candidates = aspect.Candidates(grid_scales=(1.0,), grid_positions=1, refine_top=1,
+                                 proposals=2)
+  aspect.choose(score_fn, [proposals], [size], [[1.0]], candidates=candidates,
+                proposal_scores=[scores])
+  assert [s.shape[1] for s in seen] == [candidates.first_pass_count(3),
+                                        candidates.refine_count]
+  scored = {tuple(b) for b in (seen[0][0] * np.array(size * 2)).round().astype(int).tolist()}
+  boxes = lambda a: {tuple(b) for b in a.tolist()}
+  grid = boxes(aspect.grid_candidates(1.0, size, scales=(1.0,), positions=1))
+  assert scored == grid | boxes(aspect.proposal_candidates(proposals[[1, 2]], 1.0, size))
+  assert scored != grid | boxes(aspect.proposal_candidates(proposals[[0, 2]], 1.0, size))
+  with pytest.raises(ValueError, match="proposal_scores"):
+    aspect.choose(score_fn, [proposals], [size], [[1.0]], candidates=candidates)

@@ -20,7 +20,7 @@ def test_aspect_crops_have_the_ratio_to_within_a_pixel_and_fit_any_photo():
     width, height = (int(v) for v in rng.integers(1, 2000, 2))
     ratio = float(np.exp(rng.uniform(np.log(0.2), np.log(5.0))))
     boxes = aspect.grid_candidates(ratio, (width, height))
-    assert 1 <= len(boxes) <= aspect.GRID_CANDIDATES
+    assert 1 <= len(boxes) <= aspect.DENSE.grid_count
     assert len({tuple(b) for b in boxes}) == len(boxes)
     w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= width).all()

@@ -126,6 +126,7 @@ def test_photos_share_canvas_buckets_and_each_compiles_once(flexible_cropper, tm
                      problems=problems, progress=False)
   assert (summary.ok, summary.failed) == (6, 2)
   compiled = flexible_cropper.predictor.compilations()
+  # Per bucket: the proposals' pass, and the aspect's first and refining candidates'.
   assert compiled - before <= 3 * len(buckets)
   crop.run(inputs, flexible_cropper, out_dir="out2", targets=targets, top_k=2, problems=[],
            progress=False)

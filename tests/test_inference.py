@@ -78,19 +78,34 @@ def test_workdir_without_checkpoint_is_a_clear_error(tmp_path, tiny_config):
 
 
 @pytest.mark.slow
-def test_reused_backbone_features_predict_as_the_images_do(predictor):
+def test_a_kept_encoding_predicts_as_the_images_do(predictor):
   rng = np.random.default_rng(1)
   s = predictor.image_size
   images = rng.uniform(0, 1, (2, s, s, 3)).astype(np.float32)
   valid = np.array([[1.0, 0.75], [0.5, 1.0]], np.float32)
   boxes = np.tile(np.array([[0.1, 0.1, 0.9, 0.8], [0.2, 0.3, 0.6, 0.9]], np.float32), (2, 1, 1))
-  features = predictor.features(images)
-  assert predictor.reuses_features
+  first = predictor.predict(images, valid, keep_encoding=True)
+  assert predictor.reuses_encoding
   for given in (None, boxes):
     plain = predictor.predict(images, valid, given)
-    reused = predictor.predict(images, valid, given, features=features)
+    reused = predictor.predict(None, valid, given, encoding=first["encoding"])
     for key in ("boxes", "scores"):
       np.testing.assert_allclose(reused[key], plain[key], atol=1e-5)
+  # A given box's score does not depend on the other boxes scored with it.
+  alone = predictor.predict(None, valid, boxes[:, :1], encoding=first["encoding"])
+  np.testing.assert_allclose(alone["scores"], reused["scores"][:, :1], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_an_encoding_is_refused_with_flip_averaging(tiny_trained_workdir):
+  flipping = inference.Predictor.from_workdir(tiny_trained_workdir)
+  flipping.config.inference.flip = True
+  s = flipping.image_size
+  images = np.zeros((1, s, s, 3), np.float32)
+  valid = np.ones((1, 2), np.float32)
+  assert not flipping.reuses_encoding
+  with pytest.raises(ValueError, match="flip"):
+    flipping.predict(images, valid, keep_encoding=True)
 
 
 @pytest.mark.slow

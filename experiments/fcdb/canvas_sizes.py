@@ -1,12 +1,15 @@
 r"""Crop quality of a model at the canvas sizes and shapes the Cropper can run it at.
 
   python -m experiments.fcdb.canvas_sizes [--model NAME_OR_PATH | --workdir DIR]
-      [--sizes=320,256,224,192] [--aspect]
+      [--sizes=320,256,224,192] [--aspect [--candidates=fast,dense,1/0.8:3:1]] [--nosquare]
 
 Runs the Cropper itself (decode, canvas, batched model, voting, non-maximum suppression) on the
 FCDB validation slice train[85%:] and prints one JSON line per setting: the top-1 free crop's IoU
 and BDE, the best of the top 5, and with --aspect the crop asked for with the expert crop's
-aspect ratio (the aspect-conditioned protocol, through `Cropper.crop(aspect=...)`). Settings:
+aspect ratio (the aspect-conditioned protocol, through `Cropper.crop(aspect=...)`), once per
+candidate set of --candidates (`aspect.FAST`, `aspect.DENSE`, or
+SCALES:POSITIONS:REFINE_TOP[:PROPOSALS] with the grid's scales separated by "/"), with the boxes
+each scores per request. Settings:
 the S x S canvas the model was trained on, then canvas buckets (`Cropper(buckets=True)`: the
 shorter side padded only to the next multiple of 32) at each size of --sizes. The seconds are
 the whole pass, compilations included. Needs FCDB built (data/README.md).
@@ -22,6 +25,7 @@ from PIL import Image
 import tensorflow_datasets as tfds
 
 import procrop_jax.datasets  # pylint: disable=unused-import  (registers the builders)
+from procrop_jax import aspect
 from procrop_jax import crop
 from procrop_jax import metrics
 
@@ -30,35 +34,54 @@ _MODEL = flags.DEFINE_string("model", None, "A shipped model's name or folder (d
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run (its best checkpoint) instead.")
 _SIZES = flags.DEFINE_list("sizes", ["320", "256", "224", "192"], "Canvas sizes with buckets.")
 _ASPECT = flags.DEFINE_bool("aspect", False, "Also the aspect-conditioned protocol.")
+_CANDIDATES = flags.DEFINE_list("candidates", ["fast"], "Fixed-aspect candidate sets: fast, "
+                                "dense, or SCALES:POSITIONS:REFINE_TOP[:PROPOSALS], e.g. "
+                                "1/0.8:3:1:10.")
+_SQUARE = flags.DEFINE_bool("square", True, "Also the S x S canvas the model was trained on.")
 _SPLIT = flags.DEFINE_string("split", "train[85%:]", "Never the test split while tuning.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "data/tfds", "TFDS data directory.")
 
 
-def _score(cropper: crop.Cropper, examples, with_aspect: bool) -> dict[str, float]:
+def parse_candidates(text: str) -> aspect.Candidates:
+  """fast | dense | SCALES:POSITIONS:REFINE_TOP[:PROPOSALS] (scales separated by "/")."""
+  if text in ("fast", "dense"):
+    return aspect.FAST if text == "fast" else aspect.DENSE
+  scales, positions, refine_top, *proposals = text.split(":")
+  return aspect.Candidates(tuple(float(v) for v in scales.split("/")), int(positions),
+                           int(refine_top), int(proposals[0]) if proposals else None)
+
+
+def _free(cropper: crop.Cropper, examples, images) -> dict[str, float]:
   free = metrics.IoUProtocol()
-  told = metrics.IoUProtocol()
-  images = [Image.fromarray(ex["image"]) for ex in examples]
-  # Each photo asks for its own ratio: one photo per call, not one padded to a batch.
-  one_by_one = crop.Cropper(cropper.predictor, canvas_size=cropper.canvas_size,
-                            buckets=cropper.buckets, batch_size=1)
   start = time.perf_counter()
-  crops = cropper.crop_many(images, top_k=5)
-  for ex, image, found in zip(examples, images, crops):
+  for ex, found in zip(examples, cropper.crop_many(images, top_k=5)):
     h, w = (int(v) for v in ex["image_size"])
     free.add(ex["image_id"], np.array([c.box for c in found], np.float64), ex["boxes_px"], (h, w))
-    if with_aspect:
-      gt = ex["boxes_px"][0]
-      ratio = float(gt[2] - gt[0]) / max(float(gt[3] - gt[1]), 1e-9)
-      found = one_by_one.crop(image, aspect=ratio, top_k=1)
-      told.add(ex["image_id"], np.array([c.box for c in found], np.float64), ex["boxes_px"],
-               (h, w))
   result = free.result()
-  figures = {"iou": result["iou"], "bde": result["bde"], "iou_top5": result["iou_top5"]}
-  if with_aspect:
-    result = told.result()
-    figures.update(aspect_iou=result["iou"], aspect_bde=result["bde"])
-  figures["seconds"] = time.perf_counter() - start
-  return {k: round(v, 4) for k, v in figures.items()}
+  return {"iou": result["iou"], "bde": result["bde"], "iou_top5": result["iou_top5"],
+          "seconds": time.perf_counter() - start}
+
+
+def _told(cropper: crop.Cropper, examples, images, candidates: aspect.Candidates
+          ) -> dict[str, float]:
+  told = metrics.IoUProtocol()
+  # Each photo asks for its own ratio: one photo per call, not one padded to a batch.
+  one_by_one = crop.Cropper(cropper.predictor, canvas_size=cropper.canvas_size,
+                            buckets=cropper.buckets, batch_size=1, aspect_candidates=candidates)
+  start = time.perf_counter()
+  for ex, image in zip(examples, images):
+    h, w = (int(v) for v in ex["image_size"])
+    gt = ex["boxes_px"][0]
+    ratio = float(gt[2] - gt[0]) / max(float(gt[3] - gt[1]), 1e-9)
+    found = one_by_one.crop(image, aspect=ratio, top_k=1)
+    told.add(ex["image_id"], np.array([c.box for c in found], np.float64), ex["boxes_px"],
+             (h, w))
+  result = told.result()
+  num_queries = cropper.predictor.config.model.num_queries
+  return {"aspect_iou": result["iou"], "aspect_bde": result["bde"],
+          "boxes_scored": candidates.first_pass_count(num_queries) + candidates.refine_count,
+          "proposals_snapped": candidates.snapped_count(num_queries),
+          "aspect_seconds": time.perf_counter() - start}
 
 
 def main(argv):
@@ -69,14 +92,22 @@ def main(argv):
     base = crop.Cropper.pretrained(_MODEL.value)
   source = tfds.builder("fcdb", data_dir=_DATA_DIR.value).as_data_source(_SPLIT.value)
   examples = [source[i] for i in range(len(source))]
-  settings = [("square", base.predictor.image_size, False)]
+  images = [Image.fromarray(ex["image"]) for ex in examples]
+  settings = [("square", base.predictor.image_size, False)] if _SQUARE.value else []
   settings += [("buckets", int(size), True) for size in _SIZES.value]
   for name, size, buckets in settings:
     cropper = crop.Cropper(base.predictor, canvas_size=size, buckets=buckets)
     shapes = {cropper.canvas_shape(ex["image"].shape[1], ex["image"].shape[0]) for ex in examples}
-    print(json.dumps({"canvas": name, "size": size, "photos": len(examples),
-                      "buckets": len(shapes), **_score(cropper, examples, _ASPECT.value)}),
-          flush=True)
+    line = {"canvas": name, "size": size, "photos": len(examples), "buckets": len(shapes),
+            **_free(cropper, examples, images)}
+    for text in _CANDIDATES.value if _ASPECT.value else []:
+      line = {**line, "candidates": text,
+              **_told(cropper, examples, images, parse_candidates(text))}
+      print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                        for k, v in line.items()}), flush=True)
+    if not _ASPECT.value:
+      print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                        for k, v in line.items()}), flush=True)
 
 
 if __name__ == "__main__":

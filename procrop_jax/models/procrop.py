@@ -213,6 +213,10 @@ class ProCrop(nnx.Module):
     `features` (the backbone's "stride32" and "stride16" maps, e.g. from a feature cache)
     replace the backbone pass; `images` is then unused.
     """
+    return self._encode(images, image_valid_hw, train=train, features=features)[:3]
+
+  def _encode(self, images, image_valid_hw, *, train, features):
+    """`encode`'s three arrays and the token grid's (h, w)."""
     if features is None:
       feats = self.backbone_features(images, train=train)
     else:
@@ -228,11 +232,16 @@ class ProCrop(nnx.Module):
     if self.stride16_proj is not None:
       x = x + self.stride16_proj(feats["stride16"].astype(jnp.float32))
     x = self.input_norm(x).reshape(b, h * w, self.d_model)
-    mask = position_encoding.token_valid_mask(h, w, image_valid_hw)
-    pos = position_encoding.grid_sine_embedding(h, w, image_valid_hw, self.d_model)
+    pos, mask = self._token_positions(h, w, image_valid_hw)
     for layer in self.encoder_layers:
       x = layer(x, pos, mask, train=train)
-    return x, pos, mask
+    return x, pos, mask, (h, w)
+
+  def _token_positions(self, h: int, w: int, image_valid_hw: jax.Array
+                       ) -> tuple[jax.Array, jax.Array]:
+    """(positions [B, h * w, D], mask [B, h * w]) of an h x w token grid."""
+    return (position_encoding.grid_sine_embedding(h, w, image_valid_hw, self.d_model),
+            position_encoding.token_valid_mask(h, w, image_valid_hw))
 
   def _features_from_cache(self, features: Mapping[str, jax.Array], *, train: bool
                            ) -> Mapping[str, jax.Array]:
@@ -278,7 +287,8 @@ class ProCrop(nnx.Module):
   # -------------------------------------------------------------------------------- the decoder
   def decode(self, memory: jax.Array, pos: jax.Array, mask: jax.Array,
              query_boxes: jax.Array | None = None, *, train: bool = False,
-             with_proposals: bool = False) -> list[dict]:
+             with_proposals: bool = False, query_states: jax.Array | None = None
+             ) -> list[dict]:
     """Runs the decoder; returns one prediction dict per decoder layer (last = final).
 
     With `query_boxes` [B, Q, 4], the Q given boxes are appended to the N learned queries as
@@ -286,18 +296,29 @@ class ProCrop(nnx.Module):
     and each given box attends to the learned queries and itself, never to the other given
     boxes: a box's score does not depend on which other candidates are scored with it, and the
     context it sees is the one training builds. Only the Q given boxes' predictions are returned.
+
+    Each prediction dict also holds "query_states": the learned queries' content entering that
+    layer [B, N, D]. Passed back as `query_states` [B, layers, N, D] (inference scoring boxes on
+    photos whose proposals it has decoded), only the given boxes' rows are computed, with the
+    same result.
     """
     b = memory.shape[0]
     d = self.d_model
     n = self.num_queries
     anchors = jnp.broadcast_to(jax.nn.sigmoid(self.anchor_logits[...]), (b, n, 4))
     self_attn_mask = None
+    context_pos = None
     if query_boxes is not None:
       given = jnp.clip(box_ops.xyxy_to_cxcywh(query_boxes.astype(jnp.float32)), 0.0, 1.0)
-      anchors = jnp.concatenate([anchors, given], axis=1)
-      total = anchors.shape[1]
-      rows = jnp.arange(total)
-      self_attn_mask = (rows[None, :] < n) | (rows[:, None] == rows[None, :])
+      if query_states is not None:  # The learned queries' rows are known: only the given run.
+        if with_proposals:
+          raise ValueError("query_states scores given boxes only: no proposals")
+        context_pos = self.anchor_pos(position_encoding.sine_embedding(anchors, d // 2))
+        anchors, n = given, 0
+      else:
+        anchors = jnp.concatenate([anchors, given], axis=1)
+        rows = jnp.arange(anchors.shape[1])
+        self_attn_mask = (rows[None, :] < n) | (rows[:, None] == rows[None, :])
     query_pos = self.anchor_pos(position_encoding.sine_embedding(anchors, d // 2))
     # (cy, cx) order and d/2 features each, to match the tokens' (y, x) encodings.
     ref_sine = position_encoding.sine_embedding(anchors[..., 1::-1], d // 2)
@@ -306,8 +327,11 @@ class ProCrop(nnx.Module):
     for i, layer in enumerate(self.decoder_layers):
       # Conditional spatial query: the reference's embedding scaled by a function of the content.
       scale = 1.0 if i == 0 else self.query_scale(tgt)
+      states = tgt[:, :self.num_queries] if context_pos is None else query_states[:, i]
+      context = None if context_pos is None else (states, context_pos)
       tgt = layer(tgt, memory, query_pos=query_pos, query_sine_embed=ref_sine * scale,
-                  memory_pos=pos, memory_mask=mask, self_attn_mask=self_attn_mask, train=train)
+                  memory_pos=pos, memory_mask=mask, self_attn_mask=self_attn_mask,
+                  context=context, train=train)
       hs = self.decoder_norm(tgt)
       logits = self.score_head(hs)[..., 0]
       extra = {}
@@ -322,6 +346,7 @@ class ProCrop(nnx.Module):
           "logits": logits,
           "boxes": jnp.clip(box_ops.cxcywh_to_xyxy(cxcywh), 0.0, 1.0),
           "boxes_cxcywh": cxcywh,
+          "query_states": states,
           **extra,
       })
     return predictions
@@ -329,7 +354,8 @@ class ProCrop(nnx.Module):
   def __call__(self, images: jax.Array | None, *, image_valid_hw: jax.Array | None = None,
                reference_tokens: jax.Array | None = None, query_boxes: jax.Array | None = None,
                train: bool = False, features: Mapping[str, jax.Array] | None = None,
-               with_proposals: bool = False) -> dict[str, Any]:
+               encoding: Mapping[str, jax.Array] | None = None, with_proposals: bool = False
+               ) -> dict[str, Any]:
     """Predicts (or scores) crops.
 
     Args:
@@ -342,6 +368,10 @@ class ProCrop(nnx.Module):
       features: precomputed `backbone_features(images)` (a feature cache), or with the input
         of the backbone's last blocks (`efficientnet_lite.tail_input_name`) in place of
         "stride32"; then `images` may be None.
+      encoding: the "encoding" output of an earlier call on the same photos: the backbone and
+        encoder are skipped (`images`, `features` and `reference_tokens` unused) and, with
+        `query_boxes`, only the given boxes' rows of the decoder run (inference that scores
+        candidate boxes after decoding the proposals).
       with_proposals: with `query_boxes`, return the proposals and the given boxes' logits
         ("given_logits" [B, Q]) from one pass (training's ranking loss).
 
@@ -349,17 +379,33 @@ class ProCrop(nnx.Module):
       "logits" [B, N] (sigmoid -> score), "boxes" [B, N, 4] normalised xyxy clipped to [0, 1]
       (the given boxes when scoring), "boxes_cxcywh" [B, N, 4] the unclipped (cx, cy, w, h)
       that the losses use, and "aux": a list with the same dict for each earlier decoder layer.
-      N = num_queries, or Q when scoring given boxes.
+      N = num_queries, or Q when scoring given boxes. "encoding": {"memory" [B, h, w, D] the
+      decoder's input tokens, "query_states" [B, layers, N, D]} for a later call's `encoding`.
     """
     if image_valid_hw is None:
-      batch = images.shape[0] if features is None else next(iter(features.values())).shape[0]
+      if encoding is not None:
+        batch = encoding["memory"].shape[0]
+      else:
+        batch = images.shape[0] if features is None else next(iter(features.values())).shape[0]
       image_valid_hw = jnp.ones((batch, 2), jnp.float32)
     image_valid_hw = image_valid_hw.astype(jnp.float32)
-    x, pos, mask = self.encode(images, image_valid_hw, train=train, features=features)
-    memory = self.fuse(x, pos, mask, reference_tokens, train=train)
+    query_states = None
+    if encoding is None:
+      x, pos, mask, (h, w) = self._encode(images, image_valid_hw, train=train,
+                                          features=features)
+      memory = self.fuse(x, pos, mask, reference_tokens, train=train)
+    else:
+      b, h, w, d = encoding["memory"].shape
+      pos, mask = self._token_positions(h, w, image_valid_hw)
+      memory = encoding["memory"].reshape(b, h * w, d)
+      if query_boxes is not None:
+        query_states = encoding["query_states"]
     predictions = self.decode(memory, pos, mask, query_boxes, train=train,
-                              with_proposals=with_proposals)
-    return {**predictions[-1], "aux": predictions[:-1]}
+                              with_proposals=with_proposals, query_states=query_states)
+    if encoding is None:
+      encoding = {"memory": memory.reshape(memory.shape[0], h, w, self.d_model),
+                  "query_states": jnp.stack([p["query_states"] for p in predictions], axis=1)}
+    return {**predictions[-1], "aux": predictions[:-1], "encoding": encoding}
 
 
 def _mixed(rngs: nnx.Rngs, drop_rngs: nnx.Rngs) -> nnx.Rngs:

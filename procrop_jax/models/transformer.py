@@ -36,6 +36,25 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, num_heads: int,
   return out.reshape(*out.shape[:2], -1)
 
 
+def attention_to_context_and_self(q: jax.Array, k: jax.Array, v: jax.Array, k_context: jax.Array,
+                                  v_context: jax.Array, *, num_heads: int) -> jax.Array:
+  """`attention` where query i attends to the C context keys and to its own key only.
+
+  q, k, v [B, L, D]; k_context, v_context [B, C, D]. The same result as `attention` over
+  [context; queries] with a mask that lets row i see the context and itself, without the
+  L x L logits of that mask.
+  """
+  q, k, v, k_context, v_context = (_split_heads(t, num_heads)
+                                   for t in (q, k, v, k_context, v_context))
+  scale = jnp.sqrt(q.shape[-1]).astype(q.dtype)
+  logits_context = jnp.einsum("bqhd,bkhd->bhqk", q, k_context) / scale
+  logits_self = jnp.einsum("bqhd,bqhd->bhq", q, k)[..., None] / scale
+  weights = jax.nn.softmax(jnp.concatenate([logits_context, logits_self], axis=-1), axis=-1)
+  out = (jnp.einsum("bhqk,bkhd->bqhd", weights[..., :-1], v_context)
+         + jnp.einsum("bhq,bqhd->bqhd", weights[..., -1], v))
+  return out.reshape(*out.shape[:2], -1)
+
+
 class MLP(nnx.Module):
   """Linear layers with ReLU between them (DETR's box-head MLP)."""
 
@@ -161,7 +180,9 @@ class ConditionalDecoderLayer(nnx.Module):
 
   def __call__(self, tgt: jax.Array, memory: jax.Array, *, query_pos: jax.Array,
                query_sine_embed: jax.Array, memory_pos: jax.Array, memory_mask: jax.Array,
-               self_attn_mask: jax.Array | None = None, train: bool = False) -> jax.Array:
+               self_attn_mask: jax.Array | None = None,
+               context: tuple[jax.Array, jax.Array] | None = None,
+               train: bool = False) -> jax.Array:
     """One layer.
 
     Args:
@@ -171,6 +192,9 @@ class ConditionalDecoderLayer(nnx.Module):
       query_pos: [B, N, D] positional queries; query_sine_embed [B, N, D] the (scaled) sine
         embedding of the reference points.
       self_attn_mask: optional [N, N], True where query i may attend to query j.
+      context: optional (content [B, C, D], positional queries [B, C, D]) of C other queries
+        that each of the N attends to, besides itself (and to no other of the N); the context
+        rows are not updated (inference: given boxes beside the learned queries).
 
     Returns:
       [B, N, D] updated query content.
@@ -179,8 +203,17 @@ class ConditionalDecoderLayer(nnx.Module):
     # Self-attention.
     q = self.sa_qcontent_proj(tgt) + self.sa_qpos_proj(query_pos)
     k = self.sa_kcontent_proj(tgt) + self.sa_kpos_proj(query_pos)
-    sa = attention(q, k, self.sa_v_proj(tgt), num_heads=h, attn_mask=self_attn_mask,
-                   dropout=self.sa_attn_dropout, train=train)
+    if context is None:
+      sa = attention(q, k, self.sa_v_proj(tgt), num_heads=h, attn_mask=self_attn_mask,
+                     dropout=self.sa_attn_dropout, train=train)
+    else:
+      if train or self_attn_mask is not None:
+        raise ValueError("context is for inference, without a self-attention mask")
+      context_tgt, context_pos = context
+      sa = attention_to_context_and_self(
+          q, k, self.sa_v_proj(tgt),
+          self.sa_kcontent_proj(context_tgt) + self.sa_kpos_proj(context_pos),
+          self.sa_v_proj(context_tgt), num_heads=h)
     tgt = self.norm1(tgt + self.dropout1(self.sa_out_proj(sa), deterministic=not train))
 
     # Cross-attention with [content | spatial] queries and keys per head.
