@@ -15,7 +15,8 @@ buckets, see procrop_jax/crop.py):
   procrop_aspect_photos_per_s  the same with one --aspect (warm)
   model_only_photos_per_s      the model's passes alone on those photos' canvases, full batches
   model_gflops_per_photo       XLA's FLOP count of one forward pass, averaged over the photos'
-                               buckets (free; and with the aspect's first-pass candidates)
+                               buckets (free; and _aspect: an aspect request's three passes,
+                               the proposals' and its candidates' decoder rows)
   model_gflops_per_s           FLOP/s of the model alone, against
   matmul_gflops_per_s          a 2048 x 2048 float32 matrix product timed in the same run
   smartcrop_photos_per_s       the smartcrop package (pip install -e '.[bench]'): decode, one
@@ -116,9 +117,13 @@ def model_figures(cropper, paths) -> dict[str, float]:
   for shape, members in buckets.items():
     share = len(members) / len(prepared)
     flops += share * procrop.flops_per_image(model, canvas_hw=shape)
-    flops_aspect += share * procrop.flops_per_image(
-        model, canvas_hw=shape,
-        num_query_boxes=cropper.aspect_candidates.first_pass_count(model.num_queries))
+    # An aspect request: the proposals' pass, then its candidates' decoder rows (two passes).
+    candidates = cropper.aspect_candidates
+    flops_aspect += share * (procrop.flops_per_image(model, canvas_hw=shape) + sum(
+        procrop.flops_per_image(model, canvas_hw=shape, num_query_boxes=count,
+                                from_encoding=True)
+        for count in (candidates.first_pass_count(model.num_queries),
+                      candidates.refine_count)))
     batch = (members * cropper.batch_size)[:cropper.batch_size]
     cropper._predict(batch)  # pylint: disable=protected-access  (compiles)
     seconds += share * _timed(lambda: cropper._predict(batch),  # pylint: disable=protected-access

@@ -421,11 +421,13 @@ def param_count(model: nnx.Module) -> int:
 
 def flops_per_image(model: ProCrop, *, num_references: int | None = None,
                     num_query_boxes: int | None = None,
-                    canvas_hw: tuple[int, int] | None = None) -> float:
+                    canvas_hw: tuple[int, int] | None = None,
+                    from_encoding: bool = False) -> float:
   """XLA's FLOP count of one inference forward pass on a single image.
 
   num_references defaults to the model's K; num_query_boxes scores that many given boxes instead
-  of proposing; canvas_hw is the canvas's (height, width), by default model.image_size square.
+  of proposing (with `from_encoding`, from the encoding of an earlier pass: their decoder rows
+  alone); canvas_hw is the canvas's (height, width), by default model.image_size square.
   """
   k = model.num_references if num_references is None else num_references
   h, w = canvas_hw or (model.image_size, model.image_size)
@@ -440,7 +442,20 @@ def flops_per_image(model: ProCrop, *, num_references: int | None = None,
           jax.ShapeDtypeStruct((1, 2), jnp.float32),
           jax.ShapeDtypeStruct((1, k, model.tokens_grid ** 2, c_ref), jnp.float32) if k else None,
           jax.ShapeDtypeStruct((1, num_query_boxes, 4), jnp.float32) if num_query_boxes else None)
-  cost = jax.jit(forward).lower(state, *args).cost_analysis()
+  if from_encoding:
+    if not num_query_boxes:
+      raise ValueError("from_encoding counts the scoring of num_query_boxes given boxes")
+    grid = (-(-h // 32), -(-w // 32))
+    encoding = {"memory": jax.ShapeDtypeStruct((1, *grid, model.d_model), jnp.float32),
+                "query_states": jax.ShapeDtypeStruct(
+                    (1, len(model.decoder_layers), model.num_queries, model.d_model),
+                    jnp.float32)}
+    decode = lambda state, encoding, valid, boxes: nnx.merge(graphdef, state)(
+        None, image_valid_hw=valid, encoding=encoding, query_boxes=boxes)
+    lowered = jax.jit(decode).lower(state, encoding, args[1], args[3])
+  else:
+    lowered = jax.jit(forward).lower(state, *args)
+  cost = lowered.cost_analysis()
   if isinstance(cost, (list, tuple)):  # Older JAX returns one dict per computation.
     cost = cost[0]
   return float(cost["flops"])
