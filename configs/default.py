@@ -195,5 +195,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.crop.top_k = 5
   config.crop.nms_iou = 0.7  # Crops overlapping a better one more than this are dropped.
   config.crop.aspect_ratio = 0.0  # width / height of every crop; 0: free.
+  # The canvas the Cropper resizes photos to by default (--canvas-size overrides it); 0: the
+  # training size, data.image_size. A shipped model records the one it is measured at.
+  config.crop.canvas_size = 0
   config.crop.after_training = True  # The main job ends by cropping config.crop.input_dir.
   return config

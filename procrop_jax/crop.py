@@ -31,7 +31,8 @@ estimated IoU with an expert's crop).
 
 Photos are decoded in threads while the model runs, and crops are written while the model runs
 on the next batch. Each photo's longer side is resized to the model's canvas size S
-(--canvas-size; default the size it was trained at), and its shorter side is padded to the
+(--canvas-size; default the model's config.crop.canvas_size, else the size it was trained at),
+and its shorter side is padded to the
 smallest of a few canvas buckets that holds it (CANVAS_BUCKETS: 9/16, 3/4 and all of S, in
 multiples of 32), not always to S: a 3:2 photo at S = 320 runs on 320 x 256, a 16:9 one on
 320 x 192. Batches are formed per bucket and padded to --batch-size, candidate lists to a fixed
@@ -191,7 +192,7 @@ class Cropper:
     """`predictor` is an `inference.Predictor`.
 
     `canvas_size` is the side S the photo's longer side is resized to (default: the model's
-    training size); with `buckets` the canvas's shorter side is the smallest of
+    `config.crop.canvas_size`, else its training size); with `buckets` the canvas's shorter side is the smallest of
     `CANVAS_BUCKETS` that holds the photo's instead of S: fewer pixels, the same crops within
     noise (experiments/README.md). Both need a model without retrieval (`flexible_canvas`).
     `aspect_candidates` are the boxes scored for a fixed-aspect crop (`aspect.FAST`, or
@@ -205,12 +206,14 @@ class Cropper:
     if canvas_size is not None and (canvas_size <= 0 or canvas_size % CANVAS_MULTIPLE):
       raise ValueError(f"canvas_size={canvas_size}: use a positive multiple of "
                        f"{CANVAS_MULTIPLE}")
-    self.canvas_size = int(canvas_size or predictor.image_size)
+    configured = int(predictor.config.crop.get("canvas_size", 0) or 0)
+    self.canvas_size = int(canvas_size or configured or predictor.image_size)
     flexible = predictor.flexible_canvas
     if self.canvas_size != predictor.image_size and not flexible:
       raise ValueError(
-          f"canvas_size={canvas_size}: this model uses retrieval, whose fusion was built for "
-          f"its training canvas ({predictor.image_size} px); leave canvas_size unset")
+          f"canvas_size={self.canvas_size}: this model uses retrieval, whose fusion was built "
+          f"for its training canvas ({predictor.image_size} px); leave canvas_size (and "
+          "config.crop.canvas_size) unset")
     self.buckets = bool(buckets) and flexible
 
   def canvas_shape(self, width: int, height: int) -> tuple[int, int]:
@@ -592,7 +595,8 @@ def build_parser(prog: str = "procrop crop") -> argparse.ArgumentParser:
                       help="photos per model call (default: %(default)s)")
   parser.add_argument("--canvas-size", type=_positive_int, default=None,
                       help="pixels of the photo's longer side as the model sees it, a multiple "
-                      "of 32 (default: the model's training size); smaller is faster "
+                      "of 32 (default: the model's config.crop.canvas_size, else its "
+                      "training size); smaller is faster "
                       "(experiments/README.md measures speed and quality)")
   parser.add_argument("--format", choices=photos.FORMAT_CHOICES, default="keep",
                       help="format of the crops (default: the input's)")

@@ -4,6 +4,7 @@ import io
 import os
 import pathlib
 
+import ml_collections
 import numpy as np
 from PIL import Image
 from PIL import ImageCms
@@ -222,8 +223,9 @@ def test_bucket_sides_are_multiples_of_the_stride_at_any_canvas_size():
 class _FakePredictor:
   image_size = 320
 
-  def __init__(self, flexible_canvas):
+  def __init__(self, flexible_canvas, crop_canvas_size=0):
     self.flexible_canvas = flexible_canvas
+    self.config = ml_collections.ConfigDict({"crop": {"canvas_size": crop_canvas_size}})
 
 
 def test_canvas_size_and_buckets_need_a_model_without_retrieval():
@@ -236,6 +238,15 @@ def test_canvas_size_and_buckets_need_a_model_without_retrieval():
     crop.Cropper(_FakePredictor(False), canvas_size=192)
   with pytest.raises(ValueError, match="multiple of 32"):
     crop.Cropper(_FakePredictor(True), canvas_size=200)
+
+
+def test_a_model_config_sets_the_default_canvas_and_the_argument_wins():
+  assert crop.Cropper(_FakePredictor(True, crop_canvas_size=256)).canvas_size == 256
+  assert crop.Cropper(_FakePredictor(True, crop_canvas_size=256), canvas_size=192
+                      ).canvas_size == 192
+  assert crop.Cropper(_FakePredictor(True)).canvas_size == 320
+  with pytest.raises(ValueError, match="config.crop.canvas_size"):
+    crop.Cropper(_FakePredictor(False, crop_canvas_size=256))
 
 
 def test_a_batch_of_mixed_canvas_shapes_is_refused():
