@@ -5,8 +5,8 @@ r"""`procrop crop` against smartcrop on the same photos, in the same run: photos
       [--workdir DIR | --model NAME_OR_PATH | --config configs/fcdb_cpu.py]
 
 Measures, on the first N photos of DIR (default: the FCDB images in ../shared/data/fcdb/data),
-for each canvas size S of --canvas-sizes (default: the model's training size; photos on canvas
-buckets, see procrop_jax/crop.py):
+for each canvas size S of --canvas-sizes (default: the Cropper's for that model; photos on
+canvas buckets, see procrop_jax/crop.py):
 
   procrop_free_photos_per_s    `procrop crop` free crops (--top-k per photo), decode to written
                                results (crops, results.jsonl, index.html), after a first pass
@@ -140,7 +140,8 @@ def main() -> None:
   parser.add_argument("--top-k", type=int, default=1)
   parser.add_argument("--batch-size", type=int, default=8)
   parser.add_argument("--canvas-sizes", default="",
-                      help="comma-separated canvas sizes (default: the model's training size)")
+                      help="comma-separated canvas sizes (default: the Cropper's default for "
+                      "the model)")
   parser.add_argument("--buckets", action=argparse.BooleanOptionalAction, default=True,
                       help="canvas buckets (--no-buckets: every photo on an S x S canvas)")
   source = parser.add_mutually_exclusive_group()
@@ -157,7 +158,8 @@ def main() -> None:
     raise SystemExit(f"no photos in {args.photos}")
   target = crop.parse_aspect(args.aspect)
   predictor = build_predictor(args)
-  sizes = [int(v) for v in args.canvas_sizes.split(",") if v] or [predictor.image_size]
+  sizes = ([int(v) for v in args.canvas_sizes.split(",") if v]
+           or [crop.Cropper(predictor).canvas_size])
   tmp = pathlib.Path(tempfile.mkdtemp(prefix="crop_benchmark_"))
   try:
     smart = run_smartcrop(paths, tmp / "smartcrop", target.ratio)

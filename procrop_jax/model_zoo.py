@@ -117,12 +117,16 @@ def backbone_tail_start(config: ml_collections.ConfigDict) -> int | None:
     raise ValueError(f"config.optim.trainable_backbone_blocks={blocks}: {e}") from None
 
 
-def _untouched_backbone(model: procrop.ProCrop, config: ml_collections.ConfigDict) -> set[str]:
+def _untouched_backbone(model: procrop.ProCrop, config: ml_collections.ConfigDict, *,
+                        rtol: float = 0.0) -> set[str]:
   """Names of the backbone variables that still hold the package's ImageNet values.
 
   They are not stored: loading takes them from the efficientnet-liteN package, as training did.
   Compared value by value, so what is stored follows what training changed (nothing for a
-  frozen backbone, the last blocks for a trained tail), whatever the config claims.
+  frozen backbone, the last blocks for a trained tail), whatever the config claims. `rtol`
+  forgives differences below the storage dtype's precision: the EMA of a frozen weight drifts
+  from it by float32 rounding (about 1e-5 of its value), which storing in float16 would not
+  keep anyway.
   """
   if not config.model.pretrained:
     return set()
@@ -132,8 +136,8 @@ def _untouched_backbone(model: procrop.ProCrop, config: ml_collections.ConfigDic
                      for k, v in _named_variables(reference).items()}
   return {name for name, var in _named_variables(model).items()
           if name in imagenet_values
-          and np.array_equal(np.asarray(jax.device_get(var.get_value())),
-                             np.asarray(imagenet_values[name]))}
+          and np.allclose(np.asarray(jax.device_get(var.get_value())),
+                          np.asarray(imagenet_values[name]), rtol=rtol, atol=0.0)}
 
 
 def export(model: procrop.ProCrop, config: ml_collections.ConfigDict,
@@ -152,7 +156,9 @@ def export(model: procrop.ProCrop, config: ml_collections.ConfigDict,
     raise ValueError(f"dtype={dtype!r}: use one of {_STORAGE_DTYPES}")
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  untouched = _untouched_backbone(model, config)
+  # Half of float16's spacing near 1: a change float16 storage could not represent anyway.
+  untouched = _untouched_backbone(
+      model, config, rtol=float(np.finfo(np.float16).eps) / 2 if dtype == "float16" else 0.0)
   arrays = {}
   for name, var in _named_variables(model).items():
     if name in untouched:
