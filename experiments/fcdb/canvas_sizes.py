@@ -100,12 +100,11 @@ def main(argv):
     shapes = {cropper.canvas_shape(ex["image"].shape[1], ex["image"].shape[0]) for ex in examples}
     line = {"canvas": name, "size": size, "photos": len(examples), "buckets": len(shapes),
             **_free(cropper, examples, images)}
-    for text in _CANDIDATES.value if _ASPECT.value else []:
-      line = {**line, "candidates": text,
-              **_told(cropper, examples, images, parse_candidates(text))}
-      print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
-                        for k, v in line.items()}), flush=True)
-    if not _ASPECT.value:
+    # One line per candidate set with --aspect (the free figures repeated), else one line.
+    for text in _CANDIDATES.value if _ASPECT.value else [None]:
+      if text is not None:
+        line = {**line, "candidates": text,
+                **_told(cropper, examples, images, parse_candidates(text))}
       print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
                         for k, v in line.items()}), flush=True)
 

@@ -445,11 +445,8 @@ def flops_per_image(model: ProCrop, *, num_references: int | None = None,
   if from_encoding:
     if not num_query_boxes:
       raise ValueError("from_encoding counts the scoring of num_query_boxes given boxes")
-    grid = (-(-h // 32), -(-w // 32))
-    encoding = {"memory": jax.ShapeDtypeStruct((1, *grid, model.d_model), jnp.float32),
-                "query_states": jax.ShapeDtypeStruct(
-                    (1, len(model.decoder_layers), model.num_queries, model.d_model),
-                    jnp.float32)}
+    # The shapes of the encoding the proposals' pass returns (not counted).
+    encoding = jax.eval_shape(forward, state, *args[:3], None)["encoding"]
     decode = lambda state, encoding, valid, boxes: nnx.merge(graphdef, state)(
         None, image_valid_hw=valid, encoding=encoding, query_boxes=boxes)
     lowered = jax.jit(decode).lower(state, encoding, args[1], args[3])
