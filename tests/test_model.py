@@ -192,6 +192,9 @@ def test_from_config_param_count_and_flops():
   flops = procrop.flops_per_image(abstract)
   assert flops > 1e7
   assert procrop.flops_per_image(abstract, num_references=0) < flops
+  # Scoring boxes from a kept encoding runs only their decoder rows: a small part of a pass.
+  from_encoding = procrop.flops_per_image(abstract, num_query_boxes=8, from_encoding=True)
+  assert 0 < from_encoding < 0.5 * procrop.flops_per_image(abstract, num_query_boxes=8)
 
 
 def test_proposals_and_given_box_scores_in_one_pass(model):
