@@ -8,9 +8,9 @@ by the given-box scoring path:
    at `grid_positions` x `grid_positions` places;
 2. the model's free proposals snapped to the ratio: for each, the largest box of the ratio inside
    it and the smallest one containing it (moved, or shrunk, into the photo), on its centre;
-3. a local refinement of the best `refine_top` candidates of steps 1-2: scaled by
-   `REFINE_SCALES` and shifted by `REFINE_SHIFT` of their size in x and y, scored in a second
-   pass.
+3. a local refinement of the best `refine_top` candidates of steps 1-2: each moved by every
+   (scale, x shift, y shift) of `Candidates.refine_moves` (shifts in units of its size), scored
+   in a second pass.
 
 Every pass scores a fixed number of boxes per request (short lists are padded by repeating), so
 the forward pass compiles once whatever the photo and the ratio. `choose` is shared by the
@@ -27,9 +27,25 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-REFINE_SCALES = (0.94, 1.0, 1.06)
-REFINE_SHIFT = 0.04
-REFINE_PER_BOX = len(REFINE_SCALES) * 9 - 1
+Move = tuple[float, float, float]  # (scale, x shift, y shift) of a box, shifts in its size.
+
+
+def cube_moves(scales: Sequence[float] = (0.94, 1.0, 1.06), shift: float = 0.04
+               ) -> tuple[Move, ...]:
+  """Every scale with every x and y shift of -shift, 0, +shift; the box itself left out."""
+  return tuple((scale, dx, dy) for scale in scales for dy in (-shift, 0.0, shift)
+               for dx in (-shift, 0.0, shift) if (scale, dx, dy) != (1.0, 0.0, 0.0))
+
+
+def square_moves(scales: Sequence[float] = (0.94, 1.06), shift: float = 0.04
+                 ) -> tuple[Move, ...]:
+  """The 8 shifts around the box at its own scale, and the box scaled in place."""
+  return (cube_moves((1.0,), shift)
+          + tuple((scale, 0.0, 0.0) for scale in scales if scale != 1.0))
+
+
+CUBE_MOVES = cube_moves()  # 26 neighbours.
+SQUARE_MOVES = square_moves()  # 10 neighbours.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,14 +55,18 @@ class Candidates:
   grid_positions: int = 5
   refine_top: int = 3
   proposals: int | None = None  # The best-scored proposals snapped; None: all of them.
+  refine_moves: tuple[Move, ...] = CUBE_MOVES
 
   @property
   def grid_count(self) -> int:
-    return len(self.grid_scales) * self.grid_positions ** 2
+    # The largest box of a ratio (scale 1) spans the photo's width or height: it only moves
+    # along the other side, to grid_positions distinct places.
+    return sum(self.grid_positions if scale == 1.0 else self.grid_positions ** 2
+               for scale in self.grid_scales)
 
   @property
   def refine_count(self) -> int:
-    return self.refine_top * REFINE_PER_BOX
+    return self.refine_top * len(self.refine_moves)
 
   def snapped_count(self, num_proposals: int) -> int:
     """How many of `num_proposals` proposals are snapped to the ratio."""
@@ -58,10 +78,11 @@ class Candidates:
 
 
 DENSE = Candidates()
-# 45 boxes per request instead of DENSE's 288, and as good on FCDB's validation slice (aspect-
-# conditioned IoU 0.763 vs 0.760, experiments/README.md): the snapped proposals and the local
-# refinement find the crop; the grid rarely does.
-FAST = Candidates(grid_scales=(1.0,), grid_positions=3, refine_top=1, proposals=5)
+# 23 boxes per request instead of DENSE's 268, and as good on FCDB's validation slice
+# (experiments/README.md): the snapped proposals and the local refinement find the crop; the
+# grid rarely does.
+FAST = Candidates(grid_scales=(1.0,), grid_positions=3, refine_top=1, proposals=5,
+                  refine_moves=SQUARE_MOVES)
 
 # score_fn(boxes [B, Q, 4] normalised xyxy) -> scores [B, Q]: the model's given-box path.
 ScoreFn = Callable[[np.ndarray], np.ndarray]
@@ -108,7 +129,7 @@ def grid_candidates(ratio: float, size: tuple[int, int], *,
   """Distinct whole-pixel boxes [M, 4] of a (width, height) photo with width / height = ratio.
 
   The largest box of that ratio inside the photo at each scale, at positions x positions places.
-  M <= len(scales) * positions ** 2 (fewer where boxes coincide).
+  M <= Candidates(scales, positions).grid_count (fewer where boxes coincide).
   """
   _check_ratio(ratio)
   width, height = size
@@ -117,8 +138,10 @@ def grid_candidates(ratio: float, size: tuple[int, int], *,
   boxes = []
   for scale in scales:
     w, h = full_w * scale, full_h * scale
-    for fy in np.linspace(0.0, 1.0, positions):
-      for fx in np.linspace(0.0, 1.0, positions):
+    # A box that spans a side (within a pixel) has one place along it.
+    places = lambda slack: np.linspace(0.0, 1.0, positions) if slack >= 1.0 else [0.5]
+    for fy in places(height - h):
+      for fx in places(width - w):
         x1, y1 = fx * (width - w), fy * (height - h)
         boxes.append(snap_box((x1, y1, x1 + w, y1 + h), size, ratio))
   return np.array(list(dict.fromkeys(boxes)), np.int64)  # Distinct, first-seen order.
@@ -144,19 +167,16 @@ def proposal_candidates(proposals_px: np.ndarray, ratio: float, size: tuple[int,
   return np.array(boxes, np.int64).reshape(-1, 4)
 
 
-def refine_candidates(boxes_px: np.ndarray, ratio: float, size: tuple[int, int]) -> np.ndarray:
-  """Whole-pixel boxes of the ratio near each box of [K, 4]: scaled by REFINE_SCALES and shifted
-  by -REFINE_SHIFT, 0, +REFINE_SHIFT of its size in x and y (the box itself left out)."""
+def refine_candidates(boxes_px: np.ndarray, ratio: float, size: tuple[int, int],
+                      moves: Sequence[Move] = CUBE_MOVES) -> np.ndarray:
+  """Whole-pixel boxes of the ratio near each box of [K, 4]: [K * len(moves), 4], the box
+  scaled by each move's scale and shifted by its x and y shifts times the box's size."""
   out = []
   for box in np.asarray(boxes_px, np.float64).reshape(-1, 4):
     w, h = box[2] - box[0], box[3] - box[1]
-    for scale in REFINE_SCALES:
-      for dy in (-REFINE_SHIFT, 0.0, REFINE_SHIFT):
-        for dx in (-REFINE_SHIFT, 0.0, REFINE_SHIFT):
-          if scale == 1.0 and dx == 0.0 and dy == 0.0:
-            continue
-          moved = _centred(box + np.array([dx * w, dy * h] * 2), w * scale, h * scale)
-          out.append(snap_box(moved, size, ratio))
+    for scale, dx, dy in moves:
+      moved = _centred(box + np.array([dx * w, dy * h] * 2), w * scale, h * scale)
+      out.append(snap_box(moved, size, ratio))
   return np.array(out, np.int64).reshape(-1, 4)
 
 
@@ -226,7 +246,7 @@ def choose(score_fn: ScoreFn, proposals_px: Sequence[np.ndarray],
       for j, ratio in enumerate(ratios[i]):
         boxes, s = pooled[i][j]
         best = boxes[np.argsort(-s, kind="stable")[:candidates.refine_top]]
-        near = refine_candidates(best, ratio, size)
+        near = refine_candidates(best, ratio, size, candidates.refine_moves)
         extra[i].append(near)
         block = slice(j * refine_count, (j + 1) * refine_count)
         given[i, block] = _normalised(_fixed(near, refine_count), size)

@@ -480,7 +480,7 @@ def run(inputs: Sequence[photos.Input], cropper: Cropper, *, out_dir: str | os.P
     # `max_waiting` wait in all (the fullest bucket goes as a partial batch beyond that), so
     # memory stays bounded however the photos' shapes are mixed.
     buckets: dict[tuple[int, ...], list[Decoded]] = {}
-    max_waiting = 2 * cropper.batch_size
+    max_waiting = 3 * cropper.batch_size
     decoded = _ordered(decoder, lambda i: (i, _decode(inputs[i], cropper.max_pixels, cropper)),
                        range(len(inputs)), lookahead=2 * cropper.batch_size)
     for index, result in decoded:

@@ -371,8 +371,8 @@ class Predictor:
         when `flexible_canvas`. None with `encoding`.
       image_valid_hw: [B, 2] the photo's (h, w) as fractions of H and W.
       boxes: optional [B, Q, 4] normalised xyxy boxes to score instead of proposing.
-      encoding: the "encoding" a `keep_encoding` call returned for the same canvases: only the
-        decoder runs, and for `boxes` only their rows of it.
+      encoding: the "encoding" a `keep_encoding` call returned for the same canvases, to score
+        `boxes`: only their decoder rows run.
       keep_encoding: also return "encoding" (needs `reuses_encoding`).
 
     Returns:
@@ -383,6 +383,9 @@ class Predictor:
     if (encoding is not None or keep_encoding) and not self.reuses_encoding:
       raise ValueError("an encoding cannot replace the images with config.inference.flip: the "
                        "mirrored pass needs the pixels")
+    if encoding is not None and boxes is None:
+      raise ValueError("an encoding scores given boxes only: pass boxes, or the images to "
+                       "propose crops")
     n = len(image_valid_hw)
     batch: dict[str, Any] = {"image_valid_hw": np.asarray(image_valid_hw, np.float32)}
     if encoding is None:

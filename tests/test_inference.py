@@ -86,14 +86,15 @@ def test_a_kept_encoding_predicts_as_the_images_do(predictor):
   boxes = np.tile(np.array([[0.1, 0.1, 0.9, 0.8], [0.2, 0.3, 0.6, 0.9]], np.float32), (2, 1, 1))
   first = predictor.predict(images, valid, keep_encoding=True)
   assert predictor.reuses_encoding
-  for given in (None, boxes):
-    plain = predictor.predict(images, valid, given)
-    reused = predictor.predict(None, valid, given, encoding=first["encoding"])
-    for key in ("boxes", "scores"):
-      np.testing.assert_allclose(reused[key], plain[key], atol=1e-5)
+  plain = predictor.predict(images, valid, boxes)
+  reused = predictor.predict(None, valid, boxes, encoding=first["encoding"])
+  for key in ("boxes", "scores"):
+    np.testing.assert_allclose(reused[key], plain[key], atol=1e-5)
   # A given box's score does not depend on the other boxes scored with it.
   alone = predictor.predict(None, valid, boxes[:, :1], encoding=first["encoding"])
   np.testing.assert_allclose(alone["scores"], reused["scores"][:, :1], atol=1e-5)
+  with pytest.raises(ValueError, match="given boxes"):
+    predictor.predict(None, valid, encoding=first["encoding"])
 
 
 @pytest.mark.slow

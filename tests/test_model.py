@@ -113,7 +113,7 @@ def _memory(model, b=2, rng=np.random.default_rng(1)):
 # Shared by the tests below so that each shape compiles once.
 @functools.partial(nnx.jit, static_argnames="train")
 def _decode(model, memory, pos, mask, query_boxes=None, *, train=False):
-  return model.decode(memory, pos, mask, query_boxes, train=train)
+  return model.decode(memory, pos, mask, query_boxes, train=train)[0]
 
 
 def test_padded_tokens_are_ignored(model):
@@ -201,7 +201,7 @@ def test_proposals_and_given_box_scores_in_one_pass(model):
   memory, pos, mask = _memory(model)
   boxes = jnp.array([[[0.0, 0.0, 1.0, 1.0], [0.1, 0.2, 0.5, 0.9]]] * 2)
   both = nnx.jit(lambda m, *args: m.decode(*args, with_proposals=True))(
-      model, memory, pos, mask, boxes)[-1]
+      model, memory, pos, mask, boxes)[0][-1]
   alone = _decode(model, memory, pos, mask)[-1]
   np.testing.assert_allclose(both["logits"], alone["logits"], atol=1e-5)
   np.testing.assert_allclose(both["boxes"], alone["boxes"], atol=1e-5)

@@ -8,7 +8,8 @@ FCDB validation slice train[85%:] and prints one JSON line per setting: the top-
 and BDE, the best of the top 5, and with --aspect the crop asked for with the expert crop's
 aspect ratio (the aspect-conditioned protocol, through `Cropper.crop(aspect=...)`), once per
 candidate set of --candidates (`aspect.FAST`, `aspect.DENSE`, or
-SCALES:POSITIONS:REFINE_TOP[:PROPOSALS] with the grid's scales separated by "/"), with the boxes
+SCALES:POSITIONS:REFINE_TOP[:PROPOSALS[:MOVES]] with the grid's scales separated by "/" and
+MOVES the refinement's neighbourhood, cube or square), with the boxes
 each scores per request. Settings:
 the S x S canvas the model was trained on, then canvas buckets (`Cropper(buckets=True)`: the
 shorter side padded only to the next multiple of 32) at each size of --sizes. The seconds are
@@ -35,20 +36,27 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "A training run (its best checkp
 _SIZES = flags.DEFINE_list("sizes", ["320", "256", "224", "192"], "Canvas sizes with buckets.")
 _ASPECT = flags.DEFINE_bool("aspect", False, "Also the aspect-conditioned protocol.")
 _CANDIDATES = flags.DEFINE_list("candidates", ["fast"], "Fixed-aspect candidate sets: fast, "
-                                "dense, or SCALES:POSITIONS:REFINE_TOP[:PROPOSALS], e.g. "
-                                "1/0.8:3:1:10.")
+                                "dense, or SCALES:POSITIONS:REFINE_TOP[:PROPOSALS[:MOVES]], "
+                                "e.g. 1/0.8:3:1:10:square.")
 _SQUARE = flags.DEFINE_bool("square", True, "Also the S x S canvas the model was trained on.")
 _SPLIT = flags.DEFINE_string("split", "train[85%:]", "Never the test split while tuning.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "data/tfds", "TFDS data directory.")
 
 
+MOVES = {"cube": aspect.CUBE_MOVES, "square": aspect.SQUARE_MOVES}
+
+
 def parse_candidates(text: str) -> aspect.Candidates:
-  """fast | dense | SCALES:POSITIONS:REFINE_TOP[:PROPOSALS] (scales separated by "/")."""
+  """fast | dense | SCALES:POSITIONS:REFINE_TOP[:PROPOSALS[:MOVES]] (scales separated by "/";
+  PROPOSALS "all" or a count; MOVES cube or square)."""
   if text in ("fast", "dense"):
     return aspect.FAST if text == "fast" else aspect.DENSE
-  scales, positions, refine_top, *proposals = text.split(":")
+  scales, positions, refine_top, *rest = text.split(":")
+  proposals = rest[0] if rest else "all"
+  moves = MOVES[rest[1]] if len(rest) > 1 else aspect.CUBE_MOVES
   return aspect.Candidates(tuple(float(v) for v in scales.split("/")), int(positions),
-                           int(refine_top), int(proposals[0]) if proposals else None)
+                           int(refine_top), None if proposals == "all" else int(proposals),
+                           moves)
 
 
 def _free(cropper: crop.Cropper, examples, images) -> dict[str, float]:

@@ -40,6 +40,8 @@ from procrop_jax.models import transformer
 FUSIONS = ("concat_mlp", "cross_attention")
 FEATURE_KEYS = ("stride32", "stride16")  # Backbone maps the head reads.
 # The score head starts at this probability for every query (focal-loss practice, RetinaNet).
+# The per-layer arrays of a decoder's encoding (see ProCrop.decode); it also holds "memory_mask".
+ENCODING_KEYS = ("memory_keys", "memory_values", "context_keys", "context_values")
 _PRIOR_PROB = 0.01
 
 
@@ -285,11 +287,12 @@ class ProCrop(nnx.Module):
     return self.fusion(x, pos, refs, train=train)
 
   # -------------------------------------------------------------------------------- the decoder
-  def decode(self, memory: jax.Array, pos: jax.Array, mask: jax.Array,
+  def decode(self, memory: jax.Array | None, pos: jax.Array | None, mask: jax.Array,
              query_boxes: jax.Array | None = None, *, train: bool = False,
-             with_proposals: bool = False, query_states: jax.Array | None = None
-             ) -> list[dict]:
-    """Runs the decoder; returns one prediction dict per decoder layer (last = final).
+             with_proposals: bool = False, encoding: Mapping[str, jax.Array] | None = None
+             ) -> tuple[list[dict], dict[str, jax.Array]]:
+    """Runs the decoder; returns one prediction dict per decoder layer (last = final), and the
+    photos' encoding.
 
     With `query_boxes` [B, Q, 4], the Q given boxes are appended to the N learned queries as
     fixed anchors. The learned queries attend only to each other (exactly as without given boxes)
@@ -297,23 +300,23 @@ class ProCrop(nnx.Module):
     boxes: a box's score does not depend on which other candidates are scored with it, and the
     context it sees is the one training builds. Only the Q given boxes' predictions are returned.
 
-    Each prediction dict also holds "query_states": the learned queries' content entering that
-    layer [B, N, D]. Passed back as `query_states` [B, layers, N, D] (inference scoring boxes on
-    photos whose proposals it has decoded), only the given boxes' rows are computed, with the
-    same result.
+    The encoding holds what a given box's row reads from the rest: the image tokens' mask
+    ("memory_mask" [B, S]) and, per decoder layer, their cross-attention keys and values ("memory_keys" [B, layers, S, 2D], "memory_values"
+    [B, layers, S, D]) and the learned queries' self-attention keys and values
+    ("context_keys", "context_values" [B, layers, N, D]). Passed back as `encoding` (with
+    `query_boxes`; memory and pos then unused), only the given boxes' rows are computed, with
+    the same result: inference scoring boxes on photos whose proposals it has decoded.
     """
-    b = memory.shape[0]
     d = self.d_model
     n = self.num_queries
+    b = mask.shape[0]
     anchors = jnp.broadcast_to(jax.nn.sigmoid(self.anchor_logits[...]), (b, n, 4))
     self_attn_mask = None
-    context_pos = None
+    if encoding is not None and (query_boxes is None or with_proposals):
+      raise ValueError("an encoding scores given boxes only: pass query_boxes, no proposals")
     if query_boxes is not None:
       given = jnp.clip(box_ops.xyxy_to_cxcywh(query_boxes.astype(jnp.float32)), 0.0, 1.0)
-      if query_states is not None:  # The learned queries' rows are known: only the given run.
-        if with_proposals:
-          raise ValueError("query_states scores given boxes only: no proposals")
-        context_pos = self.anchor_pos(position_encoding.sine_embedding(anchors, d // 2))
+      if encoding is not None:  # The learned queries' rows are known: only the given run.
         anchors, n = given, 0
       else:
         anchors = jnp.concatenate([anchors, given], axis=1)
@@ -322,16 +325,23 @@ class ProCrop(nnx.Module):
     query_pos = self.anchor_pos(position_encoding.sine_embedding(anchors, d // 2))
     # (cy, cx) order and d/2 features each, to match the tokens' (y, x) encodings.
     ref_sine = position_encoding.sine_embedding(anchors[..., 1::-1], d // 2)
-    tgt = jnp.zeros((b, anchors.shape[1], d), memory.dtype)
-    predictions = []
+    tgt = jnp.zeros((b, anchors.shape[1], d), jnp.float32 if memory is None else memory.dtype)
+    predictions, kept = [], {k: [] for k in ENCODING_KEYS}
     for i, layer in enumerate(self.decoder_layers):
       # Conditional spatial query: the reference's embedding scaled by a function of the content.
       scale = 1.0 if i == 0 else self.query_scale(tgt)
-      states = tgt[:, :self.num_queries] if context_pos is None else query_states[:, i]
-      context = None if context_pos is None else (states, context_pos)
-      tgt = layer(tgt, memory, query_pos=query_pos, query_sine_embed=ref_sine * scale,
-                  memory_pos=pos, memory_mask=mask, self_attn_mask=self_attn_mask,
-                  context=context, train=train)
+      if encoding is None:
+        memory_kv, context = layer.memory_keys_values(memory, pos), None
+      else:
+        memory_kv = (encoding["memory_keys"][:, i], encoding["memory_values"][:, i])
+        context = (encoding["context_keys"][:, i], encoding["context_values"][:, i])
+      tgt, (self_keys, self_values) = layer(
+          tgt, memory_kv, query_pos=query_pos, query_sine_embed=ref_sine * scale,
+          memory_mask=mask, self_attn_mask=self_attn_mask, context=context, train=train)
+      if encoding is None:
+        for key, value in zip(ENCODING_KEYS, (*memory_kv, self_keys[:, :self.num_queries],
+                                              self_values[:, :self.num_queries])):
+          kept[key].append(value)
       hs = self.decoder_norm(tgt)
       logits = self.score_head(hs)[..., 0]
       extra = {}
@@ -346,10 +356,11 @@ class ProCrop(nnx.Module):
           "logits": logits,
           "boxes": jnp.clip(box_ops.cxcywh_to_xyxy(cxcywh), 0.0, 1.0),
           "boxes_cxcywh": cxcywh,
-          "query_states": states,
           **extra,
       })
-    return predictions
+    if encoding is None:
+      encoding = {"memory_mask": mask, **{k: jnp.stack(v, axis=1) for k, v in kept.items()}}
+    return predictions, encoding
 
   def __call__(self, images: jax.Array | None, *, image_valid_hw: jax.Array | None = None,
                reference_tokens: jax.Array | None = None, query_boxes: jax.Array | None = None,
@@ -368,10 +379,10 @@ class ProCrop(nnx.Module):
       features: precomputed `backbone_features(images)` (a feature cache), or with the input
         of the backbone's last blocks (`efficientnet_lite.tail_input_name`) in place of
         "stride32"; then `images` may be None.
-      encoding: the "encoding" output of an earlier call on the same photos: the backbone and
-        encoder are skipped (`images`, `features` and `reference_tokens` unused) and, with
-        `query_boxes`, only the given boxes' rows of the decoder run (inference that scores
-        candidate boxes after decoding the proposals).
+      encoding: the "encoding" output of an earlier call on the same photos, with
+        `query_boxes`: only the given boxes' decoder rows run (`images`, `image_valid_hw`,
+        `features` and `reference_tokens` unused): inference that scores candidate boxes
+        after decoding the proposals.
       with_proposals: with `query_boxes`, return the proposals and the given boxes' logits
         ("given_logits" [B, Q]) from one pass (training's ranking loss).
 
@@ -379,32 +390,21 @@ class ProCrop(nnx.Module):
       "logits" [B, N] (sigmoid -> score), "boxes" [B, N, 4] normalised xyxy clipped to [0, 1]
       (the given boxes when scoring), "boxes_cxcywh" [B, N, 4] the unclipped (cx, cy, w, h)
       that the losses use, and "aux": a list with the same dict for each earlier decoder layer.
-      N = num_queries, or Q when scoring given boxes. "encoding": {"memory" [B, h, w, D] the
-      decoder's input tokens, "query_states" [B, layers, N, D]} for a later call's `encoding`.
+      N = num_queries, or Q when scoring given boxes. "encoding": what a later call's given
+      boxes read from these photos (see `decode`), for its `encoding`.
     """
-    if image_valid_hw is None:
-      if encoding is not None:
-        batch = encoding["memory"].shape[0]
-      else:
-        batch = images.shape[0] if features is None else next(iter(features.values())).shape[0]
-      image_valid_hw = jnp.ones((batch, 2), jnp.float32)
-    image_valid_hw = image_valid_hw.astype(jnp.float32)
-    query_states = None
     if encoding is None:
-      x, pos, mask, (h, w) = self._encode(images, image_valid_hw, train=train,
-                                          features=features)
+      if image_valid_hw is None:
+        batch = images.shape[0] if features is None else next(iter(features.values())).shape[0]
+        image_valid_hw = jnp.ones((batch, 2), jnp.float32)
+      image_valid_hw = image_valid_hw.astype(jnp.float32)
+      x, pos, mask, _ = self._encode(images, image_valid_hw, train=train, features=features)
       memory = self.fuse(x, pos, mask, reference_tokens, train=train)
     else:
-      b, h, w, d = encoding["memory"].shape
-      pos, mask = self._token_positions(h, w, image_valid_hw)
-      memory = encoding["memory"].reshape(b, h * w, d)
-      if query_boxes is not None:
-        query_states = encoding["query_states"]
-    predictions = self.decode(memory, pos, mask, query_boxes, train=train,
-                              with_proposals=with_proposals, query_states=query_states)
-    if encoding is None:
-      encoding = {"memory": memory.reshape(memory.shape[0], h, w, self.d_model),
-                  "query_states": jnp.stack([p["query_states"] for p in predictions], axis=1)}
+      memory = pos = None
+      mask = encoding["memory_mask"]
+    predictions, encoding = self.decode(memory, pos, mask, query_boxes, train=train,
+                                        with_proposals=with_proposals, encoding=encoding)
     return {**predictions[-1], "aux": predictions[:-1], "encoding": encoding}
 
 

@@ -13,6 +13,12 @@ def _split_heads(x: jax.Array, num_heads: int) -> jax.Array:
   return x.reshape(*x.shape[:-1], num_heads, x.shape[-1] // num_heads)
 
 
+def _concat_heads(a: jax.Array, b: jax.Array, num_heads: int) -> jax.Array:
+  """[B, L, Da] and [B, L, Db] -> [B, L, Da + Db], head by head: each head's a, then its b."""
+  return jnp.concatenate([_split_heads(a, num_heads), _split_heads(b, num_heads)],
+                         axis=-1).reshape(*a.shape[:-1], -1)
+
+
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, num_heads: int,
               key_mask: jax.Array | None = None, attn_mask: jax.Array | None = None,
               dropout: nnx.Dropout | None = None, train: bool = False) -> jax.Array:
@@ -178,57 +184,65 @@ class ConditionalDecoderLayer(nnx.Module):
     self.dropout3 = nnx.Dropout(dropout, rngs=rngs)
     self.norm3 = nnx.LayerNorm(d_model, epsilon=1e-5, rngs=rngs)
 
-  def __call__(self, tgt: jax.Array, memory: jax.Array, *, query_pos: jax.Array,
-               query_sine_embed: jax.Array, memory_pos: jax.Array, memory_mask: jax.Array,
+  def memory_keys_values(self, memory: jax.Array, memory_pos: jax.Array
+                         ) -> tuple[jax.Array, jax.Array]:
+    """The cross-attention's keys [B, S, 2D] ([content | spatial] per head) and values [B, S, D]
+    of the image tokens memory [B, S, D] at their sine encodings memory_pos [B, S, D]."""
+    k = self.ca_kcontent_proj(memory)
+    k_pos = self.ca_kpos_proj(memory_pos)
+    if self.is_first:
+      k = k + k_pos
+    return _concat_heads(k, k_pos, self.num_heads), self.ca_v_proj(memory)
+
+  def self_keys_values(self, tgt: jax.Array, query_pos: jax.Array
+                       ) -> tuple[jax.Array, jax.Array]:
+    """The self-attention's keys and values [B, N, D] of query content tgt at query_pos."""
+    return (self.sa_kcontent_proj(tgt) + self.sa_kpos_proj(query_pos), self.sa_v_proj(tgt))
+
+  def __call__(self, tgt: jax.Array, memory_keys_values: tuple[jax.Array, jax.Array], *,
+               query_pos: jax.Array, query_sine_embed: jax.Array, memory_mask: jax.Array,
                self_attn_mask: jax.Array | None = None,
                context: tuple[jax.Array, jax.Array] | None = None,
-               train: bool = False) -> jax.Array:
+               train: bool = False) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     """One layer.
 
     Args:
       tgt: [B, N, D] query content.
-      memory: [B, S, D] image tokens; memory_pos [B, S, D] their sine encodings;
-        memory_mask [B, S] True for tokens on the image.
+      memory_keys_values: `memory_keys_values` of the image tokens (computed once per photo,
+        so that later passes over the same photo can reuse them).
+      memory_mask: [B, S] True for tokens on the image.
       query_pos: [B, N, D] positional queries; query_sine_embed [B, N, D] the (scaled) sine
         embedding of the reference points.
       self_attn_mask: optional [N, N], True where query i may attend to query j.
-      context: optional (content [B, C, D], positional queries [B, C, D]) of C other queries
-        that each of the N attends to, besides itself (and to no other of the N); the context
-        rows are not updated (inference: given boxes beside the learned queries).
+      context: optional `self_keys_values` (keys, values [B, C, D]) of C other queries that
+        each of the N attends to, besides itself (and to no other of the N); the context rows
+        are not updated (inference: given boxes beside the learned queries).
 
     Returns:
-      [B, N, D] updated query content.
+      [B, N, D] updated query content, and the N queries' `self_keys_values` at its input.
     """
     h = self.num_heads
     # Self-attention.
     q = self.sa_qcontent_proj(tgt) + self.sa_qpos_proj(query_pos)
-    k = self.sa_kcontent_proj(tgt) + self.sa_kpos_proj(query_pos)
+    k, v = self.self_keys_values(tgt, query_pos)
     if context is None:
-      sa = attention(q, k, self.sa_v_proj(tgt), num_heads=h, attn_mask=self_attn_mask,
+      sa = attention(q, k, v, num_heads=h, attn_mask=self_attn_mask,
                      dropout=self.sa_attn_dropout, train=train)
     else:
       if train or self_attn_mask is not None:
         raise ValueError("context is for inference, without a self-attention mask")
-      context_tgt, context_pos = context
-      sa = attention_to_context_and_self(
-          q, k, self.sa_v_proj(tgt),
-          self.sa_kcontent_proj(context_tgt) + self.sa_kpos_proj(context_pos),
-          self.sa_v_proj(context_tgt), num_heads=h)
+      sa = attention_to_context_and_self(q, k, v, *context, num_heads=h)
+    self_kv = (k, v)
     tgt = self.norm1(tgt + self.dropout1(self.sa_out_proj(sa), deterministic=not train))
 
     # Cross-attention with [content | spatial] queries and keys per head.
     q = self.ca_qcontent_proj(tgt)
-    k = self.ca_kcontent_proj(memory)
-    k_pos = self.ca_kpos_proj(memory_pos)
     if self.is_first:
       q = q + self.ca_qpos_proj(query_pos)
-      k = k + k_pos
-    q_sine = self.ca_qpos_sine_proj(query_sine_embed)
-    cat_heads = lambda a, b: jnp.concatenate(
-        [_split_heads(a, h), _split_heads(b, h)], axis=-1).reshape(*a.shape[:-1], -1)
-    ca = attention(cat_heads(q, q_sine), cat_heads(k, k_pos), self.ca_v_proj(memory),
-                   num_heads=h, key_mask=memory_mask, dropout=self.ca_attn_dropout, train=train)
+    q = _concat_heads(q, self.ca_qpos_sine_proj(query_sine_embed), h)
+    ca = attention(q, *memory_keys_values, num_heads=h, key_mask=memory_mask,
+                   dropout=self.ca_attn_dropout, train=train)
     tgt = self.norm2(tgt + self.dropout2(self.ca_out_proj(ca), deterministic=not train))
 
     tgt = self.norm3(tgt + self.dropout3(self.ffn(tgt, train=train), deterministic=not train))
-    return tgt
+    return tgt, self_kv
