@@ -100,3 +100,35 @@ def test_fast_candidates_snap_only_the_best_scored_proposals():
   assert scored != grid | boxes(aspect.proposal_candidates(proposals[[0, 2]], 1.0, size))
   with pytest.raises(ValueError, match="proposal_scores"):
     aspect.choose(score_fn, [proposals], [size], [[1.0]], candidates=candidates)
+
+
+@pytest.mark.parametrize("candidates", [aspect.FAST, aspect.DENSE], ids=["fast", "dense"])
+def test_the_grid_never_exceeds_its_count(candidates):
+  # The first pass's length is fixed per request: more distinct grid boxes than grid_count
+  # would be cut; the ratio's largest box spans a side and moves along the other only.
+  rng = np.random.default_rng(2)
+  for _ in range(300):
+    size = tuple(int(v) for v in rng.integers(1, 3000, 2))
+    ratio = float(np.exp(rng.uniform(-3, 3)))
+    grid = aspect.grid_candidates(ratio, size, scales=candidates.grid_scales,
+                                  positions=candidates.grid_positions)
+    assert 1 <= len(grid) <= candidates.grid_count, (size, ratio)
+  assert aspect.FAST.grid_count == 3  # One scale (1.0) at three places.
+  # A photo wider than the ratio: the three places spread along its width.
+  xs = aspect.grid_candidates(1.0, (900, 300), scales=(1.0,), positions=3)[:, 0]
+  np.testing.assert_array_equal(xs, [0, 300, 600])
+
+
+@pytest.mark.parametrize("moves, count", [(aspect.CUBE_MOVES, 26), (aspect.SQUARE_MOVES, 10)])
+def test_refinement_moves_each_box_once_per_move(moves, count):
+  assert len(moves) == len(set(moves)) == count
+  assert (1.0, 0.0, 0.0) not in moves  # The box itself is already scored.
+  size, box = (1000, 800), np.array([[300, 200, 700, 500]])  # 400 x 300, 4:3, centre (500, 350).
+  near = aspect.refine_candidates(box, 4 / 3, size, moves)
+  assert near.shape == (count, 4)
+  for (scale, dx, dy), (x1, y1, x2, y2) in zip(moves, near):
+    assert abs((x2 - x1) - 400 * scale) <= 1 and _ratio_ok((x1, y1, x2, y2), 4 / 3)
+    assert abs((x1 + x2) / 2 - (500 + 400 * dx)) <= 1
+    assert abs((y1 + y2) / 2 - (350 + 300 * dy)) <= 1
+  candidates = aspect.Candidates(refine_top=2, refine_moves=moves)
+  assert candidates.refine_count == 2 * count
