@@ -119,7 +119,7 @@ def cache_key(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuild
   # A build remade from a changed source keeps its name and version: its source record tells.
   source = source_record.read(builder.data_dir)
   if source:  # Only then: caches of builds made before records existed keep their keys.
-    key["source_fingerprint"] = source.get("fingerprint")
+    key["source_fingerprint"] = source_record.cache_fingerprint(source)
   tail = model_zoo.backbone_tail_start(config)
   if tail is not None:  # Only then: caches of frozen-backbone runs keep their keys.
     key["backbone_tail_start"] = tail

@@ -79,8 +79,12 @@ def test_a_second_build_reuses_the_cache_and_a_changed_key_builds_a_new_one(cach
   before = key(cache_config)
   # (The shared tiny build's record is left alone: other test workers read it.)
   monkeypatch.setattr(source_record, "read",
-                      lambda build_dir: {**record, "fingerprint": "changed"})
+                      lambda build_dir: {**record, "content": "changed"})
   assert key(cache_config) != before
+  # The same bytes under new file times (a copied folder) keep the cache.
+  monkeypatch.setattr(source_record, "read",
+                      lambda build_dir: {**record, "fingerprint": "new times"})
+  assert key(cache_config) == before
 
 
 def test_an_interrupted_build_leaves_nothing_that_looks_finished(cache_config, monkeypatch):

@@ -1,5 +1,6 @@
 """Prepared datasets follow their sources: reused while unchanged, rebuilt or refused otherwise."""
 
+import os
 import pathlib
 import re
 
@@ -123,3 +124,28 @@ def test_generation_parameters_rebuild_or_refuse(tmp_path, capsys):
   config.cad.max_side = 64
   _prepare(config)
   assert "Building" not in capsys.readouterr().out
+
+
+def test_the_same_files_under_new_times_keep_the_build(tmp_path, capsys):
+  # A folder copied or synced without its files' times: same bytes, so no rebuild, and the
+  # key that feature caches take from the build's source stays the same.
+  manual = tmp_path / "cad_a"
+  _add_example(manual, "a_0")
+  config = _config(tmp_path, manual)
+  builder = _prepare(config)
+  record = source_record.read(builder.data_dir)
+  assert record["content"] == source_record.content_fingerprint(str(manual))
+  files = sorted(p for p in manual.rglob("*") if p.is_file())
+  for i, path in enumerate(files):
+    os.utime(path, ns=(10**18 + i, 10**18 + i))
+  capsys.readouterr()
+  builder = _prepare(config)
+  assert "Building" not in capsys.readouterr().out
+  refreshed = source_record.read(builder.data_dir)
+  assert refreshed["fingerprint"] != record["fingerprint"]  # The next check is a stat again.
+  assert source_record.cache_fingerprint(refreshed) == source_record.cache_fingerprint(record)
+
+  annotation = manual / "annotations" / "a_0.txt"
+  annotation.write_text("6 5 30 30\n")  # Same size, other bytes.
+  _prepare(config)
+  assert "Rebuilding" in capsys.readouterr().out

@@ -215,7 +215,12 @@ def ensure_dataset(config_data: Any, cad_config: Any = None, *,
   stale = builder.is_prepared()
   if stale:
     recorded = source_record.read(builder.data_dir)
-    if recorded == wanted or not rebuild_stale:
+    if not rebuild_stale or source_record.matches(recorded, wanted):
+      if (rebuild_stale and recorded["fingerprint"] != wanted["fingerprint"]
+          and processes.index == 0):  # Same bytes, new file times: the next check is a stat.
+        logging.info("%s: the files of %s have new times but the same bytes; keeping the build",
+                     builder.info.full_name, manual_dir)
+        source_record.write(builder.data_dir, {**recorded, "fingerprint": wanted["fingerprint"]})
       logging.info("%s is prepared in %s", builder.info.full_name, builder.data_dir)
       return builder
     if manual_dir and not wanted["files"] and not generation:  # Nothing to rebuild from.
@@ -260,7 +265,8 @@ def _build(name: str, config_name: str | None, data_dir: str | None, manual_dir:
   builder.download_and_prepare(download_config=download_config)
   builder = tfds.builder(name, config=config_name, data_dir=data_dir)
   # Described after generation and build: the files as the build read them.
-  source_record.write(builder.data_dir, source_record.describe(manual_dir, generation))
+  source_record.write(builder.data_dir,
+                      source_record.describe(manual_dir, generation, content=True))
   for split, counts in schema.build_report(builder).items():
     print(f"  {split}: {counts['kept']} of {counts['entries']} kept; skipped "
           f"{counts['skipped'] or 'none'}; boxes dropped {counts['dropped_boxes'] or 'none'}",

@@ -7,10 +7,13 @@ that the config names now:
   generation   the CAD generation parameters where the set is generated (else null)
   files        how many files are below the manual directory
   fingerprint  a hash of their relative paths, sizes and modification times
+  content      a hash of their relative paths and bytes (taken once, after the build)
 
 The fingerprint reads no file's bytes, so checking a folder of many thousands of photos costs
 one `stat` each; a file replaced by another of the same size within the same nanosecond goes
-unnoticed.
+unnoticed. Only when the fingerprint differs and nothing else does (a folder copied or synced
+without its files' times) are the bytes read and compared with `content`, so that the same
+files do not cost a rebuild, nor the feature caches keyed on the build's source.
 """
 
 from __future__ import annotations
@@ -47,11 +50,43 @@ def _file_stats(root: str) -> list[tuple[str, int, int]]:
   return sorted(stats)
 
 
-def describe(manual_dir: str | None, generation: Mapping[str, Any] | None) -> dict[str, Any]:
-  """The record of a source: `manual_dir` (absolute or None) as it is on disk now."""
+def content_fingerprint(manual_dir: str | None) -> str:
+  """A hash of the relative paths and bytes of every file below `manual_dir`."""
   stats = _file_stats(manual_dir) if manual_dir else []
-  return {"manual_dir": manual_dir, "generation": dict(generation) if generation else None,
-          "files": len(stats), "fingerprint": artifacts.fingerprint(stats)}
+  return artifacts.fingerprint([(rel, artifacts.file_sha256(os.path.join(manual_dir, rel)))
+                                for rel, _, _ in stats])
+
+
+def describe(manual_dir: str | None, generation: Mapping[str, Any] | None, *,
+             content: bool = False) -> dict[str, Any]:
+  """The record of a source: `manual_dir` (absolute or None) as it is on disk now; with
+  `content`, also the hash of its files' bytes (reads them all)."""
+  stats = _file_stats(manual_dir) if manual_dir else []
+  record = {"manual_dir": manual_dir, "generation": dict(generation) if generation else None,
+            "files": len(stats), "fingerprint": artifacts.fingerprint(stats)}
+  if content:
+    record["content"] = content_fingerprint(manual_dir)
+  return record
+
+
+def matches(recorded: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> bool:
+  """Whether a build recorded as `recorded` was made from the source `wanted` (a `describe`
+  without content) describes: the same files, or the same bytes under new file times."""
+  if recorded is None:
+    return False
+  plain = {k: v for k, v in recorded.items() if k != "content"}
+  if plain == dict(wanted):
+    return True
+  if not recorded.get("content") or {**plain, "fingerprint": None} != {**wanted,
+                                                                       "fingerprint": None}:
+    return False
+  return content_fingerprint(wanted["manual_dir"]) == recorded["content"]
+
+
+def cache_fingerprint(record: Mapping[str, Any]) -> str | None:
+  """What a cache of a build's examples is keyed on: its source's bytes where recorded (file
+  times change when a folder is copied), else the stat fingerprint (older records)."""
+  return record.get("content") or record.get("fingerprint")
 
 
 def read(build_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
