@@ -9,7 +9,15 @@ and ships with
 
   python -m procrop_jax.main --config=configs/fcdb_cpu.py --workdir=workdirs/fcdb_cpu \
       --mode=export --config.export.output_dir=procrop_jax/shipped/fcdb_lite0 \
-      --config.eval.benchmarks.fcdb_val.protocols=iou,pairs,aspect
+      --config.eval.benchmarks.fcdb_val.protocols=iou,pairs,aspect --config.crop.canvas_size=192
+
+The shipped model was pretrained on CAD canvases out-painted around the training crops first
+(configs/cad_fcdb_cpu.py), then fine-tuned by this config for 2,000 steps (about 70 min in all;
+validation IoU 0.743 / BDE 0.063 against 0.732 / 0.066 for this config alone):
+
+  python -m procrop_jax.main --config=configs/cad_fcdb_cpu.py --workdir=workdirs/cad_fcdb
+  python -m procrop_jax.main --config=configs/fcdb_cpu.py --workdir=workdirs/fcdb_cpu \
+      --config.train.init_from=workdirs/cad_fcdb --config.train.num_steps=2000
 
 What differs from configs/fcdb.py and why: the ImageNet backbone is frozen and its features are
 computed once for 8 augmented views of every training photo (procrop_jax/feature_cache.py), so
