@@ -50,9 +50,12 @@ def _file_stats(root: str) -> list[tuple[str, int, int]]:
   return sorted(stats)
 
 
-def content_fingerprint(manual_dir: str | None) -> str:
-  """A hash of the relative paths and bytes of every file below `manual_dir`."""
-  stats = _file_stats(manual_dir) if manual_dir else []
+def content_fingerprint(manual_dir: str | None,
+                        stats: list[tuple[str, int, int]] | None = None) -> str:
+  """A hash of the relative paths and bytes of every file below `manual_dir` (`stats`: its
+  `_file_stats`, when already taken)."""
+  if stats is None:
+    stats = _file_stats(manual_dir) if manual_dir else []
   return artifacts.fingerprint([(rel, artifacts.file_sha256(os.path.join(manual_dir, rel)))
                                 for rel, _, _ in stats])
 
@@ -65,7 +68,7 @@ def describe(manual_dir: str | None, generation: Mapping[str, Any] | None, *,
   record = {"manual_dir": manual_dir, "generation": dict(generation) if generation else None,
             "files": len(stats), "fingerprint": artifacts.fingerprint(stats)}
   if content:
-    record["content"] = content_fingerprint(manual_dir)
+    record["content"] = content_fingerprint(manual_dir, stats)
   return record
 
 
