@@ -1,0 +1,52 @@
+"""The vote ceiling (experiments/fcdb/vote_ceiling.py): how well an oracle of the crowd's
+preferences can agree with five-vote majorities."""
+
+import collections
+
+import numpy as np
+from scipy import stats
+
+from experiments.fcdb import vote_ceiling
+
+
+def _counts_of(p: float, pairs: int = 100_000) -> collections.Counter:
+  """Expected split counts when every pair's better side is liked with probability p."""
+  gets = [stats.binom.pmf(k, 5, p) for k in range(6)]
+  return collections.Counter({k: round(pairs * (gets[k] + gets[5 - k])) for k in (3, 4, 5)})
+
+
+def test_counts_by_winner_votes_skip_pairs_without_five_votes():
+  votes = np.array([[5, 0], [1, 4], [2, 3], [3, 2], [2, 2], [0, 4]])
+  assert vote_ceiling.winner_vote_counts(votes) == {5: 1, 4: 1, 3: 2}
+
+
+def test_ranking_file_votes_reads_every_pair():
+  annotations = [
+      {"crops": [{"vote_for_0": 1, "vote_for_1": 4}, {"vote_for_0": 3, "vote_for_1": 2}]},
+      {"crops": [{"vote_for_0": 0, "vote_for_1": 5}]}]
+  np.testing.assert_array_equal(vote_ceiling.ranking_file_votes(annotations),
+                                [[1, 4], [3, 2], [0, 5]])
+
+
+def test_unanimous_votes_allow_a_perfect_scorer():
+  low, high = vote_ceiling.oracle_accuracy_range(collections.Counter({5: 10}))
+  assert abs(low - 1) < 1e-6 and abs(high - 1) < 1e-6
+
+
+def test_one_known_preference_gives_its_majority_probability():
+  # Splits as produced by p = 0.8 for every pair: the range holds the oracle's accuracy then,
+  # P(at least 3 of 5 votes for the better side) = 0.942, and is a proper interval below 1.
+  low, high = vote_ceiling.oracle_accuracy_range(_counts_of(0.8))
+  expected = stats.binom.sf(2, 5, 0.8)
+  assert low - 1e-3 <= expected <= high + 1e-3
+  assert high < 1.0
+  strong_low, strong_high = vote_ceiling.oracle_accuracy_range(_counts_of(0.8), strong_only=True)
+  expected_strong = (stats.binom.pmf(4, 5, 0.8) + stats.binom.pmf(5, 5, 0.8)) / sum(
+      stats.binom.pmf(k, 5, 0.8) for k in (0, 1, 4, 5))
+  assert strong_low - 1e-3 <= expected_strong <= strong_high + 1e-3
+
+
+def test_more_close_calls_lower_the_ceiling():
+  _, high_clear = vote_ceiling.oracle_accuracy_range(_counts_of(0.9))
+  _, high_close = vote_ceiling.oracle_accuracy_range(_counts_of(0.6))
+  assert high_close < high_clear - 0.1
