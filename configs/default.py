@@ -74,6 +74,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.num_queries = 90
   config.model.dropout = 0.1
   config.model.fusion = "concat_mlp"  # concat_mlp (the paper's) | cross_attention
+  # g > 0: each crop query's content starts from the image tokens on a g x g grid inside its
+  # box (0: from zero, Conditional DETR's).
+  config.model.box_content_grid = 0
   # K retrieved professional photos; 0 disables retrieval. The default database has 9 photos,
   # so each example sees the 8 that are not its own source.
   config.model.num_references = 8

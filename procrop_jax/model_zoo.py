@@ -39,6 +39,8 @@ from procrop_jax.weights import imagenet
 DEFAULT_MODEL = "fcdb_lite0"
 SHIPPED_DIR = pathlib.Path(__file__).resolve().parent / "shipped"
 _FILES = ("config.json", "params.npz", "model_card.json")
+# (section, field, the value that reproduces models exported before the field existed).
+_ADDED_FIELDS = (("model", "box_content_grid", 0),)
 _STORAGE_DTYPES = ("float16", "float32")
 
 
@@ -210,6 +212,9 @@ def _config_from_json(path: pathlib.Path) -> ml_collections.ConfigDict:
       mesh[key] = tuple(mesh[key])
   if "param_rules" in mesh:
     mesh["param_rules"] = tuple((rule, tuple(spec)) for rule, spec in mesh["param_rules"])
+  # Fields added since a model was exported, with the value that reproduces it.
+  for section, field, before in _ADDED_FIELDS:
+    values.get(section, {}).setdefault(field, before)
   return ml_collections.ConfigDict(values)
 
 

@@ -207,3 +207,46 @@ def test_proposals_and_given_box_scores_in_one_pass(model):
   np.testing.assert_allclose(both["boxes"], alone["boxes"], atol=1e-5)
   scored = _decode(model, memory, pos, mask, boxes)[-1]
   np.testing.assert_allclose(both["given_logits"], scored["logits"], atol=1e-5)
+
+
+def test_sample_in_boxes_reads_the_tokens_inside_each_box():
+  grid = 4
+  tokens = jnp.arange(grid * grid, dtype=jnp.float32).reshape(1, -1, 1)  # Token value = index.
+  valid = jnp.array([[1.0, 1.0]])
+  # One sample at the centre of token (row 1, column 2) = index 6; at the midpoint of tokens 5
+  # and 6, their mean; a 2 x 2 grid over the top-left quarter hits tokens 0, 1, 4, 5.
+  boxes = jnp.array([[[0.625, 0.375, 0.25, 0.25], [0.5, 0.375, 0.1, 0.1]]])
+  np.testing.assert_allclose(procrop.sample_in_boxes(tokens, grid, valid, boxes, 1)[0, :, 0],
+                             [6.0, 5.5], atol=1e-5)
+  quarter = jnp.array([[[0.25, 0.25, 0.5, 0.5]]])
+  np.testing.assert_allclose(procrop.sample_in_boxes(tokens, grid, valid, quarter, 2)[0, 0],
+                             [0.0, 1.0, 4.0, 5.0], atol=1e-5)
+  # An image on the left 0.2 of the canvas covers only column 0's tokens: a box at its right
+  # edge (canvas x 0.2, token index 0.3) reads column 0 alone, never the padding's column 1.
+  # On 0.3 of the canvas, column 1 covers some of the image and is read.
+  right_edge = jnp.array([[[1.0, 0.125, 0.0, 0.0]]])
+  for width, expected in ((0.2, 0.0), (0.3, 0.7)):
+    valid = jnp.array([[1.0, width]])
+    np.testing.assert_allclose(
+        procrop.sample_in_boxes(tokens, grid, valid, right_edge, 1)[0, 0], [expected], atol=1e-5)
+
+
+def test_box_content_queries_score_what_lies_inside_the_box():
+  model = _build(box_content_grid=2)
+  memory, pos, mask = _memory(model)
+  boxes = jnp.array([[[0.0, 0.0, 0.5, 1.0], [0.5, 0.0, 1.0, 1.0]]] * 2)
+  # Padding's tokens stay ignored.
+  garbage = jnp.where(mask[..., None], memory, 1e3)
+  decode = nnx.jit(lambda m, x, *args, **kw: m.decode(x, pos, mask, *args, **kw))
+  valid = jnp.array([[1.0, 0.4], [0.4, 0.4]])
+  fresh, encoding = decode(model, memory, boxes, image_valid_hw=valid)
+  np.testing.assert_allclose(decode(model, garbage, boxes, image_valid_hw=valid)[0][-1]["logits"],
+                             fresh[-1]["logits"], atol=1e-5)
+  # Scoring from a kept encoding gives the fresh pass's scores.
+  reused, _ = decode(model, None, boxes, encoding=encoding)
+  np.testing.assert_allclose(reused[-1]["logits"], fresh[-1]["logits"], atol=1e-5)
+  # Changing the image under the first photo's left half changes only that box's content.
+  left = jnp.zeros_like(memory).at[0, 0].set(5.0)  # Token (0, 0) of photo 0.
+  moved, _ = decode(model, memory + left, boxes, image_valid_hw=valid)
+  change = np.abs(np.asarray(moved[0]["logits"] - fresh[0]["logits"]))
+  assert change[0, 0] > 1e-4 and change[1].max() < 1e-6

@@ -39,6 +39,20 @@ def test_export_then_load_gives_the_same_model(tiny_model_config, tmp_path):
   np.testing.assert_allclose(got["logits"], expected["logits"], atol=1e-5)
 
 
+def test_a_model_exported_before_a_config_field_existed_loads_as_it_was(tiny_model_config,
+                                                                          tmp_path):
+  config = tiny_model_config.copy_and_resolve_references()
+  config.model.box_content_grid = 2
+  model = model_zoo.create_model(config, seed=3)
+  folder = model_zoo.export(model, config, tmp_path / "m", dtype="float32")
+  assert model_zoo.load(folder).config.model.box_content_grid == 2
+  # A config.json written before the field: the value that reproduces those models (off).
+  saved = json.loads((folder / "config.json").read_text())
+  del saved["model"]["box_content_grid"]
+  (folder / "config.json").write_text(json.dumps(saved))
+  assert model_zoo.load_config(folder).model.box_content_grid == 0
+
+
 def test_float16_storage_halves_the_file_and_barely_moves_predictions(tiny_model_config,
                                                                       tmp_path):
   model = model_zoo.create_model(tiny_model_config, seed=3)

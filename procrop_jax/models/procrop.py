@@ -110,6 +110,9 @@ class ModelSettings:
   dropout: float
   fusion: str
   num_references: int
+  # g > 0: a query's content vector starts from the image tokens sampled on a g x g grid inside
+  # its anchor box (0: from zero, as in Conditional DETR).
+  box_content_grid: int
 
 
 class ProCrop(nnx.Module):
@@ -140,6 +143,7 @@ class ProCrop(nnx.Module):
     self.num_references = cfg.num_references
     self.fusion_type = cfg.fusion
     self.use_stride16 = cfg.use_stride16
+    self.box_content_grid = cfg.box_content_grid
     self.image_size = image_size
     self.tokens_grid = tokens_grid
     self.grid = math.ceil(image_size / 32)  # Backbone convs are "SAME": ceil at every stride.
@@ -190,6 +194,10 @@ class ProCrop(nnx.Module):
     self.anchor_logits = nnx.Param(_inverse_sigmoid(anchors))
     self.anchor_pos = transformer.MLP(2 * d, d, d, 2, rngs=rngs)  # sine(cx,cy,w,h) -> query_pos.
     self.query_scale = transformer.MLP(d, d, d, 2, rngs=rngs)
+    # What lies inside a box (which crop people prefer depends on it) read directly, not only
+    # through attention from the box's centre: the tokens on a g x g grid in the box -> content.
+    g = cfg.box_content_grid
+    self.box_content = nnx.Linear(g * g * d, d, rngs=rngs) if g > 0 else None
     self.decoder_layers = nnx.List([
         transformer.ConditionalDecoderLayer(*layer_args, is_first=i == 0,
                                             rngs=_mixed(rngs, drop_rngs))
@@ -289,7 +297,8 @@ class ProCrop(nnx.Module):
   # -------------------------------------------------------------------------------- the decoder
   def decode(self, memory: jax.Array | None, pos: jax.Array | None, mask: jax.Array,
              query_boxes: jax.Array | None = None, *, train: bool = False,
-             with_proposals: bool = False, encoding: Mapping[str, jax.Array] | None = None
+             with_proposals: bool = False, encoding: Mapping[str, jax.Array] | None = None,
+             image_valid_hw: jax.Array | None = None
              ) -> tuple[list[dict], dict[str, jax.Array]]:
     """Runs the decoder; returns one prediction dict per decoder layer (last = final), and the
     photos' encoding.
@@ -305,7 +314,9 @@ class ProCrop(nnx.Module):
     ("memory_keys" [B, layers, S, 2D], "memory_values" [B, layers, S, D]) and the learned queries' self-attention keys and values
     ("context_keys", "context_values" [B, layers, N, D]). Passed back as `encoding` (with
     `query_boxes`; memory and pos then unused), only the given boxes' rows are computed, with
-    the same result: inference scoring boxes on photos whose proposals it has decoded.
+    the same result: inference scoring boxes on photos whose proposals it has decoded. With
+    `box_content_grid` it also holds the image tokens ("memory" [B, S, D]) and "image_valid_hw"
+    [B, 2] (required then, as in `__call__`), which a box's content is sampled from.
     """
     d = self.d_model
     n = self.num_queries
@@ -325,7 +336,14 @@ class ProCrop(nnx.Module):
     query_pos = self.anchor_pos(position_encoding.sine_embedding(anchors, d // 2))
     # (cy, cx) order and d/2 features each, to match the tokens' (y, x) encodings.
     ref_sine = position_encoding.sine_embedding(anchors[..., 1::-1], d // 2)
-    tgt = jnp.zeros((b, anchors.shape[1], d), jnp.float32 if memory is None else memory.dtype)
+    if self.box_content is None:
+      tgt = jnp.zeros((b, anchors.shape[1], d),
+                      jnp.float32 if memory is None else memory.dtype)
+    else:
+      if encoding is not None:
+        memory, image_valid_hw = encoding["memory"], encoding["image_valid_hw"]
+      tgt = self.box_content(sample_in_boxes(memory, self.grid, image_valid_hw, anchors,
+                                             self.box_content_grid))
     predictions, kept = [], {k: [] for k in ENCODING_KEYS}
     for i, layer in enumerate(self.decoder_layers):
       # Conditional spatial query: the reference's embedding scaled by a function of the content.
@@ -360,6 +378,8 @@ class ProCrop(nnx.Module):
       })
     if encoding is None:
       encoding = {"memory_mask": mask, **{k: jnp.stack(v, axis=1) for k, v in kept.items()}}
+      if self.box_content is not None:
+        encoding.update(memory=memory, image_valid_hw=image_valid_hw)
     return predictions, encoding
 
   def __call__(self, images: jax.Array | None, *, image_valid_hw: jax.Array | None = None,
@@ -404,8 +424,49 @@ class ProCrop(nnx.Module):
       memory = pos = None
       mask = encoding["memory_mask"]
     predictions, encoding = self.decode(memory, pos, mask, query_boxes, train=train,
-                                        with_proposals=with_proposals, encoding=encoding)
+                                        with_proposals=with_proposals, encoding=encoding,
+                                        image_valid_hw=image_valid_hw)
     return {**predictions[-1], "aux": predictions[:-1], "encoding": encoding}
+
+
+def sample_in_boxes(tokens: jax.Array, grid: int, image_valid_hw: jax.Array, boxes: jax.Array,
+                    points: int) -> jax.Array:
+  """Tokens sampled bilinearly on a points x points grid inside each box, concatenated.
+
+  Args:
+    tokens: [B, grid * grid, D], a square token grid over the padded canvas (row-major).
+    grid: the grid's side.
+    image_valid_hw: [B, 2] the image's (h, w) as a fraction of the canvas.
+    boxes: [B, Q, 4] (cx, cy, w, h) in image coordinates (1.0 = the image's edge).
+    points: samples per side; each sits at the centre of its cell of the box.
+
+  Returns:
+    [B, Q, points * points * D], the samples in row-major order.
+  """
+  b, q, _ = boxes.shape
+  d = tokens.shape[-1]
+  steps = (jnp.arange(points, dtype=jnp.float32) + 0.5) / points - 0.5  # Cell centres, [-.5, .5).
+  cx, cy, w, h = (boxes[..., i:i + 1] for i in range(4))
+  xs = (cx + steps * w) * image_valid_hw[:, None, 1:2]  # [B, Q, points], canvas fraction.
+  ys = (cy + steps * h) * image_valid_hw[:, None, 0:1]
+  # Token centres sit at (i + 0.5) / grid: a continuous token index, clamped to the tokens that
+  # cover some of the image (padding's tokens are masked everywhere else too).
+  last = jnp.ceil(image_valid_hw * grid - 1e-4) - 1.0  # [B, 2] last (row, column) on the image.
+  xs = jnp.clip(xs * grid - 0.5, 0.0, last[:, None, 1:2])
+  ys = jnp.clip(ys * grid - 0.5, 0.0, last[:, None, 0:1])
+  x = jnp.broadcast_to(xs[:, :, None, :], (b, q, points, points)).reshape(b, -1)
+  y = jnp.broadcast_to(ys[:, :, :, None], (b, q, points, points)).reshape(b, -1)
+  x0, y0 = jnp.floor(x), jnp.floor(y)
+  x1, y1 = jnp.minimum(x0 + 1, jnp.ceil(x)), jnp.minimum(y0 + 1, jnp.ceil(y))
+  ax, ay = (x - x0)[..., None], (y - y0)[..., None]
+
+  def at(yy, xx):
+    index = (yy * grid + xx).astype(jnp.int32)[..., None]
+    return jnp.take_along_axis(tokens, index, axis=1)
+
+  sampled = ((1 - ay) * ((1 - ax) * at(y0, x0) + ax * at(y0, x1))
+             + ay * ((1 - ax) * at(y1, x0) + ax * at(y1, x1)))
+  return sampled.reshape(b, q, points * points * d)
 
 
 def _mixed(rngs: nnx.Rngs, drop_rngs: nnx.Rngs) -> nnx.Rngs:
