@@ -311,8 +311,9 @@ class ProCrop(nnx.Module):
 
     The encoding holds what a given box's row reads from the rest: the image tokens' mask
     ("memory_mask" [B, S]) and, per decoder layer, their cross-attention keys and values
-    ("memory_keys" [B, layers, S, 2D], "memory_values" [B, layers, S, D]) and the learned queries' self-attention keys and values
-    ("context_keys", "context_values" [B, layers, N, D]). Passed back as `encoding` (with
+    ("memory_keys" [B, layers, S, 2D], "memory_values" [B, layers, S, D]) and the learned
+    queries' self-attention keys and values ("context_keys", "context_values" [B, layers, N,
+    D]). Passed back as `encoding` (with
     `query_boxes`; memory and pos then unused), only the given boxes' rows are computed, with
     the same result: inference scoring boxes on photos whose proposals it has decoded. With
     `box_content_grid` it also holds the image tokens ("memory" [B, S, D]) and "image_valid_hw"

@@ -1,11 +1,12 @@
-"""The vote ceiling (experiments/fcdb/vote_ceiling.py): how well an oracle of the crowd's
-preferences can agree with five-vote majorities."""
+"""experiments/fcdb's analyses of the rated crop pairs: the vote ceiling (how well an oracle of
+the crowd's preferences can agree with five-vote majorities) and the linear probe's parts."""
 
 import collections
 
 import numpy as np
 from scipy import stats
 
+from experiments.fcdb import pair_probe
 from experiments.fcdb import vote_ceiling
 
 
@@ -50,3 +51,32 @@ def test_more_close_calls_lower_the_ceiling():
   _, high_clear = vote_ceiling.oracle_accuracy_range(_counts_of(0.9))
   _, high_close = vote_ceiling.oracle_accuracy_range(_counts_of(0.6))
   assert high_close < high_clear - 0.1
+
+
+def test_mean_in_box_averages_the_map_inside_the_box():
+  # A map whose value is the column's centre x: the mean inside a box is the box's centre x.
+  w = 8
+  fmap = np.broadcast_to(((np.arange(w) + 0.5) / w)[None, :, None], (4, w, 1)).astype(float)
+  for box in ([0.0, 0.0, 1.0, 1.0], [0.25, 0.0, 0.75, 0.5], [0.5, 0.5, 1.0, 1.0]):
+    np.testing.assert_allclose(pair_probe.mean_in_box(fmap, np.array(box)),
+                               [(box[0] + box[2]) / 2], atol=1e-6)
+
+
+def test_describe_separates_inside_and_outside_and_reads_only_the_photo():
+  # The photo covers the canvas's left half: value 1 on its left half, 3 on its right half;
+  # the padding holds 100, which no description may read.
+  fmap = np.full((16, 16, 1), 100.0)
+  fmap[:, :4], fmap[:, 4:8] = 1.0, 3.0  # Each sample falls on a column's centre.
+  left = pair_probe.describe(fmap, np.array([1.0, 0.5]), np.array([0.0, 0.0, 0.5, 1.0]))
+  np.testing.assert_allclose(left["inside"], [1.0], atol=1e-6)
+  np.testing.assert_allclose(left["outside"], [3.0], atol=1e-6)
+  np.testing.assert_allclose(left["geometry"][:2], [0.5, np.sqrt(0.5)])
+
+
+def test_logistic_probe_learns_a_preference_and_is_antisymmetric():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(400, 3))
+  x[:, 0] = np.abs(x[:, 0]) + 0.1  # The preferred crop is always larger in feature 0.
+  weights = pair_probe.fit_logistic(x, penalty=1e-3)
+  assert np.all(x @ weights > 0) and np.all(-x @ weights < 0)
+  assert abs(weights[0]) > 5 * np.abs(weights[1:]).max()

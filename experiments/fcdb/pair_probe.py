@@ -1,0 +1,139 @@
+r"""Do frozen backbone features tell which of two crops people prefer? A linear probe.
+
+  python -m experiments.fcdb.pair_probe [--config=configs/fcdb_cpu.py] [--data_dir=data/tfds]
+
+For every rated crop pair of FCDB's training slice train[:85%] and validation slice train[85%:],
+each crop is described by the frozen ImageNet backbone's stride-32 map (the features the CPU
+recipe caches) averaged over a 4 x 4 grid of bilinear samples inside the crop ("inside"), the
+map's mean over the rest of the photo ("outside"), and its geometry (area, centre offset,
+margins, log aspect ratio). A logistic regression on the difference of two crops' descriptions
+(no intercept, so swapping the crops flips the prediction; L2 penalty; the 1,280-channel
+descriptions reduced to their first 96 principal components on the training slice) learns the
+preferred crop on the training pairs and is scored like the `pairs` protocol on the validation
+pairs: the share won by the crop it prefers, on all pairs and on those won by 4 or 5 of 5 votes.
+
+Prints one JSON line per description: what a model could read from the features it is given,
+next to the trained model's given-box scores (experiments/fcdb/RESULTS.md).
+"""
+
+import json
+
+from absl import app
+from absl import flags
+from flax import nnx
+import jax.numpy as jnp
+from ml_collections import config_flags
+import numpy as np
+from scipy import optimize
+
+from procrop_jax import input_pipeline
+from procrop_jax import model_zoo
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/fcdb_cpu.py",
+                                          "The recipe's config (its data and backbone).")
+_TRAIN_SPLIT = flags.DEFINE_string("train_split", "train[:85%]", "Pairs the probe learns from.")
+_EVAL_SPLIT = flags.DEFINE_string("eval_split", "train[85%:]", "Pairs it is scored on (never "
+                                  "the test split while tuning).")
+_PENALTY = flags.DEFINE_float("penalty", 1e-3, "L2 penalty on the standardised weights.")
+
+GRID = 4  # Samples per side inside a crop.
+COMPONENTS = 96
+DESCRIPTIONS = {"geometry": ("geometry",), "inside": ("inside",),
+                "inside + geometry": ("inside", "geometry"),
+                "inside + outside + geometry": ("inside", "outside", "geometry")}
+
+
+def mean_in_box(fmap: np.ndarray, box: np.ndarray, grid: int = GRID) -> np.ndarray:
+  """Mean of bilinear samples of fmap [h, w, C] on a grid x grid lattice inside box (x1, y1,
+  x2, y2 as fractions of the map)."""
+  h, w, _ = fmap.shape
+  steps = (np.arange(grid) + 0.5) / grid
+  xs = np.clip((box[0] + steps * (box[2] - box[0])) * w - 0.5, 0, w - 1)
+  ys = np.clip((box[1] + steps * (box[3] - box[1])) * h - 0.5, 0, h - 1)
+  x0, y0 = np.floor(xs).astype(int), np.floor(ys).astype(int)
+  x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+  ax, ay = (xs - x0)[None, :, None], (ys - y0)[:, None, None]
+  rows0, rows1 = fmap[y0], fmap[y1]  # [grid, w, C]
+  top = (1 - ax) * rows0[:, x0] + ax * rows0[:, x1]
+  bottom = (1 - ax) * rows1[:, x0] + ax * rows1[:, x1]
+  return ((1 - ay) * top + ay * bottom).mean((0, 1))
+
+
+def geometry(box: np.ndarray) -> np.ndarray:
+  """A crop's shape and place (box: normalised x1, y1, x2, y2 of the photo)."""
+  w, h = box[2] - box[0], box[3] - box[1]
+  return np.array([w * h, np.sqrt(w * h), (box[0] + box[2]) / 2 - 0.5,
+                   (box[1] + box[3]) / 2 - 0.5, box[0], box[1], 1 - box[2], 1 - box[3],
+                   np.log(max(w, 1e-3) / max(h, 1e-3))])
+
+
+def describe(fmap: np.ndarray, valid_hw: np.ndarray, box: np.ndarray) -> dict[str, np.ndarray]:
+  """inside / outside / geometry of a photo's crop; fmap covers the canvas, the photo its
+  top-left valid_hw (fractions of the canvas)."""
+  vh, vw = valid_hw
+  on_canvas = np.asarray(box) * [vw, vh, vw, vh]
+  inside = mean_in_box(fmap, on_canvas)
+  whole = mean_in_box(fmap, np.array([0.0, 0.0, vw, vh]), grid=2 * GRID)
+  area = (box[2] - box[0]) * (box[3] - box[1])
+  outside = (whole - area * inside) / max(1.0 - area, 1e-3)
+  return {"inside": inside, "outside": outside, "geometry": geometry(box)}
+
+
+def pair_descriptions(config, split: str):
+  """(preferred, other) descriptions and vote margins of the rated pairs of a split."""
+  model = model_zoo.create_model(config, seed=0)
+  features = nnx.jit(lambda m, x: m.backbone_features(x)["stride32"])
+  preferred, other, margins = [], [], []
+  for batch in input_pipeline.create_eval_iterator(config.data, global_batch_size=8,
+                                                   split=split):
+    fmaps = np.asarray(features(model, jnp.asarray(batch["image"])), np.float32)
+    for i in np.flatnonzero(batch["valid"]):
+      for boxes, margin in zip(batch["pair_boxes"][i], batch["pair_weights"][i]):
+        if margin > 0:  # Ties, padding.
+          preferred.append(describe(fmaps[i], batch["image_valid_hw"][i], boxes[0]))
+          other.append(describe(fmaps[i], batch["image_valid_hw"][i], boxes[1]))
+          margins.append(margin)
+  stack = lambda rows: {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+  return stack(preferred), stack(other), np.array(margins)
+
+
+def fit_logistic(x: np.ndarray, penalty: float) -> np.ndarray:
+  """Weights of P(first preferred) = sigmoid(x @ weights), every row's first preferred."""
+  def loss_and_grad(weights):
+    margin = x @ weights
+    loss = np.mean(np.logaddexp(0.0, -margin)) + penalty * weights @ weights
+    grad = -x.T @ (0.5 * (1.0 - np.tanh(margin / 2))) / len(x) + 2 * penalty * weights
+    return loss, grad
+  return optimize.minimize(loss_and_grad, np.zeros(x.shape[1]), jac=True, method="L-BFGS-B",
+                           options={"maxiter": 1000}).x
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  train, val = (pair_descriptions(config, s) for s in (_TRAIN_SPLIT.value, _EVAL_SPLIT.value))
+  # Principal components of the feature descriptions, from the training crops only.
+  for key in ("inside", "outside"):
+    rows = np.concatenate([train[0][key], train[1][key]])
+    mean = rows.mean(0)
+    _, _, components = np.linalg.svd(rows - mean, full_matrices=False)
+    for preferred, other, _ in (train, val):
+      preferred[key] = (preferred[key] - mean) @ components[:COMPONENTS].T
+      other[key] = (other[key] - mean) @ components[:COMPONENTS].T
+  differences = lambda split, keys: np.concatenate(
+      [split[0][k] - split[1][k] for k in keys], axis=1)
+  strong = val[2] >= 0.6 - 1e-6  # Won by 4 or 5 of 5 votes.
+  for name, keys in DESCRIPTIONS.items():
+    x_train, x_val = differences(train, keys), differences(val, keys)
+    scale = x_train.std(0) + 1e-6
+    weights = fit_logistic(x_train / scale, _PENALTY.value)
+    right = (x_val / scale) @ weights > 0
+    print(json.dumps({"description": name, "train_pairs": len(x_train),
+                      "val_pairs": len(x_val),
+                      "train_accuracy": round(float(np.mean(x_train / scale @ weights > 0)), 3),
+                      "pairs": round(float(right.mean()), 3),
+                      "pairs_4_5_votes": round(float(right[strong].mean()), 3)}), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
