@@ -1,7 +1,7 @@
 r"""FCDB on a laptop-sized CPU: the FCDB recipe (configs/fcdb.py) with a frozen, cached backbone.
 
-Trains on 2 CPU cores in under an hour (about 51 min alone on the cores, estimated from its
-stages in experiments/fcdb/RESULTS.md), end to end from data/manual/fcdb (see data/README.md):
+Trains on 2 CPU cores in under an hour, end to end from data/manual/fcdb (see data/README.md);
+this config alone (3,000 steps from ImageNet weights, about 51 min, estimated from its stages):
 
   python -m procrop_jax.main --config=configs/fcdb_cpu.py --workdir=workdirs/fcdb_cpu
 
@@ -12,9 +12,13 @@ and ships with
       --config.eval.benchmarks.fcdb_val.protocols=iou,pairs,aspect --config.crop.canvas_size=192
 
 The shipped model was pretrained on CAD canvases out-painted around the training crops first
-(configs/cad_fcdb_cpu.py), then fine-tuned by this config for 2,000 steps (about 70 min in all;
-validation IoU 0.743 / BDE 0.063 against 0.732 / 0.066 for this config alone):
+(configs/cad_fcdb_cpu.py), then fine-tuned by this config for 2,000 steps: validation IoU 0.743
+/ BDE 0.063 against 0.732 / 0.066 for this config alone. The whole path takes about 54 min alone
+on the cores (the same path with 2 cached CAD views and 1,500 fine-tuning steps was timed end to
+end at 43.9 min, validation 0.734 / 0.064: experiments/fcdb/RESULTS.md, runs 17 and 18):
 
+  python -m procrop_jax.retrieval.crop_regions --config=configs/fcdb_cpu.py \
+      --split='train[:85%]' --out=data/manual/fcdb_crops
   python -m procrop_jax.main --config=configs/cad_fcdb_cpu.py --workdir=workdirs/cad_fcdb
   python -m procrop_jax.main --config=configs/fcdb_cpu.py --workdir=workdirs/fcdb_cpu \
       --config.train.init_from=workdirs/cad_fcdb --config.train.num_steps=2000
