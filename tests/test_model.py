@@ -212,27 +212,32 @@ def test_proposals_and_given_box_scores_in_one_pass(model):
 def test_sample_in_boxes_reads_the_tokens_inside_each_box():
   grid = 4
   tokens = jnp.arange(grid * grid, dtype=jnp.float32).reshape(1, -1, 1)  # Token value = index.
+  square = jnp.array([[4.0, 4.0]])
   valid = jnp.array([[1.0, 1.0]])
   # One sample at the centre of token (row 1, column 2) = index 6; at the midpoint of tokens 5
   # and 6, their mean; a 2 x 2 grid over the top-left quarter hits tokens 0, 1, 4, 5.
   boxes = jnp.array([[[0.625, 0.375, 0.25, 0.25], [0.5, 0.375, 0.1, 0.1]]])
-  np.testing.assert_allclose(procrop.sample_in_boxes(tokens, grid, valid, boxes, 1)[0, :, 0],
-                             [6.0, 5.5], atol=1e-5)
+  np.testing.assert_allclose(
+      procrop.sample_in_boxes(tokens, square, valid, boxes, 1)[0, :, 0], [6.0, 5.5], atol=1e-5)
   quarter = jnp.array([[[0.25, 0.25, 0.5, 0.5]]])
-  np.testing.assert_allclose(procrop.sample_in_boxes(tokens, grid, valid, quarter, 2)[0, 0],
+  np.testing.assert_allclose(procrop.sample_in_boxes(tokens, square, valid, quarter, 2)[0, 0],
                              [0.0, 1.0, 4.0, 5.0], atol=1e-5)
+  # The same 16 tokens as a 2 x 8 grid (a wide canvas): the centre of row 1, column 5 is 13.
+  wide = jnp.array([[2.0, 8.0]])
+  np.testing.assert_allclose(procrop.sample_in_boxes(
+      tokens, wide, valid, jnp.array([[[0.6875, 0.75, 0.1, 0.1]]]), 1)[0, 0], [13.0], atol=1e-5)
   # An image on the left 0.2 of the canvas covers only column 0's tokens: a box at its right
   # edge (canvas x 0.2, token index 0.3) reads column 0 alone, never the padding's column 1.
   # On 0.3 of the canvas, column 1 covers some of the image and is read.
   right_edge = jnp.array([[[1.0, 0.125, 0.0, 0.0]]])
   for width, expected in ((0.2, 0.0), (0.3, 0.7)):
-    valid = jnp.array([[1.0, width]])
-    np.testing.assert_allclose(
-        procrop.sample_in_boxes(tokens, grid, valid, right_edge, 1)[0, 0], [expected], atol=1e-5)
+    narrow = jnp.array([[1.0, width]])
+    np.testing.assert_allclose(procrop.sample_in_boxes(tokens, square, narrow, right_edge, 1)[0, 0],
+                               [expected], atol=1e-5)
 
 
 def test_box_content_queries_score_what_lies_inside_the_box():
-  model = _build(box_content_grid=2)
+  model = _build(box_content_grid=2, num_references=0)  # Any canvas shape (no token mixing).
   memory, pos, mask = _memory(model)
   boxes = jnp.array([[[0.0, 0.0, 0.5, 1.0], [0.5, 0.0, 1.0, 1.0]]] * 2)
   # Padding's tokens stay ignored.
@@ -250,3 +255,19 @@ def test_box_content_queries_score_what_lies_inside_the_box():
   moved, _ = decode(model, memory + left, boxes, image_valid_hw=valid)
   change = np.abs(np.asarray(moved[0]["logits"] - fresh[0]["logits"]))
   assert change[0, 0] > 1e-4 and change[1].max() < 1e-6
+
+
+@pytest.mark.slow  # Compiles the backbone for another canvas shape.
+def test_box_content_on_a_canvas_of_another_shape():
+  # The Cropper's flexible canvases: the kept encoding carries the token grid, so scoring from
+  # it matches a fresh pass.
+  model = _build(box_content_grid=2, num_references=0)
+  valid = jnp.array([[1.0, 0.4], [0.4, 0.4]])
+  boxes = jnp.array([[[0.0, 0.0, 0.5, 1.0], [0.5, 0.0, 1.0, 1.0]]] * 2)
+  images = np.random.default_rng(2).random((2, 64, 96, 3), np.float32)
+  call = nnx.jit(lambda m, x, v, q: m(x, image_valid_hw=v, query_boxes=q))
+  fresh = call(model, images, valid, boxes)
+  np.testing.assert_array_equal(fresh["encoding"]["token_hw"], [[2.0, 3.0]] * 2)
+  reused = nnx.jit(lambda m, e, q: m(None, encoding=e, query_boxes=q))(
+      model, fresh["encoding"], boxes)
+  np.testing.assert_allclose(reused["logits"], fresh["logits"], atol=1e-5)

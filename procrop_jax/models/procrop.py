@@ -298,7 +298,7 @@ class ProCrop(nnx.Module):
   def decode(self, memory: jax.Array | None, pos: jax.Array | None, mask: jax.Array,
              query_boxes: jax.Array | None = None, *, train: bool = False,
              with_proposals: bool = False, encoding: Mapping[str, jax.Array] | None = None,
-             image_valid_hw: jax.Array | None = None
+             image_valid_hw: jax.Array | None = None, token_hw: tuple[int, int] | None = None
              ) -> tuple[list[dict], dict[str, jax.Array]]:
     """Runs the decoder; returns one prediction dict per decoder layer (last = final), and the
     photos' encoding.
@@ -313,11 +313,14 @@ class ProCrop(nnx.Module):
     ("memory_mask" [B, S]) and, per decoder layer, their cross-attention keys and values
     ("memory_keys" [B, layers, S, 2D], "memory_values" [B, layers, S, D]) and the learned
     queries' self-attention keys and values ("context_keys", "context_values" [B, layers, N,
-    D]). Passed back as `encoding` (with
-    `query_boxes`; memory and pos then unused), only the given boxes' rows are computed, with
-    the same result: inference scoring boxes on photos whose proposals it has decoded. With
-    `box_content_grid` it also holds the image tokens ("memory" [B, S, D]) and "image_valid_hw"
-    [B, 2] (required then, as in `__call__`), which a box's content is sampled from.
+    D]). Passed back as `encoding` (with `query_boxes`; memory and pos then unused), only the
+    given boxes' rows are computed, with the same result: inference scoring boxes on photos
+    whose proposals it has decoded.
+
+    With `box_content_grid`, a box's content is sampled from the image tokens: `image_valid_hw`
+    (as in `__call__`) is required, `token_hw` is the tokens' grid (default: the model's
+    square one), and the encoding also holds "memory" [B, S, D], "image_valid_hw" and
+    "token_hw" [B, 2].
     """
     d = self.d_model
     n = self.num_queries
@@ -343,7 +346,13 @@ class ProCrop(nnx.Module):
     else:
       if encoding is not None:
         memory, image_valid_hw = encoding["memory"], encoding["image_valid_hw"]
-      tgt = self.box_content(sample_in_boxes(memory, self.grid, image_valid_hw, anchors,
+        grid_hw = encoding["token_hw"]
+      elif image_valid_hw is None:
+        raise ValueError("box_content_grid samples the image tokens: pass image_valid_hw")
+      else:
+        grid_hw = jnp.broadcast_to(
+            jnp.asarray(token_hw or (self.grid, self.grid), jnp.float32), (b, 2))
+      tgt = self.box_content(sample_in_boxes(memory, grid_hw, image_valid_hw, anchors,
                                              self.box_content_grid))
     predictions, kept = [], {k: [] for k in ENCODING_KEYS}
     for i, layer in enumerate(self.decoder_layers):
@@ -380,7 +389,7 @@ class ProCrop(nnx.Module):
     if encoding is None:
       encoding = {"memory_mask": mask, **{k: jnp.stack(v, axis=1) for k, v in kept.items()}}
       if self.box_content is not None:
-        encoding.update(memory=memory, image_valid_hw=image_valid_hw)
+        encoding.update(memory=memory, image_valid_hw=image_valid_hw, token_hw=grid_hw)
     return predictions, encoding
 
   def __call__(self, images: jax.Array | None, *, image_valid_hw: jax.Array | None = None,
@@ -419,24 +428,25 @@ class ProCrop(nnx.Module):
         batch = images.shape[0] if features is None else next(iter(features.values())).shape[0]
         image_valid_hw = jnp.ones((batch, 2), jnp.float32)
       image_valid_hw = image_valid_hw.astype(jnp.float32)
-      x, pos, mask, _ = self._encode(images, image_valid_hw, train=train, features=features)
+      x, pos, mask, token_hw = self._encode(images, image_valid_hw, train=train,
+                                            features=features)
       memory = self.fuse(x, pos, mask, reference_tokens, train=train)
     else:
-      memory = pos = None
+      memory = pos = token_hw = None
       mask = encoding["memory_mask"]
     predictions, encoding = self.decode(memory, pos, mask, query_boxes, train=train,
                                         with_proposals=with_proposals, encoding=encoding,
-                                        image_valid_hw=image_valid_hw)
+                                        image_valid_hw=image_valid_hw, token_hw=token_hw)
     return {**predictions[-1], "aux": predictions[:-1], "encoding": encoding}
 
 
-def sample_in_boxes(tokens: jax.Array, grid: int, image_valid_hw: jax.Array, boxes: jax.Array,
-                    points: int) -> jax.Array:
+def sample_in_boxes(tokens: jax.Array, grid_hw: jax.Array, image_valid_hw: jax.Array,
+                    boxes: jax.Array, points: int) -> jax.Array:
   """Tokens sampled bilinearly on a points x points grid inside each box, concatenated.
 
   Args:
-    tokens: [B, grid * grid, D], a square token grid over the padded canvas (row-major).
-    grid: the grid's side.
+    tokens: [B, H * W, D], an H x W token grid over the padded canvas (row-major).
+    grid_hw: [B, 2] (H, W), as floats (they may be traced: an encoding carries them).
     image_valid_hw: [B, 2] the image's (h, w) as a fraction of the canvas.
     boxes: [B, Q, 4] (cx, cy, w, h) in image coordinates (1.0 = the image's edge).
     points: samples per side; each sits at the centre of its cell of the box.
@@ -448,21 +458,24 @@ def sample_in_boxes(tokens: jax.Array, grid: int, image_valid_hw: jax.Array, box
   d = tokens.shape[-1]
   steps = (jnp.arange(points, dtype=jnp.float32) + 0.5) / points - 0.5  # Cell centres, [-.5, .5).
   cx, cy, w, h = (boxes[..., i:i + 1] for i in range(4))
+  rows, cols = grid_hw[:, None, 0:1], grid_hw[:, None, 1:2]  # [B, 1, 1]
   xs = (cx + steps * w) * image_valid_hw[:, None, 1:2]  # [B, Q, points], canvas fraction.
   ys = (cy + steps * h) * image_valid_hw[:, None, 0:1]
-  # Token centres sit at (i + 0.5) / grid: a continuous token index, clamped to the tokens that
+  # Token centres sit at (i + 0.5) / cols: a continuous token index, clamped to the tokens that
   # cover some of the image (padding's tokens are masked everywhere else too).
-  last = jnp.ceil(image_valid_hw * grid - 1e-4) - 1.0  # [B, 2] last (row, column) on the image.
-  xs = jnp.clip(xs * grid - 0.5, 0.0, last[:, None, 1:2])
-  ys = jnp.clip(ys * grid - 0.5, 0.0, last[:, None, 0:1])
+  last_col = jnp.ceil(image_valid_hw[:, None, 1:2] * cols - 1e-4) - 1.0
+  last_row = jnp.ceil(image_valid_hw[:, None, 0:1] * rows - 1e-4) - 1.0
+  xs = jnp.clip(xs * cols - 0.5, 0.0, last_col)
+  ys = jnp.clip(ys * rows - 0.5, 0.0, last_row)
   x = jnp.broadcast_to(xs[:, :, None, :], (b, q, points, points)).reshape(b, -1)
   y = jnp.broadcast_to(ys[:, :, :, None], (b, q, points, points)).reshape(b, -1)
   x0, y0 = jnp.floor(x), jnp.floor(y)
   x1, y1 = jnp.minimum(x0 + 1, jnp.ceil(x)), jnp.minimum(y0 + 1, jnp.ceil(y))
   ax, ay = (x - x0)[..., None], (y - y0)[..., None]
+  width = grid_hw[:, 1:2]  # [B, 1]
 
   def at(yy, xx):
-    index = (yy * grid + xx).astype(jnp.int32)[..., None]
+    index = (yy * width + xx).astype(jnp.int32)[..., None]
     return jnp.take_along_axis(tokens, index, axis=1)
 
   sampled = ((1 - ay) * ((1 - ax) * at(y0, x0) + ax * at(y0, x1))
