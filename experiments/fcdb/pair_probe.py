@@ -29,12 +29,17 @@ from scipy import optimize
 from procrop_jax import input_pipeline
 from procrop_jax import model_zoo
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/fcdb_cpu.py",
-                                          "The recipe's config (its data and backbone).")
-_TRAIN_SPLIT = flags.DEFINE_string("train_split", "train[:85%]", "Pairs the probe learns from.")
-_EVAL_SPLIT = flags.DEFINE_string("eval_split", "train[85%:]", "Pairs it is scored on (never "
-                                  "the test split while tuning).")
-_PENALTY = flags.DEFINE_float("penalty", 1e-3, "L2 penalty on the standardised weights.")
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The command's flags (not at import: tests import the functions beside other commands)."""
+  config_flags.DEFINE_config_file("config", "configs/fcdb_cpu.py",
+                                  "The recipe's config (its data and backbone).")
+  flags.DEFINE_string("train_split", "train[:85%]", "Pairs the probe learns from.")
+  flags.DEFINE_string("eval_split", "train[85%:]", "Pairs it is scored on (never the test "
+                      "split while tuning).")
+  flags.DEFINE_float("penalty", 1e-3, "L2 penalty on the standardised weights.")
 
 GRID = 4  # Samples per side inside a crop.
 COMPONENTS = 96
@@ -110,8 +115,8 @@ def fit_logistic(x: np.ndarray, penalty: float) -> np.ndarray:
 
 def main(argv):
   del argv
-  config = _CONFIG.value
-  train, val = (pair_descriptions(config, s) for s in (_TRAIN_SPLIT.value, _EVAL_SPLIT.value))
+  config = FLAGS.config
+  train, val = (pair_descriptions(config, s) for s in (FLAGS.train_split, FLAGS.eval_split))
   # Principal components of the feature descriptions, from the training crops only.
   for key in ("inside", "outside"):
     rows = np.concatenate([train[0][key], train[1][key]])
@@ -126,7 +131,7 @@ def main(argv):
   for name, keys in DESCRIPTIONS.items():
     x_train, x_val = differences(train, keys), differences(val, keys)
     scale = x_train.std(0) + 1e-6
-    weights = fit_logistic(x_train / scale, _PENALTY.value)
+    weights = fit_logistic(x_train / scale, FLAGS.penalty)
     right = (x_val / scale) @ weights > 0
     print(json.dumps({"description": name, "train_pairs": len(x_train),
                       "val_pairs": len(x_val),
@@ -136,4 +141,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

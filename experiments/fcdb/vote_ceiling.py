@@ -28,12 +28,17 @@ import tensorflow_datasets as tfds
 
 import procrop_jax.datasets  # pylint: disable=unused-import  (registers the builders)
 
-_SPLIT = flags.DEFINE_string("split", "train[85%:]", "Split of the built FCDB whose pairs to "
-                             "count; empty: every pair of --annotations.")
-_DATA_DIR = flags.DEFINE_string("data_dir", "data/tfds", "TFDS data directory.")
-_ANNOTATIONS = flags.DEFINE_string(
-    "annotations", "data/manual/fcdb/ranking_annotation_train.json",
-    "FCDB's rated crop pairs (ranking_annotation_train.json), read when --split is empty.")
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The command's flags (not at import: tests import the functions beside other commands)."""
+  flags.DEFINE_string("split", "train[85%:]", "Split of the built FCDB whose pairs to count; "
+                      "empty: every pair of --annotations.")
+  flags.DEFINE_string("data_dir", "data/tfds", "TFDS data directory.")
+  flags.DEFINE_string(
+      "annotations", "data/manual/fcdb/ranking_annotation_train.json",
+      "FCDB's rated crop pairs (ranking_annotation_train.json), read when --split is empty.")
 
 VOTES = 5
 # The preference for the pair's better side, p in [0.5, 1], on a fine grid.
@@ -90,10 +95,10 @@ def oracle_accuracy_range(counts: collections.Counter, strong_only: bool = False
 
 def main(argv):
   del argv
-  if _SPLIT.value:
-    votes = split_votes(_SPLIT.value, _DATA_DIR.value)
+  if FLAGS.split:
+    votes = split_votes(FLAGS.split, FLAGS.data_dir)
   else:
-    with open(_ANNOTATIONS.value) as f:
+    with open(FLAGS.annotations) as f:
       votes = ranking_file_votes(json.load(f))
   counts = winner_vote_counts(votes)
   print(json.dumps({
@@ -106,4 +111,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
