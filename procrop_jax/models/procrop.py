@@ -341,18 +341,17 @@ class ProCrop(nnx.Module):
     # (cy, cx) order and d/2 features each, to match the tokens' (y, x) encodings.
     ref_sine = position_encoding.sine_embedding(anchors[..., 1::-1], d // 2)
     if self.box_content is None:
-      tgt = jnp.zeros((b, anchors.shape[1], d),
-                      jnp.float32 if memory is None else memory.dtype)
+      tgt = jnp.zeros((b, anchors.shape[1], d), jnp.float32 if memory is None else memory.dtype)
     else:
       if encoding is not None:
         memory, image_valid_hw = encoding["memory"], encoding["image_valid_hw"]
-        grid_hw = encoding["token_hw"]
+        batch_token_hw = encoding["token_hw"]
       elif image_valid_hw is None:
         raise ValueError("box_content_grid samples the image tokens: pass image_valid_hw")
       else:
-        grid_hw = jnp.broadcast_to(
+        batch_token_hw = jnp.broadcast_to(
             jnp.asarray(token_hw or (self.grid, self.grid), jnp.float32), (b, 2))
-      tgt = self.box_content(sample_in_boxes(memory, grid_hw, image_valid_hw, anchors,
+      tgt = self.box_content(sample_in_boxes(memory, batch_token_hw, image_valid_hw, anchors,
                                              self.box_content_grid))
     predictions, kept = [], {k: [] for k in ENCODING_KEYS}
     for i, layer in enumerate(self.decoder_layers):
@@ -389,7 +388,7 @@ class ProCrop(nnx.Module):
     if encoding is None:
       encoding = {"memory_mask": mask, **{k: jnp.stack(v, axis=1) for k, v in kept.items()}}
       if self.box_content is not None:
-        encoding.update(memory=memory, image_valid_hw=image_valid_hw, token_hw=grid_hw)
+        encoding.update(memory=memory, image_valid_hw=image_valid_hw, token_hw=batch_token_hw)
     return predictions, encoding
 
   def __call__(self, images: jax.Array | None, *, image_valid_hw: jax.Array | None = None,
@@ -440,13 +439,13 @@ class ProCrop(nnx.Module):
     return {**predictions[-1], "aux": predictions[:-1], "encoding": encoding}
 
 
-def sample_in_boxes(tokens: jax.Array, grid_hw: jax.Array, image_valid_hw: jax.Array,
+def sample_in_boxes(tokens: jax.Array, token_hw: jax.Array, image_valid_hw: jax.Array,
                     boxes: jax.Array, points: int) -> jax.Array:
   """Tokens sampled bilinearly on a points x points grid inside each box, concatenated.
 
   Args:
     tokens: [B, H * W, D], an H x W token grid over the padded canvas (row-major).
-    grid_hw: [B, 2] (H, W), as floats (they may be traced: an encoding carries them).
+    token_hw: [B, 2] (H, W), as floats (they may be traced: an encoding carries them).
     image_valid_hw: [B, 2] the image's (h, w) as a fraction of the canvas.
     boxes: [B, Q, 4] (cx, cy, w, h) in image coordinates (1.0 = the image's edge).
     points: samples per side; each sits at the centre of its cell of the box.
@@ -458,7 +457,7 @@ def sample_in_boxes(tokens: jax.Array, grid_hw: jax.Array, image_valid_hw: jax.A
   d = tokens.shape[-1]
   steps = (jnp.arange(points, dtype=jnp.float32) + 0.5) / points - 0.5  # Cell centres, [-.5, .5).
   cx, cy, w, h = (boxes[..., i:i + 1] for i in range(4))
-  rows, cols = grid_hw[:, None, 0:1], grid_hw[:, None, 1:2]  # [B, 1, 1]
+  rows, cols = token_hw[:, None, 0:1], token_hw[:, None, 1:2]  # [B, 1, 1]
   xs = (cx + steps * w) * image_valid_hw[:, None, 1:2]  # [B, Q, points], canvas fraction.
   ys = (cy + steps * h) * image_valid_hw[:, None, 0:1]
   # Token centres sit at (i + 0.5) / cols: a continuous token index, clamped to the tokens that
@@ -472,7 +471,7 @@ def sample_in_boxes(tokens: jax.Array, grid_hw: jax.Array, image_valid_hw: jax.A
   x0, y0 = jnp.floor(x), jnp.floor(y)
   x1, y1 = jnp.minimum(x0 + 1, jnp.ceil(x)), jnp.minimum(y0 + 1, jnp.ceil(y))
   ax, ay = (x - x0)[..., None], (y - y0)[..., None]
-  width = grid_hw[:, 1:2]  # [B, 1]
+  width = token_hw[:, 1:2]  # [B, 1]
 
   def at(yy, xx):
     index = (yy * width + xx).astype(jnp.int32)[..., None]
