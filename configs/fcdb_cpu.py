@@ -13,9 +13,9 @@ and ships with
 
 The shipped model was pretrained on CAD canvases out-painted around the training crops first
 (configs/cad_fcdb_cpu.py), then fine-tuned by this config for 2,000 steps: validation IoU 0.743
-/ BDE 0.063 against 0.732 / 0.066 for this config alone. The whole path takes about 54 min alone
-on the cores (the same path with 2 cached CAD views and 1,500 fine-tuning steps was timed end to
-end at 43.9 min, validation 0.734 / 0.064: experiments/fcdb/RESULTS.md, runs 17 and 18):
+/ BDE 0.063 against 0.732 / 0.066 for this config alone. The whole path, timed end to end alone
+on the cores from data/manual/fcdb into fresh folders, takes 57.2 min (the export 1 more) and
+reproduces the shipped model's validation curve (experiments/fcdb/RESULTS.md, runs 17 and 20):
 
   python -m procrop_jax.retrieval.crop_regions --config=configs/fcdb_cpu.py \
       --split='train[:85%]' --out=data/manual/fcdb_crops
