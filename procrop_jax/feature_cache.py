@@ -58,10 +58,11 @@ import tensorflow_datasets as tfds
 
 from procrop_jax import input_pipeline
 from procrop_jax import model_zoo
+from procrop_jax import steps
 from procrop_jax.datasets import source_record
 from procrop_jax.models import efficientnet_lite
 
-FEATURE_PREFIX = "features_"
+FEATURE_PREFIX = steps.FEATURE_PREFIX
 # Bump when what is cached (or how) changes, so older caches are not reused.
 _CACHE_VERSION = 2  # 2: rated crop pairs.
 _SEED_SALT_VIEWS = 0xCAC4E
@@ -86,12 +87,6 @@ def check_frozen(config: ml_collections.ConfigDict) -> None:
         "config.optim.trainable_backbone_blocks >= 0, and config.model.freeze_backbone_bn=True): "
         "a trained backbone would make the cached features stale. Set "
         "--config.data.feature_cache.views=0 to train from images.")
-
-
-def batch_features(batch: Mapping[str, Any]) -> dict[str, Any] | None:
-  """The cached backbone maps of a batch ({"stride32", ...}), or None for an image batch."""
-  feats = {k[len(FEATURE_PREFIX):]: v for k, v in batch.items() if k.startswith(FEATURE_PREFIX)}
-  return feats or None
 
 
 def cache_key(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder,

@@ -9,10 +9,10 @@ Runs describe themselves: training writes its resolved config to WORKDIR/config.
 `from_workdir` reads it, so nobody retypes a run's overrides. A config passed explicitly wins,
 with a warning for every model field that differs from the checkpoint's.
 
-The forward pass is `predict_step`, the one evaluation during training uses (the trainer's steps
-run the model through the same `forward`), jitted once per (canvas, batch size, number of given
-boxes): callers keep those fixed (the cropper pads its batches and candidate lists) so a run
-compiles once.
+The forward pass is `steps.predict_step`, the one evaluation during training uses (the
+trainer's steps run the model through the same `steps.forward`), jitted once per (canvas, batch
+size, number of given boxes): callers keep those fixed (the cropper pads its batches and
+candidate lists) so a run compiles once.
 
 `evaluate_checkpoint` is `main --mode=eval`.
 """
@@ -34,10 +34,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from procrop_jax import evaluate
-from procrop_jax import feature_cache
 from procrop_jax import input_pipeline
 from procrop_jax import model_zoo
 from procrop_jax import sharding
+from procrop_jax import steps
 from procrop_jax import tta
 from procrop_jax.models import procrop
 from procrop_jax.retrieval import neighbors
@@ -115,77 +115,8 @@ def _concrete_rng_state(abstract: Any) -> Any:
   return jax.tree.map(make, abstract)
 
 
-# ---------------------------------------------------------------------------- the forward pass
-ENCODING_PREFIX = "encoding_"  # Batch keys of a model's "encoding" (flat, as batches are).
-
-
-def batch_encoding(batch: dict[str, Any]) -> dict[str, Any] | None:
-  """The model's "encoding" held by a batch, or None."""
-  found = {k[len(ENCODING_PREFIX):]: v for k, v in batch.items()
-           if k.startswith(ENCODING_PREFIX)}
-  return found or None
-
-
-def forward(graphdef, params, rest, rng_state, batch, *, train: bool, query_boxes=None,
-            with_proposals: bool = False):
-  """Runs the model from its split state; returns outputs and the updated non-param state.
-
-  The trainer's steps call it too (with `train=True` and freshly seeded `rng_state` for dropout),
-  so training, evaluation and prediction run the model alike.
-  """
-  model = nnx.merge(graphdef, params, rng_state, rest)
-  outputs = model(batch.get("image"), image_valid_hw=batch["image_valid_hw"],
-                  reference_tokens=batch.get("reference_tokens"), query_boxes=query_boxes,
-                  train=train, features=feature_cache.batch_features(batch),
-                  encoding=batch_encoding(batch), with_proposals=with_proposals)
-  return outputs, nnx.state(model, nnx.Not(nnx.Any(nnx.Param, nnx.RngState)))
-
-
-def predict_step(state: dict[str, Any], batch: dict[str, jax.Array], *, graphdef, rng_state,
-                 score_given_boxes: bool, flip: bool = False, vote_iou: float = 0.0,
-                 rescore: bool = False, keep_encoding: bool = False) -> dict[str, jax.Array]:
-  """Inference: proposed crops, or scores for the batch's own boxes when score_given_boxes.
-
-  `flip` adds the mirrored photo's pass and `vote_iou` > 0 votes proposals (see tta.py);
-  `rescore` replaces each proposal's score by the given-box path's score of its final box.
-  `keep_encoding` also returns the model's "encoding" of the photos; a batch that holds one
-  (instead of "image") runs the decoder alone (not with `flip`: its mirrored pass needs pixels).
-  """
-  if rescore and not score_given_boxes:
-    proposals = predict_step(state, batch, graphdef=graphdef, rng_state=rng_state,
-                             score_given_boxes=False, flip=flip, vote_iou=vote_iou)
-    scored = predict_step(state, {**batch, "boxes": proposals["boxes"]}, graphdef=graphdef,
-                          rng_state=rng_state, score_given_boxes=True, flip=flip)
-    return {"boxes": proposals["boxes"], "scores": scored["scores"]}
-  params = state.get("ema_params", state["params"])
-  given = batch["boxes"] if score_given_boxes else None
-  if flip:  # Both passes in one batch: [plain; mirrored].
-    batch = dict(batch)
-    batch["image"] = jnp.concatenate(
-        [batch["image"], tta.flip_canvas(batch["image"], batch["image_valid_hw"])])
-    for key in ("image_valid_hw", "reference_tokens"):
-      if key in batch:
-        batch[key] = jnp.concatenate([batch[key], batch[key]])
-    if given is not None:
-      given = jnp.concatenate([given, tta.flip_boxes(given)])
-  outputs, _ = forward(graphdef, params, state["rest"], rng_state, batch, train=False,
-                       query_boxes=given)
-  boxes, scores = outputs["boxes"], jax.nn.sigmoid(outputs["logits"])
-  extra = {"encoding": outputs["encoding"]} if keep_encoding and not flip else {}
-  if flip:
-    plain, mirrored = jnp.split(boxes, 2), jnp.split(scores, 2)
-    if given is None:  # The mirrored pass's proposals join the plain ones.
-      boxes = jnp.concatenate([plain[0], tta.flip_boxes(plain[1])], axis=1)
-      scores = jnp.concatenate(mirrored, axis=1)
-    else:  # A given box's score: the mean over both passes.
-      boxes, scores = plain[0], 0.5 * (mirrored[0] + mirrored[1])
-  if vote_iou > 0 and given is None:
-    boxes = tta.vote_boxes(boxes, scores, vote_iou)
-  return {"boxes": boxes, "scores": scores, **extra}
-
-
 def inference_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """predict_step's test-time options from `config.inference`."""
+  """steps.predict_step's test-time options from `config.inference`."""
   inference = config.inference
   return {"flip": bool(inference.flip), "vote_iou": float(inference.vote_iou),
           "rescore": bool(inference.rescore)}
@@ -333,7 +264,7 @@ class Predictor:
     if key not in self._steps:
       # The same keyword arguments as the Trainer's predict step, so both predict alike.
       self._steps[key] = jax.jit(
-          functools.partial(predict_step, graphdef=self.graphdef,
+          functools.partial(steps.predict_step, graphdef=self.graphdef,
                             rng_state=self.rng_state, score_given_boxes=score_given_boxes,
                             keep_encoding=keep_encoding, **inference_options(self.config)),
           in_shardings=(self._replicated, self._batch_sharding),
@@ -391,7 +322,7 @@ class Predictor:
     if encoding is None:
       batch["image"] = np.asarray(images, np.float32)
     else:
-      batch.update({ENCODING_PREFIX + k: v for k, v in encoding.items()})
+      batch.update({steps.ENCODING_PREFIX + k: v for k, v in encoding.items()})
     if boxes is not None:
       batch["boxes"] = np.asarray(boxes, np.float32)
     pad = -n % self.num_devices

