@@ -20,7 +20,9 @@ the accelerator, resampling with separable bilinear weights that widen when they
 (antialiased, like tf.image.resize). Validation (train[85%:]) runs every `--eval_every` steps
 with the shipped model's inference settings; each process keeps its best EMA parameters by
 validation IoU. The figures it prints are indicative (JPEG re-encoding, its own resampling):
-`--mode=export` re-scores the parameters with the project's own evaluation.
+`--mode=export` re-scores the parameters with the project's own evaluation. Figures of two runs
+on one H200 (from the shipped model, and from ImageNet weights): experiments/fcdb/RESULTS.md,
+runs 21 and 22.
 """
 
 from __future__ import annotations
