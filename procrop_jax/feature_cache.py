@@ -31,9 +31,9 @@ is a hash of the key, so a change of dataset, backbone, canvas or augmentation b
 instead of reusing a stale one. Each process of a multi-host run caches its own slice of the split.
 
 Batches from `create_train_iterator` have the input pipeline's layout with `features_stride32`
-(and `features_stride16`) in place of `image`; the model reads them through `batch_features`.
-The order is a pure function of (seed, step): permutations of the examples per epoch, a view per
-position, so a resumed run continues exactly where it stopped.
+(and `features_stride16`) in place of `image`; the model reads them through
+`steps.batch_features`. The order is a pure function of (seed, step): permutations of the
+examples per epoch, a view per position, so a resumed run continues exactly where it stopped.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 accelerator (the recipe's augmentation drawn on the host, resampled on the device), and that the
 step module it runs needs no TensorFlow."""
 
+import inspect
 import subprocess
 import sys
 
@@ -97,6 +98,14 @@ def test_colour_jitter_leaves_the_padding_black_and_stays_in_range():
   assert jittered.min() >= 0 and jittered.max() <= 1
   assert not jittered[0, 42:].any()  # Rows past the content (64 * 90 / 140 = 41).
   assert np.abs(jittered - np.asarray(image)).mean() > 0.01
+
+
+def test_colour_jitter_ranges_are_the_input_pipelines():
+  defaults = inspect.signature(finetune.colour_jitter).parameters
+  augment = input_pipeline.Augmentation()
+  assert defaults["brightness_delta"].default == augment.brightness_delta
+  assert defaults["contrast"].default == augment.contrast_range
+  assert defaults["saturation"].default == augment.saturation_range
 
 
 @pytest.mark.parametrize("votes, expected", [([[4, 1], [1, 4], [2, 2]], [0.6, 0.6, 0.0])])

@@ -238,7 +238,11 @@ def resample(sources, windows, flips, size: int):
 
 def colour_jitter(images, valid_hw, u, *, brightness_delta=0.1, contrast=(0.8, 1.25),
                   saturation=(0.8, 1.25)):
-  """input_pipeline._colour_jitter on a batch (u: uniform [B, 3]); padding stays zero."""
+  """input_pipeline._colour_jitter on a batch (u: uniform [B, 3]); padding stays zero.
+
+  The defaults restate input_pipeline.Augmentation's (that module imports TensorFlow, which the
+  accelerator image lacks); a test keeps them equal.
+  """
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   size = images.shape[1]
   rows = jnp.arange(size)[None, :, None] < jnp.round(valid_hw[:, 0] * size)[:, None, None]
@@ -247,11 +251,12 @@ def colour_jitter(images, valid_hw, u, *, brightness_delta=0.1, contrast=(0.8, 1
   brightness = (2.0 * u[:, 0] - 1.0) * brightness_delta
   log_range = lambda r, t: jnp.exp(np.log(r[0]) + t * (np.log(r[1]) - np.log(r[0])))
   c, s = log_range(contrast, u[:, 1]), log_range(saturation, u[:, 2])
+  per_image = lambda v: v[:, None, None, None]
   gray = (images * jnp.array([0.299, 0.587, 0.114])).sum(-1, keepdims=True)
-  images = gray + s[:, None, None, None] * (images - gray)
+  images = gray + per_image(s) * (images - gray)
   mean = (gray * valid).sum((1, 2, 3)) / jnp.maximum(valid.sum((1, 2, 3)), 1)
-  images = (mean[:, None, None, None] + c[:, None, None, None] * (images - mean[:, None, None, None])
-            + brightness[:, None, None, None])
+  images = (per_image(mean) + per_image(c) * (images - per_image(mean))
+            + per_image(brightness))
   return jnp.where(valid, jnp.clip(images, 0.0, 1.0), 0.0)
 
 
