@@ -53,13 +53,13 @@ def test_more_close_calls_lower_the_ceiling():
   assert high_close < high_clear - 0.1
 
 
-def test_mean_in_box_averages_the_map_inside_the_box():
+def test_mean_in_boxes_averages_the_map_inside_each_box():
   # A map whose value is the column's centre x: the mean inside a box is the box's centre x.
   w = 8
   fmap = np.broadcast_to(((np.arange(w) + 0.5) / w)[None, :, None], (4, w, 1)).astype(float)
-  for box in ([0.0, 0.0, 1.0, 1.0], [0.25, 0.0, 0.75, 0.5], [0.5, 0.5, 1.0, 1.0]):
-    np.testing.assert_allclose(pair_probe.mean_in_box(fmap, np.array(box)),
-                               [(box[0] + box[2]) / 2], atol=1e-6)
+  boxes = np.array([[0.0, 0.0, 1.0, 1.0], [0.25, 0.0, 0.75, 0.5], [0.5, 0.5, 1.0, 1.0]])
+  np.testing.assert_allclose(pair_probe.mean_in_boxes(fmap, np.array([1.0, 1.0]), boxes),
+                             (boxes[:, :1] + boxes[:, 2:3]) / 2, atol=1e-6)
 
 
 def test_describe_separates_inside_and_outside_and_reads_only_the_photo():
@@ -67,10 +67,11 @@ def test_describe_separates_inside_and_outside_and_reads_only_the_photo():
   # the padding holds 100, which no description may read.
   fmap = np.full((16, 16, 1), 100.0)
   fmap[:, :4], fmap[:, 4:8] = 1.0, 3.0  # Each sample falls on a column's centre.
-  left = pair_probe.describe(fmap, np.array([1.0, 0.5]), np.array([0.0, 0.0, 0.5, 1.0]))
-  np.testing.assert_allclose(left["inside"], [1.0], atol=1e-6)
-  np.testing.assert_allclose(left["outside"], [3.0], atol=1e-6)
-  np.testing.assert_allclose(left["geometry"][:2], [0.5, np.sqrt(0.5)])
+  boxes = np.array([[0.0, 0.0, 0.5, 1.0], [0.5, 0.0, 1.0, 1.0]])
+  described = pair_probe.describe(fmap, np.array([1.0, 0.5]), boxes)
+  np.testing.assert_allclose(described["inside"], [[1.0], [3.0]], atol=1e-6)
+  np.testing.assert_allclose(described["outside"], [[3.0], [1.0]], atol=1e-6)
+  np.testing.assert_allclose(described["geometry"][0, :2], [0.5, np.sqrt(0.5)])
 
 
 def test_logistic_probe_learns_a_preference_and_is_antisymmetric():

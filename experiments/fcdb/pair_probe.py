@@ -26,8 +26,10 @@ from ml_collections import config_flags
 import numpy as np
 from scipy import optimize
 
+from procrop_jax import box_ops
 from procrop_jax import input_pipeline
 from procrop_jax import model_zoo
+from procrop_jax.models import procrop
 
 FLAGS = flags.FLAGS
 
@@ -48,20 +50,17 @@ DESCRIPTIONS = {"geometry": ("geometry",), "inside": ("inside",),
                 "inside + outside + geometry": ("inside", "outside", "geometry")}
 
 
-def mean_in_box(fmap: np.ndarray, box: np.ndarray, grid: int = GRID) -> np.ndarray:
-  """Mean of bilinear samples of fmap [h, w, C] on a grid x grid lattice inside box (x1, y1,
-  x2, y2 as fractions of the map)."""
-  h, w, _ = fmap.shape
-  steps = (np.arange(grid) + 0.5) / grid
-  xs = np.clip((box[0] + steps * (box[2] - box[0])) * w - 0.5, 0, w - 1)
-  ys = np.clip((box[1] + steps * (box[3] - box[1])) * h - 0.5, 0, h - 1)
-  x0, y0 = np.floor(xs).astype(int), np.floor(ys).astype(int)
-  x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
-  ax, ay = (xs - x0)[None, :, None], (ys - y0)[:, None, None]
-  rows0, rows1 = fmap[y0], fmap[y1]  # [grid, w, C]
-  top = (1 - ax) * rows0[:, x0] + ax * rows0[:, x1]
-  bottom = (1 - ax) * rows1[:, x0] + ax * rows1[:, x1]
-  return ((1 - ay) * top + ay * bottom).mean((0, 1))
+def mean_in_boxes(fmap: np.ndarray, valid_hw: np.ndarray, boxes: np.ndarray,
+                  grid: int = GRID) -> np.ndarray:
+  """[N, C]: the mean of the model's in-box samples (`procrop.sample_in_boxes`, the box content
+  queries' reading) of fmap [h, w, C] on a grid x grid lattice inside each of boxes [N, 4]
+  (x1, y1, x2, y2 of the photo, which covers the canvas's top-left valid_hw)."""
+  h, w, c = fmap.shape
+  samples = procrop.sample_in_boxes(
+      jnp.asarray(fmap, jnp.float32).reshape(1, h * w, c), jnp.array([[h, w]], jnp.float32),
+      jnp.asarray(valid_hw, jnp.float32)[None],
+      box_ops.xyxy_to_cxcywh(jnp.asarray(boxes, jnp.float32))[None], grid)
+  return np.asarray(samples).reshape(len(boxes), grid * grid, c).mean(1)
 
 
 def geometry(box: np.ndarray) -> np.ndarray:
@@ -72,16 +71,16 @@ def geometry(box: np.ndarray) -> np.ndarray:
                    np.log(max(w, 1e-3) / max(h, 1e-3))])
 
 
-def describe(fmap: np.ndarray, valid_hw: np.ndarray, box: np.ndarray) -> dict[str, np.ndarray]:
-  """inside / outside / geometry of a photo's crop; fmap covers the canvas, the photo its
-  top-left valid_hw (fractions of the canvas)."""
-  vh, vw = valid_hw
-  on_canvas = np.asarray(box) * [vw, vh, vw, vh]
-  inside = mean_in_box(fmap, on_canvas)
-  whole = mean_in_box(fmap, np.array([0.0, 0.0, vw, vh]), grid=2 * GRID)
-  area = (box[2] - box[0]) * (box[3] - box[1])
-  outside = (whole - area * inside) / max(1.0 - area, 1e-3)
-  return {"inside": inside, "outside": outside, "geometry": geometry(box)}
+def describe(fmap: np.ndarray, valid_hw: np.ndarray, boxes: np.ndarray) -> dict[str, np.ndarray]:
+  """inside / outside / geometry of a photo's crops boxes [N, 4]; fmap covers the canvas, the
+  photo its top-left valid_hw (fractions of the canvas)."""
+  boxes = np.asarray(boxes, np.float32)
+  inside = mean_in_boxes(fmap, valid_hw, boxes)
+  whole = mean_in_boxes(fmap, valid_hw, np.array([[0.0, 0.0, 1.0, 1.0]]), grid=2 * GRID)
+  area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))[:, None]
+  outside = (whole - area * inside) / np.maximum(1.0 - area, 1e-3)
+  return {"inside": inside, "outside": outside,
+          "geometry": np.stack([geometry(box) for box in boxes])}
 
 
 def pair_descriptions(config, split: str):
@@ -93,13 +92,14 @@ def pair_descriptions(config, split: str):
                                                    split=split):
     fmaps = np.asarray(features(model, jnp.asarray(batch["image"])), np.float32)
     for i in np.flatnonzero(batch["valid"]):
-      for boxes, margin in zip(batch["pair_boxes"][i], batch["pair_weights"][i]):
-        if margin > 0:  # Ties, padding.
-          preferred.append(describe(fmaps[i], batch["image_valid_hw"][i], boxes[0]))
-          other.append(describe(fmaps[i], batch["image_valid_hw"][i], boxes[1]))
-          margins.append(margin)
-  stack = lambda rows: {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-  return stack(preferred), stack(other), np.array(margins)
+      rated = batch["pair_weights"][i] > 0  # Not ties, not padding.
+      if rated.any():
+        pairs = batch["pair_boxes"][i][rated]
+        preferred.append(describe(fmaps[i], batch["image_valid_hw"][i], pairs[:, 0]))
+        other.append(describe(fmaps[i], batch["image_valid_hw"][i], pairs[:, 1]))
+        margins.append(batch["pair_weights"][i][rated])
+  stack = lambda rows: {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+  return stack(preferred), stack(other), np.concatenate(margins)
 
 
 def fit_logistic(x: np.ndarray, penalty: float) -> np.ndarray:
