@@ -81,3 +81,18 @@ def test_logistic_probe_learns_a_preference_and_is_antisymmetric():
   weights = pair_probe.fit_logistic(x, penalty=1e-3)
   assert np.all(x @ weights > 0) and np.all(-x @ weights < 0)
   assert abs(weights[0]) > 5 * np.abs(weights[1:]).max()
+
+
+def test_mlp_ranking_head_learns_a_nonlinear_preference():
+  # People prefer the crop whose feature 0 is nearer zero: no linear score of the difference
+  # can tell, a per-crop MLP can.
+  rng = np.random.default_rng(0)
+  a, b = rng.normal(size=(600, 3)), rng.normal(size=(600, 3))
+  nearer = np.abs(a[:, 0]) < np.abs(b[:, 0])
+  preferred, other = np.where(nearer[:, None], a, b), np.where(nearer[:, None], b, a)
+  score = pair_probe.fit_ranking_mlp(preferred[:400], other[:400], hidden=32, penalty=1e-4,
+                                     steps=800)
+  assert np.mean(score(preferred[400:]) > score(other[400:])) > 0.9
+  linear = pair_probe.fit_logistic(preferred[:400] - other[:400], penalty=1e-3)
+  assert np.mean((preferred[400:] - other[400:]) @ linear > 0) < 0.7
+

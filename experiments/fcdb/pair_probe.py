@@ -13,7 +13,10 @@ preferred crop on the training pairs and is scored like the `pairs` protocol on 
 pairs: the share won by the crop it prefers, on all pairs and on those won by 4 or 5 of 5 votes.
 
 Prints one JSON line per description: what a model could read from the features it is given,
-next to the trained model's given-box scores (experiments/fcdb/RESULTS.md).
+next to the trained model's given-box scores (experiments/fcdb/RESULTS.md). Then the same
+richest description scored by a ranking head of its own (a one-hidden-layer MLP per crop,
+trained on the pairs alone with a pairwise logistic loss), one line per L2 penalty: whether a
+nonlinear scorer that shares nothing with the set-prediction losses reads more.
 """
 
 import json
@@ -42,6 +45,9 @@ def define_flags():
   flags.DEFINE_string("eval_split", "train[85%:]", "Pairs it is scored on (never the test "
                       "split while tuning).")
   flags.DEFINE_float("penalty", 1e-3, "L2 penalty on the standardised weights.")
+  flags.DEFINE_integer("mlp_hidden", 128, "Hidden units of the MLP ranking head.")
+  flags.DEFINE_list("mlp_penalties", ["1e-4", "1e-3", "1e-2", "3e-2", "1e-1"],
+                    "L2 penalties of the MLP ranking head, one row each.")
 
 GRID = 4  # Samples per side inside a crop.
 COMPONENTS = 96
@@ -113,6 +119,37 @@ def fit_logistic(x: np.ndarray, penalty: float) -> np.ndarray:
                            options={"maxiter": 1000}).x
 
 
+def fit_ranking_mlp(preferred: np.ndarray, other: np.ndarray, *, hidden: int, penalty: float,
+                    steps: int = 1500, seed: int = 0):
+  """A score s(x) = w . gelu(W x + b) learned so that s(preferred) > s(other) (pairwise
+  logistic loss, L2 penalty on the weights, full-batch Adam); returns s as a function of [N, D]."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  k1, k2 = jax.random.split(jax.random.key(seed))
+  d = preferred.shape[1]
+  params = {"w1": jax.random.normal(k1, (d, hidden)) / np.sqrt(d), "b1": jnp.zeros(hidden),
+            "w2": jax.random.normal(k2, (hidden,)) / np.sqrt(hidden)}
+  score = lambda p, x: jax.nn.gelu(x @ p["w1"] + p["b1"]) @ p["w2"]
+
+  def loss(p):
+    margin = score(p, preferred) - score(p, other)
+    return (jnp.mean(jnp.logaddexp(0.0, -margin))
+            + penalty * (jnp.sum(p["w1"] ** 2) + jnp.sum(p["w2"] ** 2)))
+
+  tx = optax.adam(1e-3)
+
+  @jax.jit
+  def step(p, state):
+    grads = jax.grad(loss)(p)
+    updates, state = tx.update(grads, state)
+    return optax.apply_updates(p, updates), state
+
+  state = tx.init(params)
+  for _ in range(steps):
+    params, state = step(params, state)
+  return lambda x: np.asarray(score(params, jnp.asarray(x, jnp.float32)))
+
+
 def main(argv):
   del argv
   config = FLAGS.config
@@ -136,6 +173,22 @@ def main(argv):
     print(json.dumps({"description": name, "train_pairs": len(x_train),
                       "val_pairs": len(x_val),
                       "train_accuracy": round(float(np.mean(x_train / scale @ weights > 0)), 3),
+                      "pairs": round(float(right.mean()), 3),
+                      "pairs_4_5_votes": round(float(right[strong].mean()), 3)}), flush=True)
+  # A ranking head of its own: a small MLP scoring each crop, trained on the pairs alone.
+  keys = DESCRIPTIONS["inside + outside + geometry"]
+  crops = lambda split, side: np.concatenate([split[side][k] for k in keys], axis=1)
+  mean = np.concatenate([crops(train, 0), crops(train, 1)]).mean(0)
+  scale = np.concatenate([crops(train, 0), crops(train, 1)]).std(0) + 1e-6
+  norm = lambda x: (x - mean) / scale
+  for penalty in FLAGS.mlp_penalties:
+    score = fit_ranking_mlp(norm(crops(train, 0)), norm(crops(train, 1)), hidden=FLAGS.mlp_hidden,
+                            penalty=float(penalty))
+    right = score(norm(crops(val, 0))) > score(norm(crops(val, 1)))
+    print(json.dumps({"description": "inside + outside + geometry, MLP ranking head",
+                      "hidden": FLAGS.mlp_hidden, "penalty": float(penalty),
+                      "train_accuracy": round(float(np.mean(
+                          score(norm(crops(train, 0))) > score(norm(crops(train, 1))))), 3),
                       "pairs": round(float(right.mean()), 3),
                       "pairs_4_5_votes": round(float(right[strong].mean()), 3)}), flush=True)
 
