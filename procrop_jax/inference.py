@@ -38,7 +38,6 @@ from procrop_jax import input_pipeline
 from procrop_jax import model_zoo
 from procrop_jax import sharding
 from procrop_jax import steps
-from procrop_jax import tta
 from procrop_jax.models import procrop
 from procrop_jax.retrieval import neighbors
 from procrop_jax.retrieval import references as references_lib

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from absl import logging
 from clu import metric_writers
@@ -22,7 +22,6 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 
 from procrop_jax import artifacts
@@ -32,12 +31,10 @@ from procrop_jax import evaluate
 from procrop_jax import feature_cache
 from procrop_jax import inference
 from procrop_jax import input_pipeline
-from procrop_jax import losses
 from procrop_jax import model_zoo
 from procrop_jax import sharding
 from procrop_jax import steps
 from procrop_jax.datasets import prepare
-from procrop_jax.models import efficientnet_lite
 from procrop_jax.models import procrop
 from procrop_jax.retrieval import references as references_lib
 
