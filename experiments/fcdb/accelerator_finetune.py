@@ -266,11 +266,6 @@ def _load_pack(pack_dir: str):
     return {k: data[k] for k in data.files}
 
 
-def _select(rows, scores, k=5):
-  order = np.argsort(-scores, kind="stable")
-  return rows[order[:k]]
-
-
 def worker(flag_values) -> None:
   """One training process: its backbone learning rate, its best parameters and its log."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
@@ -343,8 +338,9 @@ def worker(flag_values) -> None:
       jax.device_put(val_src), val_windows, np.zeros(len(val_src), bool))
 
   def evaluate():
+    """The validation slice through the project's own protocols (metrics.py)."""
+    crops, pairs = metrics.IoUProtocol(top_ks=(5,)), metrics.PairwiseProtocol()
     n, chunk = len(val_src), 50
-    ious, bdes, top5, correct, strong, strong_correct, pairs = [], [], [], 0, 0, 0, 0
     for i in range(0, n, chunk):
       idx = np.arange(i, min(i + chunk, n))
       idx = np.pad(idx, (0, chunk - len(idx)), mode="edge")
@@ -355,22 +351,12 @@ def worker(flag_values) -> None:
       for row, j in enumerate(idx[:min(chunk, n - i)]):
         h, w = data["val_image_size"][j]
         px = np.array([w, h, w, h], np.float32)
-        gts = data["val_boxes"][j][data["val_box_mask"][j]] * px
-        ranked = _select(out["boxes"][row], out["scores"][row])
-        iou, bde, _ = metrics.iou_and_bde(ranked[0] * px, gts, (h, w))
-        ious.append(iou)
-        bdes.append(bde)
-        top5.append(metrics.best_iou_top_k(ranked * px, gts, 5))
-        s = given[row].reshape(-1, 2)
-        weight = data["val_pair_weights"][j]
-        won = (s[:, 0] > s[:, 1]) & (weight > 0)
-        pairs += int((weight > 0).sum())
-        correct += int(won.sum())
-        strong += int((weight >= 0.6).sum())
-        strong_correct += int((won & (weight >= 0.6)).sum())
-    return {"iou": float(np.mean(ious)), "bde": float(np.mean(bdes)),
-            "iou_top5": float(np.mean(top5)), "pair_acc": correct / max(pairs, 1),
-            "pair_acc_strong": strong_correct / max(strong, 1)}
+        crops.add(j, out["boxes"][row] * px, data["val_boxes"][j][data["val_box_mask"][j]] * px,
+                  (h, w), pred_scores=out["scores"][row])
+        scores = given[row].reshape(-1, 2)
+        pairs.add(j, scores[:, 0], scores[:, 1], data["val_pair_weights"][j])
+    found = {**crops.result(), **pairs.result()}
+    return {k: found[k] for k in ("iou", "bde", "iou_top5", "pair_acc", "pair_acc_strong")}
 
   # The starting point counts as a candidate (and saving it early surfaces any failure to save).
   best = {"step": 0, **evaluate()}
