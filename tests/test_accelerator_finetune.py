@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from experiments.fcdb import accelerator_finetune as finetune
 from procrop_jax import input_pipeline
@@ -106,13 +105,3 @@ def test_colour_jitter_ranges_are_the_input_pipelines():
   assert defaults["brightness_delta"].default == augment.brightness_delta
   assert defaults["contrast"].default == augment.contrast_range
   assert defaults["saturation"].default == augment.saturation_range
-
-
-@pytest.mark.parametrize("votes, expected", [([[4, 1], [1, 4], [2, 2]], [0.6, 0.6, 0.0])])
-def test_pairs_are_ordered_preferred_first_with_their_vote_margin(votes, expected):
-  boxes = np.arange(3 * 8, dtype=np.float32).reshape(3, 8) / 24
-  pairs, weights = finetune._ordered_pairs(boxes, np.array(votes), 10)  # pylint: disable=protected-access
-  np.testing.assert_allclose(weights[:3], expected)
-  assert not weights[3:].any()
-  np.testing.assert_allclose(pairs[0], boxes[0].reshape(2, 4))
-  np.testing.assert_allclose(pairs[1], boxes[1].reshape(2, 4)[::-1])

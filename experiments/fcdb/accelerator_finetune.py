@@ -76,21 +76,6 @@ def define_flags():
 
 
 # --------------------------------------------------------------------------------- packing
-def _ordered_pairs(pair_boxes: np.ndarray, pair_votes: np.ndarray, max_pairs: int):
-  """(pairs [P, 2, 4] as (preferred, other), weights [P]), as input_pipeline orders them."""
-  pairs = pair_boxes.reshape(-1, 2, 4).astype(np.float32)
-  votes = pair_votes.reshape(-1, 2).astype(np.float32)
-  swap = votes[:, 1] > votes[:, 0]
-  pairs[swap] = pairs[swap, ::-1]
-  total = votes.sum(1)
-  weights = np.where(total > 0, np.abs(votes[:, 0] - votes[:, 1]) / np.maximum(total, 1), 0)
-  out_pairs = np.zeros((max_pairs, 2, 4), np.float32)
-  out_weights = np.zeros((max_pairs,), np.float32)
-  n = min(len(weights), max_pairs)
-  out_pairs[:n], out_weights[:n] = pairs[:n], weights[:n]
-  return out_pairs, out_weights
-
-
 def pack(pack_dir: str, pack_side: int, jpeg_quality: int, data_dir: str) -> None:
   """Writes the photos (JPEG at `pack_side`), boxes and pairs of both slices, and the backbone.
 
@@ -110,20 +95,19 @@ def pack(pack_dir: str, pack_side: int, jpeg_quality: int, data_dir: str) -> Non
     jpegs, sizes, boxes, masks, pairs, weights = [], [], [], [], [], []
     source = builder.as_data_source(split)
     for example in (source[i] for i in range(len(source))):
-      image, _, _ = input_pipeline.resize_longer_side(tf.convert_to_tensor(example["image"]),
-                                                      pack_side)
-      image = tf.cast(tf.round(tf.clip_by_value(image, 0.0, 1.0) * 255.0), tf.uint8)
+      # The input pipeline's own layout (boxes by score, pairs preferred-first with their vote
+      # margin, both padded), unaugmented, at the packed size.
+      view = input_pipeline.preprocess(example, seed=None, image_size=pack_side,
+                                       max_boxes=max_boxes, max_pairs=max_pairs,
+                                       image=tf.convert_to_tensor(example["image"]))
+      h, w = np.round(view["image_valid_hw"].numpy() * pack_side).astype(int)
+      image = tf.cast(tf.round(view["image"][:h, :w] * 255.0), tf.uint8)
       jpegs.append(tf.io.encode_jpeg(image, quality=jpeg_quality).numpy())
       sizes.append(np.asarray(example["image_size"], np.int32))
-      b = np.zeros((max_boxes, 4), np.float32)
-      m = np.zeros((max_boxes,), bool)
-      order = np.argsort(-example["box_scores"], kind="stable")[:max_boxes]
-      b[:len(order)], m[:len(order)] = example["boxes"][order], True
-      boxes.append(b)
-      masks.append(m)
-      p, w = _ordered_pairs(example["pair_boxes"], example["pair_votes"], max_pairs)
-      pairs.append(p)
-      weights.append(w)
+      boxes.append(view["boxes"].numpy())
+      masks.append(view["box_mask"].numpy())
+      pairs.append(view["pair_boxes"].numpy())
+      weights.append(view["pair_weights"].numpy())
     lengths = np.array([len(j) for j in jpegs], np.int64)
     arrays.update({
         f"{name}_jpeg": np.frombuffer(b"".join(jpegs), np.uint8),
