@@ -61,8 +61,14 @@ def export_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
       "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "inference": dict(config.inference),
   }
-  path = model_zoo.export(predictor.model(), predictor.config, out_dir, card=card,
-                          dtype=settings.dtype)
+  return ship(predictor.model(), predictor.config, out_dir, card=card, dtype=settings.dtype)
+
+
+def ship(model, config: ml_collections.ConfigDict, out_dir: str, *, card: dict[str, Any],
+         dtype: str = "float16") -> dict[str, Any]:
+  """Writes `model` as a shipped-model folder, then scores the written folder, loaded back, on
+  the config's benchmarks and adds the figures to its card; returns the card."""
+  path = model_zoo.export(model, config, out_dir, card=card, dtype=dtype)
   # The figures of what ships: the written folder, loaded back.
   shipped = inference.Predictor.from_pretrained(path)
   results = shipped.run_benchmarks(None)

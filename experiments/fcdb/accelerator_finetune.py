@@ -427,23 +427,18 @@ def train(flag_values) -> None:
 def export(params_dir: str, export_dir: str) -> None:
   """A run's parameters -> a shipped-model folder, scored on the validation slice here."""
   from procrop_jax import export as export_lib  # pylint: disable=g-import-not-at-top
-  from procrop_jax import inference  # pylint: disable=g-import-not-at-top
   from procrop_jax import model_zoo  # pylint: disable=g-import-not-at-top
 
   shipped = model_zoo.load()
   for name in _PARAM_FILES:
     path = os.path.join(params_dir, name)
     with np.load(path) as data:
-      model_zoo.set_variables(shipped.model, {k: data[k] for k in data.files},
-                            source=path)
+      model_zoo.set_variables(shipped.model, {k: data[k] for k in data.files}, source=path)
   card = {"name": pathlib.Path(export_dir).name,
           "training_command": "python -m experiments.fcdb.accelerator_finetune " + " ".join(
               a for a in sys.argv[1:] if not a.startswith("--mode")),
           "code_version": export_lib.code_version(), "inference": dict(shipped.config.inference)}
-  path = model_zoo.export(shipped.model, shipped.config, export_dir, card=card)
-  results = inference.Predictor.from_pretrained(path).run_benchmarks(None)
-  print(json.dumps({name: {k: r[k] for k in export_lib._REPORTED if k in r}  # pylint: disable=protected-access
-                    for name, r in results.items()}), flush=True)
+  export_lib.ship(shipped.model, shipped.config, export_dir, card=card)
 
 
 def main(argv):
