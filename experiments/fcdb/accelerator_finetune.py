@@ -414,13 +414,11 @@ def train(flag_values) -> None:
   codes = [p.wait() for p in procs]
   bests = []
   for i in range(n):
-    lines = (out / f"run{i}" / "log.jsonl").read_text().splitlines() if (
-        out / f"run{i}" / "log.jsonl").is_file() else []
-    found = [json.loads(line) for line in lines if '"event": "best"' in line]
-    if found and "step" in found[-1]:
-      bests.append((found[-1]["iou"], i, found[-1]))
+    log = out / f"run{i}" / "log.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+    bests += [r for r in records if r["event"] == "best"][-1:]
   print(json.dumps({"event": "summary", "exit_codes": codes,
-                    "bests": [b[2] for b in sorted(bests, reverse=True)]}), flush=True)
+                    "bests": sorted(bests, key=lambda r: -r["iou"])}), flush=True)
 
 
 # ---------------------------------------------------------------------------- export
