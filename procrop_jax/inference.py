@@ -216,6 +216,17 @@ class Predictor:
         config.retrieval.index_dir = str(references)
     return cls(shipped.model, config, source=str(shipped.path), devices=devices)
 
+  @classmethod
+  def from_source(cls, source: str) -> "Predictor":
+    """A training workdir's best checkpoint (else its latest), or a shipped model's name or
+    folder."""
+    if os.path.isdir(os.path.join(source, "checkpoints")):
+      try:
+        return cls.from_workdir(source, best=True)
+      except FileNotFoundError:  # No evaluation kept a best checkpoint.
+        return cls.from_workdir(source)
+    return cls.from_pretrained(source)
+
   # ------------------------------------------------------------------------------ properties
   @property
   def image_size(self) -> int:
@@ -360,14 +371,7 @@ def trained_params(source: str) -> Any:
   `source` is a training workdir (its best checkpoint, else its latest) or a shipped model's
   name or folder (`model_zoo`). For `config.train.init_from`: fine-tuning starts from these.
   """
-  if os.path.isdir(os.path.join(source, "checkpoints")):
-    try:
-      predictor = Predictor.from_workdir(source, best=True)
-    except FileNotFoundError:  # No evaluation kept a best checkpoint.
-      predictor = Predictor.from_workdir(source)
-  else:
-    predictor = Predictor.from_pretrained(source)
-  return jax.device_get(predictor.state["params"])
+  return jax.device_get(Predictor.from_source(source).state["params"])
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict | None, workdir: str, *,

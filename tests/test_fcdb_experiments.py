@@ -5,6 +5,7 @@ crop, and the linear probe's parts."""
 import collections
 
 import numpy as np
+import pytest
 from scipy import stats
 
 from experiments.fcdb import expert_oracle
@@ -119,3 +120,40 @@ def test_expert_scorers_on_a_hand_counted_photo():
   for name in ("coverage", "area"):
     result = expert_oracle.score_pairs([example], expert_oracle.SCORERS[name])
     assert result["pair_acc"] == 2 / 3 and result["pair_acc_strong"] == 1 / 2, name
+
+
+def test_soup_is_the_mean_of_its_sources_and_names_a_mismatch():
+  from experiments.fcdb import soup  # pylint: disable=import-outside-toplevel
+  first = {"w": np.array([1.0, 2.0], np.float32), "b": np.array(0.5, np.float16)}
+  second = {"w": np.array([3.0, 6.0], np.float32), "b": np.array(1.5, np.float16)}
+  mean = soup.mean_params([first, second], ["a", "b"])
+  np.testing.assert_array_equal(mean["w"], [2.0, 4.0])
+  assert mean["b"].dtype == np.float16 and float(mean["b"]) == 1.0
+  with pytest.raises(ValueError, match="other_run: 1 parameter shapes differ"):
+    soup.mean_params([first, {"w": np.zeros(3), "b": np.array(1.0)}], ["a", "other_run"])
+  with pytest.raises(ValueError, match="other_run: its parameters are not"):
+    soup.mean_params([first, {"w": first["w"]}], ["a", "other_run"])
+  with pytest.raises(ValueError, match="two or more"):
+    soup.mean_params([first], ["a"])
+
+
+def test_retrieval_diagnostics_read_box_layouts_and_choose_by_similarity():
+  from experiments.fcdb import retrieval_diagnostics as rd  # pylint: disable=import-outside-toplevel
+  # A 10 x 10 map whose one channel is the column index and the other the row index.
+  rows, cols = np.meshgrid(np.arange(10.0), np.arange(10.0), indexing="ij")
+  fmap = np.stack([cols, rows], -1)
+  tokens = rd.box_tokens(fmap, np.array([1.0, 1.0]), np.array([[0.0, 0.0, 1.0, 1.0],
+                                                               [0.5, 0.0, 1.0, 0.5]]), grid=2)
+  assert tokens.shape == (2, 4, 2)
+  # Whole photo: the left cells read smaller columns than the right ones, top rows than bottom.
+  assert tokens[0, 0, 0] < tokens[0, 1, 0] and tokens[0, 0, 1] < tokens[0, 2, 1]
+  # The top-right quarter reads columns right of the middle and rows above it.
+  assert tokens[1, :, 0].min() > 4.0 and tokens[1, :, 1].max() < 5.0
+  candidates = rd.candidate_boxes(step=0.1, max_margin=0.1)
+  assert candidates.shape == (16, 4) and (candidates[0] == [0, 0, 1, 1]).all()
+  np.testing.assert_allclose(rd.box_iou(np.array([[0, 0, 1, 1], [0, 0, 0.5, 1]]),
+                                        np.array([0, 0, 0.5, 1])), [0.5, 1.0])
+  keys = np.eye(3)
+  np.testing.assert_array_equal(rd.nearest(np.array([[0.1, 0.9, 0.3]]), keys, 2), [[1, 2]])
+  best, similarity = rd.layout_choice(np.eye(3), np.array([[0, 0.6, 0.8], [0, 0.8, 0.6]]))
+  assert best in (1, 2) and similarity[0] == 0 and np.isclose(similarity[1], similarity[2])
