@@ -157,3 +157,15 @@ def test_retrieval_diagnostics_read_box_layouts_and_choose_by_similarity():
   np.testing.assert_array_equal(rd.nearest(np.array([[0.1, 0.9, 0.3]]), keys, 2), [[1, 2]])
   best, similarity = rd.layout_choice(np.eye(3), np.array([[0, 0.6, 0.8], [0, 0.8, 0.6]]))
   assert best in (1, 2) and similarity[0] == 0 and np.isclose(similarity[1], similarity[2])
+
+
+def test_top1_choice_takes_the_best_scored_box_and_votes_with_its_neighbours():
+  from experiments.fcdb import selection_diagnostics  # pylint: disable=import-outside-toplevel
+  boxes = np.array([[[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.9, 0.9], [0.1, 0.1, 1.0, 1.0]]])
+  scores = np.array([[0.2, 0.9, 0.9 - 1e-3]])
+  np.testing.assert_allclose(selection_diagnostics.top1_choice(boxes, scores), [boxes[0, 1]])
+  # At IoU 0.6 the two near-equal boxes (IoU 0.65) vote together; the whole photo (0.81 with
+  # each) votes too.
+  voted = selection_diagnostics.top1_choice(boxes, scores, vote_iou=0.6)[0]
+  expected = (scores[0, :, None] * boxes[0]).sum(0) / scores[0].sum()
+  np.testing.assert_allclose(voted, expected, rtol=1e-5)

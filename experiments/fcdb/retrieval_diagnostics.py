@@ -19,6 +19,10 @@ train[85%:], with no training:
    similarity orders the candidates by their IoU with the expert's crop (mean Spearman per
    photo).
 
+3. A prior on a trained model's proposals (`--model`, the shipped one by default): its top-1
+   without voting, and re-ranked by score + w * IoU with the mean box of the K nearest training
+   photos, over a grid of K and w (does the model already know what the neighbours know?).
+
 All layouts come from one descriptor: the map sampled bilinearly on an 8 x 8 lattice inside a
 box and averaged to 4 x 4 cells (a crop region read from its photo's map, where the database
 runs the backbone on the cut-out crop; a close stand-in at this stride). Prints one JSON line
@@ -36,6 +40,7 @@ from ml_collections import config_flags
 import numpy as np
 from scipy import stats
 
+from experiments.fcdb import selection_diagnostics
 from procrop_jax import box_ops
 from procrop_jax import input_pipeline
 from procrop_jax import model_zoo
@@ -54,6 +59,10 @@ def define_flags():
   flags.DEFINE_string("eval_split", "train[85%:]", "Query photos (never the test split).")
   flags.DEFINE_integer("k", 10, "References per query.")
   flags.DEFINE_integer("seed", 0, "Seed of the random references.")
+  flags.DEFINE_string("model", "fcdb_lite0", "Trained run or shipped model whose proposals get "
+                      "the neighbours' prior (empty: skip).")
+  flags.DEFINE_list("prior_k", ["5", "10", "20", "40"], "Neighbours of the prior's rows.")
+  flags.DEFINE_list("prior_weights", ["0.05", "0.1", "0.2", "0.4"], "Weights of the prior.")
 
 SAMPLES = 8  # Lattice points per side inside a box, averaged down to the tokens grid.
 
@@ -167,6 +176,24 @@ def main(argv):
     print(json.dumps({"figure": f"layout matching: Spearman(similarity to {name} references, "
                       "IoU with the expert crop), mean per photo",
                       "k": k, "value": round(float(np.nanmean(values)), 4)}))
+
+  if FLAGS.model:
+    data = selection_diagnostics.proposals(FLAGS.model, FLAGS.eval_split)
+    if not np.allclose(data["gt"], q_boxes, atol=1e-4):
+      raise ValueError(f"{FLAGS.model}'s photos of {FLAGS.eval_split} come in another order")
+    order = np.argsort(-(queries @ db_photos.T), axis=1)
+    print(json.dumps({"figure": "prior: the model's top-1, no voting", "model": FLAGS.model,
+                      **selection_diagnostics.score_choice(
+                          selection_diagnostics.top1_choice(data["boxes"], data["scores"]),
+                          data)}))
+    for neighbours_k in map(int, FLAGS.prior_k):
+      prior_box = db_boxes[order[:, :neighbours_k]].mean(1)
+      overlap = np.stack([box_iou(b, p) for b, p in zip(data["boxes"], prior_box)])
+      for weight in map(float, FLAGS.prior_weights):
+        chosen = selection_diagnostics.top1_choice(data["boxes"], data["scores"] + weight * overlap)
+        print(json.dumps({"figure": "prior: re-ranked by score + w * IoU with the K nearest "
+                          "training photos' mean box", "k": neighbours_k, "w": weight,
+                          **selection_diagnostics.score_choice(chosen, data)}))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,11 @@ prints, as JSON lines:
   * alternative choices among the same proposals: the expected-IoU (minimum Bayes risk) choice
     under p ~ score ** power, and the smallest crop scoring within `delta` of the best;
   * with `--also`, the same top-1 and expected-IoU choices over both runs' proposals pooled (an
-    ensemble of two heads).
+    ensemble of two heads);
+  * with `--scales=256,320,384`, the top-1 (plain and after box voting at `--vote_iou`) at each
+    canvas size and over every size's proposals pooled (test-time multi-scale pooling; the
+    model must take any canvas, i.e. K = 0).
+--workdir (and --also) may also name a shipped model, e.g. `--workdir=fcdb_lite0`.
 """
 
 import json
@@ -22,25 +26,39 @@ import json
 from absl import app
 from absl import flags
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from procrop_jax import evaluate
 from procrop_jax import inference
 from procrop_jax import input_pipeline
 from procrop_jax import metrics
+from procrop_jax import tta
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "The trained run.", required=True)
-_ALSO = flags.DEFINE_string("also", None, "A second run whose proposals are pooled with the first.")
-_SPLIT = flags.DEFINE_string("split", None, "Split to score (default: the validation benchmark's).")
-_POWERS = flags.DEFINE_list("powers", ["1", "4", "8", "16"], "Expected-IoU choice: score powers.")
-_DELTAS = flags.DEFINE_list("deltas", ["0.01", "0.02", "0.05"], "Smallest-crop choice: margins.")
+FLAGS = flags.FLAGS
 
 
-def proposals(workdir: str, split: str | None) -> dict[str, np.ndarray]:
-  """Normalised proposals [I, N, 4], scores [I, N], expert crops [I, 4] and sizes [I, 2]."""
-  base = inference.Predictor.from_workdir(workdir, best=True)
+def define_flags():
+  """The command's flags (not at import: other experiments import the functions)."""
+  flags.DEFINE_string("workdir", None, "The trained run (its best checkpoint), or a shipped "
+                      "model's name or folder.")
+  flags.DEFINE_string("also", None, "A second run whose proposals are pooled with the first.")
+  flags.DEFINE_string("split", None, "Split to score (default: the validation benchmark's).")
+  flags.DEFINE_list("powers", ["1", "4", "8", "16"], "Expected-IoU choice: score powers.")
+  flags.DEFINE_list("deltas", ["0.01", "0.02", "0.05"], "Smallest-crop choice: margins.")
+  flags.DEFINE_list("scales", [], "Canvas sizes whose proposals are pooled (empty: skip).")
+  flags.DEFINE_float("vote_iou", 0.8, "Box voting threshold of the multi-scale rows.")
+
+
+def proposals(source: str, split: str | None, image_size: int | None = None
+              ) -> dict[str, np.ndarray]:
+  """Normalised proposals [I, N, 4], scores [I, N], expert crops [I, 4] and sizes [I, 2] of a
+  run's best checkpoint (or a shipped model), at its canvas size or `image_size`."""
+  base = inference.Predictor.from_source(source)
   config = base.config.copy_and_resolve_references()
   config.inference.flip, config.inference.vote_iou, config.inference.rescore = False, 0.0, False
+  if image_size:
+    config.data.image_size = int(image_size)
   predictor = inference.Predictor(base.model(), config, source=base.source, step=base.step)
   benchmark = dict(config.eval.benchmarks[config.eval.best_benchmark])
   benchmark["split"] = split or benchmark["split"]
@@ -66,6 +84,14 @@ def score_choice(chosen: np.ndarray, data: dict[str, np.ndarray]) -> dict[str, f
     ious.append(iou)
     bdes.append(bde)
   return {"iou": round(float(np.mean(ious)), 4), "bde": round(float(np.mean(bdes)), 4)}
+
+
+def top1_choice(boxes: np.ndarray, scores: np.ndarray, vote_iou: float = 0.0) -> np.ndarray:
+  """Per photo, the highest-scored proposal, after box voting (`tta.vote_boxes`) if vote_iou."""
+  if vote_iou:
+    boxes = np.asarray(tta.vote_boxes(jnp.asarray(boxes, jnp.float32),
+                                      jnp.asarray(scores, jnp.float32), vote_iou), np.float64)
+  return boxes[np.arange(len(boxes)), np.argmax(scores, 1)]
 
 
 def expected_iou_choice(boxes: np.ndarray, scores: np.ndarray, power: float) -> np.ndarray:
@@ -95,13 +121,13 @@ def box_stats(boxes: np.ndarray, gt: np.ndarray) -> dict[str, list[float] | floa
 
 def main(argv):
   del argv
-  data = proposals(_WORKDIR.value, _SPLIT.value)
+  data = proposals(FLAGS.workdir, FLAGS.split)
   n = len(data["gt"])
-  top1 = data["boxes"][np.arange(n), np.argmax(data["scores"], 1)]
+  top1 = top1_choice(data["boxes"], data["scores"])
   overlap = np.stack([metrics.pairwise_box_iou(b, g[None])[:, 0]
                       for b, g in zip(data["boxes"], data["gt"])])
   best = data["boxes"][np.arange(n), np.argmax(overlap, 1)]
-  emit = lambda **row: print(json.dumps({"workdir": _WORKDIR.value, "photos": n, **row}),
+  emit = lambda **row: print(json.dumps({"workdir": FLAGS.workdir, "photos": n, **row}),
                              flush=True)
   within_photo = np.nanmean([metrics.spearman(s, o) for s, o in zip(data["scores"], overlap)])
   emit(choice="top1", **score_choice(top1, data),
@@ -109,22 +135,35 @@ def main(argv):
        score_iou_spearman_within_photo=round(float(within_photo), 3))
   for name, boxes in (("expert", data["gt"]), ("top1", top1), ("best_proposal", best)):
     emit(boxes=name, **box_stats(boxes, data["gt"]))
-  for power in map(float, _POWERS.value):
+  for power in map(float, FLAGS.powers):
     emit(choice=f"expected_iou_power{power:g}",
          **score_choice(expected_iou_choice(data["boxes"], data["scores"], power), data))
-  for delta in map(float, _DELTAS.value):
+  for delta in map(float, FLAGS.deltas):
     emit(choice=f"smallest_within_{delta:g}",
          **score_choice(smallest_near_best(data["boxes"], data["scores"], delta), data))
-  if _ALSO.value:
-    other = proposals(_ALSO.value, _SPLIT.value)
+  if FLAGS.scales:
+    scales = [int(size) for size in FLAGS.scales]
+    at = {size: proposals(FLAGS.workdir, FLAGS.split, size) for size in scales}
+    pooled = {"boxes": np.concatenate([at[size]["boxes"] for size in scales], 1),
+              "scores": np.concatenate([at[size]["scores"] for size in scales], 1)}
+    for name, props in [*((f"canvas_{size}", at[size]) for size in scales),
+                        ("canvas_" + "+".join(map(str, scales)), pooled)]:
+      emit(choice=f"top1_{name}", **score_choice(top1_choice(props["boxes"], props["scores"]),
+                                                 data))
+      emit(choice=f"top1_{name}_vote{FLAGS.vote_iou:g}", **score_choice(
+          top1_choice(props["boxes"], props["scores"], FLAGS.vote_iou), data))
+  if FLAGS.also:
+    other = proposals(FLAGS.also, FLAGS.split)
     boxes = np.concatenate([data["boxes"], other["boxes"]], 1)
     scores = np.concatenate([data["scores"], other["scores"]], 1)
-    emit(choice="pooled_top1", also=_ALSO.value,
-         **score_choice(boxes[np.arange(n), np.argmax(scores, 1)], data))
-    for power in map(float, _POWERS.value):
-      emit(choice=f"pooled_expected_iou_power{power:g}", also=_ALSO.value,
+    emit(choice="pooled_top1", also=FLAGS.also,
+         **score_choice(top1_choice(boxes, scores), data))
+    for power in map(float, FLAGS.powers):
+      emit(choice=f"pooled_expected_iou_power{power:g}", also=FLAGS.also,
            **score_choice(expected_iou_choice(boxes, scores, power), data))
 
 
 if __name__ == "__main__":
+  define_flags()
+  flags.mark_flag_as_required("workdir")
   app.run(main)
