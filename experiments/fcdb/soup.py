@@ -7,10 +7,10 @@ Fine-tunes that start from the same parameters (here: the CAD-pretrained model, 
 seeds, so different cached views, batch orders and dropout) usually stay in one basin of the
 loss, and the mean of their parameters can score better than each (Wortsman et al., "Model
 soups", ICML 2022) at the cost of one model. Each source is a training workdir (its best
-checkpoint, else its latest; EMA parameters where kept) or a shipped model's name or folder;
-the first source's config runs its benchmarks (the validation slice). Prints one JSON line per
-source and one for the soup; with --out, the soup is also written and re-scored as a shipped-model
-folder (`export.ship`).
+checkpoint, else its latest; with --latest its latest; EMA parameters where kept) or a shipped
+model's name or folder; the first source's config runs its benchmarks (the validation slice).
+Prints one JSON line per source and one for the soup; with --out, the soup is also written and
+re-scored as a shipped-model folder (`export.ship`).
 """
 
 import json
@@ -36,6 +36,7 @@ def define_flags():
                     "more, all of the same model).")
   flags.DEFINE_string("out", "", "Also write the soup as a shipped-model folder here.")
   flags.DEFINE_bool("score_sources", True, "Score each source as well as the soup.")
+  flags.DEFINE_bool("latest", False, "Take each workdir's latest checkpoint, not its best.")
 
 
 def mean_params(trees: Sequence[Any], names: Sequence[str]) -> Any:
@@ -66,7 +67,9 @@ def _figures(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv):
   del argv
-  predictors = [inference.Predictor.from_source(source) for source in FLAGS.sources]
+  predictors = [inference.Predictor.from_workdir(source) if FLAGS.latest and os.path.isdir(
+      os.path.join(source, "checkpoints")) else inference.Predictor.from_source(source)
+                for source in FLAGS.sources]
   if FLAGS.score_sources:
     for source, predictor in zip(FLAGS.sources, predictors):
       print(json.dumps({"source": source, "step": predictor.step,
