@@ -89,14 +89,20 @@ def describe(fmap: np.ndarray, valid_hw: np.ndarray, boxes: np.ndarray) -> dict[
           "geometry": np.stack([geometry(box) for box in boxes])}
 
 
-def pair_descriptions(config, split: str):
-  """(preferred, other) descriptions and vote margins of the rated pairs of a split."""
+def frozen_maps(config, split: str):
+  """Yields (batch, stride-32 maps [B, h, w, C] float32) over a split's photos, unaugmented,
+  through config.model's frozen ImageNet backbone."""
   model = model_zoo.create_model(config, seed=0)
   features = nnx.jit(lambda m, x: m.backbone_features(x)["stride32"])
-  preferred, other, margins = [], [], []
   for batch in input_pipeline.create_eval_iterator(config.data, global_batch_size=8,
                                                    split=split):
-    fmaps = np.asarray(features(model, jnp.asarray(batch["image"])), np.float32)
+    yield batch, np.asarray(features(model, jnp.asarray(batch["image"])), np.float32)
+
+
+def pair_descriptions(config, split: str):
+  """(preferred, other) descriptions and vote margins of the rated pairs of a split."""
+  preferred, other, margins = [], [], []
+  for batch, fmaps in frozen_maps(config, split):
     for i in np.flatnonzero(batch["valid"]):
       rated = batch["pair_weights"][i] > 0  # Not ties, not padding.
       if rated.any():

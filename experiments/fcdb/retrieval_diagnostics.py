@@ -34,16 +34,14 @@ import json
 
 from absl import app
 from absl import flags
-from flax import nnx
 import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 from scipy import stats
 
+from experiments.fcdb import pair_probe
 from experiments.fcdb import selection_diagnostics
 from procrop_jax import box_ops
-from procrop_jax import input_pipeline
-from procrop_jax import model_zoo
 from procrop_jax.models import procrop
 from procrop_jax.retrieval import embedding
 
@@ -111,15 +109,11 @@ def layout_choice(candidates: np.ndarray, references: np.ndarray) -> tuple[int, 
 
 def _photos(config, split: str):
   """(expert boxes [N, 4], stride-32 maps [N, h, w, C], valid_hw [N, 2]) of a split."""
-  model = model_zoo.create_model(config, seed=0)
-  features = nnx.jit(lambda m, x: m.backbone_features(x)["stride32"])
   boxes, fmaps, valid_hw = [], [], []
-  for batch in input_pipeline.create_eval_iterator(config.data, global_batch_size=8,
-                                                   split=split):
-    out = np.asarray(features(model, jnp.asarray(batch["image"])), np.float16)
+  for batch, out in pair_probe.frozen_maps(config, split):
     for i in np.flatnonzero(batch["valid"]):
       boxes.append(batch["boxes"][i][0])
-      fmaps.append(out[i])
+      fmaps.append(out[i].astype(np.float16))  # float16: the training slice's maps take 0.3 GB.
       valid_hw.append(batch["image_valid_hw"][i])
   return np.array(boxes, np.float32), np.stack(fmaps), np.array(valid_hw, np.float32)
 
