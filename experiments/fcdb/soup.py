@@ -65,11 +65,15 @@ def _figures(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
           for name, r in results.items()}
 
 
+def _load(source: str, latest: bool) -> inference.Predictor:
+  if latest and os.path.isdir(os.path.join(source, "checkpoints")):
+    return inference.Predictor.from_workdir(source)
+  return inference.Predictor.from_source(source)
+
+
 def main(argv):
   del argv
-  predictors = [inference.Predictor.from_workdir(source) if FLAGS.latest and os.path.isdir(
-      os.path.join(source, "checkpoints")) else inference.Predictor.from_source(source)
-                for source in FLAGS.sources]
+  predictors = [_load(source, FLAGS.latest) for source in FLAGS.sources]
   if FLAGS.score_sources:
     for source, predictor in zip(FLAGS.sources, predictors):
       print(json.dumps({"source": source, "step": predictor.step,
