@@ -183,21 +183,20 @@ def main(argv):
                       "pairs_4_5_votes": round(float(right[strong].mean()), 3)}), flush=True)
   # A ranking head of its own: a small MLP scoring each crop, trained on the pairs alone.
   keys = DESCRIPTIONS["inside + outside + geometry"]
-  crops = lambda split, side: np.concatenate([split[side][k] for k in keys], axis=1)
-  mean = np.concatenate([crops(train, 0), crops(train, 1)]).mean(0)
-  scale = np.concatenate([crops(train, 0), crops(train, 1)]).std(0) + 1e-6
-  norm = lambda x: (x - mean) / scale
+  crops = {name: [np.concatenate([split[side][k] for k in keys], axis=1) for side in (0, 1)]
+           for name, split in (("train", train), ("val", val))}
+  pooled = np.concatenate(crops["train"])
+  mean, scale = pooled.mean(0), pooled.std(0) + 1e-6
+  (train_a, train_b), (val_a, val_b) = ([(x - mean) / scale for x in crops[name]]
+                                        for name in ("train", "val"))
   for penalty in FLAGS.mlp_penalties:
-    score = fit_ranking_mlp(norm(crops(train, 0)), norm(crops(train, 1)), hidden=FLAGS.mlp_hidden,
-                            penalty=float(penalty))
-    right = score(norm(crops(val, 0))) > score(norm(crops(val, 1)))
+    score = fit_ranking_mlp(train_a, train_b, hidden=FLAGS.mlp_hidden, penalty=float(penalty))
+    right = score(val_a) > score(val_b)
     print(json.dumps({"description": "inside + outside + geometry, MLP ranking head",
                       "hidden": FLAGS.mlp_hidden, "penalty": float(penalty),
-                      "train_accuracy": round(float(np.mean(
-                          score(norm(crops(train, 0))) > score(norm(crops(train, 1))))), 3),
+                      "train_accuracy": round(float(np.mean(score(train_a) > score(train_b))), 3),
                       "pairs": round(float(right.mean()), 3),
                       "pairs_4_5_votes": round(float(right[strong].mean()), 3)}), flush=True)
-
 
 if __name__ == "__main__":
   define_flags()
