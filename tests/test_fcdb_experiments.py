@@ -105,20 +105,21 @@ def test_expert_scorers_on_a_hand_counted_photo():
   expert = np.array([0.2, 0.2, 0.8, 0.8])
   inside = [0.3, 0.3, 0.7, 0.7]  # IoU 0.444, coverage 0.444, precision 1.
   whole = [0.0, 0.0, 1.0, 1.0]  # IoU 0.36, coverage 1, precision 0.36.
-  example = {"boxes": expert[None], "pair_boxes": np.array([[inside, whole], [whole, inside],
-                                                           [inside, whole], [inside, whole]]),
-             # The raters: the whole photo 4:1, the whole photo 3:2, a tie (skipped), the
-             # smaller crop 5:0.
-             "pair_votes": np.array([[1, 4], [3, 2], [2, 2], [5, 0]])}
-  scores = expert_oracle.SCORERS["iou"](example["pair_boxes"], expert)
+  # The raters, as the input pipeline hands their pairs over (preferred first, vote margin):
+  # the whole photo 4:1, the whole photo 3:2, a tie (weight 0: skipped), the smaller crop 5:0.
+  batch = {"boxes": expert[None, None], "valid": np.array([True]),
+           "pair_boxes": np.array([[[whole, inside], [whole, inside], [inside, whole],
+                                    [inside, whole]]]),
+           "pair_weights": np.array([[0.6, 0.2, 0.0, 1.0]])}
+  scores = expert_oracle.SCORERS["iou"](np.array([[inside, whole]]), expert)
   np.testing.assert_allclose(scores[0], [0.16 / 0.36, 0.36], rtol=1e-6)
   # IoU prefers the smaller crop: right on the last pair only.
-  iou = expert_oracle.score_pairs([example], expert_oracle.SCORERS["iou"])
+  iou = expert_oracle.score_pairs([batch], expert_oracle.SCORERS["iou"])
   assert (iou["num_pairs"], iou["num_pairs_strong"]) == (3, 2)
   assert iou["pair_acc"] == 1 / 3 and iou["pair_acc_strong"] == 1 / 2
   # Coverage and area prefer the whole photo: right on the first two.
   for name in ("coverage", "area"):
-    result = expert_oracle.score_pairs([example], expert_oracle.SCORERS[name])
+    result = expert_oracle.score_pairs([batch], expert_oracle.SCORERS[name])
     assert result["pair_acc"] == 2 / 3 and result["pair_acc_strong"] == 1 / 2, name
 
 

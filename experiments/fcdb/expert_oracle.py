@@ -1,12 +1,13 @@
 r"""Does the expert's crop predict the rated pairs? Scorers that know it, on FCDB's pairs.
 
-  python -m experiments.fcdb.expert_oracle [--split='train[85%:]'] [--data_dir=data/tfds]
+  python -m experiments.fcdb.expert_oracle [--config=configs/fcdb_cpu.py] [--split='train[85%:]']
 
 The given-box path is trained to estimate a crop's IoU with the expert's crop (the score of a
 free crop means the same, issue 14), and the pairwise protocol asks it to agree with five
 raters comparing two other crops of the photo. This prints, for each scorer that reads the
 expert's crop exactly (no pixels), its agreement with the raters' majority, counted by
-`metrics.PairwiseProtocol` as the `pairs` protocol counts the model:
+`metrics.PairwiseProtocol` as the `pairs` protocol counts the model, on the pairs as the input
+pipeline hands them to the model (preferred first, weighted by the vote margin, ties at 0):
 
   iou        the crop's IoU with the expert's crop: what the score is trained to estimate,
              so a perfect estimate of it agrees with the raters this often and no more;
@@ -22,20 +23,20 @@ from typing import Callable
 
 from absl import app
 from absl import flags
+from ml_collections import config_flags
 import numpy as np
-import tensorflow_datasets as tfds
 
+from procrop_jax import input_pipeline
 from procrop_jax import metrics
-import procrop_jax.datasets  # pylint: disable=unused-import  (registers the builders)
 
 FLAGS = flags.FLAGS
 
 
 def define_flags():
   """The command's flags (not at import: tests import the functions beside other commands)."""
+  config_flags.DEFINE_config_file("config", "configs/fcdb_cpu.py", "The recipe's config (its "
+                                  "data: the built FCDB and its pair budget).")
   flags.DEFINE_string("split", "train[85%:]", "Split of the built FCDB whose pairs to score.")
-  flags.DEFINE_string("data_dir", "data/tfds", "TFDS data directory.")
-
 
 def _area(boxes: np.ndarray) -> np.ndarray:
   return np.clip(boxes[..., 2] - boxes[..., 0], 0, None) * np.clip(
@@ -58,36 +59,33 @@ SCORERS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 }
 
 
-def score_pairs(examples, scorer: Callable[[np.ndarray, np.ndarray], np.ndarray]
+def score_pairs(batches, scorer: Callable[[np.ndarray, np.ndarray], np.ndarray]
                 ) -> dict[str, float]:
-  """The pairwise protocol's figures for `scorer` over examples with `boxes` [N, 4] (the first
-  is the expert's crop), `pair_boxes` [P, 2, 4] and `pair_votes` [P, 2]."""
+  """The pairwise protocol's figures for `scorer` over batches in the input pipeline's layout:
+  `boxes` [B, N, 4] (the expert's crop first), `pair_boxes` [B, P, 2, 4] (preferred first),
+  `pair_weights` [B, P] (vote margins; 0 for ties and padding) and `valid` [B]."""
   protocol = metrics.PairwiseProtocol()
-  for index, example in enumerate(examples):
-    pair_boxes = np.asarray(example["pair_boxes"], np.float64).reshape(-1, 2, 4)
-    votes = np.asarray(example["pair_votes"], np.float64).reshape(-1, 2)
-    if not len(votes):
-      continue
-    scores = scorer(pair_boxes, np.asarray(example["boxes"], np.float64)[0])
-    first_wins = votes[:, 0] >= votes[:, 1]
-    preferred = np.where(first_wins, scores[:, 0], scores[:, 1])
-    other = np.where(first_wins, scores[:, 1], scores[:, 0])
-    margins = np.abs(votes[:, 0] - votes[:, 1]) / np.maximum(votes.sum(1), 1)
-    protocol.add(index, preferred, other, margins)
+  photos = ((batch, i) for batch in batches for i in np.flatnonzero(batch["valid"]))
+  for photo, (batch, i) in enumerate(photos):
+    scores = scorer(np.asarray(batch["pair_boxes"][i], np.float64),
+                    np.asarray(batch["boxes"][i][0], np.float64))
+    protocol.add(photo, scores[:, 0], scores[:, 1], batch["pair_weights"][i])
   return protocol.result()
+
+
+_KEYS = ("boxes", "pair_boxes", "pair_weights", "valid")
 
 
 def main(argv):
   del argv
-  source = tfds.builder("fcdb", data_dir=FLAGS.data_dir).as_data_source(
-      FLAGS.split, decoders={"image": tfds.decode.SkipDecoding()})
-  examples = [source[i] for i in range(len(source))]
+  # The pairs only (the photos are decoded and dropped): every scorer reads the same batches.
+  batches = [{k: batch[k] for k in _KEYS} for batch in input_pipeline.create_eval_iterator(
+      FLAGS.config.data, global_batch_size=8, split=FLAGS.split)]
   for name, scorer in SCORERS.items():
-    result = score_pairs(examples, scorer)
+    result = score_pairs(batches, scorer)
     print(json.dumps({"scorer": name, "split": FLAGS.split,
                       **{k: result[k] for k in ("pair_acc", "pair_acc_strong", "num_pairs",
                                                 "num_pairs_strong")}}))
-
 
 if __name__ == "__main__":
   define_flags()
