@@ -11,6 +11,7 @@ from scipy import stats
 from experiments.fcdb import expert_oracle
 from experiments.fcdb import pair_probe
 from experiments.fcdb import vote_ceiling
+from procrop_jax import metrics
 
 
 def _counts_of(p: float, pairs: int = 100_000) -> collections.Counter:
@@ -152,8 +153,9 @@ def test_retrieval_diagnostics_read_box_layouts_and_choose_by_similarity():
   assert tokens[1, :, 0].min() > 4.0 and tokens[1, :, 1].max() < 5.0
   candidates = rd.candidate_boxes(step=0.1, max_margin=0.1)
   assert candidates.shape == (16, 4) and (candidates[0] == [0, 0, 1, 1]).all()
-  np.testing.assert_allclose(rd.box_iou(np.array([[0, 0, 1, 1], [0, 0, 0.5, 1]]),
-                                        np.array([0, 0, 0.5, 1])), [0.5, 1.0])
+  np.testing.assert_allclose(metrics.pairwise_box_iou(np.array([[0, 0, 1, 1], [0, 0, 0.5, 1]]),
+                                                     np.array([[0, 0, 0.5, 1]]))[:, 0],
+                             [0.5, 1.0])
   keys = np.eye(3)
   np.testing.assert_array_equal(rd.nearest(np.array([[0.1, 0.9, 0.3]]), keys, 2), [[1, 2]])
   best, similarity = rd.layout_choice(np.eye(3), np.array([[0, 0.6, 0.8], [0, 0.8, 0.6]]))

@@ -56,18 +56,23 @@ DESCRIPTIONS = {"geometry": ("geometry",), "inside": ("inside",),
                 "inside + outside + geometry": ("inside", "outside", "geometry")}
 
 
-def mean_in_boxes(fmap: np.ndarray, valid_hw: np.ndarray, boxes: np.ndarray,
-                  grid: int = GRID) -> np.ndarray:
-  """[N, C]: the mean of the model's in-box samples (`procrop.sample_in_boxes`, the box content
-  queries' reading) of fmap [h, w, C] on a grid x grid lattice inside each of boxes [N, 4]
-  (x1, y1, x2, y2 of the photo, which covers the canvas's top-left valid_hw)."""
+def samples_in_boxes(fmap: np.ndarray, valid_hw: np.ndarray, boxes: np.ndarray,
+                     points: int) -> np.ndarray:
+  """[N, points, points, C]: the model's in-box samples (`procrop.sample_in_boxes`, the box
+  content queries' reading) of fmap [h, w, C] on a points x points lattice inside each of boxes
+  [N, 4] (x1, y1, x2, y2 of the photo, which covers the canvas's top-left valid_hw)."""
   h, w, c = fmap.shape
   samples = procrop.sample_in_boxes(
       jnp.asarray(fmap, jnp.float32).reshape(1, h * w, c), jnp.array([[h, w]], jnp.float32),
       jnp.asarray(valid_hw, jnp.float32)[None],
-      box_ops.xyxy_to_cxcywh(jnp.asarray(boxes, jnp.float32))[None], grid)
-  return np.asarray(samples).reshape(len(boxes), grid * grid, c).mean(1)
+      box_ops.xyxy_to_cxcywh(jnp.asarray(boxes, jnp.float32))[None], points)
+  return np.asarray(samples).reshape(len(boxes), points, points, c)
 
+
+def mean_in_boxes(fmap: np.ndarray, valid_hw: np.ndarray, boxes: np.ndarray,
+                  grid: int = GRID) -> np.ndarray:
+  """[N, C]: the mean of `samples_in_boxes` on a grid x grid lattice."""
+  return samples_in_boxes(fmap, valid_hw, boxes, grid).mean(axis=(1, 2))
 
 def geometry(box: np.ndarray) -> np.ndarray:
   """A crop's shape and place (box: normalised x1, y1, x2, y2 of the photo)."""

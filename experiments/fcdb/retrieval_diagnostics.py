@@ -34,15 +34,13 @@ import json
 
 from absl import app
 from absl import flags
-import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 from scipy import stats
 
 from experiments.fcdb import pair_probe
 from experiments.fcdb import selection_diagnostics
-from procrop_jax import box_ops
-from procrop_jax.models import procrop
+from procrop_jax import metrics
 from procrop_jax.retrieval import embedding
 
 FLAGS = flags.FLAGS
@@ -69,13 +67,9 @@ def box_tokens(fmap: np.ndarray, valid_hw: np.ndarray, boxes: np.ndarray, grid: 
                ) -> np.ndarray:
   """[N, grid * grid, C]: fmap [h, w, C] read inside each of boxes [N, 4] (normalised x1, y1,
   x2, y2 of the photo, which covers the canvas's top-left valid_hw), row-major cells."""
-  h, w, c = fmap.shape
-  samples = procrop.sample_in_boxes(
-      jnp.asarray(fmap, jnp.float32).reshape(1, h * w, c), jnp.array([[h, w]], jnp.float32),
-      jnp.asarray(valid_hw, jnp.float32)[None],
-      box_ops.xyxy_to_cxcywh(jnp.asarray(boxes, jnp.float32))[None], SAMPLES)
-  f = SAMPLES // grid
-  cells = np.asarray(samples).reshape(len(boxes), grid, f, grid, f, c).mean(axis=(2, 4))
+  samples = pair_probe.samples_in_boxes(fmap, valid_hw, boxes, SAMPLES)
+  f, c = SAMPLES // grid, samples.shape[-1]
+  cells = samples.reshape(len(boxes), grid, f, grid, f, c).mean(axis=(2, 4))
   return cells.reshape(len(boxes), grid * grid, c)
 
 
@@ -84,15 +78,6 @@ def candidate_boxes(step: float = 0.1, max_margin: float = 0.3) -> np.ndarray:
   margins = np.arange(0.0, max_margin + 1e-6, step)
   return np.array([[l, t, 1 - r, 1 - b] for l, t, r, b in itertools.product(margins, repeat=4)],
                   np.float32)
-
-
-def box_iou(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
-  """IoU of boxes [N, 4] with one box [4] (x1, y1, x2, y2)."""
-  width = np.clip(np.minimum(boxes[:, 2], box[2]) - np.maximum(boxes[:, 0], box[0]), 0, None)
-  height = np.clip(np.minimum(boxes[:, 3], box[3]) - np.maximum(boxes[:, 1], box[1]), 0, None)
-  inter = width * height
-  area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-  return inter / (area(boxes) + area(box) - inter)
 
 
 def nearest(queries: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
@@ -139,25 +124,27 @@ def main(argv):
   random_rows = np.stack([rng.choice(len(crops), k, replace=False) for _ in queries])
 
   def report(name, predicted):
-    ious = np.array([box_iou(p[None], gt)[0] for p, gt in zip(predicted, q_boxes)])
+    ious = np.array([metrics.pairwise_box_iou(p[None], gt[None])[0, 0]
+                     for p, gt in zip(predicted, q_boxes)])
     print(json.dumps({"figure": name, "k": k, "iou": round(float(ious.mean()), 4),
                       "photos": len(ious)}), flush=True)
 
   report("box transfer: mean box of the training slice",
          np.broadcast_to(db_boxes.mean(0), q_boxes.shape))
-  report("box transfer: K nearest expert crops", db_boxes[nearest(queries, crops, k)].mean(1))
-  report("box transfer: K nearest training photos",
-         db_boxes[nearest(queries, db_photos, k)].mean(1))
+  crop_neighbours = nearest(queries, crops, k)
+  # Every training photo by similarity: the first k here, a grid of K for the prior below.
+  photo_order = nearest(queries, db_photos, len(db_photos))
+  report("box transfer: K nearest expert crops", db_boxes[crop_neighbours].mean(1))
+  report("box transfer: K nearest training photos", db_boxes[photo_order[:, :k]].mean(1))
   report("box transfer: K random expert crops", db_boxes[random_rows].mean(1))
 
   candidates = candidate_boxes()
   choices = {"nearest": [], "random": [], "oracle": [], "largest": []}
   correlations = {"nearest": [], "random": []}
-  neighbours = nearest(queries, crops, k)
   for i, (fmap, hw, gt) in enumerate(zip(q_maps, q_hw, q_boxes)):
     embedded = projection(box_tokens(fmap, hw, candidates, grid))
-    ious = box_iou(candidates, gt)
-    for name, rows in (("nearest", neighbours[i]), ("random", random_rows[i])):
+    ious = metrics.pairwise_box_iou(candidates, gt[None])[:, 0]
+    for name, rows in (("nearest", crop_neighbours[i]), ("random", random_rows[i])):
       best, similarity = layout_choice(embedded, crops[rows])
       choices[name].append(candidates[best])
       correlations[name].append(stats.spearmanr(similarity, ious).statistic)
@@ -175,14 +162,14 @@ def main(argv):
     data = selection_diagnostics.proposals(FLAGS.model, FLAGS.eval_split)
     if not np.allclose(data["gt"], q_boxes, atol=1e-4):
       raise ValueError(f"{FLAGS.model}'s photos of {FLAGS.eval_split} come in another order")
-    order = np.argsort(-(queries @ db_photos.T), axis=1)
     print(json.dumps({"figure": "prior: the model's top-1, no voting", "model": FLAGS.model,
                       **selection_diagnostics.score_choice(
                           selection_diagnostics.top1_choice(data["boxes"], data["scores"]),
                           data)}))
     for neighbours_k in map(int, FLAGS.prior_k):
-      prior_box = db_boxes[order[:, :neighbours_k]].mean(1)
-      overlap = np.stack([box_iou(b, p) for b, p in zip(data["boxes"], prior_box)])
+      prior_box = db_boxes[photo_order[:, :neighbours_k]].mean(1)
+      overlap = np.stack([metrics.pairwise_box_iou(b, p[None])[:, 0]
+                          for b, p in zip(data["boxes"], prior_box)])
       for weight in map(float, FLAGS.prior_weights):
         chosen = selection_diagnostics.top1_choice(data["boxes"], data["scores"] + weight * overlap)
         print(json.dumps({"figure": "prior: re-ranked by score + w * IoU with the K nearest "
