@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from experiments.fcdb import expert_agreement
 from experiments.fcdb import expert_oracle
 from experiments.fcdb import pair_probe
 from experiments.fcdb import vote_ceiling
@@ -122,6 +123,19 @@ def test_expert_scorers_on_a_hand_counted_photo():
   for name in ("coverage", "area"):
     result = expert_oracle.score_pairs([batch], expert_oracle.SCORERS[name])
     assert result["pair_acc"] == 2 / 3 and result["pair_acc_strong"] == 1 / 2, name
+
+
+def test_expert_agreement_on_hand_counted_crops():
+  # Three experts' crops of a 10 x 10 photo: the whole photo, its top half, its top 40%
+  # (IoU whole-half 0.5, whole-40% 0.4, half-40% 0.8), and a zero-area box that is dropped.
+  crops = np.array([[0, 0, 10, 10], [0, 0, 10, 5], [0, 0, 10, 4], [5, 5, 5, 9]], np.float64)
+  result = expert_agreement.agreement(crops)
+  assert result["other_expert"] == pytest.approx((0.5 + 0.4 + 0.8) / 3)
+  # Held out, each expert meets the others' medoid (ties: the first): the half (0.5), the
+  # whole photo (0.5), the whole photo (0.4); and the closest other crop: 0.5, 0.8, 0.8.
+  assert result["consensus"] == pytest.approx((0.5 + 0.5 + 0.4) / 3)
+  assert result["best_other"] == pytest.approx((0.5 + 0.8 + 0.8) / 3)
+  assert expert_agreement.agreement(crops[[0, 3]]) is None
 
 
 def test_soup_is_the_mean_of_its_sources_and_names_a_mismatch():

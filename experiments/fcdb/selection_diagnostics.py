@@ -1,7 +1,7 @@
 r"""Why the top-1 crop misses: how a run's proposals and scores relate to the expert crops.
 
   python -m experiments.fcdb.selection_diagnostics --workdir=workdirs/fcdb_cpu \
-      [--also=workdirs/other_run] [--split='train[85%:]']
+      [--also=workdirs/other_run,...] [--split='train[85%:]']
 
 Restores the run's best checkpoint, predicts the raw proposals (no voting, no flip) on the
 validation slice (or `--split`, e.g. part of the training slice to see the fit there) and
@@ -13,8 +13,8 @@ prints, as JSON lines:
     expert's;
   * alternative choices among the same proposals: the expected-IoU (minimum Bayes risk) choice
     under p ~ score ** power, and the smallest crop scoring within `delta` of the best;
-  * with `--also`, the same top-1 and expected-IoU choices over both runs' proposals pooled (an
-    ensemble of two heads);
+  * with `--also`, the same top-1 (plain and after box voting at `--vote_iou`) and expected-IoU
+    choices over the proposals of this run and every `--also` run pooled (an ensemble of heads);
   * with `--scales=256,320,384`, the top-1 (plain and after box voting at `--vote_iou`) at each
     canvas size and over every size's proposals pooled (test-time multi-scale pooling; the
     model must take any canvas, i.e. K = 0).
@@ -42,7 +42,8 @@ def define_flags():
   """The command's flags (not at import: other experiments import the functions)."""
   flags.DEFINE_string("workdir", None, "The trained run (its best checkpoint), or a shipped "
                       "model's name or folder.")
-  flags.DEFINE_string("also", None, "A second run whose proposals are pooled with the first.")
+  flags.DEFINE_list("also", [], "Other runs (or shipped models) whose proposals are pooled "
+                    "with the first's.")
   flags.DEFINE_string("split", None, "Split to score (default: the validation benchmark's).")
   flags.DEFINE_list("powers", ["1", "4", "8", "16"], "Expected-IoU choice: score powers.")
   flags.DEFINE_list("deltas", ["0.01", "0.02", "0.05"], "Smallest-crop choice: margins.")
@@ -153,11 +154,13 @@ def main(argv):
       emit(choice=f"top1_{name}_vote{FLAGS.vote_iou:g}", **score_choice(
           top1_choice(props["boxes"], props["scores"], FLAGS.vote_iou), data))
   if FLAGS.also:
-    other = proposals(FLAGS.also, FLAGS.split)
-    boxes = np.concatenate([data["boxes"], other["boxes"]], 1)
-    scores = np.concatenate([data["scores"], other["scores"]], 1)
+    others = [proposals(source, FLAGS.split) for source in FLAGS.also]
+    boxes = np.concatenate([data["boxes"], *(other["boxes"] for other in others)], 1)
+    scores = np.concatenate([data["scores"], *(other["scores"] for other in others)], 1)
     emit(choice="pooled_top1", also=FLAGS.also,
          **score_choice(top1_choice(boxes, scores), data))
+    emit(choice=f"pooled_top1_vote{FLAGS.vote_iou:g}", also=FLAGS.also,
+         **score_choice(top1_choice(boxes, scores, FLAGS.vote_iou), data))
     for power in map(float, FLAGS.powers):
       emit(choice=f"pooled_expected_iou_power{power:g}", also=FLAGS.also,
            **score_choice(expected_iou_choice(boxes, scores, power), data))
