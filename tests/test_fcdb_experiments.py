@@ -176,6 +176,25 @@ def test_retrieval_diagnostics_read_box_layouts_and_choose_by_similarity():
   assert best in (1, 2) and similarity[0] == 0 and np.isclose(similarity[1], similarity[2])
 
 
+def test_told_choice_keeps_the_proposals_near_the_expert_crop():
+  from experiments.fcdb import selection_diagnostics  # pylint: disable=import-outside-toplevel
+  # A photo 200 px high and 100 wide; the expert crop is its top half: 100 x 100 px, area 0.5,
+  # centre (0.5, 0.25), log ratio 0.
+  boxes = np.array([[[0.0, 0.0, 1.0, 1.0],    # area 1, centre (0.5, 0.5), log(100 / 200)
+                     [0.1, 0.0, 0.9, 0.6],    # area 0.48, centre (0.5, 0.3), log(80 / 120)
+                     [0.0, 0.3, 1.0, 0.8]]])  # area 0.5, centre (0.5, 0.55), log 1
+  data = {"boxes": boxes, "scores": np.array([[0.9, 0.5, 0.4]]),
+          "gt": np.array([[0.0, 0.0, 1.0, 0.5]]), "size": np.array([[200, 100]])}
+  told = selection_diagnostics.told_choice
+  np.testing.assert_allclose(told(data, "area", 0.05), [boxes[0, 1]])  # 0.48 and 0.5: the best
+  np.testing.assert_allclose(told(data, "area", 0.01), [boxes[0, 2]])
+  np.testing.assert_allclose(told(data, "centre", 0.1), [boxes[0, 1]])
+  np.testing.assert_allclose(told(data, "centre", 0.01), [boxes[0, 0]])  # none near: the top-1
+  np.testing.assert_allclose(told(data, "ratio", 0.1), [boxes[0, 2]])
+  with pytest.raises(ValueError, match="use area, centre or ratio"):
+    told(data, "height", 0.1)
+
+
 def test_top1_choice_takes_the_best_scored_box_and_votes_with_its_neighbours():
   from experiments.fcdb import selection_diagnostics  # pylint: disable=import-outside-toplevel
   boxes = np.array([[[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.9, 0.9], [0.1, 0.1, 1.0, 1.0]]])

@@ -13,6 +13,9 @@ prints, as JSON lines:
     expert's;
   * alternative choices among the same proposals: the expected-IoU (minimum Bayes risk) choice
     under p ~ score ** power, and the smallest crop scoring within `delta` of the best;
+  * oracles told one attribute of the expert's crop: the top-1 among the proposals whose area,
+    centre or aspect ratio is within a tolerance of the expert crop's (`--told`; every
+    proposal where none is): what knowing how much, where, or at which ratio to crop is worth;
   * with `--also`, the same top-1 (plain and after box voting at `--vote_iou`) and expected-IoU
     choices over the proposals of this run and every `--also` run pooled (an ensemble of heads);
   * with `--scales=256,320,384`, the top-1 (plain and after box voting at `--vote_iou`) at each
@@ -47,6 +50,8 @@ def define_flags():
   flags.DEFINE_string("split", None, "Split to score (default: the validation benchmark's).")
   flags.DEFINE_list("powers", ["1", "4", "8", "16"], "Expected-IoU choice: score powers.")
   flags.DEFINE_list("deltas", ["0.01", "0.02", "0.05"], "Smallest-crop choice: margins.")
+  flags.DEFINE_list("told", ["area:0.03", "area:0.1", "centre:0.05", "ratio:0.1"],
+                    "Oracle rows ATTRIBUTE:TOLERANCE (area, centre or ratio; see told_choice).")
   flags.DEFINE_list("scales", [], "Canvas sizes whose proposals are pooled (empty: skip).")
   flags.DEFINE_float("vote_iou", 0.8, "Box voting threshold of the multi-scale rows.")
 
@@ -111,6 +116,33 @@ def smallest_near_best(boxes: np.ndarray, scores: np.ndarray, delta: float) -> n
   return boxes[np.arange(len(boxes)), np.argmin(areas, 1)]
 
 
+def box_attribute(boxes: np.ndarray, size_hw: np.ndarray, name: str) -> np.ndarray:
+  """Normalised boxes [..., 4] -> their area (a share of the photo), centre [..., 2] or log
+  aspect ratio (of the box in pixels: log(width / height)); `size_hw` [I, 2] broadcasts."""
+  width, height = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
+  if name == "area":
+    return width * height
+  if name == "centre":
+    return np.stack([boxes[..., 0] + boxes[..., 2], boxes[..., 1] + boxes[..., 3]], -1) / 2
+  if name == "ratio":
+    shape = (-1,) + (1,) * (boxes.ndim - 2)
+    h_px, w_px = size_hw[:, 0].reshape(shape), size_hw[:, 1].reshape(shape)
+    return np.log(np.maximum(width * w_px, 1e-9) / np.maximum(height * h_px, 1e-9))
+  raise ValueError(f"--told attribute {name!r}: use area, centre or ratio")
+
+
+def told_choice(data: dict[str, np.ndarray], name: str, tolerance: float) -> np.ndarray:
+  """Per photo, the top-1 among the proposals whose `name` attribute is within `tolerance` of
+  the expert crop's (each coordinate, for the centre); the plain top-1 where none is."""
+  gap = np.abs(box_attribute(data["boxes"], data["size"], name)
+               - box_attribute(data["gt"][:, None], data["size"], name))
+  if name == "centre":
+    gap = gap.max(-1)
+  near = gap <= tolerance
+  near |= ~near.any(1, keepdims=True)
+  return top1_choice(data["boxes"], np.where(near, data["scores"], -np.inf))
+
+
 def box_stats(boxes: np.ndarray, gt: np.ndarray) -> dict[str, list[float] | float]:
   return {"area": round(float(np.mean((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))),
                         3),
@@ -142,6 +174,10 @@ def main(argv):
   for delta in map(float, FLAGS.deltas):
     emit(choice=f"smallest_within_{delta:g}",
          **score_choice(smallest_near_best(data["boxes"], data["scores"], delta), data))
+  for told in FLAGS.told:
+    name, tolerance = told.split(":")
+    emit(choice=f"told_{name}_within_{float(tolerance):g}",
+         **score_choice(told_choice(data, name, float(tolerance)), data))
   if FLAGS.scales:
     scales = [int(size) for size in FLAGS.scales]
     at = {size: proposals(FLAGS.workdir, FLAGS.split, size) for size in scales}
