@@ -1,4 +1,4 @@
-r"""How well one expert's crop predicts another's: the ceiling of "IoU with the expert's crop".
+r"""How well one expert's crop predicts another's (FLMS): what "IoU with one expert's crop" rewards.
 
   python -m experiments.fcdb.expert_agreement \
       [--annotations=../shared/data/annotations/flms/image_crop.json]
@@ -16,8 +16,9 @@ against its one expert, prints (one JSON line):
   best_other       for each held-out expert, the best of the other experts' crops (an oracle
                    that picks, among crops a person drew, the one closest to the held-out one).
 
-A model scored against one expert can beat `consensus` only by learning that expert's habits
-(for FCDB: the habits of its annotators), not composition shared by experts.
+`consensus` is what knowing the experts' shared composition is worth against one of them; what
+a model scores above it comes from matching the particular expert (for FCDB, the habits of its
+annotators) or from a crop better placed than the medoid that no expert drew.
 """
 
 import json

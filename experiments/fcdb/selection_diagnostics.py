@@ -53,7 +53,8 @@ def define_flags():
   flags.DEFINE_list("told", ["area:0.03", "area:0.1", "centre:0.05", "ratio:0.1"],
                     "Oracle rows ATTRIBUTE:TOLERANCE (area, centre or ratio; see told_choice).")
   flags.DEFINE_list("scales", [], "Canvas sizes whose proposals are pooled (empty: skip).")
-  flags.DEFINE_float("vote_iou", 0.8, "Box voting threshold of the multi-scale rows.")
+  flags.DEFINE_float("vote_iou", 0.8, "Box voting threshold of the multi-scale and pooled "
+                     "rows.")
 
 
 def proposals(source: str, split: str | None, image_size: int | None = None
