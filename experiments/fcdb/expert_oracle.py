@@ -38,6 +38,7 @@ def define_flags():
                                   "data: the built FCDB and its pair budget).")
   flags.DEFINE_string("split", "train[85%:]", "Split of the built FCDB whose pairs to score.")
 
+
 def _area(boxes: np.ndarray) -> np.ndarray:
   return np.clip(boxes[..., 2] - boxes[..., 0], 0, None) * np.clip(
       boxes[..., 3] - boxes[..., 1], 0, None)
@@ -86,6 +87,7 @@ def main(argv):
     print(json.dumps({"scorer": name, "split": FLAGS.split,
                       **{k: result[k] for k in ("pair_acc", "pair_acc_strong", "num_pairs",
                                                 "num_pairs_strong")}}))
+
 
 if __name__ == "__main__":
   define_flags()

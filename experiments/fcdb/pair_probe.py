@@ -74,6 +74,7 @@ def mean_in_boxes(fmap: np.ndarray, valid_hw: np.ndarray, boxes: np.ndarray,
   """[N, C]: the mean of `samples_in_boxes` on a grid x grid lattice."""
   return samples_in_boxes(fmap, valid_hw, boxes, grid).mean(axis=(1, 2))
 
+
 def geometry(box: np.ndarray) -> np.ndarray:
   """A crop's shape and place (box: normalised x1, y1, x2, y2 of the photo)."""
   w, h = box[2] - box[0], box[3] - box[1]
@@ -202,6 +203,7 @@ def main(argv):
                       "train_accuracy": round(float(np.mean(score(train_a) > score(train_b))), 3),
                       "pairs": round(float(right.mean()), 3),
                       "pairs_4_5_votes": round(float(right[strong].mean()), 3)}), flush=True)
+
 
 if __name__ == "__main__":
   define_flags()

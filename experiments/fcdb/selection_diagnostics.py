@@ -112,14 +112,15 @@ def expected_iou_choice(boxes: np.ndarray, scores: np.ndarray, power: float) -> 
 
 def smallest_near_best(boxes: np.ndarray, scores: np.ndarray, delta: float) -> np.ndarray:
   """Per photo, the smallest proposal scoring within `delta` of the best."""
-  areas = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
-  areas = np.where(scores >= scores.max(1, keepdims=True) - delta, areas, np.inf)
+  areas = np.where(scores >= scores.max(1, keepdims=True) - delta,
+                   box_attribute(boxes, None, "area"), np.inf)
   return boxes[np.arange(len(boxes)), np.argmin(areas, 1)]
 
 
 def box_attribute(boxes: np.ndarray, size_hw: np.ndarray, name: str) -> np.ndarray:
   """Normalised boxes [..., 4] -> their area (a share of the photo), centre [..., 2] or log
-  aspect ratio (of the box in pixels: log(width / height)); `size_hw` [I, 2] broadcasts."""
+  aspect ratio (of the box in pixels: log(width / height)); `size_hw` [I, 2] broadcasts (only
+  the ratio reads it)."""
   width, height = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
   if name == "area":
     return width * height
@@ -145,8 +146,7 @@ def told_choice(data: dict[str, np.ndarray], name: str, tolerance: float) -> np.
 
 
 def box_stats(boxes: np.ndarray, gt: np.ndarray) -> dict[str, list[float] | float]:
-  return {"area": round(float(np.mean((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))),
-                        3),
+  return {"area": round(float(np.mean(box_attribute(boxes, None, "area"))), 3),
           "edges_mean": np.round(boxes.mean(0), 3).tolist(),
           "edges_std": np.round(boxes.std(0), 3).tolist(),
           "edges_corr_with_expert": [round(float(np.corrcoef(boxes[:, k], gt[:, k])[0, 1]), 3)
