@@ -10,7 +10,7 @@ before it is read or decoded. Batches run across epoch boundaries.
 
 Sharding. Each host reads its own slice of the split (`tfds.split_for_jax_process`) and
 yields a local batch of global_batch_size / process_count examples;
-`to_global_arrays` assembles the global `jax.Array`s for the mesh.
+`sharding.to_global_arrays` assembles the global `jax.Array`s for the mesh.
 
 Examples. Decoded (JPEG's DCT scaling skips detail that the resize would discard),
 for training augmented (random crop that keeps the target box, horizontal flip, colour
@@ -48,9 +48,7 @@ import tensorflow_datasets as tfds
 
 from procrop_jax import datasets  # pylint: disable=unused-import  (registers the builders)
 from procrop_jax import settings as settings_lib
-from procrop_jax import sharding
 
-HOST_ONLY_KEYS = frozenset({"image_id"})
 # The map functions use TF ops only (no Python control flow on tensors): skipping
 # autograph's conversion makes building a pipeline several times faster.
 no_autograph = tf.autograph.experimental.do_not_convert
@@ -499,13 +497,3 @@ def create_eval_iterator(config_data: Any, *, global_batch_size: int,
                            split=split, max_boxes=max_boxes, start=start)
   return ds.as_numpy_iterator()
 
-
-def to_global_arrays(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh
-                     ) -> dict[str, jax.Array]:
-  """Assembles each host's local batch into global arrays split over the mesh's data axis.
-
-  Host-only keys (`HOST_ONLY_KEYS`, e.g. image_id) are dropped.
-  """
-  batch_sharding = sharding.batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v))
-          for k, v in batch.items() if k not in HOST_ONLY_KEYS}

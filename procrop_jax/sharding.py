@@ -7,10 +7,11 @@ A spec names the *trailing* dimensions of a parameter (it is padded with None on
 `(None, "model")` splits the output features of a Dense kernel and of an HWIO conv kernel alike.
 A rule whose split does not divide the dimension falls back to replication for that parameter.
 
-`put` places host values on the mesh, also across processes.
+`put` places host values on the mesh, also across processes; `to_global_arrays` assembles each
+host's local batch into global arrays split over the data axis.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 import math
 import re
 from typing import Any
@@ -21,6 +22,8 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
+# Batch keys that stay on the host (strings): never placed on the mesh.
+HOST_ONLY_KEYS = frozenset({"image_id"})
 
 
 def create_mesh(shape: Sequence[int], axes: Sequence[str],
@@ -129,3 +132,13 @@ def on_mesh(tree: Any, mesh: Mesh, fallback: NamedSharding) -> Any:
     placed = isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh
     return x if placed else put(x, fallback)
   return jax.tree.map(place, tree)
+
+
+def to_global_arrays(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Assembles each host's local batch into global arrays split over the mesh's data axis.
+
+  Host-only keys (`HOST_ONLY_KEYS`, e.g. image_id) are dropped.
+  """
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch.items() if k not in HOST_ONLY_KEYS}

@@ -136,7 +136,7 @@ class Trainer:
         self.state, self.state_shardings)
 
   def device_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    return input_pipeline.to_global_arrays(batch, self.mesh)
+    return sharding.to_global_arrays(batch, self.mesh)
 
   def with_references(self, batches: Iterator[dict[str, np.ndarray]],
                       data_config: ml_collections.ConfigDict, split: str

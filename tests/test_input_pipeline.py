@@ -1,6 +1,5 @@
 """Tests of the tf.data input pipeline and of dataset preparation."""
 
-import jax
 import numpy as np
 from PIL import Image
 import pytest
@@ -169,20 +168,6 @@ def test_augmentation_keeps_the_rectangle_exactly_in_the_target_box():
     nx1 = out["boxes"].numpy()[0][0]
     flips += int(abs((1 - nx1) - (box[2] / width)) < abs(nx1 - box[0] / width))
   assert 5 < crops < 35 and 5 < flips < 35
-
-
-def test_to_global_arrays_shards_the_batch():
-  mesh = jax.make_mesh((8,), ("data",))
-  batch = {
-      "image": np.zeros((8, 4, 4, 3), np.float32),
-      "box_mask": np.ones((8, 2), bool),
-      "image_id": np.array([b"a"] * 8, object),
-  }
-  arrays = input_pipeline.to_global_arrays(batch, mesh)
-  assert set(arrays) == {"image", "box_mask"}
-  assert arrays["image"].shape == (8, 4, 4, 3)
-  assert arrays["image"].sharding.spec == jax.sharding.PartitionSpec("data")
-  assert len(arrays["image"].addressable_shards) == 8
 
 
 def test_ensure_dataset_generates_and_builds_once(tmp_path, capsys):

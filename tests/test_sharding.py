@@ -1,7 +1,8 @@
-"""Meshes and the rule table that shards parameters."""
+"""Meshes, the rule table that shards parameters, and batches placed on the mesh."""
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import PartitionSpec as P
 import pytest
 
@@ -46,3 +47,17 @@ def test_trailing_spec_applies_to_conv_output_channels():
   mesh = sharding.create_mesh((4, 2), ("data", "model"))
   spec = sharding.spec_for("head/conv/kernel", (1, 1, 8, 16), mesh, RULES)
   assert spec == P(None, None, None, "model")
+
+
+def test_to_global_arrays_shards_the_batch():
+  mesh = jax.make_mesh((8,), ("data",))
+  batch = {
+      "image": np.zeros((8, 4, 4, 3), np.float32),
+      "box_mask": np.ones((8, 2), bool),
+      "image_id": np.array([b"a"] * 8, object),
+  }
+  arrays = sharding.to_global_arrays(batch, mesh)
+  assert set(arrays) == {"image", "box_mask"}
+  assert arrays["image"].shape == (8, 4, 4, 3)
+  assert arrays["image"].sharding.spec == jax.sharding.PartitionSpec("data")
+  assert len(arrays["image"].addressable_shards) == 8
