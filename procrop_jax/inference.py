@@ -287,7 +287,7 @@ class Predictor:
     return self._step(score_given_boxes)(self.state, batch)
 
   def to_device(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    return input_pipeline.to_global_arrays(batch, self.mesh)
+    return sharding.to_global_arrays(batch, self.mesh)
 
   def add_references(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """`batch` with the reference tokens of its images' nearest professional photos."""
