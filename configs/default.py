@@ -36,6 +36,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.feature_cache = ml_collections.ConfigDict()
   config.data.feature_cache.views = 0
   config.data.feature_cache.dir = ""  # Empty: DATA_DIR/feature_cache.
+  # Split the cache covers; empty: data.train_split. A wider split (e.g. "train") lets runs that
+  # train on different parts of it (cross-validation folds) share one cache: each samples only
+  # the rows of its own training photos.
+  config.data.feature_cache.split = ""
 
   # Weak-label generation for the embedded default (procrop_jax.cad).
   config.cad = ml_collections.ConfigDict()

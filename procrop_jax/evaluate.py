@@ -116,6 +116,11 @@ def write_result(output_dir: str, result: Mapping[str, Any]) -> str:
   return path
 
 
+def per_image_path(result_path: str) -> str:
+  """Where the per-photo values of the result at `result_path` (`write_result`) are written."""
+  return os.path.splitext(result_path)[0] + ".per_image.json"
+
+
 def read_history(path: str) -> list[dict[str, Any]]:
   """The records of a `<name>.jsonl` history, oldest first (a line cut short is skipped)."""
   records = []
@@ -201,12 +206,17 @@ class Example:
 def evaluate_benchmark(predict: PredictFn, batches: Iterator[dict[str, np.ndarray]],
                        to_device: Callable[[dict[str, np.ndarray]], dict[str, jax.Array]],
                        protocols: tuple[str, ...], *, examples: list[Example] | None = None,
-                       max_examples: int = 0) -> dict[str, float]:
+                       max_examples: int = 0,
+                       per_image: dict[str, dict[str, dict[str, float]]] | None = None
+                       ) -> dict[str, float]:
   """Runs `predict` over `batches` and returns the protocols' metrics, merged into one dict.
 
   With `examples`, the first `max_examples` photos of this process that have a ground truth
   are appended to it with their top-1 crop (when a protocol proposes crops): the report's
   pictures come from the pass that computes the metrics.
+
+  With `per_image`, each protocol's values per photo are stored in it (protocol -> image_id ->
+  values), for paired comparisons of two models on the same photos.
   """
   accumulators = {
       "iou": metrics.IoUProtocol(),
@@ -270,6 +280,8 @@ def evaluate_benchmark(predict: PredictFn, batches: Iterator[dict[str, np.ndarra
                                    pred_scores=scores)
   results: dict[str, float] = {}
   for protocol in protocols:
+    if per_image is not None:
+      per_image[protocol] = {_text(k): v for k, v in accumulators[protocol].per_image.items()}
     result = accumulators[protocol].result()
     if protocol == "aspect":
       result = {f"aspect_{k}": v for k, v in result.items() if k != "num_images"}
@@ -289,7 +301,9 @@ def run_benchmarks(predict: PredictFn, config: ml_collections.ConfigDict, *,
 
   Each benchmark's record goes to `<dataset>_<builder_config>_<split>.json` (the latest,
   replaced atomically) and is appended to the `.jsonl` of the same name (the history); see
-  `write_result`. `step` is the checkpoint's step, recorded with the result.
+  `write_result`. `step` is the checkpoint's step, recorded with the result. The values of
+  every photo go to `<same name>.per_image.json` (the latest evaluation's: step, split and
+  protocol -> image_id -> values).
 
   With `report_examples` (a count, 0 for none), `output_dir/report.html` is written too: every
   metric table and that many photos of the best benchmark with their crops (`write_report`).
@@ -325,15 +339,19 @@ def run_benchmarks(predict: PredictFn, config: ml_collections.ConfigDict, *,
         data_config, global_batch_size=config.eval.batch_size)
     if batch_transform is not None:
       batches = batch_transform(batches, data_config, benchmark["split"])
+    per_image = {}
     result = evaluate_benchmark(predict, batches, to_device, protocols,
                                 examples=examples.setdefault(name, []),
-                                max_examples=report_examples or 0)
+                                max_examples=report_examples or 0, per_image=per_image)
     skipped = schema.build_report(builder).get(split_name, {}).get("skipped", {})
     result.update(dataset=data_config.dataset, builder_config=data_config.builder_config or "",
                   split=benchmark["split"], skipped=skipped, step=step)
     all_results[name] = result
     if output_dir and jax.process_index() == 0:
-      logging.info("Wrote %s", write_result(output_dir, result))
+      path = write_result(output_dir, result)
+      artifacts.atomic_write_json(
+          per_image_path(path), {"step": step, "split": benchmark["split"], **per_image})
+      logging.info("Wrote %s", path)
   if all_results:
     numeric = {name: {k: v for k, v in r.items() if isinstance(v, (int, float)) and k != "step"}
                for name, r in all_results.items()}

@@ -30,6 +30,11 @@ place when complete, so an interrupted build leaves nothing that looks finished;
 is a hash of the key, so a change of dataset, backbone, canvas or augmentation builds a new cache
 instead of reusing a stale one. Each process of a multi-host run caches its own slice of the split.
 
+`config.data.feature_cache.split` may name a wider split than the training split (for example
+"train" under cross-validation folds such as "train[:267]+train[534:]"): the cache then covers
+that split, is shared by every run whose training photos it contains, and each run samples only
+the rows of its own training photos (matched by image_id).
+
 Batches from `create_train_iterator` have the input pipeline's layout with `features_stride32`
 (and `features_stride16`) in place of `image`; the model reads them through
 `steps.batch_features`. The order is a pure function of (seed, step): permutations of the
@@ -87,6 +92,11 @@ def check_frozen(config: ml_collections.ConfigDict) -> None:
         "config.optim.trainable_backbone_blocks >= 0, and config.model.freeze_backbone_bn=True): "
         "a trained backbone would make the cached features stale. Set "
         "--config.data.feature_cache.views=0 to train from images.")
+
+
+def cache_split(config: ml_collections.ConfigDict) -> str:
+  """The split the cache covers: `config.data.feature_cache.split`, else the training split."""
+  return config.data.feature_cache.get("split") or config.data.train_split
 
 
 def cache_key(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder,
@@ -154,12 +164,12 @@ def _views_dataset(source, features, settings: input_pipeline.DataSettings, view
 
 
 def build(config: ml_collections.ConfigDict, *, batch_size: int = 16) -> pathlib.Path:
-  """Builds (or finds) the feature cache of `config.data.train_split`; returns its folder."""
+  """Builds (or finds) the feature cache of `cache_split(config)`; returns its folder."""
   check_frozen(config)
   settings = input_pipeline.DataSettings.from_config(config.data)
   builder = input_pipeline.load_builder(settings)
-  split = tfds.split_for_jax_process(settings.train_split, drop_remainder=True)
-  key = cache_key(config, builder, settings.train_split)
+  split = tfds.split_for_jax_process(cache_split(config), drop_remainder=True)
+  key = cache_key(config, builder, cache_split(config))
   out = cache_dir(config, key)
   if (out / "metadata.json").is_file():
     logging.info("Feature cache found: %s", out)
@@ -235,24 +245,43 @@ def build(config: ml_collections.ConfigDict, *, batch_size: int = 16) -> pathlib
 
 
 class FeatureCache:
-  """A built cache, memory-mapped."""
+  """A built cache, memory-mapped.
 
-  def __init__(self, path: str | os.PathLike[str]):
+  With `examples` (positions of the cached photos, e.g. from `examples_of`), training samples
+  those photos only; `num_examples` counts them.
+  """
+
+  def __init__(self, path: str | os.PathLike[str], examples: np.ndarray | None = None):
     self.path = pathlib.Path(path)
     meta_path = self.path / "metadata.json"
     if not meta_path.is_file():
       raise FileNotFoundError(f"{self.path} is not a complete feature cache (no metadata.json)")
     self.metadata = json.loads(meta_path.read_text())
-    self.num_examples = self.metadata["num_examples"]
+    self.cached_examples = self.metadata["num_examples"]
     self.views = self.metadata["views"]
     self.arrays = {k: np.load(self.path / f"{k}.npy", mmap_mode="r")
                    for k in self.metadata["shapes"]}
     self.image_id = np.load(self.path / "image_id.npy")
-    rows = self.num_examples * self.views
+    rows = self.cached_examples * self.views
     for k, v in {**self.arrays, "image_id": self.image_id}.items():
       if len(v) != rows:
         raise ValueError(f"{self.path}/{k}.npy has {len(v)} rows, expected {rows}: "
                          "the cache is damaged; delete the folder to rebuild it.")
+    self.examples = (np.arange(self.cached_examples) if examples is None
+                     else np.asarray(examples, np.int64))
+    self.num_examples = len(self.examples)
+    if not self.num_examples:
+      raise ValueError(f"{self.path}: no cached photo to train on")
+
+  def examples_of(self, image_ids: np.ndarray) -> np.ndarray:
+    """Positions in the cache of the photos `image_ids` names; raises if one is not cached."""
+    position = {image_id: i for i, image_id in enumerate(self.image_id[:self.cached_examples])}
+    missing = [i for i in image_ids if i not in position]
+    if missing:
+      raise ValueError(
+          f"{len(missing)} training photos (e.g. {missing[0]!r}) are not in the feature cache "
+          f"{self.path}: config.data.feature_cache.split must contain config.data.train_split")
+    return np.array([position[i] for i in image_ids], np.int64)
 
   def rows(self, positions: np.ndarray, seed: int) -> np.ndarray:
     """Row of each training position: epoch permutations of the examples, a view each."""
@@ -262,7 +291,7 @@ class FeatureCache:
       epoch, offset = divmod(int(position), n)
       order = np.random.default_rng([seed, epoch]).permutation(n)
       view = np.random.default_rng([seed, int(position), 1]).integers(self.views)
-      rows[j] = view * n + order[offset]
+      rows[j] = view * self.cached_examples + self.examples[order[offset]]
     return rows
 
   def batch(self, rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -275,11 +304,24 @@ class FeatureCache:
     return out
 
 
+def _image_ids(config: ml_collections.ConfigDict) -> np.ndarray:
+  """The image_id of every photo of the training split, in order (images not decoded)."""
+  settings = input_pipeline.DataSettings.from_config(config.data)
+  source = input_pipeline.load_builder(settings).as_data_source(
+      settings.train_split, decoders={"image": tfds.decode.SkipDecoding()})
+  return np.array([source[i]["image_id"] for i in range(len(source))])
+
+
 def create_train_iterator(config: ml_collections.ConfigDict, *, seed: int,
                           global_batch_size: int, start_step: int = 0
                           ) -> Iterator[dict[str, np.ndarray]]:
   """Host-local training batches from the feature cache (built first if needed), forever."""
   cache = FeatureCache(build(config))
+  if cache_split(config) != config.data.train_split:  # A shared cache: our photos' rows only.
+    if jax.process_count() > 1:
+      raise ValueError("config.data.feature_cache.split is for single-process runs: each "
+                       "process of a multi-host run caches its own slice of the training split")
+    cache = FeatureCache(cache.path, cache.examples_of(_image_ids(config)))
   batch_size = input_pipeline.local_batch_size(global_batch_size)
   logging.info("Training from the feature cache %s (%d examples x %d views).", cache.path,
                cache.num_examples, cache.views)

@@ -197,3 +197,20 @@ def test_training_a_tail_from_the_cache_changes_the_tail_only_and_exports_it(tai
   loaded = model_zoo.load(out).model
   for name, var in model_zoo._named_variables(loaded).items():
     np.testing.assert_array_equal(var.get_value(), after[name].get_value(), err_msg=name)
+
+
+def test_a_cache_of_a_wider_split_trains_only_on_the_training_photos(cache_config):
+  config = cache_config.copy_and_resolve_references()
+  config.data.feature_cache.split = "train"
+  config.data.train_split = "train[:4]+train[8:]"
+  wide = feature_cache.FeatureCache(feature_cache.build(config, batch_size=8))
+  assert wide.metadata["key"]["split"] == "train"
+  ours = set(feature_cache._image_ids(config).tolist())
+  assert len(ours) == wide.cached_examples - 4
+  batches = feature_cache.create_train_iterator(config, seed=0, global_batch_size=4)
+  seen = set()
+  for _ in range(2 * wide.cached_examples):
+    seen.update(next(batches)["image_id"].tolist())
+  assert seen == ours
+  with pytest.raises(ValueError, match="must contain"):
+    wide.examples_of(np.array([b"not-a-photo"]))
