@@ -61,8 +61,8 @@ from PIL import Image
 import tqdm
 
 from procrop_jax import aspect
+from procrop_jax import box_geometry
 from procrop_jax import html_pages
-from procrop_jax import metrics
 from procrop_jax import photos
 
 DEFAULT_OUT = "crops"
@@ -139,7 +139,7 @@ def non_max_suppression(boxes: np.ndarray, scores: np.ndarray, *, iou_threshold:
                         top_k: int) -> np.ndarray:
   """Indices of up to top_k boxes, best first, none overlapping a kept one above the threshold."""
   order = np.argsort(-scores, kind="stable")
-  ious = metrics.pairwise_box_iou(boxes, boxes)
+  ious = box_geometry.pairwise_box_iou(boxes, boxes)
   kept: list[int] = []
   for i in order:
     if all(ious[i, j] <= iou_threshold for j in kept):

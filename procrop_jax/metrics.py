@@ -41,6 +41,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from procrop_jax import box_geometry
+
 # COCO's thresholds, built exactly as pycocotools.cocoeval.Params does (np.linspace without
 # rounding), so that an IoU that lands on a threshold is decided the same way.
 COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1,
@@ -54,56 +56,11 @@ COCO_RECALL_THRESHOLDS = np.linspace(0.0, 1.0, int(np.round((1.0 - 0.0) / 0.01))
 # ----------------------------------------------------------------------------------------------
 
 
-def _as_boxes(boxes: ArrayLike, name: str) -> np.ndarray:
-  """Checks and returns float64 boxes [N, 4]; a single box [4] becomes [1, 4]."""
-  b = np.asarray(boxes, dtype=np.float64)
-  if b.ndim == 1:
-    b = b[None]
-  if b.ndim != 2 or b.shape[1] != 4:
-    raise ValueError(f"{name}: expected boxes of shape [N, 4] or [4], got {np.shape(boxes)}")
-  if not np.all(np.isfinite(b)):
-    raise ValueError(f"{name}: boxes must be finite, got {b[~np.isfinite(b).all(1)][:3]}")
-  bad = (b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1])
-  if np.any(bad):
-    raise ValueError(f"{name}: boxes must have x2 >= x1 and y2 >= y1 ([x1, y1, x2, y2]); "
-                     f"offending rows {np.nonzero(bad)[0].tolist()}: {b[bad][:3].tolist()}")
-  return b
-
-
 def _as_image_size(image_size: ArrayLike) -> tuple[float, float]:
   hw = np.asarray(image_size, dtype=np.float64).reshape(-1)
   if hw.shape != (2,) or not np.all(np.isfinite(hw)) or np.any(hw <= 0):
     raise ValueError(f"image_size must be positive (height, width), got {image_size}")
   return float(hw[0]), float(hw[1])
-
-
-def xywh_to_xyxy(boxes: ArrayLike) -> np.ndarray:
-  """`[x, y, w, h]` (FCDB's `crop` field) to `[x1, y1, x2, y2]`, same units, float64."""
-  b = np.asarray(boxes, dtype=np.float64)
-  return np.concatenate([b[..., :2], b[..., :2] + b[..., 2:]], axis=-1)
-
-
-def pairwise_box_iou(boxes1_px: ArrayLike, boxes2_px: ArrayLike) -> np.ndarray:
-  """Pairwise intersection over union (every box of the first set with every box of the second).
-
-  IoU(a, b) = |a ∩ b| / (|a| + |b| - |a ∩ b|), areas in continuous coordinates. A pair whose
-  union is empty (two zero-area boxes) has IoU 0.
-
-  Args:
-    boxes1_px: [N, 4] (or [4]) boxes `[x1, y1, x2, y2]`, pixels.
-    boxes2_px: [M, 4] (or [4]) boxes, same frame.
-
-  Returns:
-    [N, M] float64.
-  """
-  a = _as_boxes(boxes1_px, "boxes1_px")[:, None, :]
-  b = _as_boxes(boxes2_px, "boxes2_px")[None, :, :]
-  iw = np.maximum(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0.0)
-  ih = np.maximum(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0.0)
-  inter = iw * ih
-  union = ((a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
-           + (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1]) - inter)
-  return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
 def boundary_displacement(boxes1_px: ArrayLike, boxes2_px: ArrayLike,
@@ -124,8 +81,8 @@ def boundary_displacement(boxes1_px: ArrayLike, boxes2_px: ArrayLike,
     [N, M] float64.
   """
   height, width = _as_image_size(image_size)
-  a = _as_boxes(boxes1_px, "boxes1_px")[:, None, :]
-  b = _as_boxes(boxes2_px, "boxes2_px")[None, :, :]
+  a = box_geometry.as_boxes(boxes1_px, "boxes1_px")[:, None, :]
+  b = box_geometry.as_boxes(boxes2_px, "boxes2_px")[None, :, :]
   d = np.abs(a - b)
   return ((d[..., 0] + d[..., 2]) / width + (d[..., 1] + d[..., 3]) / height) / 4.0
 
@@ -150,13 +107,13 @@ def iou_and_bde(pred_box_px: ArrayLike, gt_boxes_px: ArrayLike,
   Returns:
     (iou, bde, index of g* in gt_boxes_px).
   """
-  pred = _as_boxes(pred_box_px, "pred_box_px")
+  pred = box_geometry.as_boxes(pred_box_px, "pred_box_px")
   if pred.shape[0] != 1:
     raise ValueError(f"pred_box_px: expected one box, got {pred.shape[0]}")
-  gts = _as_boxes(gt_boxes_px, "gt_boxes_px")
+  gts = box_geometry.as_boxes(gt_boxes_px, "gt_boxes_px")
   if gts.shape[0] == 0:
     raise ValueError("gt_boxes_px: no ground-truth box")
-  ious = pairwise_box_iou(pred, gts)[0]
+  ious = box_geometry.pairwise_box_iou(pred, gts)[0]
   bdes = boundary_displacement(pred, gts, image_size)[0]
   tied = np.flatnonzero(ious == ious.max())
   g = int(tied[np.argmin(bdes[tied])])
@@ -174,11 +131,11 @@ def best_iou_top_k(pred_boxes_px: ArrayLike, gt_boxes_px: ArrayLike, k: int) -> 
   """
   if k < 1:
     raise ValueError(f"k must be >= 1, got {k}")
-  preds = _as_boxes(pred_boxes_px, "pred_boxes_px")[:k]
-  gts = _as_boxes(gt_boxes_px, "gt_boxes_px")
+  preds = box_geometry.as_boxes(pred_boxes_px, "pred_boxes_px")[:k]
+  gts = box_geometry.as_boxes(gt_boxes_px, "gt_boxes_px")
   if preds.shape[0] == 0 or gts.shape[0] == 0:
     raise ValueError("best_iou_top_k needs at least one prediction and one ground truth")
-  return float(pairwise_box_iou(preds, gts).max())
+  return float(box_geometry.pairwise_box_iou(preds, gts).max())
 
 
 def _descending_order(scores: np.ndarray) -> np.ndarray:
@@ -276,11 +233,11 @@ def proposal_hit(pred_boxes_px: ArrayLike, best_boxes_px: ArrayLike, *, k: int,
     k: number of top predictions.
     tau: IoU threshold (inclusive).
   """
-  preds = _as_boxes(np.asarray(pred_boxes_px, dtype=np.float64).reshape(-1, 4),
+  preds = box_geometry.as_boxes(np.asarray(pred_boxes_px, dtype=np.float64).reshape(-1, 4),
                     "pred_boxes_px")[:k]
   if preds.shape[0] == 0:
     return False
-  return bool(np.any(pairwise_box_iou(preds, best_boxes_px) >= tau))
+  return bool(np.any(box_geometry.pairwise_box_iou(preds, best_boxes_px) >= tau))
 
 
 def match_detections(ious: np.ndarray, iou_thresholds: Sequence[float]) -> np.ndarray:
@@ -514,7 +471,7 @@ class IoUProtocol(_Protocol):
     Returns:
       This image's values (also kept in `per_image`).
     """
-    preds = _as_boxes(pred_boxes_px, "pred_boxes_px")
+    preds = box_geometry.as_boxes(pred_boxes_px, "pred_boxes_px")
     if preds.shape[0] == 0:
       raise ValueError("pred_boxes_px: no predicted box")
     if pred_scores is not None:
@@ -594,10 +551,10 @@ class ProposalProtocol(_Protocol):
     Returns:
       This image's hits (1.0 / 0.0 per `acc{k}_tau{t}`) and its number of positives.
     """
-    preds = _as_boxes(np.asarray(pred_boxes_px, dtype=np.float64).reshape(-1, 4),
+    preds = box_geometry.as_boxes(np.asarray(pred_boxes_px, dtype=np.float64).reshape(-1, 4),
                       "pred_boxes_px")
     scores = _as_scores(pred_scores, preds.shape[0], "pred_scores")
-    gts = _as_boxes(gt_boxes_px, "gt_boxes_px")
+    gts = box_geometry.as_boxes(gt_boxes_px, "gt_boxes_px")
     if gts.shape[0] == 0:
       raise ValueError("gt_boxes_px: no ground-truth crop")
     if gt_mos is None:
@@ -618,7 +575,7 @@ class ProposalProtocol(_Protocol):
 
     if self.max_detections is not None:
       preds, scores = preds[:self.max_detections], scores[:self.max_detections]
-    ious = pairwise_box_iou(preds, gts[positives])
+    ious = box_geometry.pairwise_box_iou(preds, gts[positives])
     self._register(image_id, record)
     self._matched.append(match_detections(ious, self._thresholds))
     self._scores.append(scores)
@@ -747,7 +704,8 @@ class PairwiseProtocol(_Protocol):
     record = {"correct": float(correct[valid].sum()), "pairs": float(valid.sum()),
               "correct_strong": float(correct[strong].sum()), "pairs_strong": float(strong.sum())}
     if preferred_boxes_px is not None and other_boxes_px is not None:
-      area = lambda b: np.prod(np.diff(_as_boxes(b, "boxes").reshape(-1, 2, 2), axis=1), -1)[:, 0]
+      area = lambda b: np.prod(
+          np.diff(box_geometry.as_boxes(b, "boxes").reshape(-1, 2, 2), axis=1), -1)[:, 0]
       a_win, a_lose = area(preferred_boxes_px), area(other_boxes_px)
       larger = np.where(a_win > a_lose, 1.0, np.where(a_win == a_lose, 0.5, 0.0))
       record["larger_correct"] = float(larger[valid].sum())

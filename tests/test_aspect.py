@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from procrop_jax import aspect
-from procrop_jax import metrics
+from procrop_jax import box_geometry
 
 
 def _ratio_ok(box, ratio):
@@ -71,10 +71,10 @@ def test_choose_finds_the_ground_truth_with_an_oracle_score():
   proposals = [np.array([[100, 80, 640, 470], [0, 0, 800, 600]], np.float64)]
 
   def oracle(given):
-    return metrics.pairwise_box_iou(given[0] * (size * 2), gt[None])[:, 0][None]
+    return box_geometry.pairwise_box_iou(given[0] * (size * 2), gt[None])[:, 0][None]
 
   boxes, _ = aspect.choose(oracle, proposals, [size], [[4 / 3]])[0][0]
-  assert metrics.pairwise_box_iou(boxes[:1].astype(float), gt[None])[0, 0] > 0.95
+  assert box_geometry.pairwise_box_iou(boxes[:1].astype(float), gt[None])[0, 0] > 0.95
 
 
 def test_fast_candidates_snap_only_the_best_scored_proposals():

@@ -7,8 +7,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from procrop_jax import box_geometry
 from procrop_jax import feature_cache
-from procrop_jax import metrics
 from procrop_jax import photos as photos_lib
 from procrop_jax import refine_cad
 from procrop_jax.cad import generate
@@ -27,7 +27,7 @@ def shifted(dx):
 
 
 def iou(a, b):
-  return float(metrics.pairwise_box_iou(a, b)[0, 0])
+  return float(box_geometry.pairwise_box_iou(a, b)[0, 0])
 
 
 # ------------------------------------------------------------------------------------- rules

@@ -12,7 +12,7 @@ from experiments.fcdb import expert_agreement
 from experiments.fcdb import expert_oracle
 from experiments.fcdb import pair_probe
 from experiments.fcdb import vote_ceiling
-from procrop_jax import metrics
+from procrop_jax import box_geometry
 
 
 def _counts_of(p: float, pairs: int = 100_000) -> collections.Counter:
@@ -167,7 +167,7 @@ def test_retrieval_diagnostics_read_box_layouts_and_choose_by_similarity():
   assert tokens[1, :, 0].min() > 4.0 and tokens[1, :, 1].max() < 5.0
   candidates = rd.candidate_boxes(step=0.1, max_margin=0.1)
   assert candidates.shape == (16, 4) and (candidates[0] == [0, 0, 1, 1]).all()
-  np.testing.assert_allclose(metrics.pairwise_box_iou(np.array([[0, 0, 1, 1], [0, 0, 0.5, 1]]),
+  np.testing.assert_allclose(box_geometry.pairwise_box_iou(np.array([[0, 0, 1, 1], [0, 0, 0.5, 1]]),
                                                      np.array([[0, 0, 0.5, 1]]))[:, 0],
                              [0.5, 1.0])
   keys = np.eye(3)

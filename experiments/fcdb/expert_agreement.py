@@ -27,7 +27,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from procrop_jax import metrics
+from procrop_jax import box_geometry
 from procrop_jax.datasets import flms
 
 FLAGS = flags.FLAGS
@@ -45,7 +45,7 @@ def agreement(boxes_px: np.ndarray) -> dict[str, float] | None:
   n = len(boxes)
   if n < 2:
     return None
-  iou = metrics.pairwise_box_iou(boxes, boxes)
+  iou = box_geometry.pairwise_box_iou(boxes, boxes)
   consensus, best_other = [], []
   for held_out in range(n):
     rest = np.delete(np.arange(n), held_out)

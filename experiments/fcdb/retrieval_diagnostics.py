@@ -40,7 +40,7 @@ from scipy import stats
 
 from experiments.fcdb import pair_probe
 from experiments.fcdb import selection_diagnostics
-from procrop_jax import metrics
+from procrop_jax import box_geometry
 from procrop_jax.retrieval import embedding
 
 FLAGS = flags.FLAGS
@@ -124,7 +124,7 @@ def main(argv):
   random_rows = np.stack([rng.choice(len(crops), k, replace=False) for _ in queries])
 
   def report(name, predicted):
-    ious = np.array([metrics.pairwise_box_iou(p[None], gt[None])[0, 0]
+    ious = np.array([box_geometry.pairwise_box_iou(p[None], gt[None])[0, 0]
                      for p, gt in zip(predicted, q_boxes)])
     print(json.dumps({"figure": name, "k": k, "iou": round(float(ious.mean()), 4),
                       "photos": len(ious)}), flush=True)
@@ -143,7 +143,7 @@ def main(argv):
   correlations = {"nearest": [], "random": []}
   for i, (fmap, hw, gt) in enumerate(zip(q_maps, q_hw, q_boxes)):
     embedded = projection(box_tokens(fmap, hw, candidates, grid))
-    ious = metrics.pairwise_box_iou(candidates, gt[None])[:, 0]
+    ious = box_geometry.pairwise_box_iou(candidates, gt[None])[:, 0]
     for name, rows in (("nearest", crop_neighbours[i]), ("random", random_rows[i])):
       best, similarity = layout_choice(embedded, crops[rows])
       choices[name].append(candidates[best])
@@ -168,7 +168,7 @@ def main(argv):
                           data)}))
     for neighbours_k in map(int, FLAGS.prior_k):
       prior_box = db_boxes[photo_order[:, :neighbours_k]].mean(1)
-      overlap = np.stack([metrics.pairwise_box_iou(b, p[None])[:, 0]
+      overlap = np.stack([box_geometry.pairwise_box_iou(b, p[None])[:, 0]
                           for b, p in zip(data["boxes"], prior_box)])
       for weight in map(float, FLAGS.prior_weights):
         chosen = selection_diagnostics.top1_choice(data["boxes"], data["scores"] + weight * overlap)

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from procrop_jax import box_geometry
 from procrop_jax import evaluate
 from procrop_jax import inference
 from procrop_jax import input_pipeline
@@ -106,7 +107,7 @@ def expected_iou_choice(boxes: np.ndarray, scores: np.ndarray, power: float) -> 
   chosen = []
   for b, s in zip(boxes, scores):
     p = s ** power / np.sum(s ** power)
-    chosen.append(b[np.argmax(metrics.pairwise_box_iou(b, b) @ p)])
+    chosen.append(b[np.argmax(box_geometry.pairwise_box_iou(b, b) @ p)])
   return np.stack(chosen)
 
 
@@ -158,7 +159,7 @@ def main(argv):
   data = proposals(FLAGS.workdir, FLAGS.split)
   n = len(data["gt"])
   top1 = top1_choice(data["boxes"], data["scores"])
-  overlap = np.stack([metrics.pairwise_box_iou(b, g[None])[:, 0]
+  overlap = np.stack([box_geometry.pairwise_box_iou(b, g[None])[:, 0]
                       for b, g in zip(data["boxes"], data["gt"])])
   best = data["boxes"][np.arange(n), np.argmax(overlap, 1)]
   emit = lambda **row: print(json.dumps({"workdir": FLAGS.workdir, "photos": n, **row}),

@@ -33,7 +33,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from procrop_jax import aspect
-from procrop_jax import metrics
+from procrop_jax import box_geometry
 
 # Width / height; their inverses (portrait) are common too.
 COMMON_RATIOS = (1.0, 5 / 4, 4 / 3, 7 / 5, 3 / 2, 16 / 9)
@@ -102,9 +102,9 @@ def select(proposals_px: np.ndarray, scores: np.ndarray, label_px: Sequence[floa
     if ratio is None:
       continue
     box = aspect.snap_box(proposals_px[i], canvas_wh, ratio)
-    if not metrics.pairwise_box_iou(box, label_px)[0, 0] > rules.min_label_iou:
+    if not box_geometry.pairwise_box_iou(box, label_px)[0, 0] > rules.min_label_iou:
       continue
-    if metrics.pairwise_box_iou(box, taken).max() > rules.duplicate_iou:
+    if box_geometry.pairwise_box_iou(box, taken).max() > rules.duplicate_iou:
       continue
     kept_boxes.append(box)
     kept_scores.append(float(scores[i]))
@@ -117,6 +117,6 @@ def diversity(boxes_px: np.ndarray) -> float:
   boxes_px = np.asarray(boxes_px, np.float64).reshape(-1, 4)
   if len(boxes_px) < 2:
     return 0.0
-  iou = metrics.pairwise_box_iou(boxes_px, boxes_px)
+  iou = box_geometry.pairwise_box_iou(boxes_px, boxes_px)
   upper = np.triu_indices(len(boxes_px), k=1)
   return float(1.0 - iou[upper].mean())

@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from procrop_jax import metrics
+from procrop_jax import box_geometry
 from procrop_jax import photos as photos_lib
 from procrop_jax.cad import generate
 from procrop_jax.cad import outpaint as outpaint_lib
@@ -116,7 +116,7 @@ def as_box(y: np.ndarray) -> np.ndarray:
 
 
 def mean_iou(pred: np.ndarray, true: np.ndarray) -> float:
-  return float(np.mean([metrics.pairwise_box_iou(p, t)[0, 0] for p, t in zip(pred, true)]))
+  return float(np.mean([box_geometry.pairwise_box_iou(p, t)[0, 0] for p, t in zip(pred, true)]))
 
 
 @dataclasses.dataclass

@@ -27,7 +27,7 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
-from procrop_jax import metrics
+from procrop_jax import box_geometry
 from procrop_jax.datasets import annotation_files
 from procrop_jax.datasets import crop_builder
 from procrop_jax.datasets import image_files
@@ -61,7 +61,7 @@ def parse_annotations(path: epath.PathLike) -> list[dict[str, Any]]:
     entries.append({
         "image_name": url.rstrip("/").rsplit("/", 1)[-1],
         "url": url,
-        "box_px": metrics.xywh_to_xyxy(crop[:1]),
+        "box_px": box_geometry.xywh_to_xyxy(crop[:1]),
         "line": line,
     })
   return entries
@@ -93,7 +93,7 @@ def parse_ranking(path: epath.PathLike) -> dict[str, tuple[np.ndarray, np.ndarra
       if any(len(c) != 1 for c in crops) or min(count) < 0:
         raise annotation_files.AnnotationError(
             path, line, f"{what}: expected one [x, y, w, h] per crop and non-negative votes")
-      boxes.append([metrics.xywh_to_xyxy(c[0]) for c in crops])
+      boxes.append([box_geometry.xywh_to_xyxy(c[0]) for c in crops])
       votes.append(count)
     name = str(entry["url"]).rstrip("/").rsplit("/", 1)[-1]
     pairs[name] = (np.array(boxes, np.float64).reshape(-1, 2, 4),
