@@ -6,7 +6,7 @@ r"""`procrop crop` against smartcrop on the same photos, in the same run: photos
 
 Measures, on the first N photos of DIR (default: the FCDB images in ../shared/data/fcdb/data),
 for each canvas size S of --canvas-sizes (default: the Cropper's for that model; photos on
-canvas buckets, see procrop_jax/crop.py):
+canvas buckets, see procrop_jax/cropper.py):
 
   procrop_free_photos_per_s    `procrop crop` free crops (--top-k per photo), decode to written
                                results (crops, results.jsonl, index.html), after a first pass
@@ -65,7 +65,7 @@ def matmul_flops_per_second(n: int = 2048) -> float:
 
 
 def build_predictor(args):
-  from procrop_jax import crop  # pylint: disable=g-import-not-at-top
+  from procrop_jax import cropper as cropper_lib  # pylint: disable=g-import-not-at-top
   from procrop_jax import inference  # pylint: disable=g-import-not-at-top
   if args.workdir:
     return inference.Predictor.from_workdir(args.workdir)
@@ -77,7 +77,7 @@ def build_predictor(args):
     spec.loader.exec_module(module)
     config = module.get_config()
     return inference.Predictor(model_zoo.create_model(config), config, source=args.config)
-  return crop.Cropper.pretrained(args.model).predictor
+  return cropper_lib.Cropper.pretrained(args.model).predictor
 
 
 def run_procrop(cropper, paths, out: pathlib.Path, targets, top_k: int) -> float:
@@ -158,32 +158,32 @@ def main() -> None:
   source.add_argument("--config")
   args = parser.parse_args()
 
-  from procrop_jax import crop  # pylint: disable=g-import-not-at-top
+  from procrop_jax import cropper as cropper_lib  # pylint: disable=g-import-not-at-top
   from procrop_jax import photos  # pylint: disable=g-import-not-at-top
   paths = sorted(p for p in pathlib.Path(args.photos).rglob("*")
                  if p.suffix.lower() in photos.IMAGE_SUFFIXES)[:args.limit]
   if not paths:
     raise SystemExit(f"no photos in {args.photos}")
-  target = crop.parse_aspect(args.aspect)
+  target = cropper_lib.parse_aspect(args.aspect)
   predictor = build_predictor(args)
   sizes = ([int(v) for v in args.canvas_sizes.split(",") if v]
-           or [crop.Cropper(predictor).canvas_size])
+           or [cropper_lib.Cropper(predictor).canvas_size])
   tmp = pathlib.Path(tempfile.mkdtemp(prefix="crop_benchmark_"))
   try:
     for path in paths:  # Every tool then reads the photos from the page cache.
       path.read_bytes()
     matmul = matmul_flops_per_second()
     for size in sizes:
-      cropper = crop.Cropper(predictor, batch_size=args.batch_size, canvas_size=size,
+      cropper = cropper_lib.Cropper(predictor, batch_size=args.batch_size, canvas_size=size,
                              buckets=args.buckets)
-      cold = run_procrop(cropper, paths, tmp / "cold", [crop.FREE], args.top_k)
+      cold = run_procrop(cropper, paths, tmp / "cold", [cropper_lib.FREE], args.top_k)
       run_procrop(cropper, paths, tmp / "warmup", [target], args.top_k)  # Compiles the rest.
       # The machine's speed drifts (other tenants): each round times the three back to back,
       # and the speed-ups are the medians of the rounds' own ratios.
       rounds = []
       for _ in range(args.rounds):
         smart = run_smartcrop(paths, tmp / "smartcrop", target.ratio)
-        free = run_procrop(cropper, paths, tmp / "free", [crop.FREE], args.top_k)
+        free = run_procrop(cropper, paths, tmp / "free", [cropper_lib.FREE], args.top_k)
         fixed = run_procrop(cropper, paths, tmp / "aspect", [target], args.top_k)
         rounds.append((smart, free, fixed))
       smart, free, fixed = np.median(rounds, axis=0)

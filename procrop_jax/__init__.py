@@ -11,6 +11,6 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
   # Lazy: `import procrop_jax` stays instant (no JAX or TensorFlow) until the cropper is used.
   if name == "Cropper":
-    from procrop_jax.crop import Cropper  # pylint: disable=g-import-not-at-top
+    from procrop_jax.cropper import Cropper  # pylint: disable=g-import-not-at-top
     return Cropper
   raise AttributeError(f"module 'procrop_jax' has no attribute {name!r}")

@@ -46,6 +46,13 @@ def atomic_write_json(path: PathLike, obj: Any, **dumps_kwargs) -> None:
   atomic_write_text(path, json.dumps(obj, **dumps_kwargs))
 
 
+def cache_dir() -> pathlib.Path:
+  """The user's procrop_jax cache: $PROCROP_CACHE_DIR, else ~/.cache/procrop_jax (converted
+  ImageNet weights; compiled model passes in its `jax/` folder)."""
+  env = os.environ.get("PROCROP_CACHE_DIR")
+  return pathlib.Path(env) if env else pathlib.Path.home() / ".cache" / "procrop_jax"
+
+
 def fingerprint(obj: Any) -> str:
   """A short stable hash of a JSON-serialisable value (dict keys in any order)."""
   text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)

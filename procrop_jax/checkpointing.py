@@ -23,6 +23,7 @@ import orbax.checkpoint as ocp
 import tensorflow as tf
 
 from procrop_jax import artifacts
+from procrop_jax import workdir as workdir_lib
 
 State = dict[str, Any]
 # Metrics where lower is better (for best-checkpoint tracking).
@@ -40,8 +41,7 @@ def create_checkpoint_manager(workdir: str, config: ml_collections.ConfigDict, *
       max_to_keep=config.train.keep_checkpoints, create=True,
       save_interval_steps=max(config.train.checkpoint_every, 1),
       cleanup_tmp_directories=cleanup_tmp)
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
-                               options=options)
+  return ocp.CheckpointManager(workdir_lib.checkpoints_dir(workdir), options=options)
 
 
 def restore_state(manager: ocp.CheckpointManager, abstract_state: State,
@@ -83,7 +83,7 @@ class BestCheckpoint:
   def __init__(self, workdir: str, metric: str, *, cleanup_tmp: bool = False):
     self.metric = metric
     self.manager = ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, "checkpoints_best")),
+        workdir_lib.checkpoints_dir(workdir, best=True),
         options=ocp.CheckpointManagerOptions(create=True, cleanup_tmp_directories=cleanup_tmp))
     self.best = None
     self.step = self.manager.latest_step()

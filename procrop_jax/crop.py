@@ -1,9 +1,9 @@
-r"""Cropping photos: the `Cropper` API, the `procrop crop` command and `main --mode=crop`.
+r"""The `procrop crop` command: photos, folders, globs or stdin in, crops and a contact sheet out.
 
   procrop crop PATH... [--out DIR] [--aspect W:H ...] [--size WxH ...] [--top-k K]
                        [--workdir DIR [--best] | --model NAME_OR_PATH] [--batch-size B]
                        [--canvas-size S] [--compile-cache DIR]
-                       [--format keep|jpg|png|webp]
+                       [--format keep|jpg|png|webp] [--quiet]
 
 (`python -m procrop_jax.crop ...` is the same.) PATH is any mix of files, folders (recursive),
 globs and `-` (one image on stdin). Without --workdir the shipped model is used. Under OUT
@@ -20,25 +20,15 @@ globs and `-` (one image on stdin). Without --workdir the shipped model is used.
 
 Exit status: 0 all inputs cropped, 1 some failed (the others are still written), 2 usage error.
 
-Free crops are the model's proposals, best first, with greedy non-maximum suppression so that
-the top-k differ. With an aspect ratio (`--aspect 16:9`, or `--size 1080x1080`, which also
-resizes the crops), candidate boxes of exactly that ratio (to within a pixel) come from a grid of
-sizes and positions and from the model's own proposals snapped to the ratio, the best are refined
-locally, and the model scores them all (its given-box decoder path; see aspect.py): the score of
-such a crop is what `Cropper.score` gives for its box. A free crop's score is its proposal's
-confidence; models trained with `loss.given_iou_weight` put both on the same scale (the
-estimated IoU with an expert's crop).
-
-Photos are decoded in threads while the model runs, and crops are written while the model runs
-on the next batch. Each photo's longer side is resized to the model's canvas size S
-(--canvas-size; default the model's config.crop.canvas_size, else the size it was trained at),
-and its shorter side is padded to the
-smallest of a few canvas buckets that holds it (CANVAS_BUCKETS: 9/16, 3/4 and all of S, in
-multiples of 32), not always to S: a 3:2 photo at S = 320 runs on 320 x 256, a 16:9 one on
-320 x 192. Batches are formed per bucket and padded to --batch-size, candidate lists to a fixed
-count per aspect, so a run compiles its forward passes once per bucket; --compile-cache keeps
-the compiled passes for the next run. (A model with retrieval keeps its S x S canvas.)
-results.jsonl lists the inputs in the order they finish.
+The crops themselves come from the `Cropper` (cropper.py: free crops, fixed aspects, canvas
+buckets). Photos are decoded in threads while the model runs, and crops are written while the
+model runs on the next batch; batches are formed per canvas bucket. Start-up costs are kept to
+what the model needs: no TensorFlow is imported (unless the model uses retrieval), the
+parameters are read into abstract shapes, and the compiled passes are kept in JAX's persistent
+compilation cache (--compile-cache, default $PROCROP_COMPILE_CACHE, else
+$PROCROP_CACHE_DIR/jax or ~/.cache/procrop_jax/jax; '' turns it off), so a later run loads them
+instead of compiling. Each start-up step that can take a second prints a line (not with
+--quiet). results.jsonl lists the inputs in the order they finish.
 """
 
 from __future__ import annotations
@@ -50,295 +40,21 @@ import html
 import json
 import os
 import pathlib
-import re
 import sys
 import time
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
-import ml_collections
-import numpy as np
 from PIL import Image
 import tqdm
 
-from procrop_jax import aspect
-from procrop_jax import box_geometry
+from procrop_jax import cropper as cropper_lib
 from procrop_jax import html_pages
+from procrop_jax import inference
+from procrop_jax import model_zoo
 from procrop_jax import photos
+from procrop_jax import workdir as workdir_lib
 
 DEFAULT_OUT = "crops"
-CANVAS_MULTIPLE = 32  # The backbone's stride: canvas sides are multiples of it.
-# The canvas's shorter side, as fractions of S: 16:9 photos, 4:3 and 3:2 ones, the rest. Few
-# buckets: each compiles its own forward passes (seconds each on a CPU).
-CANVAS_BUCKETS = (9 / 16, 3 / 4, 1.0)
-_ASPECT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[:x/]\s*(\d+(?:\.\d+)?)\s*$")
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
-
-
-# ------------------------------------------------------------------------------------- targets
-@dataclasses.dataclass(frozen=True)
-class Target:
-  """What a user asked crops of: free, an aspect ratio, or an exact output size."""
-  label: str  # "free", "16x9", "1.5", "1080x1080": names the output files and the crops.
-  ratio: float | None = None  # width / height; None: free crops.
-  size: tuple[int, int] | None = None  # (width, height) the crops are resized to.
-
-
-FREE = Target("free")
-
-
-def parse_aspect(text: str | float) -> Target:
-  """`16:9`, `16x9`, `4/5`, `1.5` or a float -> a Target; raises ValueError naming the problem."""
-  if isinstance(text, (int, float)):
-    ratio, label = float(text), f"{float(text):g}"
-  else:
-    match = _ASPECT_RE.match(text)
-    if match:
-      w, h = float(match[1]), float(match[2])
-      if h == 0:
-        raise ValueError(f"aspect {text!r}: the height is 0")
-      ratio, label = w / h, f"{match[1]}x{match[2]}"
-    else:
-      try:
-        ratio = float(text)
-      except ValueError:
-        raise ValueError(f"aspect {text!r}: use W:H (16:9) or a number (1.5)") from None
-      label = text.strip()
-  if not np.isfinite(ratio) or ratio <= 0:
-    raise ValueError(f"aspect {text!r}: width / height must be a positive number")
-  if not 0.01 <= ratio <= 100:
-    raise ValueError(f"aspect {text!r}: width / height must be between 1:100 and 100:1")
-  return Target(label, ratio)
-
-
-def parse_size(text: str) -> Target:
-  """`1080x1080` -> a Target of that ratio whose crops are resized to exactly that size."""
-  match = _SIZE_RE.match(text)
-  if not match or int(match[1]) < 1 or int(match[2]) < 1:
-    raise ValueError(f"size {text!r}: use WIDTHxHEIGHT in pixels, e.g. 1080x1080")
-  w, h = int(match[1]), int(match[2])
-  return Target(f"{w}x{h}", w / h, (w, h))
-
-
-def _as_target(aspect: Target | str | float | None) -> Target:
-  if aspect is None:
-    return FREE
-  return aspect if isinstance(aspect, Target) else parse_aspect(aspect)
-
-
-# ----------------------------------------------------------------------------------- geometry
-@dataclasses.dataclass(frozen=True)
-class Crop:
-  """A crop of the upright photo: [x1, y1, x2, y2] in whole pixels, its score in [0, 1], and
-  the aspect it was asked for ("free" for a free crop)."""
-  box: tuple[int, int, int, int]
-  score: float
-  aspect: str = "free"
-
-
-def non_max_suppression(boxes: np.ndarray, scores: np.ndarray, *, iou_threshold: float,
-                        top_k: int) -> np.ndarray:
-  """Indices of up to top_k boxes, best first, none overlapping a kept one above the threshold."""
-  order = np.argsort(-scores, kind="stable")
-  ious = box_geometry.pairwise_box_iou(boxes, boxes)
-  kept: list[int] = []
-  for i in order:
-    if all(ious[i, j] <= iou_threshold for j in kept):
-      kept.append(int(i))
-      if len(kept) == top_k:
-        break
-  return np.array(kept, np.int64)
-
-
-# ------------------------------------------------------------------------------------ cropper
-ImageLike = Any  # A path, a PIL image, or an uint8 [H, W, 3] / [H, W] array.
-
-
-def _to_pil(image: ImageLike, max_pixels: int) -> Image.Image:
-  if isinstance(image, Image.Image):
-    return image
-  if isinstance(image, (str, os.PathLike)):
-    return photos.read_photo(str(image), max_pixels=max_pixels).image
-  array = np.asarray(image)
-  if array.dtype != np.uint8 or array.ndim not in (2, 3) or (
-      array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
-    raise ValueError(f"expected an uint8 [H, W], [H, W, 3] or [H, W, 4] array, got "
-                     f"{array.dtype} {array.shape}")
-  return Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[2] == 1 else array)
-
-
-@dataclasses.dataclass
-class _Prepared:
-  """A photo on the model's canvas."""
-  canvas: np.ndarray
-  valid_hw: np.ndarray
-  size: tuple[int, int]  # (width, height) of the upright photo.
-
-
-class Cropper:
-  """Scored crops of photos with a trained model.
-
-    from procrop_jax import Cropper
-    cropper = Cropper.pretrained()                      # or Cropper.from_workdir(DIR, best=True)
-    cropper.crop("photo.jpg", top_k=3)                  # free crops, best first
-    cropper.crop(image, aspect="16:9")                  # crops of exactly that ratio
-    cropper.score(image, [[0, 0, 640, 360]])            # scores of boxes you give
-    cropper.crop_many(paths, aspect=1.0)                # batched
-  """
-
-  def __init__(self, predictor, *, nms_iou: float = 0.7,
-               max_pixels: int = photos.DEFAULT_MAX_PIXELS, batch_size: int = 8,
-               canvas_size: int | None = None, buckets: bool = True,
-               aspect_candidates: aspect.Candidates = aspect.FAST):
-    """`predictor` is an `inference.Predictor`.
-
-    `canvas_size` is the side S the photo's longer side is resized to (default: the model's
-    `config.crop.canvas_size`, else its training size); with `buckets` the canvas's shorter side is the smallest of
-    `CANVAS_BUCKETS` that holds the photo's instead of S: fewer pixels, the same crops within
-    noise (experiments/README.md). Both need a model without retrieval (`flexible_canvas`).
-    `aspect_candidates` are the boxes scored for a fixed-aspect crop (`aspect.FAST`, or
-    `aspect.DENSE` as the aspect-conditioned evaluation scores them).
-    """
-    self.predictor = predictor
-    self.aspect_candidates = aspect_candidates
-    self.nms_iou = nms_iou
-    self.max_pixels = max_pixels
-    self.batch_size = batch_size
-    if canvas_size is not None and (canvas_size <= 0 or canvas_size % CANVAS_MULTIPLE):
-      raise ValueError(f"canvas_size={canvas_size}: use a positive multiple of "
-                       f"{CANVAS_MULTIPLE}")
-    configured = int(predictor.config.crop.get("canvas_size", 0) or 0)
-    self.canvas_size = int(canvas_size or configured or predictor.image_size)
-    flexible = predictor.flexible_canvas
-    if self.canvas_size != predictor.image_size and not flexible:
-      raise ValueError(
-          f"canvas_size={self.canvas_size}: this model uses retrieval, whose fusion was built "
-          f"for its training canvas ({predictor.image_size} px); leave canvas_size (and "
-          "config.crop.canvas_size) unset")
-    self.buckets = bool(buckets) and flexible
-
-  def canvas_shape(self, width: int, height: int) -> tuple[int, int]:
-    """(height, width) of the canvas a width x height photo is put on: its bucket."""
-    return photos.canvas_shape(width, height, self.canvas_size,
-                               CANVAS_BUCKETS if self.buckets else None)[:2]
-
-  @classmethod
-  def pretrained(cls, name_or_path: str | os.PathLike[str] | None = None, **kwargs
-                 ) -> "Cropper":
-    """The shipped model (`model_zoo.DEFAULT_MODEL` unless named) or an exported folder."""
-    from procrop_jax import inference  # pylint: disable=g-import-not-at-top  (imports JAX)
-    return cls(inference.Predictor.from_pretrained(name_or_path), **kwargs)
-
-  @classmethod
-  def from_workdir(cls, workdir: str | os.PathLike[str], *, best: bool = False,
-                   config: ml_collections.ConfigDict | None = None, **kwargs) -> "Cropper":
-    """The latest (or best) checkpoint of a training run, with the run's own config."""
-    from procrop_jax import inference  # pylint: disable=g-import-not-at-top  (imports JAX)
-    return cls(inference.Predictor.from_workdir(workdir, best=best, config=config), **kwargs)
-
-  # ------------------------------------------------------------------------------- public API
-  def crop(self, image: ImageLike, aspect: Target | str | float | None = None,
-           top_k: int = 3) -> list[Crop]:
-    """The top_k crops of one photo, best first; `aspect` (width / height, "16:9") fixes the
-    ratio of every crop."""
-    return self.crop_many([image], aspect=aspect, top_k=top_k)[0]
-
-  def crop_many(self, images: Iterable[ImageLike],
-                aspect: Target | str | float | None = None, top_k: int = 3
-                ) -> list[list[Crop]]:
-    """`crop` for many photos, batched."""
-    target = _as_target(aspect)
-    prepared = [self.prepare(_to_pil(image, self.max_pixels)) for image in images]
-    buckets: dict[tuple[int, ...], list[int]] = {}  # Canvas shape -> photos on it.
-    for i, p in enumerate(prepared):
-      buckets.setdefault(p.canvas.shape, []).append(i)
-    out: list[list[Crop]] = [[] for _ in prepared]
-    for indices in buckets.values():
-      for start in range(0, len(indices), self.batch_size):
-        chunk = indices[start:start + self.batch_size]
-        crops = self.crop_batch([prepared[i] for i in chunk], [target], top_k=top_k)
-        for i, c in zip(chunk, crops):
-          out[i] = c[target.label]
-    return out
-
-  def score(self, image: ImageLike, boxes: Sequence[Sequence[float]]) -> np.ndarray:
-    """The model's scores [N] in [0, 1] of pixel boxes [N, 4] ([x1, y1, x2, y2]) of a photo."""
-    prepared = self.prepare(_to_pil(image, self.max_pixels))
-    width, height = prepared.size
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    if not len(boxes):
-      return np.zeros((0,), np.float64)
-    # A multiple of 16 given boxes: a few compiled shapes whatever the count.
-    padded = np.zeros((-(-len(boxes) // 16) * 16, 4))
-    padded[:len(boxes)] = boxes / [width, height, width, height]
-    padded[len(boxes):] = padded[0]
-    scores = self._predict([prepared], padded[None])["scores"][0]
-    return np.asarray(scores[:len(boxes)], np.float64)
-
-  # ---------------------------------------------------------------------------------- batches
-  def prepare(self, image: Image.Image) -> _Prepared:
-    """An upright PIL photo on the model's canvas."""
-    canvas, valid_hw = photos.canvas(image, self.canvas_size,
-                                     CANVAS_BUCKETS if self.buckets else None)
-    return _Prepared(canvas, valid_hw, image.size)
-
-  def _predict(self, batch: list[_Prepared], boxes: np.ndarray | None = None, *,
-               encoding: dict[str, np.ndarray] | None = None, keep_encoding: bool = False
-               ) -> dict[str, Any]:
-    """Predicts on a batch padded to batch_size, so that every call has the same shapes.
-
-    The "encoding" it keeps stays padded, for the calls that reuse it."""
-    n = len(batch)
-    canvases, valid = self._padded(batch)
-    if boxes is not None:
-      boxes = np.concatenate([boxes, np.repeat(boxes[:1], len(canvases) - n, 0)])
-    if encoding is not None:
-      canvases = None
-    outputs = self.predictor.predict(canvases, valid, boxes, encoding=encoding,
-                                     keep_encoding=keep_encoding)
-    return {k: v if k == "encoding" else v[:n] for k, v in outputs.items()}
-
-  def _padded(self, batch: list[_Prepared]) -> tuple[np.ndarray, np.ndarray]:
-    shapes = {p.canvas.shape[:2] for p in batch}
-    if len(shapes) > 1:
-      raise ValueError(f"one batch holds canvases of several shapes {sorted(shapes)}: batch "
-                       "photos of the same Cropper.canvas_shape")
-    size = max(self.batch_size, len(batch))
-    pad = [batch[0]] * (size - len(batch))
-    return (np.stack([p.canvas for p in batch + pad]),
-            np.stack([p.valid_hw for p in batch + pad]))
-
-  def crop_batch(self, batch: list[_Prepared], targets: Sequence[Target], *, top_k: int
-                 ) -> list[dict[str, list[Crop]]]:
-    """For each photo, target label -> its top_k crops, best first."""
-    results: list[dict[str, list[Crop]]] = [{} for _ in batch]
-    ratios = [t for t in targets if t.ratio is not None]
-    # Free proposals: the free crops, and (snapped) candidates of every fixed ratio. Fixed
-    # ratios then score candidates on the same photos: the backbone, the encoder and the
-    # learned queries' decoder rows run once, in this pass.
-    reuse = bool(ratios) and self.predictor.reuses_encoding
-    proposals = self._predict(batch, keep_encoding=reuse)
-    encoding = proposals.get("encoding")
-    proposals_px = [proposals["boxes"][i].astype(np.float64) * (p.size * 2)
-                    for i, p in enumerate(batch)]
-    if any(t.ratio is None for t in targets):
-      for i, p in enumerate(batch):
-        boxes = np.array([aspect.snap_box(b, p.size) for b in proposals_px[i]], np.float64)
-        results[i]["free"] = self._top(boxes, proposals["scores"][i], top_k, "free")
-    if ratios:
-      chosen = aspect.choose(
-          lambda given: self._predict(batch, given, encoding=encoding)["scores"], proposals_px,
-          [p.size for p in batch], [[t.ratio for t in ratios]] * len(batch),
-          candidates=self.aspect_candidates, proposal_scores=list(proposals["scores"]))
-      for i in range(len(batch)):
-        for j, t in enumerate(ratios):
-          boxes, scores = chosen[i][j]
-          results[i][t.label] = self._top(boxes.astype(np.float64), scores, top_k, t.label)
-    return results
-
-  def _top(self, boxes: np.ndarray, scores: np.ndarray, top_k: int, label: str) -> list[Crop]:
-    scores = np.asarray(scores, np.float64)
-    keep = non_max_suppression(boxes, scores, iou_threshold=self.nms_iou, top_k=top_k)
-    return [Crop(tuple(int(v) for v in boxes[i]), float(scores[i]), label) for i in keep]
 
 
 # -------------------------------------------------------------------------------- the command
@@ -371,7 +87,7 @@ def _output_bases(inputs: Sequence[photos.Input]) -> list[pathlib.PurePath]:
   return bases
 
 
-def _decode(item: photos.Input, max_pixels: int, cropper: Cropper):
+def _decode(item: photos.Input, max_pixels: int, cropper: cropper_lib.Cropper):
   """(Photo, prepared) or a PhotoError; runs in a worker thread."""
   try:
     photo = photos.read_photo(item.source, max_pixels=max_pixels)
@@ -394,10 +110,11 @@ def _ordered(executor, fn, items: Sequence[Any], lookahead: int) -> Iterator[Any
     yield future.result()
 
 
-def run(inputs: Sequence[photos.Input], cropper: Cropper, *, out_dir: str | os.PathLike[str],
-        targets: Sequence[Target] = (FREE,), top_k: int = 3, fmt: str = "keep",
-        quality: int = 92, problems: Sequence[tuple[str, str]] = (), workers: int = 2,
-        progress: bool = True) -> RunSummary:
+def run(inputs: Sequence[photos.Input], cropper: cropper_lib.Cropper, *,
+        out_dir: str | os.PathLike[str],
+        targets: Sequence[cropper_lib.Target] = (cropper_lib.FREE,), top_k: int = 3,
+        fmt: str = "keep", quality: int = 92, problems: Sequence[tuple[str, str]] = (),
+        workers: int = 2, progress: bool = True) -> RunSummary:
   """Crops `inputs` into `out_dir` (crops, results.jsonl, index.html); see the module docstring.
 
   `problems` are (argument, reason) pairs from `photos.list_inputs`, reported as errors.
@@ -426,7 +143,7 @@ def run(inputs: Sequence[photos.Input], cropper: Cropper, *, out_dir: str | os.P
             "crops": []})
       failed += 1
 
-    Decoded = tuple[int, photos.Photo, _Prepared]  # (input index, photo, its canvas)
+    Decoded = tuple[int, photos.Photo, cropper_lib.Prepared]  # (input index, photo, its canvas)
     written: list[tuple[list[Decoded], dict[int, dict[str, Any]], list]] = []
 
     def finish(batch: list[Decoded]) -> None:
@@ -505,7 +222,7 @@ def run(inputs: Sequence[photos.Input], cropper: Cropper, *, out_dir: str | os.P
   return RunSummary(len(inputs) + len(problems), ok, failed, out, time.perf_counter() - start)
 
 
-def _save_preview(prepared: _Prepared, path: pathlib.Path) -> None:
+def _save_preview(prepared: cropper_lib.Prepared, path: pathlib.Path) -> None:
   """The photo as the model saw it (its canvas, unpadded): a light image for the contact sheet."""
   pixels = photos.from_canvas(prepared.canvas, prepared.valid_hw)
   path.parent.mkdir(parents=True, exist_ok=True)
@@ -552,7 +269,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _target_arg(parse):
-  def convert(text: str) -> Target:
+  def convert(text: str) -> cropper_lib.Target:
     try:
       return parse(text)
     except ValueError as e:
@@ -571,16 +288,17 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser(prog: str = "procrop crop") -> argparse.ArgumentParser:
-  from procrop_jax import model_zoo  # pylint: disable=g-import-not-at-top  (imports JAX: not at the CLI's start)
   parser = _Parser(prog=prog, description="Crops photos with a ProCrop model (see "
                    "procrop_jax/crop.py).")
   parser.add_argument("paths", nargs="*", metavar="PATH",
                       help="files, folders (recursive), globs, or - for one image on stdin")
   parser.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: %(default)s)")
-  parser.add_argument("--aspect", action="append", type=_target_arg(parse_aspect), default=[],
+  parser.add_argument("--aspect", action="append", default=[],
+                      type=_target_arg(cropper_lib.parse_aspect),
                       help="width:height (16:9) or a number (1.5) of every crop; repeatable; "
                       "default: free crops")
-  parser.add_argument("--size", action="append", type=_target_arg(parse_size), default=[],
+  parser.add_argument("--size", action="append", default=[],
+                      type=_target_arg(cropper_lib.parse_size),
                       help="WIDTHxHEIGHT: crops of that ratio resized to exactly that size; "
                       "repeatable")
   parser.add_argument("--top-k", type=_positive_int, default=3,
@@ -608,50 +326,43 @@ def build_parser(prog: str = "procrop crop") -> argparse.ArgumentParser:
                       help="photos with more pixels are refused unread (default: %(default)s)")
   parser.add_argument("--workers", type=_positive_int, default=2,
                       help="threads decoding and writing photos (default: %(default)s)")
-  parser.add_argument("--compile-cache", default=_default_compile_cache(),
+  parser.add_argument("--compile-cache", default=inference.default_compile_cache(),
                       help="folder of JAX's persistent compilation cache: later runs load the "
                       "compiled model instead of compiling it; '' turns it off (default: "
-                      "%(default)s)")
+                      f"%(default)s; ${inference.COMPILE_CACHE_ENV} sets another)")
   parser.add_argument("--quiet", action="store_true", help="no progress bar")
   return parser
 
 
-def _default_compile_cache() -> str:
-  """$JAX_COMPILATION_CACHE_DIR where it is set (empty: no cache), else the user's cache."""
-  if "JAX_COMPILATION_CACHE_DIR" in os.environ:
-    return os.environ["JAX_COMPILATION_CACHE_DIR"]
-  cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(cache, "procrop_jax", "jax")
-
-
-def _use_compile_cache(folder: str) -> None:
-  """Keeps compiled passes on disk: each canvas bucket costs seconds of compilation on a CPU,
-  which a later run over photos of the same buckets then skips."""
-  if not folder:
-    return
-  import jax  # pylint: disable=g-import-not-at-top  (not at the CLI's start)
-  jax.config.update("jax_compilation_cache_dir", os.path.expanduser(folder))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-
-
-def _load_cropper(args: argparse.Namespace) -> Cropper:
-  """The cropper the flags ask for; a problem is one line and exit status 2."""
-  from procrop_jax import model_zoo  # pylint: disable=g-import-not-at-top  (imports JAX)
-  kwargs = dict(nms_iou=args.nms_iou, max_pixels=args.max_pixels, batch_size=args.batch_size,
-                canvas_size=args.canvas_size)
+def _model_source(args: argparse.Namespace) -> str:
+  """What the flags name as the model (checked quickly, before the slow load); a problem is one
+  line and exit status 2."""
   try:
     if args.workdir:
-      return Cropper.from_workdir(args.workdir, best=args.best, **kwargs)
+      workdir_lib.resolve_config(args.workdir)  # A training run's folder?
+      return args.workdir
     name = args.model or model_zoo.DEFAULT_MODEL
     if args.model is None and name not in model_zoo.available():
       raise FileNotFoundError(
           f"the default model {name!r} is not installed (models in this installation: "
           f"{', '.join(model_zoo.available()) or 'none'}); pass --workdir DIR (a training run) "
           "or --model PATH (an exported model)")
-    return Cropper.pretrained(name, **kwargs)
+    return str(model_zoo.model_dir(name)) if args.model else name
   except (FileNotFoundError, ValueError) as e:
-    message = str(e).splitlines()[0] if str(e) else type(e).__name__
-    raise _UsageError(message) from e
+    raise _UsageError(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
+
+
+def _load_cropper(args: argparse.Namespace) -> cropper_lib.Cropper:
+  """The cropper the flags ask for; a problem is one line and exit status 2."""
+  kwargs = dict(nms_iou=args.nms_iou, max_pixels=args.max_pixels, batch_size=args.batch_size,
+                canvas_size=args.canvas_size,
+                progress=None if args.quiet else inference.progress_to_stderr)
+  try:
+    if args.workdir:
+      return cropper_lib.Cropper.from_workdir(args.workdir, best=args.best, **kwargs)
+    return cropper_lib.Cropper.pretrained(args.model or model_zoo.DEFAULT_MODEL, **kwargs)
+  except (FileNotFoundError, ValueError) as e:
+    raise _UsageError(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
 
 
 class _UsageError(Exception):
@@ -668,23 +379,30 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "procrop crop") -> in
     parser.error("--best needs --workdir")
   if args.workdir and args.model:
     parser.error("give --workdir or --model, not both")
-  if args.canvas_size is not None and args.canvas_size % CANVAS_MULTIPLE:
-    parser.error(f"--canvas-size {args.canvas_size}: use a multiple of {CANVAS_MULTIPLE}")
+  if args.canvas_size is not None and args.canvas_size % cropper_lib.CANVAS_MULTIPLE:
+    parser.error(f"--canvas-size {args.canvas_size}: use a multiple of "
+                 f"{cropper_lib.CANVAS_MULTIPLE}")
   if not 0 <= args.nms_iou <= 1:
     parser.error(f"--nms-iou {args.nms_iou}: use a value in [0, 1]")
   if args.paths.count(photos.STDIN) > 1:
     parser.error("- (stdin) can be given once")
-  targets = [*args.aspect, *args.size] or [FREE]
+  targets = [*args.aspect, *args.size] or [cropper_lib.FREE]
   if len({t.label for t in targets}) != len(targets):
     parser.error("the same --aspect or --size is given twice")
-  _hide_gpus_from_tensorflow()
-  _use_compile_cache(args.compile_cache)
+  inference.use_compile_cache(args.compile_cache)
   inputs, problems = photos.list_inputs(args.paths, exclude=args.out)
   try:
+    source = _model_source(args)
+    if not args.quiet:
+      inference.progress_to_stderr(f"Loading {source} (compiled passes: "
+                                   f"{args.compile_cache or 'not kept'})")
+    start = time.perf_counter()
     cropper = _load_cropper(args)
   except _UsageError as e:
     print(f"{prog}: error: {e}", file=sys.stderr)
     return 2
+  if not args.quiet:
+    inference.progress_to_stderr(f"  loaded in {time.perf_counter() - start:.1f} s")
   summary = run(inputs, cropper, out_dir=args.out, targets=targets, top_k=args.top_k,
                 fmt=args.format, quality=args.quality, problems=problems,
                 workers=args.workers, progress=not args.quiet)
@@ -694,49 +412,6 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "procrop crop") -> in
            if summary.failed else "") + f". Contact sheet: {summary.out_dir / 'index.html'}",
         file=sys.stderr)
   return 1 if summary.failed else 0
-
-
-def _hide_gpus_from_tensorflow() -> None:
-  # TensorFlow (imported for retrieval and the input pipeline) would reserve all GPU memory.
-  try:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    tf.config.set_visible_devices([], "GPU")
-  except Exception:  # pylint: disable=broad-except  (no TF, or devices already initialised)
-    pass
-
-
-# ------------------------------------------------------------------------------ main --mode=crop
-def crop_folder(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """`main --mode=crop`: crops config.crop.input_dir (default: scikit-image's photos) into
-  config.crop.output_dir (default WORKDIR/crops) with the run's latest checkpoint, as
-  `procrop crop` would."""
-  crop_config = config.crop
-  if crop_config.input_dir:
-    if not os.path.isdir(crop_config.input_dir):
-      raise FileNotFoundError(f"config.crop.input_dir={crop_config.input_dir!r} is not a "
-                              "directory.")
-    args = [crop_config.input_dir]
-  else:
-    args = [str(p) for p in photos.skimage_photo_paths()]
-  output_dir = crop_config.output_dir or os.path.join(workdir, "crops")
-  inputs, problems = photos.list_inputs(args, exclude=output_dir)
-  if not inputs:
-    raise FileNotFoundError(f"No images ({', '.join(photos.IMAGE_SUFFIXES)}) in {args}.")
-  cropper = Cropper.from_workdir(workdir, config=config, nms_iou=crop_config.nms_iou)
-  targets = [parse_aspect(crop_config.aspect_ratio)] if crop_config.aspect_ratio else [FREE]
-  summary = run(inputs, cropper, out_dir=output_dir, targets=targets, top_k=crop_config.top_k,
-                problems=problems)
-  failed = {}
-  with open(summary.out_dir / "results.jsonl") as f:
-    for line in f:
-      record = json.loads(line)
-      if record["status"] != "ok":
-        failed[record["path"]] = record["error"]
-  print(f"Cropped {summary.ok} of {summary.total} photos into {summary.out_dir}"
-        + (f"; {summary.failed} failed: " + "; ".join(f"{k}: {v}" for k, v in failed.items())
-           if failed else "") + f". Contact sheet: {summary.out_dir / 'index.html'}",
-        flush=True)
-  return {"cropped": summary.ok, "failed": failed, "output_dir": str(summary.out_dir)}
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import ml_collections
 
 from procrop_jax import inference
 from procrop_jax import model_zoo
+from procrop_jax import modes
 
 COMMAND_FILE = "command.txt"  # main --mode=train records its command line here.
 _REPORTED = ("iou", "bde", "iou_top5", "pair_acc", "pair_acc_strong", "aspect_iou", "aspect_bde",
@@ -71,7 +72,7 @@ def ship(model, config: ml_collections.ConfigDict, out_dir: str, *, card: dict[s
   path = model_zoo.export(model, config, out_dir, card=card, dtype=dtype)
   # The figures of what ships: the written folder, loaded back.
   shipped = inference.Predictor.from_pretrained(path)
-  results = shipped.run_benchmarks(None)
+  results = modes.run_benchmarks(shipped, None)
   card = json.loads((path / "model_card.json").read_text())
   card["benchmarks"] = {name: {k: r[k] for k in _REPORTED if k in r}
                         for name, r in results.items()}

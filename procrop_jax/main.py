@@ -19,9 +19,9 @@ from ml_collections import config_flags
 # mode -> (module, function); imported lazily so that `--help` and flag errors are instant.
 MODES = {
     "train": ("procrop_jax.train", "train_and_evaluate"),
-    "eval": ("procrop_jax.inference", "evaluate_checkpoint"),
+    "eval": ("procrop_jax.modes", "evaluate_checkpoint"),
     "build_index": ("procrop_jax.retrieval.build", "build_index"),
-    "crop": ("procrop_jax.crop", "crop_folder"),
+    "crop": ("procrop_jax.modes", "crop_folder"),
     "export": ("procrop_jax.export", "export_run"),
     "refine_cad": ("procrop_jax.refine_cad", "refine_cad"),
 }
@@ -112,8 +112,8 @@ def main(argv) -> None:
   config = FLAGS.config
   if config is None:  # eval/crop of a run that wrote its config (checked in _parse_flags).
     # Each mode imports only its own module (below); this one reads the run's config.
-    from procrop_jax import inference  # pylint: disable=g-import-not-at-top
-    config = inference.read_config(FLAGS.workdir)
+    from procrop_jax import workdir  # pylint: disable=g-import-not-at-top
+    config = workdir.read_config(FLAGS.workdir)
   if FLAGS.mode == "train" and jax.process_index() == 0:
     _record_command(FLAGS.workdir)
   module_name, function_name = MODES[FLAGS.mode]
@@ -127,7 +127,9 @@ def main(argv) -> None:
 def run() -> None:
   """Console-script entry point (`procrop`; `procrop crop ...` is the cropping command)."""
   if len(sys.argv) > 1 and sys.argv[1] == "crop":
-    from procrop_jax import crop  # pylint: disable=g-import-not-at-top  (no JAX, no flags)
+    if "--quiet" not in sys.argv and not {"-h", "--help"} & set(sys.argv):
+      print("Starting procrop (JAX) ...", file=sys.stderr, flush=True)  # About a second.
+    from procrop_jax import crop  # pylint: disable=g-import-not-at-top  (no absl flags)
     try:
       sys.exit(crop.main(sys.argv[2:]))
     except KeyboardInterrupt:

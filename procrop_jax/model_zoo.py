@@ -13,7 +13,9 @@ A shipped model is a folder (`procrop_jax/shipped/<name>/` for the ones in the p
                    version, the parameter dtype and the sha256 of params.npz (checked on load)
 
 `load()` reads only numpy arrays and JSON (no pickle), so a model folder from elsewhere cannot run
-code when loaded. `export()` writes such a folder from a trained model.
+code when loaded, and builds no random parameters: the model's shapes come from `abstract_model`
+(`nnx.eval_shape`) and every variable is then filled with a stored array (or the package's
+ImageNet backbone). `export()` writes such a folder from a trained model.
 """
 
 from __future__ import annotations
@@ -112,6 +114,28 @@ def _atomic_write(path: pathlib.Path, data: bytes) -> None:
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
+
+
+def abstract_model(config: ml_collections.ConfigDict) -> procrop.ProCrop:
+  """The model of `config` with shapes and dtypes only (`nnx.eval_shape`): nothing is
+  initialised, so loading stored parameters into it costs no random initialisation."""
+  return nnx.eval_shape(lambda: procrop.ProCrop.from_config(config, rngs=nnx.Rngs(0)))
+
+
+def concrete_rng_state(abstract: Any) -> Any:
+  """RNG variables with real keys: inference draws no random numbers, but a model needs values."""
+  def make(x):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.numpy.broadcast_to(jax.random.key(0), x.shape)
+    return jax.numpy.zeros(x.shape, x.dtype)
+  return jax.tree.map(make, abstract)
+
+
+def _fill_rng_state(model: nnx.Module) -> None:
+  """Gives an abstract model's RNG variables real values (see `concrete_rng_state`)."""
+  for _, var in nnx.iter_graph(model):
+    if isinstance(var, nnx.RngState) and isinstance(var.get_value(), jax.ShapeDtypeStruct):
+      var.set_value(concrete_rng_state(var.get_value()))
 
 
 def create_model(config: ml_collections.ConfigDict, *, seed: int | None = None,
@@ -218,10 +242,10 @@ def load_config(name_or_path: str | os.PathLike[str] | None = None
                 ) -> ml_collections.ConfigDict:
   """The config a shipped model was trained with."""
   path = model_dir(name_or_path)
-  return _config_from_json(path / "config.json")
+  return config_from_json(path / "config.json")
 
 
-def _config_from_json(path: pathlib.Path) -> ml_collections.ConfigDict:
+def config_from_json(path: pathlib.Path) -> ml_collections.ConfigDict:
   try:
     values = json.loads(path.read_text())
   except (OSError, json.JSONDecodeError) as e:
@@ -253,14 +277,15 @@ def load(name_or_path: str | os.PathLike[str] | None = None, *, verify: bool = T
       fit the model its config describes (naming every missing or mis-shaped parameter).
   """
   path = model_dir(name_or_path)
-  config = _config_from_json(path / "config.json")
+  config = config_from_json(path / "config.json")
   card = json.loads((path / "model_card.json").read_text())
   params_path = path / "params.npz"
   expected_sha = card.get("params_sha256")
   if verify and expected_sha and artifacts.file_sha256(params_path) != expected_sha:
     raise ValueError(f"{params_path}: checksum differs from model_card.json (corrupt or "
                      "replaced file)")
-  model = procrop.ProCrop.from_config(config, rngs=nnx.Rngs(0))
+  model = abstract_model(config)  # Shapes only: every variable is filled below.
+  _fill_rng_state(model)
   if card.get("backbone_from_package", False):
     if backbone is None:
       imagenet.load_pretrained(model.backbone, config.model.backbone)
@@ -288,4 +313,8 @@ def load(name_or_path: str | os.PathLike[str] | None = None, *, verify: bool = T
     raise ValueError(f"{params_path} does not fit the model of its config.json: "
                      + "; ".join(problems))
   set_variables(model, arrays, source=str(params_path))
+  unset = sorted(name for name, var in _named_variables(model).items()
+                 if isinstance(var.get_value(), jax.ShapeDtypeStruct))
+  if unset:  # The checks above make this unreachable; an abstract value must never run.
+    raise ValueError(f"{params_path}: no value for {len(unset)} variables, e.g. {unset[:3]}")
   return ShippedModel(config=config, model=model, card=card, path=path)

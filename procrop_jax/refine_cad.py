@@ -44,6 +44,7 @@ from procrop_jax.cad import refine
 from procrop_jax.cad import refine_files
 from procrop_jax.datasets import annotation_files
 from procrop_jax.datasets import prepare
+from procrop_jax.retrieval import references as references_lib
 
 # batch -> (boxes [B, N, 4] xyxy normalised by the canvas, scores [B, N]).
 ProposeFn = Callable[[dict[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]
@@ -191,4 +192,5 @@ def refine_cad(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
     return np.asarray(outputs["boxes"])[:n], np.asarray(outputs["scores"])[:n]
 
   return run_round(config, propose, f"{predictor.source}@{predictor.step}",
-                   transform=lambda b: predictor.with_references(b, config.data, split))
+                   transform=lambda b: references_lib.add_references(
+                       predictor.references, b, config.data, split))

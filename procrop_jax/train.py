@@ -26,14 +26,15 @@ import orbax.checkpoint as ocp
 
 from procrop_jax import artifacts
 from procrop_jax import checkpointing
-from procrop_jax import crop
 from procrop_jax import evaluate
 from procrop_jax import feature_cache
 from procrop_jax import inference
 from procrop_jax import input_pipeline
 from procrop_jax import model_zoo
+from procrop_jax import modes
 from procrop_jax import sharding
 from procrop_jax import steps
+from procrop_jax import workdir as workdir_lib
 from procrop_jax.datasets import prepare
 from procrop_jax.models import procrop
 from procrop_jax.retrieval import references as references_lib
@@ -194,7 +195,7 @@ def evaluate_during_training(trainer: Trainer, step: int, writer,
   scalars = trainer.validation_loss(trainer.with_references(
       input_pipeline.create_eval_iterator(config.data, global_batch_size=config.eval.batch_size),
       config.data, config.data.eval_split))
-  results = trainer.run_benchmarks(os.path.join(trainer.workdir, "eval"), step=step)
+  results = trainer.run_benchmarks(os.path.join(trainer.workdir, workdir_lib.EVAL_DIR), step=step)
   for name, result in results.items():
     scalars.update({f"{name}/{k}": float(v) for k, v in result.items()
                     if isinstance(v, (int, float)) and k != "step"})
@@ -240,10 +241,10 @@ def check_resumed_config(saved: dict[str, Any], config: ml_collections.ConfigDic
   Raises:
     ConfigChangedError: a model field changed (one line naming every such field).
   """
-  before, now = inference.flat_config(saved), inference.flat_config(_config_json(config))
+  before, now = workdir_lib.flat_config(saved), workdir_lib.flat_config(_config_json(config))
   changed = [k for k in sorted(set(before) & set(now))
              if before[k] != now[k] and not k.startswith(_UNCHECKED_FIELDS)]
-  model = [k for k in changed if k.startswith(inference.MODEL_FIELDS)]
+  model = [k for k in changed if k.startswith(workdir_lib.MODEL_FIELDS)]
   if model:
     raise ConfigChangedError(
         f"resuming with a different model than the checkpoints' ({source}): "
@@ -256,15 +257,10 @@ def check_resumed_config(saved: dict[str, Any], config: ml_collections.ConfigDic
   return schedule
 
 
-def _has_checkpoints(workdir: str) -> bool:
-  directory = os.path.join(workdir, "checkpoints")
-  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
-
-
 def _hparams(config: ml_collections.ConfigDict) -> dict[str, bool | int | float | str]:
   """The config as TensorBoard hyperparameters (scalars; anything else as its text)."""
   return {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
-          for k, v in inference.flat_config(_config_json(config)).items()}
+          for k, v in workdir_lib.flat_config(_config_json(config)).items()}
 
 
 class _StepProfiler:
@@ -327,16 +323,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   is_chief = jax.process_index() == 0
   profiler = _StepProfiler(config.train.profile_steps, workdir)
-  config_path = os.path.join(workdir, "config.json")
-  if os.path.isfile(config_path) and _has_checkpoints(workdir):  # A resume: same model?
+  config_path = workdir_lib.config_path(workdir)
+  if os.path.isfile(config_path) and workdir_lib.has_checkpoints(workdir):  # A resume: same model?
     with open(config_path) as f:
       check_resumed_config(json.load(f), config, source=config_path)
   if jax.process_count() > 1:  # Every process has read the old config before it is replaced.
     multihost_utils.sync_global_devices("procrop_jax: config checked")
   if is_chief:  # The run describes itself: eval, crop and the Predictor read this back.
-    artifacts.atomic_write_json(config_path, config.copy_and_resolve_references().to_dict(),
-                                indent=2, default=list)
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
+    workdir_lib.write_config(config, workdir)
+  metrics_path = os.path.join(workdir, workdir_lib.METRICS_LOG)
 
   # Data first: building the embedded default's dataset is the slow part of a first run.
   prepare.ensure_dataset(config.data, config.cad, seed=config.seed)
@@ -425,5 +420,5 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
              "train_step_compilations": trainer.train_step._cache_size()}  # pylint: disable=protected-access
   logging.info("Training done: %s", summary)
   if config.crop.after_training:
-    summary["crop"] = crop.crop_folder(config, workdir)
+    summary["crop"] = modes.crop_folder(config, workdir)
   return summary

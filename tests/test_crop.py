@@ -12,6 +12,7 @@ import pytest
 
 from procrop_jax import aspect
 from procrop_jax import crop
+from procrop_jax import cropper as cropper_lib
 from procrop_jax import photos
 
 
@@ -42,27 +43,28 @@ def test_snap_box_keeps_the_centre_and_stays_inside():
 
 def test_nms_keeps_the_best_of_overlapping_boxes():
   boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 9.5], [20, 20, 30, 30]], np.float64)
-  keep = crop.non_max_suppression(boxes, np.array([0.5, 0.9, 0.1]), iou_threshold=0.7, top_k=5)
+  keep = cropper_lib.non_max_suppression(boxes, np.array([0.5, 0.9, 0.1]), iou_threshold=0.7,
+                                         top_k=5)
   assert keep.tolist() == [1, 2]
 
 
 @pytest.mark.parametrize("text, label, ratio", [
     ("16:9", "16x9", 16 / 9), ("4x5", "4x5", 0.8), ("1.5", "1.5", 1.5), (2.0, "2", 2.0)])
 def test_parse_aspect(text, label, ratio):
-  target = crop.parse_aspect(text)
+  target = cropper_lib.parse_aspect(text)
   assert target.label == label and target.ratio == pytest.approx(ratio)
 
 
 @pytest.mark.parametrize("text", ["0:1", "1:0", "abc", "-1", "0", "nan"])
 def test_parse_aspect_rejects_nonsense(text):
   with pytest.raises(ValueError, match="aspect"):
-    crop.parse_aspect(text)
+    cropper_lib.parse_aspect(text)
 
 
 def test_parse_size():
-  assert crop.parse_size("1080x1350") == crop.Target("1080x1350", 0.8, (1080, 1350))
+  assert cropper_lib.parse_size("1080x1350") == cropper_lib.Target("1080x1350", 0.8, (1080, 1350))
   with pytest.raises(ValueError, match="size"):
-    crop.parse_size("0x10")
+    cropper_lib.parse_size("0x10")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -201,8 +203,8 @@ def test_crops_keep_the_icc_profile_and_reset_the_orientation(tmp_path):
 ])
 def test_canvas_buckets_are_the_smallest_that_holds_the_photo(size, bucket, photo_hw):
   image = Image.new("RGB", size, (255, 255, 255))
-  assert photos.canvas_shape(*size, 320, crop.CANVAS_BUCKETS) == (*bucket, *photo_hw)
-  canvas, valid_hw = photos.canvas(image, 320, crop.CANVAS_BUCKETS)
+  assert photos.canvas_shape(*size, 320, cropper_lib.CANVAS_BUCKETS) == (*bucket, *photo_hw)
+  canvas, valid_hw = photos.canvas(image, 320, cropper_lib.CANVAS_BUCKETS)
   assert canvas.shape == (*bucket, 3)
   np.testing.assert_allclose(valid_hw, np.divide(photo_hw, bucket), rtol=1e-6)
   # The photo fills exactly its valid part; the rest is padding.
@@ -216,8 +218,8 @@ def test_canvas_buckets_are_the_smallest_that_holds_the_photo(size, bucket, phot
 def test_bucket_sides_are_multiples_of_the_stride_at_any_canvas_size():
   for size in range(32, 640, 32):
     for width in (size, size // 2, size // 3 + 1, 7):
-      h, w, _, _ = photos.canvas_shape(width, size, size, crop.CANVAS_BUCKETS)
-      assert h == size and w % crop.CANVAS_MULTIPLE == 0 and width * size / size <= w <= size
+      h, w, _, _ = photos.canvas_shape(width, size, size, cropper_lib.CANVAS_BUCKETS)
+      assert h == size and w % cropper_lib.CANVAS_MULTIPLE == 0 and width * size / size <= w <= size
 
 
 class _FakePredictor:
@@ -229,28 +231,29 @@ class _FakePredictor:
 
 
 def test_canvas_size_and_buckets_need_a_model_without_retrieval():
-  flexible = crop.Cropper(_FakePredictor(True), canvas_size=192)
+  flexible = cropper_lib.Cropper(_FakePredictor(True), canvas_size=192)
   assert flexible.canvas_shape(600, 400) == (128, 192)
-  assert crop.Cropper(_FakePredictor(True), buckets=False).canvas_shape(600, 400) == (320, 320)
-  with_retrieval = crop.Cropper(_FakePredictor(False))
+  unbucketed = cropper_lib.Cropper(_FakePredictor(True), buckets=False)
+  assert unbucketed.canvas_shape(600, 400) == (320, 320)
+  with_retrieval = cropper_lib.Cropper(_FakePredictor(False))
   assert not with_retrieval.buckets and with_retrieval.canvas_shape(600, 400) == (320, 320)
   with pytest.raises(ValueError, match="retrieval"):
-    crop.Cropper(_FakePredictor(False), canvas_size=192)
+    cropper_lib.Cropper(_FakePredictor(False), canvas_size=192)
   with pytest.raises(ValueError, match="multiple of 32"):
-    crop.Cropper(_FakePredictor(True), canvas_size=200)
+    cropper_lib.Cropper(_FakePredictor(True), canvas_size=200)
 
 
 def test_a_model_config_sets_the_default_canvas_and_the_argument_wins():
-  assert crop.Cropper(_FakePredictor(True, crop_canvas_size=256)).canvas_size == 256
-  assert crop.Cropper(_FakePredictor(True, crop_canvas_size=256), canvas_size=192
+  assert cropper_lib.Cropper(_FakePredictor(True, crop_canvas_size=256)).canvas_size == 256
+  assert cropper_lib.Cropper(_FakePredictor(True, crop_canvas_size=256), canvas_size=192
                       ).canvas_size == 192
-  assert crop.Cropper(_FakePredictor(True)).canvas_size == 320
+  assert cropper_lib.Cropper(_FakePredictor(True)).canvas_size == 320
   with pytest.raises(ValueError, match="config.crop.canvas_size"):
-    crop.Cropper(_FakePredictor(False, crop_canvas_size=256))
+    cropper_lib.Cropper(_FakePredictor(False, crop_canvas_size=256))
 
 
 def test_a_batch_of_mixed_canvas_shapes_is_refused():
-  cropper = crop.Cropper(_FakePredictor(True))
+  cropper = cropper_lib.Cropper(_FakePredictor(True))
   batch = [cropper.prepare(Image.new("RGB", size)) for size in ((600, 400), (400, 600))]
   with pytest.raises(ValueError, match="several shapes"):
     cropper._padded(batch)  # pylint: disable=protected-access

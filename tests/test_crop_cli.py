@@ -14,6 +14,7 @@ from PIL import ImageCms
 import pytest
 
 from procrop_jax import crop
+from procrop_jax import cropper as cropper_lib
 from procrop_jax import model_zoo
 from procrop_jax import photos
 from tests.conftest import REPO_ROOT
@@ -21,7 +22,7 @@ from tests.conftest import REPO_ROOT
 
 @pytest.fixture(scope="module")
 def cropper(tiny_trained_workdir):
-  return crop.Cropper.from_workdir(tiny_trained_workdir)
+  return cropper_lib.Cropper.from_workdir(tiny_trained_workdir)
 
 
 def _tree(root: pathlib.Path) -> dict[str, str]:
@@ -51,16 +52,16 @@ def test_command_on_a_tree_of_good_and_bad_files(cropper, tmp_path, monkeypatch)
   expected = _tree(tmp_path)
   inputs, problems = photos.list_inputs(["a", "b", "missing.jpg"], exclude="out")
   before = cropper.predictor.compilations()
-  summary = crop.run(inputs, cropper, out_dir="out", targets=[crop.parse_aspect("16:9"),
-                                                              crop.parse_size("32x32")],
+  summary = crop.run(inputs, cropper, out_dir="out", targets=[cropper_lib.parse_aspect("16:9"),
+                                                              cropper_lib.parse_size("32x32")],
                      top_k=2, problems=problems, progress=False)
   # A fixed set of compiled passes per canvas bucket, whatever the photos: proposals, the
   # candidates of the fixed ratios, their refinement (fixed counts) ...
   compiled = cropper.predictor.compilations()
   assert compiled - before <= 3 * len(_buckets(cropper, tmp_path, expected))
   # ... and none more for another run over the same photos.
-  crop.run(inputs, cropper, out_dir="out2", targets=[crop.parse_aspect("16:9"),
-                                                    crop.parse_size("32x32")],
+  crop.run(inputs, cropper, out_dir="out2", targets=[cropper_lib.parse_aspect("16:9"),
+                                                    cropper_lib.parse_size("32x32")],
            top_k=2, problems=[], progress=False)
   assert cropper.predictor.compilations() == compiled
   lines = (tmp_path / "out/results.jsonl").read_text().splitlines()
@@ -109,7 +110,7 @@ def flexible_cropper():
   config = testing.get_config()
   config.model.num_references = 0
   predictor = inference.Predictor(model_zoo.create_model(config), config, source="random")
-  return crop.Cropper(predictor, batch_size=2)
+  return cropper_lib.Cropper(predictor, batch_size=2)
 
 
 @pytest.mark.slow
@@ -121,7 +122,7 @@ def test_photos_share_canvas_buckets_and_each_compiles_once(flexible_cropper, tm
   assert 1 < len(buckets) < list(expected.values()).count("ok")  # Similar shapes share one.
   inputs, problems = photos.list_inputs(["a", "b"], exclude="out")
   before = flexible_cropper.predictor.compilations()
-  targets = [crop.FREE, crop.parse_aspect("1:1")]
+  targets = [cropper_lib.FREE, cropper_lib.parse_aspect("1:1")]
   summary = crop.run(inputs, flexible_cropper, out_dir="out", targets=targets, top_k=2,
                      problems=problems, progress=False)
   assert (summary.ok, summary.failed) == (6, 2)

@@ -11,6 +11,7 @@ from procrop_jax import inference
 from procrop_jax import model_zoo
 from procrop_jax import steps
 from procrop_jax import train
+from procrop_jax import workdir
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def test_a_given_config_wins_with_a_warning_for_model_fields(tiny_trained_workdi
   config = tiny_config.copy_and_resolve_references()
   config.model.num_queries = 12
   with caplog.at_level("WARNING"):
-    resolved = inference.resolve_config(tiny_trained_workdir, config)
+    resolved = workdir.resolve_config(tiny_trained_workdir, config)
   assert resolved.model.num_queries == 12
   assert "model.num_queries" in caplog.text
 
@@ -73,7 +74,7 @@ def test_predict_shapes_and_the_exported_model_predicts_alike(predictor, tmp_pat
 
 @pytest.mark.slow
 def test_workdir_without_checkpoint_is_a_clear_error(tmp_path, tiny_config):
-  inference.write_config(tiny_config, tmp_path)
+  workdir.write_config(tiny_config, tmp_path)
   with pytest.raises(FileNotFoundError, match="No checkpoint"):
     inference.Predictor.from_workdir(tmp_path)
 

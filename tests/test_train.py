@@ -17,6 +17,7 @@ from procrop_jax import checkpointing
 from procrop_jax import evaluate
 from procrop_jax import inference
 from procrop_jax import input_pipeline
+from procrop_jax import modes
 from procrop_jax import sharding
 from procrop_jax import train
 from tests.conftest import REPO_ROOT
@@ -144,7 +145,7 @@ def test_resumed_run_matches_an_uninterrupted_one(tiny_config, tmp_path, monkeyp
 
 @pytest.mark.slow
 def test_eval_mode_restores_and_writes_the_documented_keys(tiny_config, tiny_trained_workdir):
-  results = inference.evaluate_checkpoint(tiny_config, str(tiny_trained_workdir))
+  results = modes.evaluate_checkpoint(tiny_config, str(tiny_trained_workdir))
   path = tiny_trained_workdir / "eval" / "procrop_cad_default_train_90pct_.json"
   saved = json.load(open(path))
   assert saved == json.loads(json.dumps(results["cad_val"]))
@@ -165,7 +166,7 @@ def test_eval_mode_restores_and_writes_the_documented_keys(tiny_config, tiny_tra
 
 def test_eval_mode_without_a_checkpoint_says_so(tiny_config, tmp_path):
   with pytest.raises(FileNotFoundError, match="train first"):
-    inference.evaluate_checkpoint(tiny_config, str(tmp_path))
+    modes.evaluate_checkpoint(tiny_config, str(tmp_path))
 
 
 def test_a_planted_nan_stops_training_with_the_step_and_keeps_the_last_checkpoint(

@@ -27,7 +27,7 @@ import tensorflow_datasets as tfds
 
 import procrop_jax.datasets  # pylint: disable=unused-import  (registers the builders)
 from procrop_jax import aspect
-from procrop_jax import crop
+from procrop_jax import cropper as cropper_lib
 from procrop_jax import metrics
 
 _MODEL = flags.DEFINE_string("model", None, "A shipped model's name or folder (default: the "
@@ -59,7 +59,7 @@ def parse_candidates(text: str) -> aspect.Candidates:
                            moves)
 
 
-def _free(cropper: crop.Cropper, examples, images) -> dict[str, float]:
+def _free(cropper: cropper_lib.Cropper, examples, images) -> dict[str, float]:
   free = metrics.IoUProtocol()
   start = time.perf_counter()
   for ex, found in zip(examples, cropper.crop_many(images, top_k=5)):
@@ -70,11 +70,11 @@ def _free(cropper: crop.Cropper, examples, images) -> dict[str, float]:
           "seconds": time.perf_counter() - start}
 
 
-def _told(cropper: crop.Cropper, examples, images, candidates: aspect.Candidates
+def _told(cropper: cropper_lib.Cropper, examples, images, candidates: aspect.Candidates
           ) -> dict[str, float]:
   told = metrics.IoUProtocol()
   # Each photo asks for its own ratio: one photo per call, not one padded to a batch.
-  one_by_one = crop.Cropper(cropper.predictor, canvas_size=cropper.canvas_size,
+  one_by_one = cropper_lib.Cropper(cropper.predictor, canvas_size=cropper.canvas_size,
                             buckets=cropper.buckets, batch_size=1, aspect_candidates=candidates)
   start = time.perf_counter()
   for ex, image in zip(examples, images):
@@ -95,16 +95,16 @@ def _told(cropper: crop.Cropper, examples, images, candidates: aspect.Candidates
 def main(argv):
   del argv
   if _WORKDIR.value:
-    base = crop.Cropper.from_workdir(_WORKDIR.value, best=True)
+    base = cropper_lib.Cropper.from_workdir(_WORKDIR.value, best=True)
   else:
-    base = crop.Cropper.pretrained(_MODEL.value)
+    base = cropper_lib.Cropper.pretrained(_MODEL.value)
   source = tfds.builder("fcdb", data_dir=_DATA_DIR.value).as_data_source(_SPLIT.value)
   examples = [source[i] for i in range(len(source))]
   images = [Image.fromarray(ex["image"]) for ex in examples]
   settings = [("square", base.predictor.image_size, False)] if _SQUARE.value else []
   settings += [("buckets", int(size), True) for size in _SIZES.value]
   for name, size, buckets in settings:
-    cropper = crop.Cropper(base.predictor, canvas_size=size, buckets=buckets)
+    cropper = cropper_lib.Cropper(base.predictor, canvas_size=size, buckets=buckets)
     shapes = {cropper.canvas_shape(ex["image"].shape[1], ex["image"].shape[0]) for ex in examples}
     line = {"canvas": name, "size": size, "photos": len(examples), "buckets": len(shapes),
             **_free(cropper, examples, images)}

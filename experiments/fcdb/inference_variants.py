@@ -16,6 +16,7 @@ from absl import app
 from absl import flags
 
 from procrop_jax import inference
+from procrop_jax import modes
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The trained run.", required=True)
 _VOTE_IOUS = flags.DEFINE_list("vote_ious", ["0", "0.6", "0.7", "0.8"], "Box-voting IoUs.")
@@ -36,7 +37,7 @@ def main(argv):
     variant.inference.rescore = rescore
     predictor = inference.Predictor(base.model(), variant, source=base.source, step=base.step)
     start = time.time()
-    result = predictor.run_benchmarks(None)[name]
+    result = modes.run_benchmarks(predictor, None)[name]
     print(json.dumps({"workdir": _WORKDIR.value, "step": base.step, "flip": flip,
                       "vote_iou": float(vote_iou), "rescore": rescore,
                       **{k: round(result[k], 4) for k in ("iou", "bde", "iou_top5")},

@@ -16,6 +16,7 @@ from absl import app
 from absl import flags
 
 from procrop_jax import inference
+from procrop_jax import modes
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The trained run.", required=True)
 _BEST = flags.DEFINE_bool("best", True, "Best checkpoint (else the latest).")
@@ -37,7 +38,7 @@ def main(argv):
     config.inference.flip = _FLIP.value
   predictor = inference.Predictor(base.model(), config, source=base.source, step=base.step)
   start = time.time()
-  result = predictor.run_benchmarks(None)[name]
+  result = modes.run_benchmarks(predictor, None)[name]
   keys = ("iou", "bde", "iou_top5", "pair_acc", "pair_acc_strong", "larger_acc", "num_pairs",
           "aspect_iou", "aspect_bde", "aspect_iou_top5")
   print(json.dumps({"workdir": _WORKDIR.value, "step": base.step,

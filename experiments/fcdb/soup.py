@@ -25,6 +25,7 @@ import numpy as np
 
 from procrop_jax import export
 from procrop_jax import inference
+from procrop_jax import modes
 
 FLAGS = flags.FLAGS
 _FIGURES = ("iou", "bde", "iou_top5", "pair_acc", "pair_acc_strong", "aspect_iou", "aspect_bde")
@@ -77,7 +78,7 @@ def main(argv):
   if FLAGS.score_sources:
     for source, predictor in zip(FLAGS.sources, predictors):
       print(json.dumps({"source": source, "step": predictor.step,
-                        **_figures(predictor.run_benchmarks(None))}), flush=True)
+                        **_figures(modes.run_benchmarks(predictor, None))}), flush=True)
   first = predictors[0]
   soup = mean_params([jax.device_get(p.state["params"]) for p in predictors], FLAGS.sources)
   model = nnx.merge(first.graphdef, soup, first.rng_state, first.state["rest"])
@@ -89,7 +90,7 @@ def main(argv):
     card = export.ship(model, first.config, FLAGS.out, card=card)
     print(json.dumps({"soup": FLAGS.sources, **card["benchmarks"]}))
   else:
-    results = inference.Predictor(model, first.config, source="soup").run_benchmarks(None)
+    results = modes.run_benchmarks(inference.Predictor(model, first.config, source="soup"), None)
     print(json.dumps({"soup": FLAGS.sources, **_figures(results)}))
 
 

@@ -39,6 +39,11 @@ class References:
     """The database's token extractor (backbone + jitted pass), built once and shared."""
     return retrieval_build.create_extractor(self.config)
 
+  def retriever(self, k: int) -> neighbors.Retriever:
+    """Images -> the reference tokens of their k nearest professional photos (for new photos,
+    which have no cached neighbours)."""
+    return neighbors.Retriever(self.database, self.extractor, k=k)
+
   def for_split(self, data_config: ml_collections.ConfigDict, split: str
                 ) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
     """A function adding `reference_tokens` [B, K, T, C] to batches of `split`."""

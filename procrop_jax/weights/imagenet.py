@@ -55,11 +55,6 @@ def checkpoint_path(variant: str) -> pathlib.Path:
   return pathlib.Path(getattr(module, class_name).get_model_file_path())
 
 
-def default_cache_dir() -> pathlib.Path:
-  env = os.environ.get("PROCROP_CACHE_DIR")
-  return pathlib.Path(env) if env else pathlib.Path.home() / ".cache" / "procrop_jax"
-
-
 def _read_cache(path: pathlib.Path) -> dict[str, np.ndarray] | None:
   if not path.exists():
     return None
@@ -87,7 +82,7 @@ def converted_params(variant: str, *, cache_dir: str | os.PathLike | None = None
                      ) -> dict[str, np.ndarray]:
   """The variant's ImageNet weights in NNX layout, from the cache or converted now."""
   source = checkpoint_path(variant)
-  cache_root = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()
+  cache_root = pathlib.Path(cache_dir) if cache_dir is not None else artifacts.cache_dir()
   cache_file = (cache_root / f"efficientnet_{variant}_{artifacts.file_sha256(source)[:32]}"
                 f"_v{_CONVERSION_VERSION}.npz")
   params = _read_cache(cache_file)

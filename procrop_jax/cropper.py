@@ -1,0 +1,319 @@
+"""The `Cropper` API: scored crops of photos, free or of a fixed aspect ratio.
+
+  from procrop_jax import Cropper
+  cropper = Cropper.pretrained()                      # or Cropper.from_workdir(DIR, best=True)
+  cropper.crop("photo.jpg", top_k=3)                  # free crops, best first
+  cropper.crop(image, aspect="16:9")                  # crops of exactly that ratio
+  cropper.score(image, [[0, 0, 640, 360]])            # scores of boxes you give
+  cropper.crop_many(paths, aspect=1.0)                # batched
+
+Free crops are the model's proposals, best first, with greedy non-maximum suppression so that
+the top-k differ. With an aspect ratio (`aspect="16:9"`, or a `parse_size` target, whose crops
+the command line also resizes), candidate boxes of exactly that ratio (to within a pixel) come
+from a grid of sizes and positions and from the model's own proposals snapped to the ratio, the
+best are refined locally, and the model scores them all (its given-box decoder path; see
+aspect.py): the score of such a crop is what `Cropper.score` gives for its box. A free crop's
+score is its proposal's confidence; models trained with `loss.given_iou_weight` put both on the
+same scale (the estimated IoU with an expert's crop).
+
+Each photo's longer side is resized to the model's canvas size S (`canvas_size`; default the
+model's config.crop.canvas_size, else the size it was trained at), and its shorter side is
+padded to the smallest of a few canvas buckets that holds it (CANVAS_BUCKETS: 9/16, 3/4 and all
+of S, in multiples of 32), not always to S: a 3:2 photo at S = 320 runs on 320 x 256, a 16:9 one
+on 320 x 192. Batches are padded to `batch_size` and candidate lists to a fixed count per aspect,
+so a process compiles its forward passes once per bucket (at most three canvases, each with a
+proposal pass and, for fixed aspects, a candidate-scoring pass). (A model with retrieval keeps
+its S x S canvas.) The command line over files and folders is crop.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Any, Callable, Iterable, Sequence
+
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from procrop_jax import aspect
+from procrop_jax import box_geometry
+from procrop_jax import inference
+from procrop_jax import photos
+
+CANVAS_MULTIPLE = 32  # The backbone's stride: canvas sides are multiples of it.
+# The canvas's shorter side, as fractions of S: 16:9 photos, 4:3 and 3:2 ones, the rest. Few
+# buckets: each compiles its own forward passes (seconds each on a CPU).
+CANVAS_BUCKETS = (9 / 16, 3 / 4, 1.0)
+_ASPECT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[:x/]\s*(\d+(?:\.\d+)?)\s*$")
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+
+
+# ------------------------------------------------------------------------------------- targets
+@dataclasses.dataclass(frozen=True)
+class Target:
+  """What a user asked crops of: free, an aspect ratio, or an exact output size."""
+  label: str  # "free", "16x9", "1.5", "1080x1080": names the output files and the crops.
+  ratio: float | None = None  # width / height; None: free crops.
+  size: tuple[int, int] | None = None  # (width, height) the crops are resized to.
+
+
+FREE = Target("free")
+
+
+def parse_aspect(text: str | float) -> Target:
+  """`16:9`, `16x9`, `4/5`, `1.5` or a float -> a Target; raises ValueError naming the problem."""
+  if isinstance(text, (int, float)):
+    ratio, label = float(text), f"{float(text):g}"
+  else:
+    match = _ASPECT_RE.match(text)
+    if match:
+      w, h = float(match[1]), float(match[2])
+      if h == 0:
+        raise ValueError(f"aspect {text!r}: the height is 0")
+      ratio, label = w / h, f"{match[1]}x{match[2]}"
+    else:
+      try:
+        ratio = float(text)
+      except ValueError:
+        raise ValueError(f"aspect {text!r}: use W:H (16:9) or a number (1.5)") from None
+      label = text.strip()
+  if not np.isfinite(ratio) or ratio <= 0:
+    raise ValueError(f"aspect {text!r}: width / height must be a positive number")
+  if not 0.01 <= ratio <= 100:
+    raise ValueError(f"aspect {text!r}: width / height must be between 1:100 and 100:1")
+  return Target(label, ratio)
+
+
+def parse_size(text: str) -> Target:
+  """`1080x1080` -> a Target of that ratio whose crops are resized to exactly that size."""
+  match = _SIZE_RE.match(text)
+  if not match or int(match[1]) < 1 or int(match[2]) < 1:
+    raise ValueError(f"size {text!r}: use WIDTHxHEIGHT in pixels, e.g. 1080x1080")
+  w, h = int(match[1]), int(match[2])
+  return Target(f"{w}x{h}", w / h, (w, h))
+
+
+def as_target(aspect: Target | str | float | None) -> Target:
+  if aspect is None:
+    return FREE
+  return aspect if isinstance(aspect, Target) else parse_aspect(aspect)
+
+
+# ----------------------------------------------------------------------------------- geometry
+@dataclasses.dataclass(frozen=True)
+class Crop:
+  """A crop of the upright photo: [x1, y1, x2, y2] in whole pixels, its score in [0, 1], and
+  the aspect it was asked for ("free" for a free crop)."""
+  box: tuple[int, int, int, int]
+  score: float
+  aspect: str = "free"
+
+
+def non_max_suppression(boxes: np.ndarray, scores: np.ndarray, *, iou_threshold: float,
+                        top_k: int) -> np.ndarray:
+  """Indices of up to top_k boxes, best first, none overlapping a kept one above the threshold."""
+  order = np.argsort(-scores, kind="stable")
+  ious = box_geometry.pairwise_box_iou(boxes, boxes)
+  kept: list[int] = []
+  for i in order:
+    if all(ious[i, j] <= iou_threshold for j in kept):
+      kept.append(int(i))
+      if len(kept) == top_k:
+        break
+  return np.array(kept, np.int64)
+
+
+# ------------------------------------------------------------------------------------ cropper
+ImageLike = Any  # A path, a PIL image, or an uint8 [H, W, 3] / [H, W] array.
+
+
+def _to_pil(image: ImageLike, max_pixels: int) -> Image.Image:
+  if isinstance(image, Image.Image):
+    return image
+  if isinstance(image, (str, os.PathLike)):
+    return photos.read_photo(str(image), max_pixels=max_pixels).image
+  array = np.asarray(image)
+  if array.dtype != np.uint8 or array.ndim not in (2, 3) or (
+      array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+    raise ValueError(f"expected an uint8 [H, W], [H, W, 3] or [H, W, 4] array, got "
+                     f"{array.dtype} {array.shape}")
+  return Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[2] == 1 else array)
+
+
+@dataclasses.dataclass
+class Prepared:
+  """A photo on the model's canvas."""
+  canvas: np.ndarray
+  valid_hw: np.ndarray
+  size: tuple[int, int]  # (width, height) of the upright photo.
+
+
+class Cropper:
+  """Scored crops of photos with a trained model.
+
+    from procrop_jax import Cropper
+    cropper = Cropper.pretrained()                      # or Cropper.from_workdir(DIR, best=True)
+    cropper.crop("photo.jpg", top_k=3)                  # free crops, best first
+    cropper.crop(image, aspect="16:9")                  # crops of exactly that ratio
+    cropper.score(image, [[0, 0, 640, 360]])            # scores of boxes you give
+    cropper.crop_many(paths, aspect=1.0)                # batched
+  """
+
+  def __init__(self, predictor: inference.Predictor, *, nms_iou: float = 0.7,
+               max_pixels: int = photos.DEFAULT_MAX_PIXELS, batch_size: int = 8,
+               canvas_size: int | None = None, buckets: bool = True,
+               aspect_candidates: aspect.Candidates = aspect.FAST):
+    """A cropper around a loaded model (see `pretrained` and `from_workdir`).
+
+    `canvas_size` is the side S the photo's longer side is resized to (default: the model's
+    `config.crop.canvas_size`, else its training size); with `buckets` the canvas's shorter
+    side is the smallest of `CANVAS_BUCKETS` that holds the photo's instead of S: fewer pixels,
+    the same crops within noise (experiments/README.md). Both need a model without retrieval (`flexible_canvas`).
+    `aspect_candidates` are the boxes scored for a fixed-aspect crop (`aspect.FAST`, or
+    `aspect.DENSE` as the aspect-conditioned evaluation scores them).
+    """
+    self.predictor = predictor
+    self.aspect_candidates = aspect_candidates
+    self.nms_iou = nms_iou
+    self.max_pixels = max_pixels
+    self.batch_size = batch_size
+    if canvas_size is not None and (canvas_size <= 0 or canvas_size % CANVAS_MULTIPLE):
+      raise ValueError(f"canvas_size={canvas_size}: use a positive multiple of "
+                       f"{CANVAS_MULTIPLE}")
+    configured = int(predictor.config.crop.get("canvas_size", 0) or 0)
+    self.canvas_size = int(canvas_size or configured or predictor.image_size)
+    flexible = predictor.flexible_canvas
+    if self.canvas_size != predictor.image_size and not flexible:
+      raise ValueError(
+          f"canvas_size={self.canvas_size}: this model uses retrieval, whose fusion was built "
+          f"for its training canvas ({predictor.image_size} px); leave canvas_size (and "
+          "config.crop.canvas_size) unset")
+    self.buckets = bool(buckets) and flexible
+
+  def canvas_shape(self, width: int, height: int) -> tuple[int, int]:
+    """(height, width) of the canvas a width x height photo is put on: its bucket."""
+    return photos.canvas_shape(width, height, self.canvas_size,
+                               CANVAS_BUCKETS if self.buckets else None)[:2]
+
+  @classmethod
+  def pretrained(cls, name_or_path: str | os.PathLike[str] | None = None, *,
+                 progress: Callable[[str], None] | None = None, **kwargs) -> "Cropper":
+    """The shipped model (`model_zoo.DEFAULT_MODEL` unless named) or an exported folder.
+
+    `progress` (e.g. `inference.progress_to_stderr`) is told of every compilation."""
+    return cls(inference.Predictor.from_pretrained(name_or_path, progress=progress), **kwargs)
+
+  @classmethod
+  def from_workdir(cls, workdir: str | os.PathLike[str], *, best: bool = False,
+                   config: ml_collections.ConfigDict | None = None,
+                   progress: Callable[[str], None] | None = None, **kwargs) -> "Cropper":
+    """The latest (or best) checkpoint of a training run, with the run's own config."""
+    return cls(inference.Predictor.from_workdir(workdir, best=best, config=config,
+                                                progress=progress), **kwargs)
+
+  # ------------------------------------------------------------------------------- public API
+  def crop(self, image: ImageLike, aspect: Target | str | float | None = None,
+           top_k: int = 3) -> list[Crop]:
+    """The top_k crops of one photo, best first; `aspect` (width / height, "16:9") fixes the
+    ratio of every crop."""
+    return self.crop_many([image], aspect=aspect, top_k=top_k)[0]
+
+  def crop_many(self, images: Iterable[ImageLike],
+                aspect: Target | str | float | None = None, top_k: int = 3
+                ) -> list[list[Crop]]:
+    """`crop` for many photos, batched."""
+    target = as_target(aspect)
+    prepared = [self.prepare(_to_pil(image, self.max_pixels)) for image in images]
+    buckets: dict[tuple[int, ...], list[int]] = {}  # Canvas shape -> photos on it.
+    for i, p in enumerate(prepared):
+      buckets.setdefault(p.canvas.shape, []).append(i)
+    out: list[list[Crop]] = [[] for _ in prepared]
+    for indices in buckets.values():
+      for start in range(0, len(indices), self.batch_size):
+        chunk = indices[start:start + self.batch_size]
+        crops = self.crop_batch([prepared[i] for i in chunk], [target], top_k=top_k)
+        for i, c in zip(chunk, crops):
+          out[i] = c[target.label]
+    return out
+
+  def score(self, image: ImageLike, boxes: Sequence[Sequence[float]]) -> np.ndarray:
+    """The model's scores [N] in [0, 1] of pixel boxes [N, 4] ([x1, y1, x2, y2]) of a photo."""
+    prepared = self.prepare(_to_pil(image, self.max_pixels))
+    width, height = prepared.size
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    if not len(boxes):
+      return np.zeros((0,), np.float64)
+    # A power of two given boxes, at least 16: a few compiled shapes whatever the count.
+    padded = np.zeros((max(16, 1 << (len(boxes) - 1).bit_length()), 4))
+    padded[:len(boxes)] = boxes / [width, height, width, height]
+    padded[len(boxes):] = padded[0]
+    scores = self._predict([prepared], padded[None])["scores"][0]
+    return np.asarray(scores[:len(boxes)], np.float64)
+
+  # ---------------------------------------------------------------------------------- batches
+  def prepare(self, image: Image.Image) -> Prepared:
+    """An upright PIL photo on the model's canvas."""
+    canvas, valid_hw = photos.canvas(image, self.canvas_size,
+                                     CANVAS_BUCKETS if self.buckets else None)
+    return Prepared(canvas, valid_hw, image.size)
+
+  def _predict(self, batch: list[Prepared], boxes: np.ndarray | None = None, *,
+               encoding: dict[str, np.ndarray] | None = None, keep_encoding: bool = False
+               ) -> dict[str, Any]:
+    """Predicts on a batch padded to batch_size, so that every call has the same shapes.
+
+    The "encoding" it keeps stays padded, for the calls that reuse it."""
+    n = len(batch)
+    canvases, valid = self._padded(batch)
+    if boxes is not None:
+      boxes = np.concatenate([boxes, np.repeat(boxes[:1], len(canvases) - n, 0)])
+    if encoding is not None:
+      canvases = None
+    outputs = self.predictor.predict(canvases, valid, boxes, encoding=encoding,
+                                     keep_encoding=keep_encoding)
+    return {k: v if k == "encoding" else v[:n] for k, v in outputs.items()}
+
+  def _padded(self, batch: list[Prepared]) -> tuple[np.ndarray, np.ndarray]:
+    shapes = {p.canvas.shape[:2] for p in batch}
+    if len(shapes) > 1:
+      raise ValueError(f"one batch holds canvases of several shapes {sorted(shapes)}: batch "
+                       "photos of the same Cropper.canvas_shape")
+    size = max(self.batch_size, len(batch))
+    pad = [batch[0]] * (size - len(batch))
+    return (np.stack([p.canvas for p in batch + pad]),
+            np.stack([p.valid_hw for p in batch + pad]))
+
+  def crop_batch(self, batch: list[Prepared], targets: Sequence[Target], *, top_k: int
+                 ) -> list[dict[str, list[Crop]]]:
+    """For each photo, target label -> its top_k crops, best first."""
+    results: list[dict[str, list[Crop]]] = [{} for _ in batch]
+    ratios = [t for t in targets if t.ratio is not None]
+    # Free proposals: the free crops, and (snapped) candidates of every fixed ratio. Fixed
+    # ratios then score candidates on the same photos: the backbone, the encoder and the
+    # learned queries' decoder rows run once, in this pass.
+    reuse = bool(ratios) and self.predictor.reuses_encoding
+    proposals = self._predict(batch, keep_encoding=reuse)
+    encoding = proposals.get("encoding")
+    proposals_px = [proposals["boxes"][i].astype(np.float64) * (p.size * 2)
+                    for i, p in enumerate(batch)]
+    if any(t.ratio is None for t in targets):
+      for i, p in enumerate(batch):
+        boxes = np.array([aspect.snap_box(b, p.size) for b in proposals_px[i]], np.float64)
+        results[i]["free"] = self._top(boxes, proposals["scores"][i], top_k, "free")
+    if ratios:
+      chosen = aspect.choose(
+          lambda given: self._predict(batch, given, encoding=encoding)["scores"], proposals_px,
+          [p.size for p in batch], [[t.ratio for t in ratios]] * len(batch),
+          candidates=self.aspect_candidates, proposal_scores=list(proposals["scores"]))
+      for i in range(len(batch)):
+        for j, t in enumerate(ratios):
+          boxes, scores = chosen[i][j]
+          results[i][t.label] = self._top(boxes.astype(np.float64), scores, top_k, t.label)
+    return results
+
+  def _top(self, boxes: np.ndarray, scores: np.ndarray, top_k: int, label: str) -> list[Crop]:
+    scores = np.asarray(scores, np.float64)
+    keep = non_max_suppression(boxes, scores, iou_threshold=self.nms_iou, top_k=top_k)
+    return [Crop(tuple(int(v) for v in boxes[i]), float(scores[i]), label) for i in keep]
