@@ -12,7 +12,6 @@ import re
 
 from flax import nnx
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 _UNMAPPED_PREFIX = "torch:"  # Converted-dict keys of checkpoint tensors with no module slot.
@@ -160,8 +159,9 @@ def apply_params(model: nnx.Module, params: dict[str, np.ndarray], *, source: st
     old = var.get_value()
     value = np.asarray(params[path], dtype=old.dtype)
     # Keep the placement of already-sharded parameters (e.g. after a sharded jitted init).
+    # device_put, not jnp.asarray, which compiles a small program per shape.
     var.set_value(jax.device_put(value, old.sharding) if isinstance(old, jax.Array)
-                  else jnp.asarray(value))
+                  else jax.device_put(value))
 
 
 def load_torch_state_dict(model: nnx.Module, state_dict: dict[str, np.ndarray], *,
