@@ -310,7 +310,8 @@ def build_parser(prog: str = "procrop crop") -> argparse.ArgumentParser:
                       help="a shipped model's name or an exported model folder (default: "
                       f"{model_zoo.DEFAULT_MODEL})")
   parser.add_argument("--batch-size", type=_positive_int, default=8,
-                      help="photos per model call (default: %(default)s)")
+                      help="photos per model call (default: %(default)s; fewer inputs: the "
+                      "smallest power of two that holds them)")
   parser.add_argument("--canvas-size", type=_positive_int, default=None,
                       help="pixels of the photo's longer side as the model sees it, a multiple "
                       "of 32 (default: the model's config.crop.canvas_size, else its "
@@ -391,6 +392,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "procrop crop") -> in
     parser.error("the same --aspect or --size is given twice")
   inference.use_compile_cache(args.compile_cache)
   inputs, problems = photos.list_inputs(args.paths, exclude=args.out)
+  # Fewer photos than a batch: the smallest power of two that holds them (one photo runs alone).
+  args.batch_size = min(args.batch_size, 1 << max(len(inputs) - 1, 0).bit_length())
   try:
     source = _model_source(args)
     if not args.quiet:
