@@ -39,6 +39,7 @@ from procrop_jax.models import procrop
 
 # Where compiled passes are kept: a folder, or "" for none. Default: `default_compile_cache()`.
 COMPILE_CACHE_ENV = "PROCROP_COMPILE_CACHE"
+_compile_cache_chosen = False  # Set by `use_compile_cache`: a Predictor then keeps the choice.
 
 
 def default_compile_cache() -> str:
@@ -59,6 +60,8 @@ def use_compile_cache(folder: str | None = None) -> str:
   skips. Every executable is kept, however quick its compilation or small its size (each is
   tens of kB to a few MB; experiments/README.md measures the folder).
   """
+  global _compile_cache_chosen
+  _compile_cache_chosen = True
   folder = default_compile_cache() if folder is None else folder
   if folder:
     folder = os.path.expanduser(folder)
@@ -66,6 +69,13 @@ def use_compile_cache(folder: str | None = None) -> str:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   return folder
+
+
+def use_default_compile_cache() -> None:
+  """`use_compile_cache()` unless this process already chose a folder (or none) through it, or
+  gave JAX one (`jax_compilation_cache_dir`): what a Predictor does when it is built."""
+  if not _compile_cache_chosen and not jax.config.jax_compilation_cache_dir:
+    use_compile_cache()
 
 
 def inference_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -114,8 +124,7 @@ class Predictor:
     self._batch_sharding = sharding.batch_sharding(self.mesh)
     self._steps: dict[tuple[bool, bool], Callable] = {}
     self._shapes_seen: set[tuple[Any, ...]] = set()
-    if not jax.config.jax_compilation_cache_dir:  # Unless someone already chose a folder.
-      use_compile_cache()
+    use_default_compile_cache()
 
   # --------------------------------------------------------------------------------- loading
   @classmethod

@@ -1,6 +1,7 @@
 """The Predictor: a run's parameters and config restored with no optimizer, eval through it."""
 
 import json
+import types
 
 import jax
 import numpy as np
@@ -128,3 +129,49 @@ def test_fine_tuning_starts_from_a_trained_run(tiny_trained_workdir, tiny_config
   config.model.d_model = 64  # Another architecture: a clear error, not a silent partial load.
   with pytest.raises(ValueError, match="init_from.*do not fit"):
     train.Trainer(config, str(tmp_path / "other")).initialize_from(str(tiny_trained_workdir))
+
+
+class _JaxConfig:
+  """Stands in for jax.config: records what the compile-cache functions set."""
+
+  def __init__(self):
+    self.jax_compilation_cache_dir = None
+    self.updates = {}
+
+  def update(self, name, value):
+    self.updates[name] = value
+    setattr(self, name, value)
+
+
+def _fresh_config(monkeypatch) -> _JaxConfig:
+  config = _JaxConfig()
+  monkeypatch.setattr(inference, "jax", types.SimpleNamespace(config=config))
+  monkeypatch.setattr(inference, "_compile_cache_chosen", False)
+  return config
+
+
+def test_the_compile_cache_is_on_by_default_movable_and_can_be_turned_off(monkeypatch, tmp_path):
+  for name in ("PROCROP_COMPILE_CACHE", "JAX_COMPILATION_CACHE_DIR"):
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.setenv("PROCROP_CACHE_DIR", str(tmp_path))
+  config = _fresh_config(monkeypatch)
+  inference.use_default_compile_cache()  # What a Predictor does.
+  assert config.jax_compilation_cache_dir == str(tmp_path / "jax")
+  assert config.updates["jax_persistent_cache_min_compile_time_secs"] == 0.0
+  assert config.updates["jax_persistent_cache_min_entry_size_bytes"] == 0
+
+  monkeypatch.setenv("PROCROP_COMPILE_CACHE", str(tmp_path / "elsewhere"))
+  config = _fresh_config(monkeypatch)
+  inference.use_default_compile_cache()
+  assert config.jax_compilation_cache_dir == str(tmp_path / "elsewhere")
+
+  monkeypatch.setenv("PROCROP_COMPILE_CACHE", "")
+  config = _fresh_config(monkeypatch)
+  inference.use_default_compile_cache()
+  assert config.jax_compilation_cache_dir is None and not config.updates
+
+  monkeypatch.delenv("PROCROP_COMPILE_CACHE")
+  config = _fresh_config(monkeypatch)
+  inference.use_compile_cache("")  # --compile-cache '': a Predictor built later keeps it off.
+  inference.use_default_compile_cache()
+  assert config.jax_compilation_cache_dir is None and not config.updates
