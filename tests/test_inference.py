@@ -13,6 +13,7 @@ from procrop_jax import model_zoo
 from procrop_jax import steps
 from procrop_jax import train
 from procrop_jax import workdir
+from tests import test_model_zoo
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +75,12 @@ def test_predict_shapes_and_the_exported_model_predicts_alike(predictor, tmp_pat
 
 
 @pytest.mark.slow
+def test_restoring_a_checkpoint_builds_no_random_parameters(tiny_trained_workdir, monkeypatch):
+  draws = test_model_zoo.concrete_random_draws(monkeypatch)
+  restored = inference.Predictor.from_workdir(tiny_trained_workdir)
+  assert restored.step == 1 and not draws, f"restoring drew random numbers: {draws}"
+
+
 def test_workdir_without_checkpoint_is_a_clear_error(tmp_path, tiny_config):
   workdir.write_config(tiny_config, tmp_path)
   with pytest.raises(FileNotFoundError, match="No checkpoint"):

@@ -40,6 +40,32 @@ def test_export_then_load_gives_the_same_model(tiny_model_config, tmp_path):
   np.testing.assert_allclose(got["logits"], expected["logits"], atol=1e-5)
 
 
+def concrete_random_draws(monkeypatch) -> list[str]:
+  """Records every jax.random draw made with a concrete key (a random initialisation); draws
+  traced by nnx.eval_shape, whose keys are tracers, do not count."""
+  draws = []
+  for name in ("normal", "uniform", "truncated_normal", "bernoulli"):
+    def spy(key, *args, _name=name, _original=getattr(jax.random, name), **kwargs):
+      if not isinstance(key, jax.core.Tracer):
+        draws.append(_name)
+      return _original(key, *args, **kwargs)
+    monkeypatch.setattr(jax.random, name, spy)
+  return draws
+
+
+def test_loading_builds_no_random_parameters(tiny_model_config, tmp_path, monkeypatch):
+  config = tiny_model_config.copy_and_resolve_references()
+  config.model.pretrained = True  # The backbone from its package, the rest from the file.
+  folder = model_zoo.export(model_zoo.create_model(config), config, tmp_path / "m")
+  draws = concrete_random_draws(monkeypatch)
+  shipped = model_zoo.load(folder)
+  assert not draws, f"loading drew random numbers: {draws}"
+  assert not any(isinstance(x, jax.ShapeDtypeStruct)
+                 for x in jax.tree.leaves(nnx.state(shipped.model)))
+  model_zoo.create_model(config)
+  assert draws  # The spy does see a random initialisation.
+
+
 def test_a_model_exported_before_a_config_field_existed_loads_as_it_was(tiny_model_config,
                                                                           tmp_path):
   config = tiny_model_config.copy_and_resolve_references()
