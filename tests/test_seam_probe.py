@@ -45,3 +45,13 @@ def test_the_probe_finds_the_blur_of_the_earlier_outpainter():
   # The bound means something only if the probe sees traces where there are some.
   result = probe(outpaint.ReflectBlurOutPainter(detail=False, grain=True))
   assert result.advantage > BOUND, result
+
+
+def test_mirror_profiles_find_the_axis_of_a_reflected_fill():
+  rng = np.random.default_rng(0)
+  photo = rng.integers(0, 256, size=(64, 96, 3), dtype=np.uint8)
+  canvas = np.concatenate([photo[:, ::-1][:, -32:], photo], axis=1)  # Reflected at x = 32.
+  columns, rows = seam_probe.mirror_profiles(canvas)
+  axis_strip = 32 * seam_probe.BINS // canvas.shape[1]
+  assert np.argmin(columns) == axis_strip
+  assert columns[axis_strip] < 0.2 < rows.min()  # The rows of noise mirror nowhere.

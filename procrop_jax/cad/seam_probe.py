@@ -64,12 +64,46 @@ def profiles(canvas: np.ndarray) -> np.ndarray:
   return out / (out.mean(-1, keepdims=True) + 1e-6)
 
 
-def features(canvas: np.ndarray) -> np.ndarray:
-  """The probe's input: the profiles, their steps from strip to strip, and the canvas's aspect."""
+def mirror_profiles(canvas: np.ndarray, *, window: float = 0.05,
+                    candidates: int = 4 * BINS) -> np.ndarray:
+  """How mirror-like the canvas is about lines across x and across y: [2, BINS].
+
+  A reflected fill makes the canvas symmetric about the photo's frame. For `candidates` lines
+  along each axis, the mean absolute difference between the `window` (a fraction of the side)
+  of rows or columns before the line and their mirror images after it, divided by the same
+  difference without the mirror (the rows or columns after the line in their own order); the
+  least of each strip's candidates. Low values mark a mirror axis: where a reflected fill meets
+  the photo.
+  """
+  gray = canvas.astype(np.float32).mean(-1) / 255.0
+  out = np.ones((2, BINS), np.float32)
+  for a, lines in enumerate((gray.T, gray)):  # Columns (lines across x), then rows.
+    n = len(lines)
+    width = max(2, int(window * n))
+    positions = np.linspace(width, n - width, candidates).round().astype(int)
+    scores = []
+    for p in positions:
+      before = lines[p - width:p][::-1]  # Nearest the line first.
+      after = lines[p:p + width]
+      plain = lines[p - width:p]
+      scores.append(np.abs(before - after).mean() / (np.abs(plain - after).mean() + 1e-6))
+    strip = np.minimum((positions * BINS) // n, BINS - 1)
+    for b in range(BINS):
+      if np.any(strip == b):
+        out[a, b] = min(np.array(scores)[strip == b])
+  return out
+
+
+def features(canvas: np.ndarray, *, mirror: bool = False) -> np.ndarray:
+  """The probe's input: the profiles, their steps from strip to strip, and the canvas's aspect;
+  with `mirror`, also `mirror_profiles` (the trace of a reflected fill)."""
   p = np.log(profiles(canvas) + 1e-3)
   steps = np.diff(p, axis=-1)
   h, w = canvas.shape[:2]
-  return np.concatenate([p.ravel(), steps.ravel(), [np.log(w / h)]])
+  parts = [p.ravel(), steps.ravel(), [np.log(w / h)]]
+  if mirror:
+    parts.append(np.log(mirror_profiles(canvas) + 1e-3).ravel())
+  return np.concatenate(parts)
 
 
 @dataclasses.dataclass
@@ -152,9 +186,10 @@ def evaluate(x: np.ndarray, boxes: np.ndarray, groups: Sequence[int]) -> ProbeRe
 def generate_canvases(photo_paths: Sequence[str], *, variants: int,
                       outpainter: outpaint_lib.OutPainter | None = None, seed: int = 0,
                       max_side: int = 256, min_area_fraction: float = 0.3,
-                      max_area_fraction: float = 0.8
+                      max_area_fraction: float = 0.8, mirror: bool = False
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """`variants` canvases of each photo, as the generator makes them (JPEG round trip included).
+  """`variants` canvases of each photo, as the generator makes them (JPEG round trip included);
+  `mirror` adds the mirror-symmetry profiles to the features.
 
   Returns:
     (features [N, D], pseudo-labels [N, 4] normalised x1y1x2y2, photo index [N]).
@@ -169,7 +204,7 @@ def generate_canvases(photo_paths: Sequence[str], *, variants: int,
           min_area_fraction=min_area_fraction, max_area_fraction=max_area_fraction)
       canvas = np.asarray(Image.open(io.BytesIO(generate.encode_jpeg(canvas))).convert("RGB"))
       top, left, bottom, right = plan.box_yxyx
-      x.append(features(canvas))
+      x.append(features(canvas, mirror=mirror))
       boxes.append([left / plan.canvas_w, top / plan.canvas_h, right / plan.canvas_w,
                     bottom / plan.canvas_h])
       groups.append(index)
