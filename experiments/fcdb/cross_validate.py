@@ -205,6 +205,15 @@ def run_fold(config: ml_collections.ConfigDict, fold_workdir: str) -> dict[str, 
   return done
 
 
+def _fold_minutes(fold_workdir: str) -> float | None:
+  """How long the fold trained, if this tool trained it."""
+  path = os.path.join(fold_workdir, "cv_fold.json")
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f)["minutes"]
+
+
 def cross_validate(config: ml_collections.ConfigDict, workdir: str, *, folds: int,
                    only_folds: Sequence[int] = (), reference: str = "",
                    samples: int = 10_000) -> dict[str, Any]:
@@ -220,9 +229,7 @@ def cross_validate(config: ml_collections.ConfigDict, workdir: str, *, folds: in
   for fold in only_folds or range(folds):
     fold_workdir = os.path.join(workdir, f"fold_{fold}")
     per_image = run_fold(fold_config(config, split, num_examples, folds, fold), fold_workdir)
-    minutes_path = os.path.join(fold_workdir, "cv_fold.json")
-    minutes = (json.load(open(minutes_path))["minutes"]
-               if os.path.isfile(minutes_path) else None)
+    minutes = _fold_minutes(fold_workdir)
     ious = [v["iou"] for v in per_image.values()]
     print(json.dumps({"fold": fold, "photos": len(ious), "iou": float(np.mean(ious)),
                       "bde": float(np.mean([v["bde"] for v in per_image.values()])),
