@@ -151,6 +151,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Fine-tuning: start from a trained model's parameters (a workdir or a shipped model's name);
   # ignored when the workdir has a checkpoint to resume from. Empty: from ImageNet weights.
   config.train.init_from = ""
+  # True: modules the trained model lacks (e.g. retrieval's, when it was trained with K = 0)
+  # start from their initialisation; every parameter the two share must still match.
+  config.train.init_new_modules = False
   config.train.eval_every = 50
   # (start, stop): a JAX profile (TensorBoard's profile tab) of the train steps that take the
   # step counter from start to stop, written to WORKDIR/profile; () profiles nothing. On the

@@ -110,19 +110,34 @@ class Trainer:
   def initialize_from(self, source: str) -> None:
     """Starts from a trained model's parameters (fine-tuning; `config.train.init_from`): a
     workdir's best (else latest) checkpoint or a shipped model. The optimizer starts afresh.
+    With `config.train.init_new_modules`, parameters the trained model lacks keep their
+    initialisation (a K = 0 model fine-tuned with retrieval).
 
     Raises:
       ValueError: the trained model's parameters do not fit this config's model.
     """
-    trained = inference.trained_params(source)
-    ours = {"/".join(map(str, k)): v.shape for k, v in nnx.to_flat_state(self.state["params"])}
-    theirs = {"/".join(map(str, k)): v.shape for k, v in nnx.to_flat_state(trained)}
-    if ours != theirs:
-      differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+    trained = nnx.to_flat_state(inference.trained_params(source))
+    ours = nnx.to_flat_state(self.state["params"])
+    theirs = {path: value for path, value in trained}
+    shapes = ({"/".join(map(str, k)): v.shape for k, v in ours},
+              {"/".join(map(str, k)): v.shape for k, v in trained})
+    new = sorted(shapes[0].keys() - shapes[1].keys())
+    differ = sorted(k for k in shapes[0].keys() | shapes[1].keys()
+                    if shapes[0].get(k) != shapes[1].get(k)
+                    and not (k in new and self.config.train.init_new_modules))
+    if differ:
+      hint = ("; or set config.train.init_new_modules=True to start the modules it lacks "
+              "afresh" if set(differ) <= set(new) else "")
       raise ValueError(f"config.train.init_from={source!r}: its parameters do not fit this "
                        f"model ({len(differ)} differ, e.g. {', '.join(differ[:3])}); use the "
-                       "same config.model fields")
-    params = sharding.put(jax.tree.map(jnp.asarray, trained), self.state_shardings["params"])
+                       f"same config.model fields{hint}")
+    if new:
+      modules = sorted({k.split("/")[0] for k in new})
+      logging.info("init_from %s: %d parameters (%s) start from their initialisation.",
+                   source, len(new), ", ".join(modules))
+    merged = [(path, theirs.get(path, value)) for path, value in ours]
+    params = nnx.from_flat_state(merged)
+    params = sharding.put(jax.tree.map(jnp.asarray, params), self.state_shardings["params"])
     self.state["params"] = params
     self.state["opt_state"] = sharding.on_mesh(
         jax.jit(self.tx.init)(params), self.mesh, sharding.replicated(self.mesh))

@@ -3,6 +3,7 @@
 import json
 import types
 
+from flax import nnx
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -136,6 +137,30 @@ def test_fine_tuning_starts_from_a_trained_run(tiny_trained_workdir, tiny_config
   config.model.d_model = 64  # Another architecture: a clear error, not a silent partial load.
   with pytest.raises(ValueError, match="init_from.*do not fit"):
     train.Trainer(config, str(tmp_path / "other")).initialize_from(str(tiny_trained_workdir))
+
+
+def test_fine_tuning_can_add_the_modules_the_trained_model_lacks(tiny_config, tmp_path,
+                                                                 monkeypatch):
+  """A K = 0 model fine-tuned with retrieval: shared parameters load, new modules start afresh,
+  and only when asked (config.train.init_new_modules)."""
+  without = tiny_config.copy_and_resolve_references()
+  without.model.num_references = 0
+  source = train.Trainer(without, str(tmp_path / "k0")).state["params"]
+  source = jax.tree.map(lambda x: np.asarray(x) + 1.0, jax.device_get(source))
+  monkeypatch.setattr(inference, "trained_params", lambda _: source)
+  config = tiny_config.copy_and_resolve_references()
+  with pytest.raises(ValueError, match="init_new_modules"):
+    train.Trainer(config, str(tmp_path / "strict")).initialize_from("k0")
+  config.train.init_new_modules = True
+  trainer = train.Trainer(config, str(tmp_path / "k2"))
+  fresh = dict(nnx.to_flat_state(jax.device_get(trainer.state["params"])))
+  trainer.initialize_from("k0")
+  got = dict(nnx.to_flat_state(jax.device_get(trainer.state["params"])))
+  loaded = dict(nnx.to_flat_state(source))
+  assert got.keys() - loaded.keys(), "the test needs modules the K = 0 model lacks"
+  for path, value in got.items():
+    want = loaded[path] if path in loaded else fresh[path]
+    np.testing.assert_array_equal(np.asarray(value.value), np.asarray(want.value), str(path))
 
 
 class _JaxConfig:
