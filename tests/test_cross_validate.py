@@ -8,6 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from experiments.fcdb import cross_validate
+from experiments.fcdb import cv_canvas
 from procrop_jax import input_pipeline
 
 
@@ -121,3 +122,18 @@ def test_a_cross_validated_run_scores_every_photo_once_and_pairs_with_a_referenc
   lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()
            if line.startswith("{")]
   assert [line["fold"] for line in lines if "fold" in line] == [0, 1, 0, 1]
+  # The Cropper's canvases score the same folds' photos, paired with the square canvas.
+  size = config.data.image_size
+  canvases = cv_canvas.score_canvases(str(tmp_path / "a"), [size], samples=200)
+  assert canvases[0]["photos"] == photos and canvases[0]["canvas"] == size
+  canvases = cv_canvas.score_canvases(str(tmp_path / "a"), [size], reference=str(tmp_path / "a"),
+                                      samples=200)
+  assert canvases[0]["difference"]["mean"] == 0.0  # Paired with itself at the same size.
+  assert "difference vs square canvas" in canvases[0]
+  assert (tmp_path / "a" / f"canvas_{size}" / "per_image.json").is_file()
+
+
+def test_cv_canvas_needs_a_cross_validated_workdir(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no fold_<k>/ with a checkpoint"):
+    cv_canvas.fold_workdirs(str(tmp_path))
+
