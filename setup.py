@@ -13,6 +13,9 @@ INSTALL_REQUIRES = [
     # Imported for bfloat16 torch files (torch_checkpoint.py); jax depends on it too.
     "ml-dtypes>=0.5,<0.7",
     "numpy>=2.0,<3",
+    # Faces found offline (faces.py): the Haar cascade files ship in the wheel. OpenCV 5 dropped
+    # CascadeClassifier from its main module.
+    "opencv-python-headless>=4.14,<5",
     "optax>=0.2.8,<0.3",
     "orbax-checkpoint>=0.12.8,<0.13",
     "pillow>=11,<14",

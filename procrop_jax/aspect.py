@@ -12,6 +12,9 @@ by the given-box scoring path:
    (scale, x shift, y shift) of `Candidates.refine_moves` (shifts in units of its size), scored
    in a second pass.
 
+With keep regions (keep.py: a user's boxes, faces), every candidate of steps 1-3 is moved and
+grown to contain them before it is scored.
+
 Every pass scores a fixed number of boxes per request (short lists are padded by repeating), so
 the forward pass compiles once whatever the photo and the ratio. `choose` is shared by the
 `Cropper` and the aspect-conditioned evaluation protocol, so what is measured is what users get.
@@ -26,6 +29,8 @@ import dataclasses
 from typing import Callable, Sequence
 
 import numpy as np
+
+from procrop_jax import keep as keep_lib
 
 Move = tuple[float, float, float]  # (scale, x shift, y shift) of a box, shifts in its size.
 
@@ -193,7 +198,8 @@ def _normalised(boxes_px: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def choose(score_fn: ScoreFn, proposals_px: Sequence[np.ndarray],
            sizes: Sequence[tuple[int, int]], ratios: Sequence[Sequence[float]], *,
            candidates: Candidates = DENSE, refine: bool = True,
-           proposal_scores: Sequence[np.ndarray] | None = None
+           proposal_scores: Sequence[np.ndarray] | None = None,
+           keep: Sequence[np.ndarray] | None = None
            ) -> list[list[tuple[np.ndarray, np.ndarray]]]:
   """Scored candidate crops of each requested ratio for a batch of photos.
 
@@ -206,6 +212,9 @@ def choose(score_fn: ScoreFn, proposals_px: Sequence[np.ndarray],
     refine: also score the neighbours of the best `candidates.refine_top` (a second pass).
     proposal_scores: per photo, the proposals' own scores [N], needed when
       `candidates.proposals` keeps only the best of them.
+    keep: per photo, keep regions [K, 4] (whole pixels, `keep.as_regions`): every candidate is
+      moved and grown to contain them, or the most of them one box of the ratio can
+      (`keep.constrain`).
 
   Returns:
     Per photo, per ratio: (boxes [M, 4] whole pixels, distinct, of that ratio; scores [M]),
@@ -231,6 +240,8 @@ def choose(score_fn: ScoreFn, proposals_px: Sequence[np.ndarray],
                                               positions=candidates.grid_positions),
                               proposal_candidates(proposals_px[i], ratio, size)])
       boxes = np.array(list(dict.fromkeys(map(tuple, boxes.tolist()))), np.int64)
+      if keep is not None:
+        boxes = keep_lib.constrain(boxes, keep[i], ratio, size)
       pools[i].append(boxes)
       given[i, j * count:(j + 1) * count] = _normalised(_fixed(boxes, count), size)
   scores = np.asarray(score_fn(given), np.float64)
@@ -247,6 +258,8 @@ def choose(score_fn: ScoreFn, proposals_px: Sequence[np.ndarray],
         boxes, s = pooled[i][j]
         best = boxes[np.argsort(-s, kind="stable")[:candidates.refine_top]]
         near = refine_candidates(best, ratio, size, candidates.refine_moves)
+        if keep is not None:
+          near = keep_lib.constrain(near, keep[i], ratio, size)
         extra[i].append(near)
         block = slice(j * refine_count, (j + 1) * refine_count)
         given[i, block] = _normalised(_fixed(near, refine_count), size)

@@ -6,6 +6,7 @@
   cropper.crop(image, aspect="16:9")                  # crops of exactly that ratio
   cropper.score(image, [[0, 0, 640, 360]])            # scores of boxes you give
   cropper.crop_many(paths, aspect=1.0)                # batched
+  cropper.crop(image, keep=[(x1, y1, x2, y2)], focus=(x, y))  # crops that contain these
 
 Free crops are the model's proposals, best first, with greedy non-maximum suppression so that
 the top-k differ. With an aspect ratio (`aspect="16:9"`, or a `parse_size` target, whose crops
@@ -24,6 +25,14 @@ on 320 x 192. Batches are padded to `batch_size` and candidate lists to a fixed 
 so a process compiles its forward passes once per bucket (at most three canvases, each with a
 proposal pass and, for fixed aspects, a candidate-scoring pass). (A model with retrieval keeps
 its S x S canvas.) The command line over files and folders is crop.py.
+
+Keep regions (keep.py) are boxes every crop must contain: the user's (`keep`, `focus`) and,
+unless `faces=False`, the faces found in the photo (faces.py) grown for hair and chin. They
+shape the candidates themselves: fixed-aspect candidates are moved and grown to contain them
+before they are scored; free proposals that leave one out are grown likewise and then all of
+that photo's proposals are scored by the given-box path (one more pass for the batch). When no
+box of the shape can hold them all, crops keep the most of them; each `Crop` names the regions
+it leaves out (`not_kept`) and the faces it cuts (`cut_faces`).
 """
 
 from __future__ import annotations
@@ -39,7 +48,9 @@ from PIL import Image
 
 from procrop_jax import aspect
 from procrop_jax import box_geometry
+from procrop_jax import faces as faces_lib
 from procrop_jax import inference
+from procrop_jax import keep as keep_lib
 from procrop_jax import photos
 
 CANVAS_MULTIPLE = 32  # The backbone's stride: canvas sides are multiples of it.
@@ -109,6 +120,8 @@ class Crop:
   box: tuple[int, int, int, int]
   score: float
   aspect: str = "free"
+  not_kept: tuple[int, ...] = ()  # Keep regions left out: the user's first, then faces.
+  cut_faces: tuple[int, ...] = ()  # Faces (Prepared.faces) of which 5-95% is inside.
 
 
 def non_max_suppression(boxes: np.ndarray, scores: np.ndarray, *, iou_threshold: float,
@@ -148,6 +161,14 @@ class Prepared:
   canvas: np.ndarray
   valid_hw: np.ndarray
   size: tuple[int, int]  # (width, height) of the upright photo.
+  faces: np.ndarray = dataclasses.field(  # [F, 4] pixel boxes, largest first.
+      default_factory=lambda: np.zeros((0, 4)))
+
+  def keep_regions(self, user: Sequence[Sequence[float]] | None = None) -> np.ndarray:
+    """The photo's keep regions [K, 4] in whole pixels: the user's, then its faces'."""
+    return np.concatenate([keep_lib.as_regions(user, self.size),
+                           keep_lib.as_regions(faces_lib.keep_regions(self.faces, self.size),
+                                               self.size)])
 
 
 class Cropper:
@@ -164,7 +185,7 @@ class Cropper:
   def __init__(self, predictor: inference.Predictor, *, nms_iou: float = 0.7,
                max_pixels: int = photos.DEFAULT_MAX_PIXELS, batch_size: int = 8,
                canvas_size: int | None = None, buckets: bool = True,
-               aspect_candidates: aspect.Candidates = aspect.FAST):
+               aspect_candidates: aspect.Candidates = aspect.FAST, faces: bool = True):
     """A cropper around a loaded model (see `pretrained` and `from_workdir`).
 
     `canvas_size` is the side S the photo's longer side is resized to (default: the model's
@@ -172,7 +193,8 @@ class Cropper:
     side is the smallest of `CANVAS_BUCKETS` that holds the photo's instead of S: fewer pixels,
     the same crops within noise (experiments/README.md). Both need a model without retrieval (`flexible_canvas`).
     `aspect_candidates` are the boxes scored for a fixed-aspect crop (`aspect.FAST`, or
-    `aspect.DENSE` as the aspect-conditioned evaluation scores them).
+    `aspect.DENSE` as the aspect-conditioned evaluation scores them). With `faces` the faces
+    found in each photo are keep regions (faces.py).
     """
     self.predictor = predictor
     self.aspect_candidates = aspect_candidates
@@ -191,6 +213,7 @@ class Cropper:
           f"for its training canvas ({predictor.image_size} px); leave canvas_size (and "
           "config.crop.canvas_size) unset")
     self.buckets = bool(buckets) and flexible
+    self.face_detector = faces_lib.FaceDetector() if faces else None
 
   def canvas_shape(self, width: int, height: int) -> tuple[int, int]:
     """(height, width) of the canvas a width x height photo is put on: its bucket."""
@@ -215,16 +238,21 @@ class Cropper:
 
   # ------------------------------------------------------------------------------- public API
   def crop(self, image: ImageLike, aspect: Target | str | float | None = None,
-           top_k: int = 3) -> list[Crop]:
+           top_k: int = 3, *, keep: Sequence[Sequence[float]] | None = None,
+           focus: tuple[float, float] | None = None) -> list[Crop]:
     """The top_k crops of one photo, best first; `aspect` (width / height, "16:9") fixes the
-    ratio of every crop."""
-    return self.crop_many([image], aspect=aspect, top_k=top_k)[0]
+    ratio of every crop. Every crop contains the `keep` boxes ([x1, y1, x2, y2] pixels of the
+    upright photo), the `focus` point (x, y) and the faces found, or the most of them a crop of
+    the shape can (keep.py)."""
+    return self.crop_many([image], aspect=aspect, top_k=top_k, keep=keep, focus=focus)[0]
 
   def crop_many(self, images: Iterable[ImageLike],
-                aspect: Target | str | float | None = None, top_k: int = 3
-                ) -> list[list[Crop]]:
-    """`crop` for many photos, batched."""
+                aspect: Target | str | float | None = None, top_k: int = 3, *,
+                keep: Sequence[Sequence[float]] | None = None,
+                focus: tuple[float, float] | None = None) -> list[list[Crop]]:
+    """`crop` for many photos, batched; `keep` and `focus` apply to every photo."""
     target = as_target(aspect)
+    user = user_regions(keep, focus)
     prepared = [self.prepare(_to_pil(image, self.max_pixels)) for image in images]
     buckets: dict[tuple[int, ...], list[int]] = {}  # Canvas shape -> photos on it.
     for i, p in enumerate(prepared):
@@ -233,7 +261,8 @@ class Cropper:
     for indices in buckets.values():
       for start in range(0, len(indices), self.batch_size):
         chunk = indices[start:start + self.batch_size]
-        crops = self.crop_batch([prepared[i] for i in chunk], [target], top_k=top_k)
+        crops = self.crop_batch([prepared[i] for i in chunk], [target], top_k=top_k,
+                                keep=[user] * len(chunk))
         for i, c in zip(chunk, crops):
           out[i] = c[target.label]
     return out
@@ -254,10 +283,19 @@ class Cropper:
 
   # ---------------------------------------------------------------------------------- batches
   def prepare(self, image: Image.Image) -> Prepared:
-    """An upright PIL photo on the model's canvas."""
+    """An upright PIL photo on the model's canvas, with its faces (if the cropper finds them)."""
     canvas, valid_hw = photos.canvas(image, self.canvas_size,
                                      CANVAS_BUCKETS if self.buckets else None)
-    return Prepared(canvas, valid_hw, image.size)
+    prepared = Prepared(canvas, valid_hw, image.size)
+    if self.face_detector is not None:
+      prepared.faces = self.face_detector.detect(image)
+    return prepared
+
+  def detect_faces(self, image: ImageLike) -> np.ndarray:
+    """The faces [F, 4] ([x1, y1, x2, y2] pixels) the cropper keeps in a photo, largest first."""
+    if self.face_detector is None:
+      return np.zeros((0, 4))
+    return self.face_detector.detect(_to_pil(image, self.max_pixels))
 
   def _predict(self, batch: list[Prepared], boxes: np.ndarray | None = None, *,
                encoding: dict[str, np.ndarray] | None = None, keep_encoding: bool = False
@@ -285,10 +323,15 @@ class Cropper:
     return (np.stack([p.canvas for p in batch + pad]),
             np.stack([p.valid_hw for p in batch + pad]))
 
-  def crop_batch(self, batch: list[Prepared], targets: Sequence[Target], *, top_k: int
+  def crop_batch(self, batch: list[Prepared], targets: Sequence[Target], *, top_k: int,
+                 keep: Sequence[Sequence[Sequence[float]] | None] | None = None
                  ) -> list[dict[str, list[Crop]]]:
-    """For each photo, target label -> its top_k crops, best first."""
+    """For each photo, target label -> its top_k crops, best first.
+
+    `keep` holds each photo's own keep regions (pixel boxes); its faces are added to them."""
     results: list[dict[str, list[Crop]]] = [{} for _ in batch]
+    regions = [p.keep_regions(keep[i] if keep is not None else None)
+               for i, p in enumerate(batch)]
     ratios = [t for t in targets if t.ratio is not None]
     # Free proposals: the free crops, and (snapped) candidates of every fixed ratio. Fixed
     # ratios then score candidates on the same photos: the backbone, the encoder and the
@@ -299,21 +342,70 @@ class Cropper:
     proposals_px = [proposals["boxes"][i].astype(np.float64) * (p.size * 2)
                     for i, p in enumerate(batch)]
     if any(t.ratio is None for t in targets):
-      for i, p in enumerate(batch):
-        boxes = np.array([aspect.snap_box(b, p.size) for b in proposals_px[i]], np.float64)
-        results[i]["free"] = self._top(boxes, proposals["scores"][i], top_k, "free")
+      free = self._free_crops(batch, proposals, proposals_px, regions, encoding)
+      for i, (boxes, scores) in enumerate(free):
+        results[i]["free"] = self._top(boxes, scores, top_k, "free", batch[i], regions[i])
     if ratios:
       chosen = aspect.choose(
           lambda given: self._predict(batch, given, encoding=encoding)["scores"], proposals_px,
           [p.size for p in batch], [[t.ratio for t in ratios]] * len(batch),
-          candidates=self.aspect_candidates, proposal_scores=list(proposals["scores"]))
+          candidates=self.aspect_candidates, proposal_scores=list(proposals["scores"]),
+          keep=regions)
       for i in range(len(batch)):
         for j, t in enumerate(ratios):
           boxes, scores = chosen[i][j]
-          results[i][t.label] = self._top(boxes.astype(np.float64), scores, top_k, t.label)
+          results[i][t.label] = self._top(boxes.astype(np.float64), scores, top_k, t.label,
+                                          batch[i], regions[i])
     return results
 
-  def _top(self, boxes: np.ndarray, scores: np.ndarray, top_k: int, label: str) -> list[Crop]:
+  def _free_crops(self, batch: list[Prepared], proposals: dict[str, Any],
+                  proposals_px: list[np.ndarray], regions: list[np.ndarray],
+                  encoding: dict[str, np.ndarray] | None
+                  ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per photo, free candidate boxes [M, 4] and their scores.
+
+    The proposals, scored by their confidence; in a photo where some proposal leaves out a keep
+    region, the proposals grown to contain the regions (keep.constrain), all scored by the
+    given-box path (one pass for the batch, only when some photo needs it)."""
+    out, rescored = [], []
+    for i, p in enumerate(batch):
+      snapped = np.array([aspect.snap_box(b, p.size) for b in proposals_px[i]], np.int64)
+      grown = keep_lib.constrain(snapped, regions[i], None, p.size)
+      if grown.shape == snapped.shape and np.array_equal(grown, snapped):
+        out.append((snapped.astype(np.float64), np.asarray(proposals["scores"][i], np.float64)))
+      else:
+        out.append((grown.astype(np.float64), None))
+        rescored.append(i)
+    if rescored:
+      count = len(proposals_px[0])
+      given = np.stack([
+          np.resize(out[i][0], (count, 4)) / (p.size * 2) if out[i][1] is None
+          else proposals["boxes"][i].astype(np.float64) for i, p in enumerate(batch)])
+      scores = self._predict(batch, given, encoding=encoding)["scores"]
+      for i in rescored:
+        out[i] = (out[i][0], np.asarray(scores[i][:len(out[i][0])], np.float64))
+    return out
+
+  def _top(self, boxes: np.ndarray, scores: np.ndarray, top_k: int, label: str,
+           prepared: Prepared, regions: np.ndarray) -> list[Crop]:
     scores = np.asarray(scores, np.float64)
-    keep = non_max_suppression(boxes, scores, iou_threshold=self.nms_iou, top_k=top_k)
-    return [Crop(tuple(int(v) for v in boxes[i]), float(scores[i]), label) for i in keep]
+    chosen = non_max_suppression(boxes, scores, iou_threshold=self.nms_iou, top_k=top_k)
+    crops = []
+    for i in chosen:
+      box = tuple(int(v) for v in boxes[i])
+      not_kept = np.nonzero(~keep_lib.contained(box, regions))[0]
+      cut = np.nonzero(keep_lib.cut(box, prepared.faces))[0]
+      crops.append(Crop(box, float(scores[i]), label, tuple(int(k) for k in not_kept),
+                        tuple(int(k) for k in cut)))
+    return crops
+
+
+def user_regions(keep: Sequence[Sequence[float]] | None = None,
+                 focus: tuple[float, float] | None = None) -> list[tuple[float, ...]]:
+  """A user's keep boxes and focal point as keep regions (pixel boxes), boxes first."""
+  regions = [tuple(float(v) for v in box) for box in (keep or ())]
+  if any(len(box) != 4 for box in regions):
+    raise ValueError(f"keep: expected [x1, y1, x2, y2] boxes, got {keep}")
+  if focus is not None:
+    regions.append(keep_lib.focus_region(*focus))
+  return regions
