@@ -3,6 +3,7 @@ r"""The `procrop crop` command: photos, folders, globs or stdin in, crops and a 
   procrop crop PATH... [--out DIR] [--aspect W:H ...] [--size WxH ...] [--top-k K]
                        [--workdir DIR [--best] | --model NAME_OR_PATH] [--batch-size B]
                        [--canvas-size S] [--compile-cache DIR]
+                       [--keep X1,Y1,X2,Y2 ...] [--focus X,Y] [--no-faces]
                        [--format keep|jpg|png|webp] [--quiet]
 
 (`python -m procrop_jax.crop ...` is the same.) PATH is any mix of files, folders (recursive),
@@ -12,11 +13,15 @@ globs and `-` (one image on stdin). Without --workdir the shipped model is used.
   <relative path>/<stem>_<aspect>_<rank>.<ext>  the crops, best first (rank 1), in the input's
                                                 format with its ICC profile and EXIF
   results.jsonl                                 one line per input: path, status ("ok" or
-                                                "error"), error, width, height, and per crop
-                                                box [x1, y1, x2, y2] in pixels, score, aspect,
-                                                file
+                                                "error"), error, width, height, faces (boxes
+                                                found), keep (the user's regions), and per
+                                                crop box [x1, y1, x2, y2] in pixels, score,
+                                                aspect, file, not_kept (indices of keep
+                                                regions left out: the user's, then faces),
+                                                cut_faces (indices of faces it cuts)
   index.html                                    a contact sheet: each photo with its crop boxes
-                                                drawn over it and the crops beside it
+                                                drawn over it, faces dashed, and the crops
+                                                beside it (a crop that cuts a face is flagged)
 
 Exit status: 0 all inputs cropped, 1 some failed (the others are still written), 2 usage error.
 
@@ -114,11 +119,14 @@ def run(inputs: Sequence[photos.Input], cropper: cropper_lib.Cropper, *,
         out_dir: str | os.PathLike[str],
         targets: Sequence[cropper_lib.Target] = (cropper_lib.FREE,), top_k: int = 3,
         fmt: str = "keep", quality: int = 92, problems: Sequence[tuple[str, str]] = (),
-        workers: int = 2, progress: bool = True) -> RunSummary:
+        workers: int = 2, progress: bool = True,
+        keep: Sequence[Sequence[float]] = ()) -> RunSummary:
   """Crops `inputs` into `out_dir` (crops, results.jsonl, index.html); see the module docstring.
 
-  `problems` are (argument, reason) pairs from `photos.list_inputs`, reported as errors.
+  `problems` are (argument, reason) pairs from `photos.list_inputs`, reported as errors. `keep`
+  holds keep regions (pixel boxes) for every photo (`cropper.user_regions`).
   """
+  keep = [list(map(float, box)) for box in keep]
   start = time.perf_counter()
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
@@ -150,7 +158,8 @@ def run(inputs: Sequence[photos.Input], cropper: cropper_lib.Cropper, *,
       """Crops one batch (one canvas bucket) and starts writing its crops; the records of the
       previous batch are emitted once its writes are done, so writing overlaps the next
       batch's model pass."""
-      crops = cropper.crop_batch([p for _, _, p in batch], targets, top_k=top_k)
+      crops = cropper.crop_batch([p for _, _, p in batch], targets, top_k=top_k,
+                                 keep=[keep] * len(batch))
       records, writes = {}, []
       for (index, photo, prepared), by_target in zip(batch, crops):
         item, base = inputs[index], bases[index]
@@ -160,7 +169,8 @@ def run(inputs: Sequence[photos.Input], cropper: cropper_lib.Cropper, *,
           for rank, c in enumerate(by_target[target.label], 1):
             rel = base.parent / f"{base.name}_{target.label}_{rank}{photos.suffix(fmt_name)}"
             record_crops.append({"box": list(c.box), "score": round(c.score, 6),
-                                 "aspect": target.label, "file": rel.as_posix()})
+                                 "aspect": target.label, "file": rel.as_posix(),
+                                 "not_kept": list(c.not_kept), "cut_faces": list(c.cut_faces)})
             writes.append((writer.submit(photos.save_crop, photo, c.box, out / rel,
                                          fmt=fmt_name, size=target.size, quality=quality),
                            index))
@@ -168,7 +178,9 @@ def run(inputs: Sequence[photos.Input], cropper: cropper_lib.Cropper, *,
         writes.append((writer.submit(_save_preview, prepared, preview), index))
         width, height = photo.size
         records[index] = {"path": item.source, "status": "ok", "error": None,
-                          "width": width, "height": height, "crops": record_crops,
+                          "width": width, "height": height,
+                          "faces": [[round(float(v), 1) for v in f] for f in prepared.faces],
+                          "keep": keep, "crops": record_crops,
                           "preview": preview.relative_to(out).as_posix()}
       written.append((batch, records, writes))
       if len(written) > 1:
@@ -241,7 +253,9 @@ def write_index(out: pathlib.Path, records: Sequence[dict[str, Any]]) -> pathlib
                    f"<div class=error>error: {html.escape(str(r['error']))}</div></div>")
       continue
     width, height = r["width"], r["height"]
-    boxes = []
+    faces = r.get("faces", [])
+    boxes = [html_pages.box(f, (width, height), html_pages.FACE_COLOUR, f"face {n}",
+                            dashed=True) for n, f in enumerate(faces)]
     crops = []
     for n, c in enumerate(r["crops"]):
       colour = html_pages.COLOURS[n % len(html_pages.COLOURS)]
@@ -249,10 +263,16 @@ def write_index(out: pathlib.Path, records: Sequence[dict[str, Any]]) -> pathlib
       label = f"{c['aspect']} #{n + 1} {c['score']:.2f}"
       boxes.append(html_pages.box(c["box"], (width, height), colour, label))
       link = html_pages.url(c["file"])
+      flags = "".join(f"<br><span class=error>cuts face {k}</span>"
+                      for k in c.get("cut_faces", []))
+      if c.get("not_kept"):
+        flags += (f"<br><span class=error>leaves out keep region "
+                  f"{', '.join(map(str, c['not_kept']))}</span>")
       crops.append(f"<figure><a href='{link}'><img loading=lazy src='{link}' "
                    f"style='border-color:{colour}'></a><figcaption>{html.escape(label)}<br>"
-                   f"{x2 - x1}x{y2 - y1}</figcaption></figure>")
-    parts.append(f"<div class=item><div class=path>{path} ({width}x{height})</div>"
+                   f"{x2 - x1}x{y2 - y1}{flags}</figcaption></figure>")
+    found = f", {len(faces)} face{'s' * (len(faces) != 1)}" if faces else ""
+    parts.append(f"<div class=item><div class=path>{path} ({width}x{height}{found})</div>"
                  f"{html_pages.photo(html_pages.url(r['preview']), boxes)}"
                  f"<div class=crops>{''.join(crops)}</div></div>")
   index = out / "index.html"
@@ -285,6 +305,20 @@ def _positive_int(text: str) -> int:
   if value < 1:
     raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
   return value
+
+
+def _numbers(count: int, form: str):
+  def convert(text: str) -> tuple[float, ...]:
+    try:
+      values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+      values = ()
+    if len(values) != count or not all(v >= 0 for v in values):
+      raise argparse.ArgumentTypeError(f"{text!r}: use {form}, pixels >= 0")
+    if count == 4 and (values[2] <= values[0] or values[3] <= values[1]):
+      raise argparse.ArgumentTypeError(f"{text!r}: X2 must exceed X1 and Y2 exceed Y1")
+    return values
+  return convert
 
 
 def build_parser(prog: str = "procrop crop") -> argparse.ArgumentParser:
@@ -331,6 +365,14 @@ def build_parser(prog: str = "procrop crop") -> argparse.ArgumentParser:
                       help="folder of JAX's persistent compilation cache: later runs load the "
                       "compiled model instead of compiling it; '' turns it off (default: "
                       f"%(default)s; ${inference.COMPILE_CACHE_ENV} sets another)")
+  parser.add_argument("--keep", action="append", default=[], type=_numbers(4, "X1,Y1,X2,Y2"),
+                      metavar="X1,Y1,X2,Y2",
+                      help="a box (pixels of the upright photo) every crop must contain, or "
+                      "the most of them a crop of the shape can; repeatable")
+  parser.add_argument("--focus", type=_numbers(2, "X,Y"), default=None, metavar="X,Y",
+                      help="a point (pixels) every crop must contain")
+  parser.add_argument("--no-faces", action="store_true",
+                      help="do not look for faces (by default crops keep the faces found whole)")
   parser.add_argument("--quiet", action="store_true", help="no progress bar")
   return parser
 
@@ -356,7 +398,7 @@ def _model_source(args: argparse.Namespace) -> str:
 def _load_cropper(args: argparse.Namespace) -> cropper_lib.Cropper:
   """The cropper the flags ask for; a problem is one line and exit status 2."""
   kwargs = dict(nms_iou=args.nms_iou, max_pixels=args.max_pixels, batch_size=args.batch_size,
-                canvas_size=args.canvas_size,
+                canvas_size=args.canvas_size, faces=not args.no_faces,
                 progress=None if args.quiet else inference.progress_to_stderr)
   try:
     if args.workdir:
@@ -408,7 +450,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "procrop crop") -> in
     inference.progress_to_stderr(f"  loaded in {time.perf_counter() - start:.1f} s")
   summary = run(inputs, cropper, out_dir=args.out, targets=targets, top_k=args.top_k,
                 fmt=args.format, quality=args.quality, problems=problems,
-                workers=args.workers, progress=not args.quiet)
+                workers=args.workers, progress=not args.quiet,
+                keep=cropper_lib.user_regions(args.keep, args.focus))
   print(f"Cropped {summary.ok} of {summary.total} inputs into {summary.out_dir} "
         f"({summary.photos_per_second:.2f} photos/s)"
         + (f"; {summary.failed} failed (see {summary.out_dir / 'results.jsonl'})"

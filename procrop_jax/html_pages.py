@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 COLOURS = ("#ff3b30", "#34c759", "#0a84ff", "#ffcc00", "#af52de", "#ff9500")
+FACE_COLOUR = "#00a39b"  # Faces found: dashed teal frames, apart from the crops' colours.
 STYLE = """
 body{font:14px system-ui,sans-serif;margin:1.5em;background:#f4f4f4;color:#222}
 h1{font-size:1.3em} h2{font-size:1.1em} .item{background:#fff;margin:0 0 1em;padding:.8em;
@@ -53,15 +54,15 @@ def jpeg_data_uri(pixels: np.ndarray, *, max_side: int = 420, quality: int = 85)
 
 
 def box(xyxy: Sequence[float], size: tuple[int, int], colour: str, label: str, *,
-        label_below: bool = False) -> str:
+        label_below: bool = False, dashed: bool = False) -> str:
   """A labelled frame at pixel box [x1, y1, x2, y2] of a (width, height) photo; goes inside
   `photo`. The label sits in its top-left corner, or bottom-left (two boxes that share a
-  corner keep both labels readable)."""
+  corner keep both labels readable). A dashed frame marks a face."""
   width, height = size
   x1, y1, x2, y2 = (float(v) for v in xyxy)
   style = (f"left:{100 * x1 / width:.3f}%;top:{100 * y1 / height:.3f}%;"
            f"width:{100 * (x2 - x1) / width:.3f}%;height:{100 * (y2 - y1) / height:.3f}%;"
-           f"border-color:{colour}")
+           f"border-color:{colour}" + (";border-style:dashed" if dashed else ""))
   where = " class=below" if label_below else ""
   return (f"<div class=box style='{style}'><span{where} style='background:{colour}'>"
           f"{html.escape(label)}</span></div>")
