@@ -4,6 +4,7 @@ r"""The `procrop crop` command: photos, folders, globs or stdin in, crops and a 
                        [--workdir DIR [--best] | --model NAME_OR_PATH] [--batch-size B]
                        [--canvas-size S] [--compile-cache DIR]
                        [--keep X1,Y1,X2,Y2 ...] [--focus X,Y] [--no-faces]
+                       [--face-side PX]
                        [--format keep|jpg|png|webp] [--quiet]
 
 (`python -m procrop_jax.crop ...` is the same.) PATH is any mix of files, folders (recursive),
@@ -53,6 +54,7 @@ from PIL import Image
 import tqdm
 
 from procrop_jax import cropper as cropper_lib
+from procrop_jax import faces as faces_lib
 from procrop_jax import html_pages
 from procrop_jax import inference
 from procrop_jax import model_zoo
@@ -373,6 +375,9 @@ def build_parser(prog: str = "procrop crop") -> argparse.ArgumentParser:
                       help="a point (pixels) every crop must contain")
   parser.add_argument("--no-faces", action="store_true",
                       help="do not look for faces (by default crops keep the faces found whole)")
+  parser.add_argument("--face-side", type=_positive_int, default=faces_lib.DETECT_SIDE,
+                      help="the photo's longer side, in pixels, as the face detector sees it: "
+                      "smaller is faster and misses small faces (default: %(default)s)")
   parser.add_argument("--quiet", action="store_true", help="no progress bar")
   return parser
 
@@ -398,7 +403,8 @@ def _model_source(args: argparse.Namespace) -> str:
 def _load_cropper(args: argparse.Namespace) -> cropper_lib.Cropper:
   """The cropper the flags ask for; a problem is one line and exit status 2."""
   kwargs = dict(nms_iou=args.nms_iou, max_pixels=args.max_pixels, batch_size=args.batch_size,
-                canvas_size=args.canvas_size, faces=not args.no_faces,
+                canvas_size=args.canvas_size,
+                faces=not args.no_faces and faces_lib.FaceDetector(detect_side=args.face_side),
                 progress=None if args.quiet else inference.progress_to_stderr)
   try:
     if args.workdir:

@@ -185,7 +185,8 @@ class Cropper:
   def __init__(self, predictor: inference.Predictor, *, nms_iou: float = 0.7,
                max_pixels: int = photos.DEFAULT_MAX_PIXELS, batch_size: int = 8,
                canvas_size: int | None = None, buckets: bool = True,
-               aspect_candidates: aspect.Candidates = aspect.FAST, faces: bool = True):
+               aspect_candidates: aspect.Candidates = aspect.FAST,
+               faces: bool | faces_lib.FaceDetector = True):
     """A cropper around a loaded model (see `pretrained` and `from_workdir`).
 
     `canvas_size` is the side S the photo's longer side is resized to (default: the model's
@@ -193,8 +194,8 @@ class Cropper:
     side is the smallest of `CANVAS_BUCKETS` that holds the photo's instead of S: fewer pixels,
     the same crops within noise (experiments/README.md). Both need a model without retrieval (`flexible_canvas`).
     `aspect_candidates` are the boxes scored for a fixed-aspect crop (`aspect.FAST`, or
-    `aspect.DENSE` as the aspect-conditioned evaluation scores them). With `faces` the faces
-    found in each photo are keep regions (faces.py).
+    `aspect.DENSE` as the aspect-conditioned evaluation scores them). With `faces` (True, or a
+    `faces.FaceDetector` of other settings) the faces found in each photo are keep regions.
     """
     self.predictor = predictor
     self.aspect_candidates = aspect_candidates
@@ -213,7 +214,8 @@ class Cropper:
           f"for its training canvas ({predictor.image_size} px); leave canvas_size (and "
           "config.crop.canvas_size) unset")
     self.buckets = bool(buckets) and flexible
-    self.face_detector = faces_lib.FaceDetector() if faces else None
+    self.face_detector = (faces if isinstance(faces, faces_lib.FaceDetector)
+                          else faces_lib.FaceDetector() if faces else None)
 
   def canvas_shape(self, width: int, height: int) -> tuple[int, int]:
     """(height, width) of the canvas a width x height photo is put on: its bucket."""
