@@ -199,7 +199,7 @@ def choose(score_fn: ScoreFn, proposals_px: Sequence[np.ndarray],
            sizes: Sequence[tuple[int, int]], ratios: Sequence[Sequence[float]], *,
            candidates: Candidates = DENSE, refine: bool = True,
            proposal_scores: Sequence[np.ndarray] | None = None,
-           keep: Sequence[np.ndarray] | None = None
+           keep: Sequence[keep_lib.Regions | np.ndarray] | None = None
            ) -> list[list[tuple[np.ndarray, np.ndarray]]]:
   """Scored candidate crops of each requested ratio for a batch of photos.
 
@@ -212,9 +212,9 @@ def choose(score_fn: ScoreFn, proposals_px: Sequence[np.ndarray],
     refine: also score the neighbours of the best `candidates.refine_top` (a second pass).
     proposal_scores: per photo, the proposals' own scores [N], needed when
       `candidates.proposals` keeps only the best of them.
-    keep: per photo, keep regions [K, 4] (whole pixels, `keep.as_regions`): every candidate is
-      moved and grown to contain them, or the most of them one box of the ratio can
-      (`keep.constrain`).
+    keep: per photo, keep regions (`keep.Regions`, or whole-pixel boxes [K, 4]): every
+      candidate is moved and grown to contain them, or the most of them one box of the ratio
+      can (`keep.constrain`).
 
   Returns:
     Per photo, per ratio: (boxes [M, 4] whole pixels, distinct, of that ratio; scores [M]),

@@ -164,11 +164,13 @@ class Prepared:
   faces: np.ndarray = dataclasses.field(  # [F, 4] pixel boxes, largest first.
       default_factory=lambda: np.zeros((0, 4)))
 
-  def keep_regions(self, user: Sequence[Sequence[float]] | None = None) -> np.ndarray:
-    """The photo's keep regions [K, 4] in whole pixels: the user's, then its faces'."""
-    return np.concatenate([keep_lib.as_regions(user, self.size),
-                           keep_lib.as_regions(faces_lib.keep_regions(self.faces, self.size),
-                                               self.size)])
+  def keep_regions(self, user: Sequence[Sequence[float]] | None = None) -> keep_lib.Regions:
+    """The photo's keep regions: the user's, then its faces' (with their margins; tight: the
+    faces as found)."""
+    user = keep_lib.as_regions(user, self.size)
+    grown = keep_lib.as_regions(faces_lib.keep_regions(self.faces, self.size), self.size)
+    return keep_lib.Regions(np.concatenate([user, grown]),
+                            np.concatenate([user, keep_lib.as_regions(self.faces, self.size)]))
 
 
 class Cropper:
@@ -361,41 +363,46 @@ class Cropper:
     return results
 
   def _free_crops(self, batch: list[Prepared], proposals: dict[str, Any],
-                  proposals_px: list[np.ndarray], regions: list[np.ndarray],
+                  proposals_px: list[np.ndarray], regions: list[keep_lib.Regions],
                   encoding: dict[str, np.ndarray] | None
                   ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per photo, free candidate boxes [M, 4] and their scores.
 
-    The proposals, scored by their confidence; in a photo where some proposal leaves out a keep
-    region, the proposals grown to contain the regions (keep.constrain), all scored by the
-    given-box path (one pass for the batch, only when some photo needs it)."""
-    out, rescored = [], []
+    The proposals that contain the keep regions keep their confidence; the others are grown to
+    contain them (keep.constrain) and scored by the given-box path (one pass for the batch,
+    only when some photo needs it). Both estimate the IoU with an expert's crop for a model
+    trained with `loss.given_iou_weight`, as the shipped one is."""
+    out: list[dict[tuple[int, ...], float | None]] = []  # Box -> score, None: to be scored.
     for i, p in enumerate(batch):
-      snapped = np.array([aspect.snap_box(b, p.size) for b in proposals_px[i]], np.int64)
-      grown = keep_lib.constrain(snapped, regions[i], None, p.size)
-      if grown.shape == snapped.shape and np.array_equal(grown, snapped):
-        out.append((snapped.astype(np.float64), np.asarray(proposals["scores"][i], np.float64)))
-      else:
-        out.append((grown.astype(np.float64), None))
-        rescored.append(i)
-    if rescored:
-      count = len(proposals_px[0])
-      given = np.stack([
-          np.resize(out[i][0], (count, 4)) / (p.size * 2) if out[i][1] is None
-          else proposals["boxes"][i].astype(np.float64) for i, p in enumerate(batch)])
+      out.append({})
+      for box, score in zip(proposals_px[i], proposals["scores"][i]):
+        snapped = aspect.snap_box(box, p.size)
+        grown = tuple(keep_lib.constrain(np.array([snapped]), regions[i], None, p.size)[0])
+        if grown == snapped:
+          out[i][snapped] = max(float(score), out[i].get(snapped) or -np.inf)
+        else:
+          out[i].setdefault(grown, None)
+    if any(None in o.values() for o in out):
+      count = len(proposals_px[0])  # Never more grown boxes than proposals.
+      pending = [[b for b, s in o.items() if s is None] or [next(iter(o))] for o in out]
+      given = np.stack([np.resize(np.array(b, np.float64), (count, 4)) / (p.size * 2)
+                        for b, p in zip(pending, batch)])
       scores = self._predict(batch, given, encoding=encoding)["scores"]
-      for i in rescored:
-        out[i] = (out[i][0], np.asarray(scores[i][:len(out[i][0])], np.float64))
-    return out
+      for i, boxes in enumerate(pending):
+        for box, score in zip(boxes, scores[i]):
+          if out[i][box] is None:
+            out[i][box] = float(score)
+    return [(np.array(list(o), np.float64).reshape(-1, 4), np.array(list(o.values()), np.float64))
+            for o in out]
 
   def _top(self, boxes: np.ndarray, scores: np.ndarray, top_k: int, label: str,
-           prepared: Prepared, regions: np.ndarray) -> list[Crop]:
+           prepared: Prepared, regions: keep_lib.Regions) -> list[Crop]:
     scores = np.asarray(scores, np.float64)
     chosen = non_max_suppression(boxes, scores, iou_threshold=self.nms_iou, top_k=top_k)
     crops = []
     for i in chosen:
       box = tuple(int(v) for v in boxes[i])
-      not_kept = np.nonzero(~keep_lib.contained(box, regions))[0]
+      not_kept = np.nonzero(~keep_lib.contained(box, regions.tight))[0]
       cut = np.nonzero(keep_lib.cut(box, prepared.faces))[0]
       crops.append(Crop(box, float(scores[i]), label, tuple(int(k) for k in not_kept),
                         tuple(int(k) for k in cut)))

@@ -6,7 +6,10 @@ grown only as much as needed, to contain the regions (`constrain`), so every box
 scores keeps them and the best-scored one is chosen among those. When no box of the requested
 shape inside the photo can hold them all (a tall 4:5 crop of two faces far apart, say), the
 candidates keep the largest subset that fits (`keepable_subset`), earlier regions first: the
-user's, then larger faces. A crop's `not_kept` names the regions it leaves out.
+user's, then larger faces. A region may have a tight form (a face without the margin for hair
+and chin, `Regions.tight`): when the regions with their margins do not all fit but more of the
+tight ones do, the tight ones are kept. A crop's `not_kept` names the regions whose tight form
+it leaves out.
 
 Regions are pixel boxes [x1, y1, x2, y2] of the upright photo, rounded outwards to whole pixels
 and clipped to the photo; a region with no area inside the photo can never be kept.
@@ -14,6 +17,7 @@ and clipped to the photo; a region with no area inside the photo can never be ke
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from typing import Sequence
@@ -25,6 +29,29 @@ from procrop_jax import box_geometry
 Box = tuple[int, int, int, int]
 # Every subset of at most this many regions is tried; beyond it, regions are added greedily.
 _EXHAUSTIVE = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Regions:
+  """A photo's keep regions [K, 4] (whole pixels, `as_regions`) and their tight forms [K, 4]:
+  the least of each a crop must hold for it to count as kept (a face without its margins; the
+  region itself for a user's box)."""
+  boxes: np.ndarray
+  tight: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.boxes)
+
+
+def to_contain(regions: Regions, ratio: float | None, size: tuple[int, int]) -> np.ndarray:
+  """The boxes [K', 4] candidates of the ratio are made to contain: the keepable subset of the
+  regions, or of their tight forms where that keeps more of them."""
+  chosen = regions.boxes[keepable_subset(regions.boxes, ratio, size)]
+  if len(chosen) < valid(regions.boxes).sum():
+    tight = regions.tight[keepable_subset(regions.tight, ratio, size)]
+    if len(tight) > len(chosen):
+      return tight
+  return chosen
 
 
 def as_regions(regions: Sequence[Sequence[float]] | np.ndarray | None, size: tuple[int, int]
@@ -163,15 +190,15 @@ def contain(box: Sequence[float], regions: np.ndarray, ratio: float | None,
   return (x, y, x + w, y + h)
 
 
-def constrain(boxes: np.ndarray, regions: np.ndarray, ratio: float | None,
+def constrain(boxes: np.ndarray, regions: Regions | np.ndarray, ratio: float | None,
               size: tuple[int, int]) -> np.ndarray:
-  """Distinct boxes [M, 4] (M <= N), each of boxes [N, 4] made to contain the keepable subset
-  of the regions (`keepable_subset`), in the boxes' order; the boxes as they are without
-  regions."""
+  """Distinct boxes [M, 4] (M <= N), each of boxes [N, 4] made to contain what `to_contain`
+  picks of the regions, in the boxes' order; the boxes as they are without regions."""
   boxes = np.asarray(boxes).reshape(-1, 4)
-  regions = np.asarray(regions).reshape(-1, 4)
-  if not valid(regions).any():
+  if not isinstance(regions, Regions):
+    regions = Regions(np.asarray(regions).reshape(-1, 4), np.asarray(regions).reshape(-1, 4))
+  if not valid(regions.boxes).any():
     return boxes.astype(np.int64)
-  keep = regions[keepable_subset(regions, ratio, size)]
+  keep = to_contain(regions, ratio, size)
   out = [contain(b, keep, ratio, size) for b in boxes]
   return np.array(list(dict.fromkeys(b for b in out if b is not None)), np.int64).reshape(-1, 4)

@@ -57,6 +57,15 @@ def test_the_most_regions_are_kept_earlier_ones_first():
   assert keep.keepable_subset(points, 1.0, size).tolist() == [0, 1]
 
 
+def test_faces_too_tall_with_their_margins_are_kept_tight():
+  # A 16:9 box of a 400 x 300 photo is at most 225 tall: the face (200 tall) fits, its margins
+  # (290 tall) do not, so candidates contain the face as found.
+  size = (400, 300)
+  regions = keep.Regions(np.array([[100, 0, 300, 290]]), np.array([[120, 50, 280, 250]]))
+  boxes = keep.constrain(np.array([[0, 0, 160, 90]]), regions, 16 / 9, size)
+  assert keep.contained(boxes[0], regions.tight)[0] and _ratio_ok(boxes[0], 16 / 9)
+
+
 def test_cut_is_between_five_and_ninety_five_percent():
   faces = np.array([[0, 0, 10, 10], [0, 0, 100, 100], [50, 50, 60, 60]])
   np.testing.assert_array_equal(keep.cut((0, 0, 50, 100), faces), [False, True, False])
