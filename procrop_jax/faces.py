@@ -8,11 +8,16 @@ figures):
 
 - Small faces. BlazeFace's short-range model sees the photo at 128 x 128 px (the full-range one
   at 192 x 192), where a face of 2-5% of the short side is 3-10 px, below what it finds. The
-  cascade runs on the photo at `DETECT_SIDE` px and finds faces of `MIN_FACE` px and up.
-- False alarms. `alt2` raised none on the sample photos without faces that the `default`
-  cascade took coins for.
-- Cost. It runs in the threads that decode photos (OpenCV releases the GIL), so it overlaps the
-  model's pass instead of adding to it.
+  cascade runs on the photo at `DETECT_SIDE` px (1024 x 683 for a 3:2 photo) and finds faces
+  of its 20 px window and up: from about 3% of the short side (tests/test_faces.py pastes a
+  4% face; 2.3-2.7% ones were missed).
+- False alarms. `alt2` raised none on scikit-image's photos without faces, where the `default`
+  cascade took six coins for faces.
+- Cost, its weak side: 0.2-0.5 s per photo on 2 busy CPU cores, many times the shipped model's
+  pass. It runs in the threads that decode photos (OpenCV releases the GIL), overlapping the
+  model, but on two cores that does not hide it. `--face-side` trades small faces for speed.
+  A BlazeFace module in the jitted pass would cost little but miss the small faces that FCDB's
+  photos of people in scenes mostly hold: the follow-up if speed matters more.
 It finds frontal faces only: profiles and faces turned away are not protected.
 
 OpenCV 5 dropped the cascades from its main module: the dependency is pinned below 5.
@@ -27,8 +32,8 @@ import numpy as np
 from PIL import Image
 
 CASCADE = "haarcascade_frontalface_alt2.xml"
-# The photo's longer side as the detector sees it: faces of MIN_FACE px there are 3% of a 3:2
-# photo's short side (640 x 427).
+# The photo's longer side as the detector sees it (smaller photos are not enlarged): faces of
+# MIN_FACE px there are 2.9% of a 3:2 photo's short side (1024 x 683).
 DETECT_SIDE = 1024
 MIN_FACE = 20  # The cascade's own window: it finds nothing smaller.
 SCALE_STEP = 1.1  # Between the scales searched: 1.15 is faster but missed a 4% face.
