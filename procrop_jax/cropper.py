@@ -32,7 +32,8 @@ shape the candidates themselves: fixed-aspect candidates are moved and grown to 
 before they are scored; free proposals that leave one out are grown likewise and then all of
 that photo's proposals are scored by the given-box path (one more pass for the batch). When no
 box of the shape can hold them all, crops keep the most of them; each `Crop` names the regions
-it leaves out (`not_kept`) and the faces it cuts (`cut_faces`).
+it leaves out (`not_kept`) and the faces it cuts (`cut_faces`). A batch where a free proposal
+had to grow adds one given-box pass for free crops (compiled once per bucket).
 """
 
 from __future__ import annotations
