@@ -75,7 +75,8 @@ def _told(cropper: cropper_lib.Cropper, examples, images, candidates: aspect.Can
   told = metrics.IoUProtocol()
   # Each photo asks for its own ratio: one photo per call, not one padded to a batch.
   one_by_one = cropper_lib.Cropper(cropper.predictor, canvas_size=cropper.canvas_size,
-                            buckets=cropper.buckets, batch_size=1, aspect_candidates=candidates)
+                            buckets=cropper.buckets, batch_size=1, aspect_candidates=candidates,
+                            faces=False)
   start = time.perf_counter()
   for ex, image in zip(examples, images):
     h, w = (int(v) for v in ex["image_size"])
@@ -95,16 +96,17 @@ def _told(cropper: cropper_lib.Cropper, examples, images, candidates: aspect.Can
 def main(argv):
   del argv
   if _WORKDIR.value:
-    base = cropper_lib.Cropper.from_workdir(_WORKDIR.value, best=True)
+    base = cropper_lib.Cropper.from_workdir(_WORKDIR.value, best=True, faces=False)
   else:
-    base = cropper_lib.Cropper.pretrained(_MODEL.value)
+    base = cropper_lib.Cropper.pretrained(_MODEL.value, faces=False)
   source = tfds.builder("fcdb", data_dir=_DATA_DIR.value).as_data_source(_SPLIT.value)
   examples = [source[i] for i in range(len(source))]
   images = [Image.fromarray(ex["image"]) for ex in examples]
   settings = [("square", base.predictor.image_size, False)] if _SQUARE.value else []
   settings += [("buckets", int(size), True) for size in _SIZES.value]
   for name, size, buckets in settings:
-    cropper = cropper_lib.Cropper(base.predictor, canvas_size=size, buckets=buckets)
+    # No faces: this measures the model (faces: experiments/faces_benchmark.py).
+    cropper = cropper_lib.Cropper(base.predictor, canvas_size=size, buckets=buckets, faces=False)
     shapes = {cropper.canvas_shape(ex["image"].shape[1], ex["image"].shape[0]) for ex in examples}
     line = {"canvas": name, "size": size, "photos": len(examples), "buckets": len(shapes),
             **_free(cropper, examples, images)}

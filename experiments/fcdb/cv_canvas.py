@@ -59,7 +59,9 @@ def fold_workdirs(cv_workdir: str) -> list[tuple[int, str]]:
 def score_fold(fold_workdir: str, sizes: Sequence[int]
                ) -> tuple[dict[int, dict[str, dict[str, float]]], dict[int, float]]:
   """Per-photo values of the fold's final checkpoint on its held-out photos, at each size."""
-  base = cropper_lib.Cropper.from_workdir(fold_workdir)  # The latest: the fixed final step.
+  # The latest: the fixed final step. No faces: this measures the model (issue 31's keep
+  # regions are measured by experiments/faces_benchmark.py).
+  base = cropper_lib.Cropper.from_workdir(fold_workdir, faces=False)
   config = base.predictor.config
   steps = int(config.train.num_steps)
   if base.predictor.step != steps:
@@ -71,7 +73,7 @@ def score_fold(fold_workdir: str, sizes: Sequence[int]
   images = [Image.fromarray(ex["image"]) for ex in examples]
   values, seconds = {}, {}
   for size in sizes:
-    cropper = cropper_lib.Cropper(base.predictor, canvas_size=size)
+    cropper = cropper_lib.Cropper(base.predictor, canvas_size=size, faces=False)
     protocol = metrics.IoUProtocol(top_ks=(5,))
     start = time.perf_counter()
     for ex, found in zip(examples, cropper.crop_many(images, top_k=5)):
