@@ -29,11 +29,11 @@ its S x S canvas.) The command line over files and folders is crop.py.
 Keep regions (keep.py) are boxes every crop must contain: the user's (`keep`, `focus`) and,
 unless `faces=False`, the faces found in the photo (faces.py) grown for hair and chin. They
 shape the candidates themselves: fixed-aspect candidates are moved and grown to contain them
-before they are scored; free proposals that leave one out are grown likewise and then all of
-that photo's proposals are scored by the given-box path (one more pass for the batch). When no
-box of the shape can hold them all, crops keep the most of them; each `Crop` names the regions
-it leaves out (`not_kept`) and the faces it cuts (`cut_faces`). A batch where a free proposal
-had to grow adds one given-box pass for free crops (compiled once per bucket).
+before they are scored; free proposals that leave one out are grown likewise and scored by the
+given-box path (one more pass for a batch where some proposal grew, compiled once per bucket),
+the others keeping their confidence. When no box of the shape can hold them all, crops keep the
+most of them; each `Crop` names the regions it leaves out (`not_kept`) and the faces it cuts
+(`cut_faces`).
 """
 
 from __future__ import annotations
@@ -121,7 +121,8 @@ class Crop:
   box: tuple[int, int, int, int]
   score: float
   aspect: str = "free"
-  not_kept: tuple[int, ...] = ()  # Keep regions left out: the user's first, then faces.
+  # Keep regions left out, indexed as the user's boxes, then the focal point, then the faces.
+  not_kept: tuple[int, ...] = ()
   cut_faces: tuple[int, ...] = ()  # Faces (Prepared.faces) of which 5-95% is inside.
 
 
