@@ -1,0 +1,39 @@
+r"""The shipped recipe: CAD pretraining on professional photographs, then all of FCDB's training
+photos, on 2 CPU cores.
+
+  python -m procrop_jax.main --config=configs/cad_pro_cpu.py --workdir=workdirs/cad_pro
+  python -m procrop_jax.main --config=configs/fcdb_pro_cpu.py --workdir=workdirs/fcdb_pro
+  python -m procrop_jax.main --config=configs/fcdb_pro_cpu.py --workdir=workdirs/fcdb_pro \
+      --mode=export --config.export.output_dir=procrop_jax/shipped/fcdb_lite0 \
+      --config.export.cross_validation=workdirs/cv/cad_pro/summary.json,\
+workdirs/cv/cad_pro/canvas_192/summary.json
+
+Decided by cross-validation (experiments/fcdb/cross_validate.py, RESULTS.md), never on the
+photos a figure is read from: the same recipe, fold by fold, is
+
+  python -m experiments.fcdb.cross_validate --config=configs/fcdb_pro_cpu.py \
+      --workdir=workdirs/cv/cad_pro --reference=workdirs/cv/reference
+
+(cross_validate sets each fold's splits). The schedule is the one cross-validated, fixed in
+advance and stopped at its final step: 600 steps of configs/fcdb_cpu.py's optimizer from the
+CAD-pretrained head. Trained on every photo, the run has no held-out photo of its own: its
+fcdb_val figure checks the export only (the model card marks it `trained_on`), and its quality
+figures are the cross-validated ones the export records. The default canvas (crop.canvas_size)
+is the one experiments/fcdb/cv_canvas.py chose on the folds' photos.
+"""
+
+import ml_collections
+
+from configs import fcdb_cpu
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = fcdb_cpu.get_config()
+  config.train.init_from = "workdirs/cad_pro"  # configs/cad_pro_cpu.py's final step.
+  config.data.train_split = "train"  # All 1,335 photos.
+  config.train.num_steps = 600
+  config.train.checkpoint_every = 300
+  config.train.eval_every = 600  # The final step only: nothing is chosen.
+  config.export.best = False  # The final step.
+  config.crop.canvas_size = 192
+  return config
