@@ -212,5 +212,7 @@ def get_config() -> ml_collections.ConfigDict:
   # The canvas the Cropper resizes photos to by default (--canvas-size overrides it); 0: the
   # training size, data.image_size. A shipped model records the one it is measured at.
   config.crop.canvas_size = 0
+  # The canvases the Cropper puts photos on: buckets | orientation | square (cropper.py).
+  config.crop.canvas_layout = "buckets"
   config.crop.after_training = True  # The main job ends by cropping config.crop.input_dir.
   return config

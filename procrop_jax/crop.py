@@ -317,6 +317,10 @@ def build_parser(prog: str = "procrop crop") -> argparse.ArgumentParser:
                       "of 32 (default: the model's config.crop.canvas_size, else its "
                       "training size); smaller is faster "
                       "(experiments/README.md measures speed and quality)")
+  parser.add_argument("--canvas-layout", choices=cropper_lib.CANVAS_LAYOUTS, default=None,
+                      help="the canvases photos are put on (default: the model's "
+                      "config.crop.canvas_layout, else buckets): buckets (fewest pixels, up to "
+                      "5 shapes to compile), orientation (2 shapes), square (1)")
   parser.add_argument("--format", choices=photos.FORMAT_CHOICES, default="keep",
                       help="format of the crops (default: the input's)")
   parser.add_argument("--quality", type=int, default=92, choices=range(1, 101),
@@ -356,7 +360,7 @@ def _model_source(args: argparse.Namespace) -> str:
 def _load_cropper(args: argparse.Namespace) -> cropper_lib.Cropper:
   """The cropper the flags ask for; a problem is one line and exit status 2."""
   kwargs = dict(nms_iou=args.nms_iou, max_pixels=args.max_pixels, batch_size=args.batch_size,
-                canvas_size=args.canvas_size,
+                canvas_size=args.canvas_size, layout=args.canvas_layout,
                 progress=None if args.quiet else inference.progress_to_stderr)
   try:
     if args.workdir:
