@@ -11,7 +11,8 @@ trainer's steps run the model through the same `steps.forward`), jitted once per
 size, number of given boxes): callers keep those fixed (the cropper pads its batches and
 candidate lists) so a run compiles few shapes. JAX's persistent compilation cache is on by
 default (`use_compile_cache`): a later process loads those executables instead of compiling
-them again.
+them again, and `predict` keeps each pass's lowered program beside them (exported_passes.py), so
+that it does not trace the model again either.
 
 A model with retrieval (`config.model.num_references` > 0) also needs its reference database
 and the retrieval code, which reads photos through TensorFlow; only such a model loads them.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import os
+import pathlib
 import sys
 import time
 from typing import Any, Callable
@@ -31,6 +33,7 @@ import ml_collections
 import numpy as np
 
 from procrop_jax import artifacts
+from procrop_jax import exported_passes
 from procrop_jax import model_zoo
 from procrop_jax import sharding
 from procrop_jax import steps
@@ -76,6 +79,11 @@ def use_default_compile_cache() -> None:
   gave JAX one (`jax_compilation_cache_dir`): what a Predictor does when it is built."""
   if not _compile_cache_chosen and not jax.config.jax_compilation_cache_dir:
     use_compile_cache()
+
+
+def exported_folder() -> str:
+  """Where `Predictor.predict` keeps exported passes: the compilation cache's folder ("" none)."""
+  return jax.config.jax_compilation_cache_dir or ""
 
 
 def inference_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -124,6 +132,7 @@ class Predictor:
     self._batch_sharding = sharding.batch_sharding(self.mesh)
     self._steps: dict[tuple[bool, bool], Callable] = {}
     self._shapes_seen: set[tuple[Any, ...]] = set()
+    self._exported: exported_passes.ExportedPasses | None = None
     use_default_compile_cache()
 
   # --------------------------------------------------------------------------------- loading
@@ -238,12 +247,29 @@ class Predictor:
   def to_device(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     return sharding.to_global_arrays(batch, self.mesh)
 
-  def _run(self, step: Callable, batch: dict[str, np.ndarray], what: str) -> dict[str, Any]:
-    """`step` on `batch`, announcing a compilation (a shape not seen yet) to `progress`."""
-    shapes = (what, *sorted((k, np.shape(v)) for k, v in batch.items()))
-    if self.progress is None or shapes in self._shapes_seen:
-      return jax.device_get(step(self.state, self.to_device(batch)))
+  def _pass(self, kind: tuple[bool, bool], step: Callable, batch: dict[str, jax.Array]
+            ) -> Callable:
+    """`step` for this batch, through a pass exported to the compilation cache folder (see
+    exported_passes.py: a later process skips tracing the model) when there is one."""
+    cache = exported_folder()
+    if not cache or self.num_devices != 1:  # Exported passes here are single-device.
+      return step
+    if self._exported is None or self._exported.folder.parent != pathlib.Path(cache):
+      identity = {"model": self.config.model.to_dict(),
+                  "inference": inference_options(self.config)}
+      self._exported = exported_passes.ExportedPasses(cache, identity)
+    return self._exported.get(repr(kind), step, self.state, batch)
+
+  def _run(self, kind: tuple[bool, bool], batch: dict[str, np.ndarray], what: str
+           ) -> dict[str, Any]:
+    """The `kind` pass on `batch`, announcing a new shape (a compilation) to `progress`."""
+    shapes = (kind, what, *sorted((k, np.shape(v)) for k, v in batch.items()))
+    new = shapes not in self._shapes_seen
     self._shapes_seen.add(shapes)
+    device_batch = self.to_device(batch)
+    step = self._pass(kind, self._step(*kind), device_batch)
+    if self.progress is None or not new:
+      return jax.device_get(step(self.state, device_batch))
     canvas = ("{}x{} canvases".format(*np.shape(batch["image"])[1:3]) if "image" in batch
               else "the canvases above")
     cache = jax.config.jax_compilation_cache_dir
@@ -251,7 +277,7 @@ class Predictor:
                   f"{len(batch['image_valid_hw'])}): "
                   + (f"compiled once, or loaded from {cache}" if cache else "compiling"))
     start = time.perf_counter()
-    outputs = jax.device_get(step(self.state, self.to_device(batch)))
+    outputs = jax.device_get(step(self.state, device_batch))
     self.progress(f"  ready in {time.perf_counter() - start:.1f} s")
     return outputs
 
@@ -306,15 +332,15 @@ class Predictor:
       batch = {k: np.concatenate([v, np.repeat(v[-1:], pad, 0)]) for k, v in batch.items()}
     if encoding is None:
       batch = self.add_references(batch)
-    step = self._step(boxes is not None, keep_encoding)
     what = ("scoring given boxes" if boxes is not None else "proposing crops") + (
         " from a kept encoding" if encoding is not None else "")
-    outputs = self._run(step, batch, what)
+    outputs = self._run((boxes is not None, keep_encoding), batch, what)
     return jax.tree.map(lambda v: np.asarray(v)[:n], outputs)
 
   def compilations(self) -> int:
-    """How many times the forward passes have compiled (one per new input shape)."""
-    return sum(step._cache_size() for step in self._steps.values())  # pylint: disable=protected-access
+    """How many forward passes `predict` has prepared: one per new input shape, each compiled
+    or loaded from the compilation cache."""
+    return len(self._shapes_seen)
 
 
 def trained_params(source: str) -> Any:
