@@ -28,10 +28,10 @@ from procrop_jax import modes
 
 COMMAND_FILE = "command.txt"  # main --mode=train records its command line here.
 # What the model card keeps of a cross-validation summary.
-_CROSS_VALIDATED = ("photos", "folds", "folds_total", "steps", "canvas", "iou", "iou_se", "bde",
-                    "bde_se", "iou_top5", "fold_iou", "centred 90% iou", "whole photo iou",
-                    "margin over centred 90%", "margin over whole photo", "reference iou",
-                    "difference", "bde difference", "reference", "command")
+_CROSS_VALIDATED = ("photos", "folds", "folds_total", "steps", "canvas", "layout", "iou",
+                    "iou_se", "bde", "bde_se", "iou_top5", "fold_iou", "centred 90% iou",
+                    "whole photo iou", "margin over centred 90%", "margin over whole photo",
+                    "reference iou", "difference", "bde difference", "reference", "command")
 _REPORTED = ("iou", "bde", "iou_top5", "pair_acc", "pair_acc_strong", "aspect_iou", "aspect_bde",
              "num_images", "num_pairs", "split", "dataset")
 
