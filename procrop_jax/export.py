@@ -93,8 +93,9 @@ def trained_on(config: ml_collections.ConfigDict, benchmark: ml_collections.Conf
   """Whether the run trained on every photo of the benchmark's split (e.g. a model trained on
   all of FCDB's `train`, scored on `train[85%:]`)."""
   whole = config.data.train_split.strip()
-  return (benchmark.dataset == config.data.dataset and "[" not in whole and "+" not in whole
-          and benchmark.split.split("[")[0].strip() == whole)
+  return (benchmark.get("dataset", config.data.dataset) == config.data.dataset
+          and "[" not in whole and "+" not in whole
+          and benchmark["split"].split("[")[0].strip() == whole)
 
 
 def ship(model, config: ml_collections.ConfigDict, out_dir: str, *, card: dict[str, Any],

@@ -46,3 +46,5 @@ def test_a_benchmark_is_marked_when_the_run_trained_on_all_of_its_split(train_sp
   assert export.trained_on(config, benchmark) is expected
   benchmark.dataset = "flms"
   assert not export.trained_on(config, benchmark)
+  del benchmark.dataset  # A benchmark without one scores the training dataset.
+  assert export.trained_on(config, benchmark) is expected
