@@ -2,7 +2,7 @@ r"""The `procrop crop` command: photos, folders, globs or stdin in, crops and a 
 
   procrop crop PATH... [--out DIR] [--aspect W:H ...] [--size WxH ...] [--top-k K]
                        [--workdir DIR [--best] | --model NAME_OR_PATH] [--batch-size B]
-                       [--canvas-size S] [--compile-cache DIR]
+                       [--canvas-size S] [--canvas-layout L] [--compile-cache DIR]
                        [--format keep|jpg|png|webp] [--quiet]
 
 (`python -m procrop_jax.crop ...` is the same.) PATH is any mix of files, folders (recursive),
