@@ -5,8 +5,9 @@ photos, on 2 CPU cores.
   python -m procrop_jax.main --config=configs/fcdb_pro_cpu.py --workdir=workdirs/fcdb_pro
   python -m procrop_jax.main --config=configs/fcdb_pro_cpu.py --workdir=workdirs/fcdb_pro \
       --mode=export --config.export.output_dir=procrop_jax/shipped/fcdb_lite0 \
-      --config.export.cross_validation=workdirs/cv/cad_pro/summary.json,\
-workdirs/cv/cad_pro/canvas_192_orientation/summary.json
+      --config.export.cross_validation=$CV/summary.json,$CV/canvas_192_orientation/summary.json
+
+(CV=workdirs/cv/cad_pro, the cross-validation below, run through experiments/fcdb/cv_canvas.py.)
 
 Decided by cross-validation (experiments/fcdb/cross_validate.py, RESULTS.md), never on the
 photos a figure is read from: the same recipe, fold by fold, is
