@@ -4,7 +4,9 @@ A `Predictor` holds a model's parameters (EMA ones when the run kept them), the 
 trained with and jitted forward passes. It comes from a workdir, `Predictor.from_workdir(DIR)`
 (latest or best checkpoint, read by `workdir.restore_model`: parameters and model state only),
 or from a shipped model, `Predictor.from_pretrained()` (see model_zoo.py). Neither builds random
-parameters: the model's abstract shapes are filled with the stored arrays.
+parameters: the model's abstract shapes are filled with the stored arrays. A shipped model is not
+even built when the forward passes it needs were exported by an earlier process: its stored
+arrays go straight into them, in the order that process kept (exported_passes.py).
 
 The forward pass is `steps.predict_step`, the one evaluation during training uses (the
 trainer's steps run the model through the same `steps.forward`), jitted once per (canvas, batch
@@ -109,10 +111,13 @@ class Predictor:
     progress: called with a line before each compilation (and after, with its time), or None.
   """
 
-  def __init__(self, model: procrop.ProCrop, config: ml_collections.ConfigDict, *,
-               source: str = "", step: int | None = None, workdir: str | None = None,
+  def __init__(self, model: procrop.ProCrop | model_zoo.StoredModel,
+               config: ml_collections.ConfigDict, *, source: str = "",
+               step: int | None = None, workdir: str | None = None,
                devices: list[jax.Device] | None = None,
                progress: Callable[[str], None] | None = None):
+    """`model` is the NNX model, or a shipped model's stored weights: then the model is built
+    only if a forward pass must be traced (no exported pass of its shape is kept yet)."""
     self.config = config
     self.source = source
     self.step = step
@@ -123,17 +128,42 @@ class Predictor:
     self.mesh = sharding.create_mesh((-1, 1), (sharding.DATA_AXIS, "model"),
                                      devices or jax.local_devices())
     self.num_devices = self.mesh.shape[sharding.DATA_AXIS]
-    replicated = sharding.replicated(self.mesh)
-    graphdef, params, rng_state, rest = nnx.split(model, nnx.Param, nnx.RngState, ...)
-    self.graphdef = graphdef
-    self.state = jax.device_put({"params": params, "rest": rest}, replicated)
-    self.rng_state = jax.device_put(rng_state, replicated)
-    self._replicated = replicated
+    self._replicated = sharding.replicated(self.mesh)
     self._batch_sharding = sharding.batch_sharding(self.mesh)
+    self._model = model
     self._steps: dict[tuple[bool, bool], Callable] = {}
     self._shapes_seen: set[tuple[Any, ...]] = set()
     self._exported: exported_passes.ExportedPasses | None = None
+    self._exported_leaves: tuple[exported_passes.LeafSpecs, list[jax.Array]] = ([], [])
     use_default_compile_cache()
+    if isinstance(model, model_zoo.StoredModel):
+      # Now, so that weights that do not fit the model fail here, not at the first photo.
+      if self._exported_passes() is None:
+        _ = self._split
+
+  @functools.cached_property
+  def _split(self) -> tuple[nnx.GraphDef, dict[str, nnx.State], nnx.State]:
+    """(graphdef, {"params", "rest"} state, RNG state) of the model, on the mesh."""
+    model = self._model
+    if isinstance(model, model_zoo.StoredModel):
+      model = model.build()
+    graphdef, params, rng_state, rest = nnx.split(model, nnx.Param, nnx.RngState, ...)
+    self._model = None  # The state below holds the weights from now on.
+    return (graphdef, jax.device_put({"params": params, "rest": rest}, self._replicated),
+            jax.device_put(rng_state, self._replicated))
+
+  @property
+  def graphdef(self) -> nnx.GraphDef:
+    return self._split[0]
+
+  @property
+  def state(self) -> dict[str, nnx.State]:
+    """{"params": the parameters, "rest": batch statistics}, replicated on the mesh."""
+    return self._split[1]
+
+  @property
+  def rng_state(self) -> nnx.State:
+    return self._split[2]
 
   # --------------------------------------------------------------------------------- loading
   @classmethod
@@ -164,14 +194,13 @@ class Predictor:
     Raises:
       FileNotFoundError: no such model.
     """
-    shipped = model_zoo.load(name_or_path)
-    config = shipped.config
-    references = shipped.path / "references"
+    stored = model_zoo.load_arrays(name_or_path)
+    config = stored.config
+    references = stored.path / "references"
     if references.is_dir():  # A shipped reference database travels with its model.
       with config.unlocked():
         config.retrieval.index_dir = str(references)
-    return cls(shipped.model, config, source=str(shipped.path), devices=devices,
-               progress=progress)
+    return cls(stored, config, source=str(stored.path), devices=devices, progress=progress)
 
   @classmethod
   def from_source(cls, source: str) -> "Predictor":
@@ -247,18 +276,55 @@ class Predictor:
   def to_device(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     return sharding.to_global_arrays(batch, self.mesh)
 
-  def _pass(self, kind: tuple[bool, bool], step: Callable, batch: dict[str, jax.Array]
-            ) -> Callable:
-    """`step` for this batch, through a pass exported to the compilation cache folder (see
-    exported_passes.py: a later process skips tracing the model) when there is one."""
+  def _named_leaves(self) -> list[tuple[str, jax.Array]]:
+    """The state's leaves in order, each named as the stored weights name it."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(self.state)
+    return [(sharding.path_to_string(path[1:]), leaf) for path, leaf in flat]
+
+  def _leaves(self, passes: exported_passes.ExportedPasses
+              ) -> tuple[exported_passes.LeafSpecs, list[jax.Array]]:
+    """(specs, arrays) of the state's leaves, for an exported pass: from the stored weights in
+    the order an earlier process kept (building no model), else from the model's state."""
+    stored = self._model if isinstance(self._model, model_zoo.StoredModel) else None
+    specs = passes.read_specs() if stored is not None else None
+    if specs is not None:
+      stored.check({name: shape for name, shape, _ in specs})
+      return specs, [jax.device_put(np.asarray(stored.arrays[name], dtype), self._replicated)
+                     for name, _, dtype in specs]
+    named = self._named_leaves()
+    specs = exported_passes.leaf_specs(named)
+    if stored is not None or passes.read_specs() != specs:  # For the next shipped model.
+      passes.write_specs(specs)
+    return specs, [leaf for _, leaf in named]
+
+  def _exported_passes(self) -> exported_passes.ExportedPasses | None:
+    """The passes exported to the compilation cache folder (exported_passes.py), with the
+    state's leaves ready for them; None without a cache folder or with several devices (the
+    exported passes here are single-device)."""
     cache = exported_folder()
-    if not cache or self.num_devices != 1:  # Exported passes here are single-device.
-      return step
+    if not cache or self.num_devices != 1:
+      return None
     if self._exported is None or self._exported.folder.parent != pathlib.Path(cache):
       identity = {"model": self.config.model.to_dict(),
                   "inference": inference_options(self.config)}
       self._exported = exported_passes.ExportedPasses(cache, identity)
-    return self._exported.get(repr(kind), step, self.state, batch)
+      self._exported_leaves = self._leaves(self._exported)
+    return self._exported
+
+  def _pass(self, kind: tuple[bool, bool]) -> Callable[[dict[str, jax.Array]], Any]:
+    """The `kind` pass as a function of a batch on the mesh: through an exported pass when
+    there is a cache folder (a later process skips tracing the model, and a shipped model's
+    skips building it), else the jitted step."""
+    passes = self._exported_passes()
+    if passes is None:
+      step = self._step(*kind)
+      return lambda batch: step(self.state, batch)
+    specs, leaves = self._exported_leaves
+
+    def call(batch: dict[str, jax.Array]) -> Any:
+      exported = passes.get(repr(kind), specs, batch, lambda: (self._step(*kind), self.state))
+      return exported(leaves, batch)
+    return call
 
   def _run(self, kind: tuple[bool, bool], batch: dict[str, np.ndarray], what: str
            ) -> dict[str, Any]:
@@ -267,9 +333,9 @@ class Predictor:
     new = shapes not in self._shapes_seen
     self._shapes_seen.add(shapes)
     device_batch = self.to_device(batch)
-    step = self._pass(kind, self._step(*kind), device_batch)
+    run = self._pass(kind)
     if self.progress is None or not new:
-      return jax.device_get(step(self.state, device_batch))
+      return jax.device_get(run(device_batch))
     canvas = ("{}x{} canvases".format(*np.shape(batch["image"])[1:3]) if "image" in batch
               else "the canvases above")
     cache = jax.config.jax_compilation_cache_dir
@@ -277,7 +343,7 @@ class Predictor:
                   f"{len(batch['image_valid_hw'])}): "
                   + (f"compiled once, or loaded from {cache}" if cache else "compiling"))
     start = time.perf_counter()
-    outputs = jax.device_get(step(self.state, device_batch))
+    outputs = jax.device_get(run(device_batch))
     self.progress(f"  ready in {time.perf_counter() - start:.1f} s")
     return outputs
 

@@ -84,10 +84,12 @@ def test_a_photo_on_stdin(tmp_path, env):
 
 @pytest.mark.slow
 @needs_shipped_model
-def test_the_cropper_path_imports_no_tensorflow(tmp_path, env):
+def test_the_cropper_path_imports_no_tensorflow_or_checkpointing(tmp_path, env):
   _photo(tmp_path / "p.jpg")
   check = ("import sys; assert 'tensorflow' not in sys.modules, 'tensorflow imported'; "
-           "assert 'tensorflow_datasets' not in sys.modules, 'tensorflow_datasets imported'")
+           "assert 'tensorflow_datasets' not in sys.modules, 'tensorflow_datasets imported'; "
+           "from procrop_jax import lazy; "
+           "assert not lazy.is_loaded('orbax.checkpoint'), 'orbax.checkpoint imported'")
   python_api = ("from procrop_jax import Cropper; "
                 "assert Cropper.pretrained().crop('p.jpg', top_k=1); " + check)
   command_line = ("import sys; from procrop_jax import main; "
