@@ -22,7 +22,8 @@ Exit status: 0 all inputs cropped, 1 some failed (the others are still written),
 
 The crops themselves come from the `Cropper` (cropper.py: free crops, fixed aspects, canvas
 buckets). Photos are decoded in threads while the model runs, and crops are written while the
-model runs on the next batch; batches are formed per canvas bucket. Start-up costs are kept to
+model runs on the next batch; batches are formed per canvas bucket, and each canvas's passes
+are prepared in the background from its first decoded photo on. Start-up costs are kept to
 what the model needs: no TensorFlow is imported (unless the model uses retrieval), the
 parameters are read into abstract shapes, and the compiled passes are kept in JAX's persistent
 compilation cache (--compile-cache, default $PROCROP_COMPILE_CACHE, else
@@ -131,7 +132,8 @@ def run(inputs: Sequence[photos.Input], cropper: cropper_lib.Cropper, *,
 
   with open(results_path, "w") as results, \
       concurrent.futures.ThreadPoolExecutor(workers) as decoder, \
-      concurrent.futures.ThreadPoolExecutor(workers) as writer:
+      concurrent.futures.ThreadPoolExecutor(workers) as writer, \
+      concurrent.futures.ThreadPoolExecutor(2) as compiler:
 
     def emit(record: dict[str, Any]) -> None:
       results.write(json.dumps(record) + "\n")
@@ -198,6 +200,8 @@ def run(inputs: Sequence[photos.Input], cropper: cropper_lib.Cropper, *,
     # memory stays bounded however the photos' shapes are mixed.
     buckets: dict[tuple[int, ...], list[Decoded]] = {}
     max_waiting = 3 * cropper.batch_size
+    # Canvas shape -> its warm-up. A failed one is left alone: the batch fails on its own.
+    warming: dict[tuple[int, ...], concurrent.futures.Future] = {}
     decoded = _ordered(decoder, lambda i: (i, _decode(inputs[i], cropper.max_pixels, cropper)),
                        range(len(inputs)), lookahead=2 * cropper.batch_size)
     for index, result in decoded:
@@ -207,6 +211,11 @@ def run(inputs: Sequence[photos.Input], cropper: cropper_lib.Cropper, *,
         failed += 1
         bar.update(1)
         continue
+      if result[1].canvas.shape not in warming and len(inputs) > 1:
+        # A new canvas: prepare its passes now, beside decoding and the other canvases'
+        # batches, rather than when its first batch is full.
+        warming[result[1].canvas.shape] = compiler.submit(
+            cropper.warm_up, result[1].canvas.shape[:2], targets)
       bucket = buckets.setdefault(result[1].canvas.shape, [])
       bucket.append((index, *result))
       if len(bucket) == cropper.batch_size:

@@ -272,6 +272,19 @@ class Cropper:
     scores = self._predict([prepared], padded[None])["scores"][0]
     return np.asarray(scores[:len(boxes)], np.float64)
 
+  def warm_up(self, canvas_hw: tuple[int, int], targets: Sequence[Target] = (FREE,)) -> None:
+    """Prepares (compiles, or loads from the compilation cache) every pass that a batch of
+    photos on a canvas_hw canvas needs for `targets`, on a blank batch.
+
+    Thread-safe: a folder run warms each canvas up in the background as soon as its first
+    photo is decoded, so compilation overlaps decoding and the other canvases' batches; a
+    batch that needs a pass being prepared waits for it rather than preparing it again.
+    """
+    height, width = canvas_hw
+    blank = Prepared(np.full((height, width, 3), 0.5, np.float32),
+                     np.ones((2,), np.float32), (width, height))
+    self.crop_batch([blank], targets, top_k=1)
+
   # ---------------------------------------------------------------------------------- batches
   def prepare(self, image: Image.Image) -> Prepared:
     """An upright PIL photo on the model's canvas."""

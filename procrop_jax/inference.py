@@ -26,6 +26,7 @@ import functools
 import os
 import pathlib
 import sys
+import threading
 import time
 from typing import Any, Callable
 
@@ -131,39 +132,48 @@ class Predictor:
     self._replicated = sharding.replicated(self.mesh)
     self._batch_sharding = sharding.batch_sharding(self.mesh)
     self._model = model
+    self._parts: tuple[nnx.GraphDef, dict[str, nnx.State], nnx.State] | None = None
+    self._build_lock = threading.Lock()
     self._steps: dict[tuple[bool, bool], Callable] = {}
     self._shapes_seen: set[tuple[Any, ...]] = set()
+    # A shape's first call is prepared by one thread; another asking for it waits (a cropper
+    # prepares shapes in the background: exported_passes and jit would do the work twice).
+    self._shape_locks: dict[tuple[Any, ...], threading.Lock] = {}
+    self._locks_lock = threading.Lock()
     self._exported: exported_passes.ExportedPasses | None = None
     self._exported_leaves: tuple[exported_passes.LeafSpecs, list[jax.Array]] = ([], [])
     use_default_compile_cache()
     if isinstance(model, model_zoo.StoredModel):
       # Now, so that weights that do not fit the model fail here, not at the first photo.
       if self._exported_passes() is None:
-        _ = self._split
+        self._split()
 
-  @functools.cached_property
   def _split(self) -> tuple[nnx.GraphDef, dict[str, nnx.State], nnx.State]:
-    """(graphdef, {"params", "rest"} state, RNG state) of the model, on the mesh."""
-    model = self._model
-    if isinstance(model, model_zoo.StoredModel):
-      model = model.build()
-    graphdef, params, rng_state, rest = nnx.split(model, nnx.Param, nnx.RngState, ...)
-    self._model = None  # The state below holds the weights from now on.
-    return (graphdef, jax.device_put({"params": params, "rest": rest}, self._replicated),
-            jax.device_put(rng_state, self._replicated))
+    """(graphdef, {"params", "rest"} state, RNG state) of the model, on the mesh; a shipped
+    model's stored weights are built into the model at the first call."""
+    with self._build_lock:  # Threads preparing two new shapes would build it twice.
+      if self._parts is None:
+        model = self._model
+        if isinstance(model, model_zoo.StoredModel):
+          model = model.build()
+        graphdef, params, rng_state, rest = nnx.split(model, nnx.Param, nnx.RngState, ...)
+        self._parts = (graphdef,
+                       jax.device_put({"params": params, "rest": rest}, self._replicated),
+                       jax.device_put(rng_state, self._replicated))
+      return self._parts
 
   @property
   def graphdef(self) -> nnx.GraphDef:
-    return self._split[0]
+    return self._split()[0]
 
   @property
   def state(self) -> dict[str, nnx.State]:
     """{"params": the parameters, "rest": batch statistics}, replicated on the mesh."""
-    return self._split[1]
+    return self._split()[1]
 
   @property
   def rng_state(self) -> nnx.State:
-    return self._split[2]
+    return self._split()[2]
 
   # --------------------------------------------------------------------------------- loading
   @classmethod
@@ -305,10 +315,13 @@ class Predictor:
     if not cache or self.num_devices != 1:
       return None
     if self._exported is None or self._exported.folder.parent != pathlib.Path(cache):
-      identity = {"model": self.config.model.to_dict(),
-                  "inference": inference_options(self.config)}
-      self._exported = exported_passes.ExportedPasses(cache, identity)
-      self._exported_leaves = self._leaves(self._exported)
+      with self._locks_lock:  # Once, whichever thread comes first.
+        if self._exported is None or self._exported.folder.parent != pathlib.Path(cache):
+          identity = {"model": self.config.model.to_dict(),
+                      "inference": inference_options(self.config)}
+          passes = exported_passes.ExportedPasses(cache, identity)
+          self._exported_leaves = self._leaves(passes)
+          self._exported = passes
     return self._exported
 
   def _pass(self, kind: tuple[bool, bool]) -> Callable[[dict[str, jax.Array]], Any]:
@@ -330,22 +343,28 @@ class Predictor:
            ) -> dict[str, Any]:
     """The `kind` pass on `batch`, announcing a new shape (a compilation) to `progress`."""
     shapes = (kind, what, *sorted((k, np.shape(v)) for k, v in batch.items()))
-    new = shapes not in self._shapes_seen
-    self._shapes_seen.add(shapes)
     device_batch = self.to_device(batch)
-    run = self._pass(kind)
-    if self.progress is None or not new:
-      return jax.device_get(run(device_batch))
-    canvas = ("{}x{} canvases".format(*np.shape(batch["image"])[1:3]) if "image" in batch
-              else "the canvases above")
-    cache = jax.config.jax_compilation_cache_dir
-    self.progress(f"Preparing the model for {canvas}, {what} (batch "
-                  f"{len(batch['image_valid_hw'])}): "
-                  + (f"compiled once, or loaded from {cache}" if cache else "compiling"))
-    start = time.perf_counter()
-    outputs = jax.device_get(run(device_batch))
-    self.progress(f"  ready in {time.perf_counter() - start:.1f} s")
-    return outputs
+    if shapes in self._shapes_seen:
+      return jax.device_get(self._pass(kind)(device_batch))
+    with self._locks_lock:
+      lock = self._shape_locks.setdefault(shapes, threading.Lock())
+    with lock:
+      if shapes in self._shapes_seen:  # Another thread prepared it meanwhile.
+        return jax.device_get(self._pass(kind)(device_batch))
+      run = self._pass(kind)
+      if self.progress is not None:
+        canvas = ("{}x{} canvases".format(*np.shape(batch["image"])[1:3]) if "image" in batch
+                  else "the canvases above")
+        cache = jax.config.jax_compilation_cache_dir
+        self.progress(f"Preparing the model for {canvas}, {what} (batch "
+                      f"{len(batch['image_valid_hw'])}): "
+                      + (f"compiled once, or loaded from {cache}" if cache else "compiling"))
+      start = time.perf_counter()
+      outputs = jax.device_get(run(device_batch))
+      if self.progress is not None:
+        self.progress(f"  ready in {time.perf_counter() - start:.1f} s")
+      self._shapes_seen.add(shapes)
+      return outputs
 
   def add_references(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """`batch` with the reference tokens of its images' nearest professional photos."""
