@@ -296,14 +296,14 @@ class Predictor:
     """(specs, arrays) of the state's leaves, for an exported pass: from the stored weights in
     the order an earlier process kept (building no model), else from the model's state."""
     stored = self._model if isinstance(self._model, model_zoo.StoredModel) else None
-    specs = passes.read_specs() if stored is not None else None
-    if specs is not None:
-      stored.check({name: shape for name, shape, _ in specs})
-      return specs, [jax.device_put(np.asarray(stored.arrays[name], dtype), self._replicated)
-                     for name, _, dtype in specs]
+    kept = passes.read_specs()
+    if stored is not None and kept is not None:
+      stored.check({name: shape for name, shape, _ in kept})
+      return kept, jax.device_put([np.asarray(stored.arrays[name], dtype)
+                                   for name, _, dtype in kept], self._replicated)
     named = self._named_leaves()
     specs = exported_passes.leaf_specs(named)
-    if stored is not None or passes.read_specs() != specs:  # For the next shipped model.
+    if kept != specs:  # Kept for the next process with a shipped model of this config.
       passes.write_specs(specs)
     return specs, [leaf for _, leaf in named]
 
@@ -344,27 +344,32 @@ class Predictor:
     """The `kind` pass on `batch`, announcing a new shape (a compilation) to `progress`."""
     shapes = (kind, what, *sorted((k, np.shape(v)) for k, v in batch.items()))
     device_batch = self.to_device(batch)
-    if shapes in self._shapes_seen:
-      return jax.device_get(self._pass(kind)(device_batch))
-    with self._locks_lock:
-      lock = self._shape_locks.setdefault(shapes, threading.Lock())
-    with lock:
-      if shapes in self._shapes_seen:  # Another thread prepared it meanwhile.
-        return jax.device_get(self._pass(kind)(device_batch))
-      run = self._pass(kind)
-      if self.progress is not None:
-        canvas = ("{}x{} canvases".format(*np.shape(batch["image"])[1:3]) if "image" in batch
-                  else "the canvases above")
-        cache = jax.config.jax_compilation_cache_dir
-        self.progress(f"Preparing the model for {canvas}, {what} (batch "
-                      f"{len(batch['image_valid_hw'])}): "
-                      + (f"compiled once, or loaded from {cache}" if cache else "compiling"))
-      start = time.perf_counter()
-      outputs = jax.device_get(run(device_batch))
-      if self.progress is not None:
-        self.progress(f"  ready in {time.perf_counter() - start:.1f} s")
-      self._shapes_seen.add(shapes)
-      return outputs
+    if shapes not in self._shapes_seen:
+      with self._locks_lock:
+        lock = self._shape_locks.setdefault(shapes, threading.Lock())
+      with lock:
+        if shapes not in self._shapes_seen:  # Else another thread prepared it meanwhile.
+          outputs = self._first_run(kind, device_batch, what)
+          self._shapes_seen.add(shapes)
+          return outputs
+    return jax.device_get(self._pass(kind)(device_batch))
+
+  def _first_run(self, kind: tuple[bool, bool], device_batch: dict[str, jax.Array], what: str
+                 ) -> dict[str, Any]:
+    """A shape's first call (a compilation, or a load from the cache), told to `progress`."""
+    run = self._pass(kind)
+    if self.progress is None:
+      return jax.device_get(run(device_batch))
+    canvas = ("{}x{} canvases".format(*np.shape(device_batch["image"])[1:3])
+              if "image" in device_batch else "the canvases above")
+    cache = jax.config.jax_compilation_cache_dir
+    self.progress(f"Preparing the model for {canvas}, {what} (batch "
+                  f"{len(device_batch['image_valid_hw'])}): "
+                  + (f"compiled once, or loaded from {cache}" if cache else "compiling"))
+    start = time.perf_counter()
+    outputs = jax.device_get(run(device_batch))
+    self.progress(f"  ready in {time.perf_counter() - start:.1f} s")
+    return outputs
 
   def add_references(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """`batch` with the reference tokens of its images' nearest professional photos."""
