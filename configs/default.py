@@ -197,6 +197,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.export.output_dir = ""  # Empty: WORKDIR/export.
   config.export.best = True  # The best checkpoint by config.eval.best_benchmark; else latest.
   config.export.dtype = "float16"  # float16 | float32 storage of the parameters.
+  # Comma-separated summary.json files of the recipe's cross-validation (experiments/fcdb/
+  # cross_validate.py, cv_canvas.py): recorded in the model card as its figures, since a model
+  # trained on every photo has no held-out photo of its own.
+  config.export.cross_validation = ""
 
   # ---------------------------------------------------------------- crop
   config.crop = ml_collections.ConfigDict()
@@ -208,5 +212,7 @@ def get_config() -> ml_collections.ConfigDict:
   # The canvas the Cropper resizes photos to by default (--canvas-size overrides it); 0: the
   # training size, data.image_size. A shipped model records the one it is measured at.
   config.crop.canvas_size = 0
+  # The canvases the Cropper puts photos on: buckets | orientation | square (cropper.py).
+  config.crop.canvas_layout = "buckets"
   config.crop.after_training = True  # The main job ends by cropping config.crop.input_dir.
   return config

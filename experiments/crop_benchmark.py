@@ -1,7 +1,7 @@
 r"""`procrop crop` against smartcrop on the same photos, in the same run: photos/s end to end.
 
   python -m experiments.crop_benchmark [--photos DIR] [--limit N] [--aspect 1:1] [--top-k 1]
-      [--canvas-sizes 320,192] [--no-buckets] [--rounds 3]
+      [--canvas-sizes 320,192] [--layout buckets|orientation|square] [--rounds 3]
       [--workdir DIR | --model NAME_OR_PATH | --config configs/fcdb_cpu.py]
 
 Measures, on the first N photos of DIR (default: the FCDB images in ../shared/data/fcdb/data),
@@ -150,8 +150,8 @@ def main() -> None:
   parser.add_argument("--canvas-sizes", default="",
                       help="comma-separated canvas sizes (default: the Cropper's default for "
                       "the model)")
-  parser.add_argument("--buckets", action=argparse.BooleanOptionalAction, default=True,
-                      help="canvas buckets (--no-buckets: every photo on an S x S canvas)")
+  parser.add_argument("--layout", default=None, choices=("buckets", "orientation", "square"),
+                      help="the Cropper's canvas layout (default: the model's)")
   source = parser.add_mutually_exclusive_group()
   source.add_argument("--workdir")
   source.add_argument("--model")
@@ -175,7 +175,7 @@ def main() -> None:
     matmul = matmul_flops_per_second()
     for size in sizes:
       cropper = cropper_lib.Cropper(predictor, batch_size=args.batch_size, canvas_size=size,
-                             buckets=args.buckets)
+                             layout=args.layout)
       cold = run_procrop(cropper, paths, tmp / "cold", [cropper_lib.FREE], args.top_k)
       run_procrop(cropper, paths, tmp / "warmup", [target], args.top_k)  # Compiles the rest.
       # The machine's speed drifts (other tenants): each round times the three back to back,
@@ -190,7 +190,7 @@ def main() -> None:
       model = model_figures(cropper, paths)
       print(json.dumps({
           "photos": len(paths), "model": predictor.source, "canvas_size": size,
-          "canvas_buckets": model["buckets"] if args.buckets else 0,
+          "canvas_layout": cropper.layout, "canvas_shapes": model["buckets"],
           "batch_size": args.batch_size,
           "top_k": args.top_k, "aspect": target.label, "cpu_count": os.cpu_count(),
           "rounds": args.rounds,

@@ -2,7 +2,7 @@ r"""The `procrop crop` command: photos, folders, globs or stdin in, crops and a 
 
   procrop crop PATH... [--out DIR] [--aspect W:H ...] [--size WxH ...] [--top-k K]
                        [--workdir DIR [--best] | --model NAME_OR_PATH] [--batch-size B]
-                       [--canvas-size S] [--compile-cache DIR]
+                       [--canvas-size S] [--canvas-layout L] [--compile-cache DIR]
                        [--keep X1,Y1,X2,Y2 ...] [--focus X,Y] [--no-faces]
                        [--face-side PX]
                        [--format keep|jpg|png|webp] [--quiet]
@@ -28,7 +28,8 @@ Exit status: 0 all inputs cropped, 1 some failed (the others are still written),
 
 The crops themselves come from the `Cropper` (cropper.py: free crops, fixed aspects, canvas
 buckets). Photos are decoded in threads while the model runs, and crops are written while the
-model runs on the next batch; batches are formed per canvas bucket. Start-up costs are kept to
+model runs on the next batch; batches are formed per canvas bucket, and each canvas's passes
+are prepared in the background from its first decoded photo on. Start-up costs are kept to
 what the model needs: no TensorFlow is imported (unless the model uses retrieval), the
 parameters are read into abstract shapes, and the compiled passes are kept in JAX's persistent
 compilation cache (--compile-cache, default $PROCROP_COMPILE_CACHE, else
@@ -141,7 +142,8 @@ def run(inputs: Sequence[photos.Input], cropper: cropper_lib.Cropper, *,
 
   with open(results_path, "w") as results, \
       concurrent.futures.ThreadPoolExecutor(workers) as decoder, \
-      concurrent.futures.ThreadPoolExecutor(workers) as writer:
+      concurrent.futures.ThreadPoolExecutor(workers) as writer, \
+      concurrent.futures.ThreadPoolExecutor(2) as compiler:
 
     def emit(record: dict[str, Any]) -> None:
       results.write(json.dumps(record) + "\n")
@@ -212,6 +214,8 @@ def run(inputs: Sequence[photos.Input], cropper: cropper_lib.Cropper, *,
     # memory stays bounded however the photos' shapes are mixed.
     buckets: dict[tuple[int, ...], list[Decoded]] = {}
     max_waiting = 3 * cropper.batch_size
+    # Canvas shape -> its warm-up. A failed one is left alone: the batch fails on its own.
+    warming: dict[tuple[int, ...], concurrent.futures.Future] = {}
     decoded = _ordered(decoder, lambda i: (i, _decode(inputs[i], cropper.max_pixels, cropper)),
                        range(len(inputs)), lookahead=2 * cropper.batch_size)
     for index, result in decoded:
@@ -221,6 +225,11 @@ def run(inputs: Sequence[photos.Input], cropper: cropper_lib.Cropper, *,
         failed += 1
         bar.update(1)
         continue
+      if result[1].canvas.shape not in warming and len(inputs) > 1:
+        # A new canvas: prepare its passes now, beside decoding and the other canvases'
+        # batches, rather than when its first batch is full.
+        warming[result[1].canvas.shape] = compiler.submit(
+            cropper.warm_up, result[1].canvas.shape[:2], targets)
       bucket = buckets.setdefault(result[1].canvas.shape, [])
       bucket.append((index, *result))
       if len(bucket) == cropper.batch_size:
@@ -353,6 +362,10 @@ def build_parser(prog: str = "procrop crop") -> argparse.ArgumentParser:
                       "of 32 (default: the model's config.crop.canvas_size, else its "
                       "training size); smaller is faster "
                       "(experiments/README.md measures speed and quality)")
+  parser.add_argument("--canvas-layout", choices=cropper_lib.CANVAS_LAYOUTS, default=None,
+                      help="the canvases photos are put on (default: the model's "
+                      "config.crop.canvas_layout, else buckets): buckets (fewest pixels, up to "
+                      "5 shapes to compile), orientation (2 shapes), square (1)")
   parser.add_argument("--format", choices=photos.FORMAT_CHOICES, default="keep",
                       help="format of the crops (default: the input's)")
   parser.add_argument("--quality", type=int, default=92, choices=range(1, 101),
@@ -403,7 +416,7 @@ def _model_source(args: argparse.Namespace) -> str:
 def _load_cropper(args: argparse.Namespace) -> cropper_lib.Cropper:
   """The cropper the flags ask for; a problem is one line and exit status 2."""
   kwargs = dict(nms_iou=args.nms_iou, max_pixels=args.max_pixels, batch_size=args.batch_size,
-                canvas_size=args.canvas_size,
+                canvas_size=args.canvas_size, layout=args.canvas_layout,
                 faces=not args.no_faces and faces_lib.FaceDetector(detect_side=args.face_side),
                 progress=None if args.quiet else inference.progress_to_stderr)
   try:

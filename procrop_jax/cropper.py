@@ -18,19 +18,21 @@ score is its proposal's confidence; models trained with `loss.given_iou_weight` 
 same scale (the estimated IoU with an expert's crop).
 
 Each photo's longer side is resized to the model's canvas size S (`canvas_size`; default the
-model's config.crop.canvas_size, else the size it was trained at), and its shorter side is
-padded to the smallest of a few canvas buckets that holds it (CANVAS_BUCKETS: 9/16, 3/4 and all
-of S, in multiples of 32), not always to S: a 3:2 photo at S = 320 runs on 320 x 256, a 16:9 one
-on 320 x 192. Batches are padded to `batch_size` and candidate lists to a fixed count per aspect,
-so a process compiles its forward passes once per bucket (at most three canvases, each with a
-proposal pass and, for fixed aspects, a candidate-scoring pass). (A model with retrieval keeps
-its S x S canvas.) The command line over files and folders is crop.py.
+model's config.crop.canvas_size, else the size it was trained at), and the photo is put on one of
+a few canvases (`layout`, default the model's config.crop.canvas_layout, else "buckets"):
+"buckets" pads the shorter side to the smallest of CANVAS_BUCKETS (9/16, 3/4 and all of S, in
+multiples of 32) that holds it, so a 3:2 photo at S = 320 runs on 320 x 256 and a 16:9 one on
+320 x 192 (fewest pixels, up to 5 shapes); "orientation" fits every photo inside S wide by 3/4 S
+high, or that canvas turned upright for a portrait photo (2 shapes); "square" is S x S. Batches
+are padded to `batch_size` and candidate lists to a fixed count per aspect, so a process
+compiles its forward passes once per canvas shape (a proposal pass and, for fixed aspects, the
+candidates' scoring passes). (A model with retrieval keeps its S x S canvas.) The command line over files and folders is crop.py.
 
 Keep regions (keep.py) are boxes every crop must contain: the user's (`keep`, `focus`) and,
 unless `faces=False`, the faces found in the photo (faces.py) grown for hair and chin. They
 shape the candidates themselves: fixed-aspect candidates are moved and grown to contain them
 before they are scored; free proposals that leave one out are grown likewise and scored by the
-given-box path (one more pass for a batch where some proposal grew, compiled once per bucket),
+given-box path (one more pass for a batch where some proposal grew, compiled once per canvas shape),
 the others keeping their confidence. When no box of the shape can hold them all, crops keep the
 most of them; each `Crop` names the regions it leaves out (`not_kept`) and the faces it cuts
 (`cut_faces`).
@@ -58,6 +60,7 @@ CANVAS_MULTIPLE = 32  # The backbone's stride: canvas sides are multiples of it.
 # The canvas's shorter side, as fractions of S: 16:9 photos, 4:3 and 3:2 ones, the rest. Few
 # buckets: each compiles its own forward passes (seconds each on a CPU).
 CANVAS_BUCKETS = (9 / 16, 3 / 4, 1.0)
+CANVAS_LAYOUTS = ("buckets", "orientation", "square")  # See Cropper.__init__.
 _ASPECT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[:x/]\s*(\d+(?:\.\d+)?)\s*$")
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
@@ -188,15 +191,19 @@ class Cropper:
 
   def __init__(self, predictor: inference.Predictor, *, nms_iou: float = 0.7,
                max_pixels: int = photos.DEFAULT_MAX_PIXELS, batch_size: int = 8,
-               canvas_size: int | None = None, buckets: bool = True,
+               canvas_size: int | None = None, layout: str | None = None,
                aspect_candidates: aspect.Candidates = aspect.FAST,
                faces: bool | faces_lib.FaceDetector = True):
     """A cropper around a loaded model (see `pretrained` and `from_workdir`).
 
     `canvas_size` is the side S the photo's longer side is resized to (default: the model's
-    `config.crop.canvas_size`, else its training size); with `buckets` the canvas's shorter
-    side is the smallest of `CANVAS_BUCKETS` that holds the photo's instead of S: fewer pixels,
-    the same crops within noise (experiments/README.md). Both need a model without retrieval (`flexible_canvas`).
+    `config.crop.canvas_size`, else its training size). `layout` (default: the model's
+    `config.crop.canvas_layout`, else "buckets") chooses the canvases (`CANVAS_LAYOUTS`):
+    "buckets", the shorter side the smallest of `CANVAS_BUCKETS` that holds the photo's (fewest
+    pixels, up to 5 shapes); "orientation", two canvases, S wide by 3/4 S high and the same turned
+    upright, the photo fitted inside (2 shapes: fewer compilations, a portrait photo a little
+    smaller); "square", S x S. A model with retrieval (not `flexible_canvas`) keeps its
+    training canvas, S x S.
     `aspect_candidates` are the boxes scored for a fixed-aspect crop (`aspect.FAST`, or
     `aspect.DENSE` as the aspect-conditioned evaluation scores them). With `faces` (True, or a
     `faces.FaceDetector` of other settings) the faces found in each photo are keep regions.
@@ -217,14 +224,27 @@ class Cropper:
           f"canvas_size={self.canvas_size}: this model uses retrieval, whose fusion was built "
           f"for its training canvas ({predictor.image_size} px); leave canvas_size (and "
           "config.crop.canvas_size) unset")
-    self.buckets = bool(buckets) and flexible
+    layout = layout or predictor.config.crop.get("canvas_layout", "") or "buckets"
+    if layout not in CANVAS_LAYOUTS:
+      raise ValueError(f"layout={layout!r}: use one of {', '.join(CANVAS_LAYOUTS)}")
+    self.layout = layout if flexible else "square"
     self.face_detector = (faces if isinstance(faces, faces_lib.FaceDetector)
                           else faces_lib.FaceDetector() if faces else None)
 
+  def _canvas_args(self, width: int, height: int) -> dict[str, Any]:
+    """`photos.canvas` / `photos.canvas_shape` arguments for a width x height photo."""
+    if self.layout == "buckets":
+      return {"buckets": CANVAS_BUCKETS}
+    if self.layout == "orientation":
+      side = self.canvas_size
+      short = min(side, -(-round(0.75 * side) // CANVAS_MULTIPLE) * CANVAS_MULTIPLE)
+      return {"canvas_hw": (short, side) if width >= height else (side, short)}
+    return {}
+
   def canvas_shape(self, width: int, height: int) -> tuple[int, int]:
-    """(height, width) of the canvas a width x height photo is put on: its bucket."""
+    """(height, width) of the canvas a width x height photo is put on."""
     return photos.canvas_shape(width, height, self.canvas_size,
-                               CANVAS_BUCKETS if self.buckets else None)[:2]
+                               **self._canvas_args(width, height))[:2]
 
   @classmethod
   def pretrained(cls, name_or_path: str | os.PathLike[str] | None = None, *,
@@ -287,11 +307,23 @@ class Cropper:
     scores = self._predict([prepared], padded[None])["scores"][0]
     return np.asarray(scores[:len(boxes)], np.float64)
 
+  def warm_up(self, canvas_hw: tuple[int, int], targets: Sequence[Target] = (FREE,)) -> None:
+    """Prepares (compiles, or loads from the compilation cache) every pass that a batch of
+    photos on a canvas_hw canvas needs for `targets`, on a blank batch.
+
+    Thread-safe: a folder run warms each canvas up in the background as soon as its first
+    photo is decoded, so compilation overlaps decoding and the other canvases' batches; a
+    batch that needs a pass being prepared waits for it rather than preparing it again.
+    """
+    height, width = canvas_hw
+    blank = Prepared(np.full((height, width, 3), 0.5, np.float32),
+                     np.ones((2,), np.float32), (width, height))
+    self.crop_batch([blank], targets, top_k=1)
+
   # ---------------------------------------------------------------------------------- batches
   def prepare(self, image: Image.Image) -> Prepared:
     """An upright PIL photo on the model's canvas, with its faces (if the cropper finds them)."""
-    canvas, valid_hw = photos.canvas(image, self.canvas_size,
-                                     CANVAS_BUCKETS if self.buckets else None)
+    canvas, valid_hw = photos.canvas(image, self.canvas_size, **self._canvas_args(*image.size))
     prepared = Prepared(canvas, valid_hw, image.size)
     if self.face_detector is not None:
       prepared.faces = self.face_detector.detect(image)

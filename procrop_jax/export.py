@@ -27,6 +27,11 @@ from procrop_jax import model_zoo
 from procrop_jax import modes
 
 COMMAND_FILE = "command.txt"  # main --mode=train records its command line here.
+# What the model card keeps of a cross-validation summary.
+_CROSS_VALIDATED = ("photos", "folds", "folds_total", "steps", "canvas", "layout", "iou",
+                    "iou_se", "bde", "bde_se", "iou_top5", "fold_iou", "centred 90% iou",
+                    "whole photo iou", "margin over centred 90%", "margin over whole photo",
+                    "reference iou", "difference", "bde difference", "reference", "command")
 _REPORTED = ("iou", "bde", "iou_top5", "pair_acc", "pair_acc_strong", "aspect_iou", "aspect_bde",
              "num_images", "num_pairs", "split", "dataset")
 
@@ -62,7 +67,35 @@ def export_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
       "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "inference": dict(config.inference),
   }
+  if settings.get("cross_validation"):
+    card["cross_validation"] = cross_validated_figures(settings.cross_validation.split(","))
   return ship(predictor.model(), predictor.config, out_dir, card=card, dtype=settings.dtype)
+
+
+def cross_validated_figures(paths: list[str]) -> list[dict[str, Any]]:
+  """The figures the model card keeps of each cross-validation summary.json in `paths`."""
+  figures = []
+  for path in paths:
+    path = path.strip()
+    try:
+      with open(path) as f:
+        summary = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+      raise ValueError(f"config.export.cross_validation: cannot read {path!r}: {e}") from e
+    if "iou" not in summary or "photos" not in summary:
+      raise ValueError(f"config.export.cross_validation: {path!r} is not a summary.json of "
+                       "experiments/fcdb/cross_validate.py or cv_canvas.py")
+    figures.append({"summary": path, **{k: summary[k] for k in _CROSS_VALIDATED if k in summary}})
+  return figures
+
+
+def trained_on(config: ml_collections.ConfigDict, benchmark: ml_collections.ConfigDict) -> bool:
+  """Whether the run trained on every photo of the benchmark's split (e.g. a model trained on
+  all of FCDB's `train`, scored on `train[85%:]`)."""
+  whole = config.data.train_split.strip()
+  return (benchmark.get("dataset", config.data.dataset) == config.data.dataset
+          and "[" not in whole and "+" not in whole
+          and benchmark["split"].split("[")[0].strip() == whole)
 
 
 def ship(model, config: ml_collections.ConfigDict, out_dir: str, *, card: dict[str, Any],
@@ -76,6 +109,10 @@ def ship(model, config: ml_collections.ConfigDict, out_dir: str, *, card: dict[s
   card = json.loads((path / "model_card.json").read_text())
   card["benchmarks"] = {name: {k: r[k] for k in _REPORTED if k in r}
                         for name, r in results.items()}
+  for name, record in card["benchmarks"].items():
+    if trained_on(config, config.eval.benchmarks[name]):
+      # Still worth recording (loading the folder back must reproduce them), never as quality.
+      record["trained_on"] = True
   (path / "model_card.json").write_text(json.dumps(card, indent=2))
   size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
   logging.info("Exported %s (%.1f MB): %s", path, size / 1e6, card["benchmarks"])

@@ -4,14 +4,17 @@ A `Predictor` holds a model's parameters (EMA ones when the run kept them), the 
 trained with and jitted forward passes. It comes from a workdir, `Predictor.from_workdir(DIR)`
 (latest or best checkpoint, read by `workdir.restore_model`: parameters and model state only),
 or from a shipped model, `Predictor.from_pretrained()` (see model_zoo.py). Neither builds random
-parameters: the model's abstract shapes are filled with the stored arrays.
+parameters: the model's abstract shapes are filled with the stored arrays. A shipped model is not
+even built when the forward passes it needs were exported by an earlier process: its stored
+arrays go straight into them, in the order that process kept (exported_passes.py).
 
 The forward pass is `steps.predict_step`, the one evaluation during training uses (the
 trainer's steps run the model through the same `steps.forward`), jitted once per (canvas, batch
 size, number of given boxes): callers keep those fixed (the cropper pads its batches and
 candidate lists) so a run compiles few shapes. JAX's persistent compilation cache is on by
 default (`use_compile_cache`): a later process loads those executables instead of compiling
-them again.
+them again, and `predict` keeps each pass's lowered program beside them (exported_passes.py), so
+that it does not trace the model again either.
 
 A model with retrieval (`config.model.num_references` > 0) also needs its reference database
 and the retrieval code, which reads photos through TensorFlow; only such a model loads them.
@@ -21,7 +24,9 @@ from __future__ import annotations
 
 import functools
 import os
+import pathlib
 import sys
+import threading
 import time
 from typing import Any, Callable
 
@@ -31,6 +36,7 @@ import ml_collections
 import numpy as np
 
 from procrop_jax import artifacts
+from procrop_jax import exported_passes
 from procrop_jax import model_zoo
 from procrop_jax import sharding
 from procrop_jax import steps
@@ -78,6 +84,11 @@ def use_default_compile_cache() -> None:
     use_compile_cache()
 
 
+def exported_folder() -> str:
+  """Where `Predictor.predict` keeps exported passes: the compilation cache's folder ("" none)."""
+  return jax.config.jax_compilation_cache_dir or ""
+
+
 def inference_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """steps.predict_step's test-time options from `config.inference`."""
   inference = config.inference
@@ -101,10 +112,13 @@ class Predictor:
     progress: called with a line before each compilation (and after, with its time), or None.
   """
 
-  def __init__(self, model: procrop.ProCrop, config: ml_collections.ConfigDict, *,
-               source: str = "", step: int | None = None, workdir: str | None = None,
+  def __init__(self, model: procrop.ProCrop | model_zoo.StoredModel,
+               config: ml_collections.ConfigDict, *, source: str = "",
+               step: int | None = None, workdir: str | None = None,
                devices: list[jax.Device] | None = None,
                progress: Callable[[str], None] | None = None):
+    """`model` is the NNX model, or a shipped model's stored weights: then the model is built
+    only if a forward pass must be traced (no exported pass of its shape is kept yet)."""
     self.config = config
     self.source = source
     self.step = step
@@ -115,16 +129,51 @@ class Predictor:
     self.mesh = sharding.create_mesh((-1, 1), (sharding.DATA_AXIS, "model"),
                                      devices or jax.local_devices())
     self.num_devices = self.mesh.shape[sharding.DATA_AXIS]
-    replicated = sharding.replicated(self.mesh)
-    graphdef, params, rng_state, rest = nnx.split(model, nnx.Param, nnx.RngState, ...)
-    self.graphdef = graphdef
-    self.state = jax.device_put({"params": params, "rest": rest}, replicated)
-    self.rng_state = jax.device_put(rng_state, replicated)
-    self._replicated = replicated
+    self._replicated = sharding.replicated(self.mesh)
     self._batch_sharding = sharding.batch_sharding(self.mesh)
+    self._model = model
+    self._parts: tuple[nnx.GraphDef, dict[str, nnx.State], nnx.State] | None = None
+    self._build_lock = threading.Lock()
     self._steps: dict[tuple[bool, bool], Callable] = {}
     self._shapes_seen: set[tuple[Any, ...]] = set()
+    # A shape's first call is prepared by one thread; another asking for it waits (a cropper
+    # prepares shapes in the background: exported_passes and jit would do the work twice).
+    self._shape_locks: dict[tuple[Any, ...], threading.Lock] = {}
+    self._locks_lock = threading.Lock()
+    self._exported: exported_passes.ExportedPasses | None = None
+    self._exported_leaves: tuple[exported_passes.LeafSpecs, list[jax.Array]] = ([], [])
     use_default_compile_cache()
+    if isinstance(model, model_zoo.StoredModel):
+      # Now, so that weights that do not fit the model fail here, not at the first photo.
+      if self._exported_passes() is None:
+        self._split()
+
+  def _split(self) -> tuple[nnx.GraphDef, dict[str, nnx.State], nnx.State]:
+    """(graphdef, {"params", "rest"} state, RNG state) of the model, on the mesh; a shipped
+    model's stored weights are built into the model at the first call."""
+    with self._build_lock:  # Threads preparing two new shapes would build it twice.
+      if self._parts is None:
+        model = self._model
+        if isinstance(model, model_zoo.StoredModel):
+          model = model.build()
+        graphdef, params, rng_state, rest = nnx.split(model, nnx.Param, nnx.RngState, ...)
+        self._parts = (graphdef,
+                       jax.device_put({"params": params, "rest": rest}, self._replicated),
+                       jax.device_put(rng_state, self._replicated))
+      return self._parts
+
+  @property
+  def graphdef(self) -> nnx.GraphDef:
+    return self._split()[0]
+
+  @property
+  def state(self) -> dict[str, nnx.State]:
+    """{"params": the parameters, "rest": batch statistics}, replicated on the mesh."""
+    return self._split()[1]
+
+  @property
+  def rng_state(self) -> nnx.State:
+    return self._split()[2]
 
   # --------------------------------------------------------------------------------- loading
   @classmethod
@@ -155,14 +204,13 @@ class Predictor:
     Raises:
       FileNotFoundError: no such model.
     """
-    shipped = model_zoo.load(name_or_path)
-    config = shipped.config
-    references = shipped.path / "references"
+    stored = model_zoo.load_arrays(name_or_path)
+    config = stored.config
+    references = stored.path / "references"
     if references.is_dir():  # A shipped reference database travels with its model.
       with config.unlocked():
         config.retrieval.index_dir = str(references)
-    return cls(shipped.model, config, source=str(shipped.path), devices=devices,
-               progress=progress)
+    return cls(stored, config, source=str(stored.path), devices=devices, progress=progress)
 
   @classmethod
   def from_source(cls, source: str) -> "Predictor":
@@ -238,20 +286,88 @@ class Predictor:
   def to_device(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     return sharding.to_global_arrays(batch, self.mesh)
 
-  def _run(self, step: Callable, batch: dict[str, np.ndarray], what: str) -> dict[str, Any]:
-    """`step` on `batch`, announcing a compilation (a shape not seen yet) to `progress`."""
-    shapes = (what, *sorted((k, np.shape(v)) for k, v in batch.items()))
-    if self.progress is None or shapes in self._shapes_seen:
-      return jax.device_get(step(self.state, self.to_device(batch)))
-    self._shapes_seen.add(shapes)
-    canvas = ("{}x{} canvases".format(*np.shape(batch["image"])[1:3]) if "image" in batch
-              else "the canvases above")
+  def _named_leaves(self) -> list[tuple[str, jax.Array]]:
+    """The state's leaves in order, each named as the stored weights name it."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(self.state)
+    return [(sharding.path_to_string(path[1:]), leaf) for path, leaf in flat]
+
+  def _leaves(self, passes: exported_passes.ExportedPasses
+              ) -> tuple[exported_passes.LeafSpecs, list[jax.Array]]:
+    """(specs, arrays) of the state's leaves, for an exported pass: from the stored weights in
+    the order an earlier process kept (building no model), else from the model's state."""
+    stored = self._model if isinstance(self._model, model_zoo.StoredModel) else None
+    kept = passes.read_specs()
+    if stored is not None and kept is not None:
+      stored.check({name: shape for name, shape, _ in kept})
+      return kept, jax.device_put([np.asarray(stored.arrays[name], dtype)
+                                   for name, _, dtype in kept], self._replicated)
+    named = self._named_leaves()
+    specs = exported_passes.leaf_specs(named)
+    if kept != specs:  # Kept for the next process with a shipped model of this config.
+      passes.write_specs(specs)
+    return specs, [leaf for _, leaf in named]
+
+  def _exported_passes(self) -> exported_passes.ExportedPasses | None:
+    """The passes exported to the compilation cache folder (exported_passes.py), with the
+    state's leaves ready for them; None without a cache folder or with several devices (the
+    exported passes here are single-device)."""
+    cache = exported_folder()
+    if not cache or self.num_devices != 1:
+      return None
+    if self._exported is None or self._exported.folder.parent != pathlib.Path(cache):
+      with self._locks_lock:  # Once, whichever thread comes first.
+        if self._exported is None or self._exported.folder.parent != pathlib.Path(cache):
+          identity = {"model": self.config.model.to_dict(),
+                      "inference": inference_options(self.config)}
+          passes = exported_passes.ExportedPasses(cache, identity)
+          self._exported_leaves = self._leaves(passes)
+          self._exported = passes
+    return self._exported
+
+  def _pass(self, kind: tuple[bool, bool]) -> Callable[[dict[str, jax.Array]], Any]:
+    """The `kind` pass as a function of a batch on the mesh: through an exported pass when
+    there is a cache folder (a later process skips tracing the model, and a shipped model's
+    skips building it), else the jitted step."""
+    passes = self._exported_passes()
+    if passes is None:
+      step = self._step(*kind)
+      return lambda batch: step(self.state, batch)
+    specs, leaves = self._exported_leaves
+
+    def call(batch: dict[str, jax.Array]) -> Any:
+      exported = passes.get(repr(kind), specs, batch, lambda: (self._step(*kind), self.state))
+      return exported(leaves, batch)
+    return call
+
+  def _run(self, kind: tuple[bool, bool], batch: dict[str, np.ndarray], what: str
+           ) -> dict[str, Any]:
+    """The `kind` pass on `batch`, announcing a new shape (a compilation) to `progress`."""
+    shapes = (kind, what, *sorted((k, np.shape(v)) for k, v in batch.items()))
+    device_batch = self.to_device(batch)
+    if shapes not in self._shapes_seen:
+      with self._locks_lock:
+        lock = self._shape_locks.setdefault(shapes, threading.Lock())
+      with lock:
+        if shapes not in self._shapes_seen:  # Else another thread prepared it meanwhile.
+          outputs = self._first_run(kind, device_batch, what)
+          self._shapes_seen.add(shapes)
+          return outputs
+    return jax.device_get(self._pass(kind)(device_batch))
+
+  def _first_run(self, kind: tuple[bool, bool], device_batch: dict[str, jax.Array], what: str
+                 ) -> dict[str, Any]:
+    """A shape's first call (a compilation, or a load from the cache), told to `progress`."""
+    run = self._pass(kind)
+    if self.progress is None:
+      return jax.device_get(run(device_batch))
+    canvas = ("{}x{} canvases".format(*np.shape(device_batch["image"])[1:3])
+              if "image" in device_batch else "the canvases above")
     cache = jax.config.jax_compilation_cache_dir
     self.progress(f"Preparing the model for {canvas}, {what} (batch "
-                  f"{len(batch['image_valid_hw'])}): "
+                  f"{len(device_batch['image_valid_hw'])}): "
                   + (f"compiled once, or loaded from {cache}" if cache else "compiling"))
     start = time.perf_counter()
-    outputs = jax.device_get(step(self.state, self.to_device(batch)))
+    outputs = jax.device_get(run(device_batch))
     self.progress(f"  ready in {time.perf_counter() - start:.1f} s")
     return outputs
 
@@ -306,15 +422,15 @@ class Predictor:
       batch = {k: np.concatenate([v, np.repeat(v[-1:], pad, 0)]) for k, v in batch.items()}
     if encoding is None:
       batch = self.add_references(batch)
-    step = self._step(boxes is not None, keep_encoding)
     what = ("scoring given boxes" if boxes is not None else "proposing crops") + (
         " from a kept encoding" if encoding is not None else "")
-    outputs = self._run(step, batch, what)
+    outputs = self._run((boxes is not None, keep_encoding), batch, what)
     return jax.tree.map(lambda v: np.asarray(v)[:n], outputs)
 
   def compilations(self) -> int:
-    """How many times the forward passes have compiled (one per new input shape)."""
-    return sum(step._cache_size() for step in self._steps.values())  # pylint: disable=protected-access
+    """How many forward passes `predict` has prepared: one per new input shape, each compiled
+    or loaded from the compilation cache."""
+    return len(self._shapes_seen)
 
 
 def trained_params(source: str) -> Any:

@@ -290,6 +290,78 @@ def config_from_json(path: pathlib.Path) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(values)
 
 
+@dataclasses.dataclass
+class StoredModel:
+  """A shipped model's every weight as host arrays, before any model is built.
+
+  `arrays` names every parameter and batch statistic ("a/b/c", as `_named_variables` gives
+  them) with a float32 array: the file's, and the ImageNet backbone's where the file leaves it
+  to the package. A predictor whose forward passes are already exported runs on these alone
+  (inference.py); `build()` makes the NNX model.
+  """
+  config: ml_collections.ConfigDict
+  arrays: dict[str, np.ndarray]
+  card: dict[str, Any]
+  path: pathlib.Path
+
+  @property
+  def params_path(self) -> pathlib.Path:
+    return self.path / "params.npz"
+
+  def check(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Raises ValueError naming every missing, unexpected and mis-shaped array against the
+    model's variables (`shapes`: name -> shape)."""
+    missing = sorted(shapes.keys() - self.arrays.keys())
+    unexpected = sorted(self.arrays.keys() - shapes.keys())
+    mismatched = sorted(f"{k}: file {self.arrays[k].shape}, model {tuple(shapes[k])}"
+                        for k in shapes.keys() & self.arrays.keys()
+                        if tuple(self.arrays[k].shape) != tuple(shapes[k]))
+    if missing or unexpected or mismatched:
+      problems = [f"{len(v)} {t}: {', '.join(v[:5])}{' ...' if len(v) > 5 else ''}"
+                  for t, v in (("missing", missing), ("unexpected", unexpected),
+                               ("mis-shaped", mismatched)) if v]
+      raise ValueError(f"{self.params_path} does not fit the model of its config.json: "
+                       + "; ".join(problems))
+
+  def build(self) -> procrop.ProCrop:
+    """The model of the config with these weights (its shapes from `abstract_model`)."""
+    model = abstract_model(self.config)  # Shapes only: every variable is filled below.
+    _fill_rng_state(model)
+    self.check({k: v.get_value().shape for k, v in _named_variables(model).items()})
+    set_variables(model, self.arrays, source=str(self.params_path))
+    return model
+
+
+def load_arrays(name_or_path: str | os.PathLike[str] | None = None, *, verify: bool = True,
+                backbone: Mapping[str, np.ndarray] | None = None) -> StoredModel:
+  """A shipped model's config, card and every weight (see `load`), without building the model.
+
+  Raises:
+    FileNotFoundError: no such model.
+    ValueError: the parameter file is corrupt or does not match its card's checksum.
+  """
+  path = model_dir(name_or_path)
+  config = config_from_json(path / "config.json")
+  card = json.loads((path / "model_card.json").read_text())
+  params_path = path / "params.npz"
+  expected_sha = card.get("params_sha256")
+  if verify and expected_sha and artifacts.file_sha256(params_path) != expected_sha:
+    raise ValueError(f"{params_path}: checksum differs from model_card.json (corrupt or "
+                     "replaced file)")
+  arrays: dict[str, np.ndarray] = {}
+  if card.get("backbone_from_package", False):
+    if backbone is None:
+      backbone = imagenet.backbone_arrays(config.model.backbone, prefix="backbone/")
+    arrays.update({k: np.asarray(v, np.float32) for k, v in backbone.items()})
+  try:
+    with np.load(params_path, allow_pickle=False) as data:
+      # The file's own variables win over the package's (a trained backbone tail).
+      arrays.update({k: np.asarray(data[k], np.float32) for k in data.files})
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{params_path}: not a readable parameter file ({e})") from e
+  return StoredModel(config=config, arrays=arrays, card=card, path=path)
+
+
 def load(name_or_path: str | os.PathLike[str] | None = None, *, verify: bool = True,
          backbone: Mapping[str, np.ndarray] | None = None) -> ShippedModel:
   """Loads a shipped model (default: `DEFAULT_MODEL`) with every weight in place.
@@ -303,45 +375,6 @@ def load(name_or_path: str | os.PathLike[str] | None = None, *, verify: bool = T
     ValueError: the parameter file is corrupt, does not match its card's checksum, or does not
       fit the model its config describes (naming every missing or mis-shaped parameter).
   """
-  path = model_dir(name_or_path)
-  config = config_from_json(path / "config.json")
-  card = json.loads((path / "model_card.json").read_text())
-  params_path = path / "params.npz"
-  expected_sha = card.get("params_sha256")
-  if verify and expected_sha and artifacts.file_sha256(params_path) != expected_sha:
-    raise ValueError(f"{params_path}: checksum differs from model_card.json (corrupt or "
-                     "replaced file)")
-  model = abstract_model(config)  # Shapes only: every variable is filled below.
-  _fill_rng_state(model)
-  if card.get("backbone_from_package", False):
-    if backbone is None:
-      imagenet.load_pretrained(model.backbone, config.model.backbone)
-    else:
-      set_variables(model, backbone, source="backbone")
-  try:
-    with np.load(params_path, allow_pickle=False) as data:
-      arrays = {k: data[k] for k in data.files}
-  except (OSError, ValueError) as e:
-    raise ValueError(f"{params_path}: not a readable parameter file ({e})") from e
-  variables = _named_variables(model)
-  stored_backbone = set(card.get("backbone_stored", ()))
-  expected = {k for k in variables
-              if not (card.get("backbone_from_package") and k.startswith("backbone/")
-                      and k not in stored_backbone)}
-  missing = sorted(expected - arrays.keys())
-  unexpected = sorted(arrays.keys() - variables.keys())
-  mismatched = sorted(f"{k}: file {arrays[k].shape}, model {variables[k].get_value().shape}"
-                      for k in expected & arrays.keys()
-                      if arrays[k].shape != variables[k].get_value().shape)
-  if missing or unexpected or mismatched:
-    problems = [f"{len(v)} {t}: {', '.join(v[:5])}{' ...' if len(v) > 5 else ''}"
-                for t, v in (("missing", missing), ("unexpected", unexpected),
-                             ("mis-shaped", mismatched)) if v]
-    raise ValueError(f"{params_path} does not fit the model of its config.json: "
-                     + "; ".join(problems))
-  set_variables(model, arrays, source=str(params_path))
-  unset = sorted(name for name, var in _named_variables(model).items()
-                 if isinstance(var.get_value(), jax.ShapeDtypeStruct))
-  if unset:  # The checks above make this unreachable; an abstract value must never run.
-    raise ValueError(f"{params_path}: no value for {len(unset)} variables, e.g. {unset[:3]}")
-  return ShippedModel(config=config, model=model, card=card, path=path)
+  stored = load_arrays(name_or_path, verify=verify, backbone=backbone)
+  return ShippedModel(config=stored.config, model=stored.build(), card=stored.card,
+                      path=stored.path)

@@ -333,16 +333,22 @@ def save_crop(photo: Photo, box: Sequence[int], path: pathlib.Path, *, fmt: str,
 
 
 def canvas_shape(width: int, height: int, image_size: int,
-                 buckets: Sequence[float] | None = None, stride: int = 32
-                 ) -> tuple[int, int, int, int]:
+                 buckets: Sequence[float] | None = None, stride: int = 32, *,
+                 canvas_hw: tuple[int, int] | None = None) -> tuple[int, int, int, int]:
   """(canvas height, canvas width, photo height, photo width) of a photo on the model's canvas.
 
   The photo's longer side is resized to S = image_size. Without `buckets` the canvas is S x S.
   With them (fractions of S, ascending, the last 1.0) the canvas's shorter side is the smallest
   bucket that holds the photo's, each bucket rounded up to a multiple of `stride` so that the
   backbone's token grid stays aligned with the canvas: with (9/16, 3/4, 1) a 3:2 or 4:3 photo at
-  S = 320 sits on 320 x 256, a 16:9 one on 320 x 192.
+  S = 320 sits on 320 x 256, a 16:9 one on 320 x 192. With `canvas_hw` instead, the canvas is
+  that (height, width) and the photo is resized to fit inside it (image_size is not used).
   """
+  if canvas_hw is not None:
+    canvas_h, canvas_w = (int(v) for v in canvas_hw)
+    scale = min(canvas_h / height, canvas_w / width)
+    return (canvas_h, canvas_w, min(canvas_h, max(1, round(height * scale))),
+            min(canvas_w, max(1, round(width * scale))))
   scale = image_size / max(width, height)
   new_w = min(image_size, max(1, round(width * scale)))
   new_h = min(image_size, max(1, round(height * scale)))
@@ -353,16 +359,18 @@ def canvas_shape(width: int, height: int, image_size: int,
   return fit(new_h), fit(new_w), new_h, new_w
 
 
-def canvas(image: Image.Image, image_size: int, buckets: Sequence[float] | None = None
-           ) -> tuple[np.ndarray, np.ndarray]:
+def canvas(image: Image.Image, image_size: int, buckets: Sequence[float] | None = None, *,
+           canvas_hw: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
   """The model's input: (float32 [H, W, 3] in [0, 1], the photo at the top-left; valid (h, w)
   as fractions of the canvas's height and width).
 
   The longer side is resized to S = image_size with antialiased bilinear resampling, as in
-  training. The canvas is S x S, or with `buckets` the bucket that holds it (`canvas_shape`).
+  training. The canvas is S x S, or with `buckets` the bucket that holds it, or `canvas_hw`
+  (`canvas_shape`).
   """
   rgb = to_rgb(image)
-  canvas_h, canvas_w, new_h, new_w = canvas_shape(*rgb.size, image_size, buckets)
+  canvas_h, canvas_w, new_h, new_w = canvas_shape(*rgb.size, image_size, buckets,
+                                                  canvas_hw=canvas_hw)
   # reducing_gap first box-averages photos 4x the canvas or more: about twice as fast, and
   # 0.5/255 from a plain antialiased resize on average (FCDB photos at 192 px).
   small = rgb.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=2.0)

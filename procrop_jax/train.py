@@ -118,12 +118,12 @@ class Trainer:
     """
     trained = nnx.to_flat_state(inference.trained_params(source))
     ours = nnx.to_flat_state(self.state["params"])
-    theirs = {path: value for path, value in trained}
-    shapes = ({"/".join(map(str, k)): v.shape for k, v in ours},
-              {"/".join(map(str, k)): v.shape for k, v in trained})
-    new = sorted(shapes[0].keys() - shapes[1].keys())
-    differ = sorted(k for k in shapes[0].keys() | shapes[1].keys()
-                    if shapes[0].get(k) != shapes[1].get(k)
+    theirs = dict(trained)
+    our_shapes = {"/".join(map(str, k)): v.shape for k, v in ours}
+    their_shapes = {"/".join(map(str, k)): v.shape for k, v in trained}
+    new = sorted(our_shapes.keys() - their_shapes.keys())
+    differ = sorted(k for k in our_shapes.keys() | their_shapes.keys()
+                    if our_shapes.get(k) != their_shapes.get(k)
                     and not (k in new and self.config.train.init_new_modules))
     if differ:
       hint = ("; or set config.train.init_new_modules=True to start the modules it lacks "

@@ -25,11 +25,14 @@ from absl import logging
 from flax import nnx
 import jax
 import ml_collections
-import orbax.checkpoint as ocp
 
 from procrop_jax import artifacts
+from procrop_jax import lazy
 from procrop_jax import model_zoo
 from procrop_jax.models import procrop
+
+# Imported when a checkpoint is first restored: cropping with a shipped model never does.
+ocp = lazy.module("orbax.checkpoint")
 
 CONFIG_FILE = "config.json"
 CHECKPOINTS = "checkpoints"

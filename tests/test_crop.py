@@ -233,14 +233,44 @@ class _FakePredictor:
 def test_canvas_size_and_buckets_need_a_model_without_retrieval():
   flexible = cropper_lib.Cropper(_FakePredictor(True), canvas_size=192)
   assert flexible.canvas_shape(600, 400) == (128, 192)
-  unbucketed = cropper_lib.Cropper(_FakePredictor(True), buckets=False)
+  unbucketed = cropper_lib.Cropper(_FakePredictor(True), layout="square")
   assert unbucketed.canvas_shape(600, 400) == (320, 320)
-  with_retrieval = cropper_lib.Cropper(_FakePredictor(False))
-  assert not with_retrieval.buckets and with_retrieval.canvas_shape(600, 400) == (320, 320)
+  with_retrieval = cropper_lib.Cropper(_FakePredictor(False), layout="orientation")
+  assert with_retrieval.layout == "square"
+  assert with_retrieval.canvas_shape(600, 400) == (320, 320)
   with pytest.raises(ValueError, match="retrieval"):
     cropper_lib.Cropper(_FakePredictor(False), canvas_size=192)
   with pytest.raises(ValueError, match="multiple of 32"):
     cropper_lib.Cropper(_FakePredictor(True), canvas_size=200)
+
+
+@pytest.mark.parametrize("size, canvas_hw, photo_hw", [
+    ((600, 400), (160, 192), (128, 192)),  # 3:2: as on its bucket.
+    ((1920, 1080), (160, 192), (108, 192)),  # 16:9: the same canvas, more padding.
+    ((500, 500), (160, 192), (160, 160)),  # Square: on the landscape canvas, a little smaller.
+    ((400, 600), (192, 160), (192, 128)),  # Portrait: the canvas turned upright.
+    ((300, 1200), (192, 160), (192, 48)),  # Very tall: fits by its height.
+    ((1200, 150), (160, 192), (24, 192)),
+])
+def test_the_orientation_layout_puts_every_photo_on_one_of_two_canvases(size, canvas_hw,
+                                                                        photo_hw):
+  cropper = cropper_lib.Cropper(_FakePredictor(True), canvas_size=192, layout="orientation")
+  assert cropper.canvas_shape(*size) == canvas_hw
+  prepared = cropper.prepare(Image.new("RGB", size, (255, 255, 255)))
+  canvas, valid_hw = prepared.canvas, prepared.valid_hw
+  assert canvas.shape == (*canvas_hw, 3)
+  assert canvas.sum() == photo_hw[0] * photo_hw[1] * 3  # The photo, fitted, at the top-left.
+  np.testing.assert_allclose(valid_hw, np.divide(photo_hw, canvas_hw), rtol=1e-6)
+
+
+def test_a_layout_comes_from_the_model_config_and_an_unknown_one_is_named():
+  predictor = _FakePredictor(True)
+  assert cropper_lib.Cropper(predictor).layout == "buckets"  # A config without the field.
+  predictor.config.crop.canvas_layout = "orientation"
+  assert cropper_lib.Cropper(predictor).layout == "orientation"
+  assert cropper_lib.Cropper(predictor, layout="square").layout == "square"
+  with pytest.raises(ValueError, match="layout='round'"):
+    cropper_lib.Cropper(predictor, layout="round")
 
 
 def test_a_model_config_sets_the_default_canvas_and_the_argument_wins():

@@ -223,3 +223,20 @@ def test_the_shipped_model_crops_from_outside_a_checkout_in_python_and_on_the_co
                         capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-2000:]
   assert done.stdout.strip()
+
+
+def test_warm_up_prepares_every_pass_a_batch_needs_once_across_threads(tiny_trained_workdir):
+  import concurrent.futures  # pylint: disable=g-import-not-at-top
+  cropper = cropper_lib.Cropper.from_workdir(tiny_trained_workdir)  # Its own predictor.
+  shape = cropper.canvas_shape(300, 200)
+  targets = [cropper_lib.FREE, cropper_lib.parse_aspect("16:9")]
+  before = cropper.predictor.compilations()
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:  # Two threads, the same canvas.
+    for future in [pool.submit(cropper.warm_up, shape, targets) for _ in range(2)]:
+      future.result()
+  prepared = cropper.predictor.compilations()
+  assert prepared > before
+  photo = cropper.prepare(Image.new("RGB", (300, 200), (90, 120, 150)))
+  crops = cropper.crop_batch([photo], targets, top_k=1)
+  assert all(crops[0][t.label] for t in targets)
+  assert cropper.predictor.compilations() == prepared  # The real batch compiled nothing.

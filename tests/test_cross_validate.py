@@ -124,13 +124,24 @@ def test_a_cross_validated_run_scores_every_photo_once_and_pairs_with_a_referenc
   assert [line["fold"] for line in lines if "fold" in line] == [0, 1, 0, 1]
   # The Cropper's canvases score the same folds' photos, paired with the square canvas.
   size = config.data.image_size
-  canvases = cv_canvas.score_canvases(str(tmp_path / "a"), [size], samples=200)
+  settings = [(size, "buckets"), (size, "orientation")]
+  canvases = cv_canvas.score_canvases(str(tmp_path / "a"), settings, samples=200)
   assert canvases[0]["photos"] == photos and canvases[0]["canvas"] == size
-  canvases = cv_canvas.score_canvases(str(tmp_path / "a"), [size], reference=str(tmp_path / "a"),
+  assert canvases[1]["layout"] == "orientation"
+  canvases = cv_canvas.score_canvases(str(tmp_path / "a"), settings, reference=str(tmp_path / "a"),
                                       samples=200)
   assert canvases[0]["difference"]["mean"] == 0.0  # Paired with itself at the same size.
   assert "difference vs square canvas" in canvases[0]
   assert (tmp_path / "a" / f"canvas_{size}" / "per_image.json").is_file()
+  assert (tmp_path / "a" / f"canvas_{size}_orientation" / "per_image.json").is_file()
+
+
+def test_cv_canvas_settings_name_a_size_and_a_layout():
+  assert cv_canvas.parse_setting("192") == (192, "buckets")
+  assert cv_canvas.parse_setting(" 256:orientation") == (256, "orientation")
+  assert cv_canvas.setting_name((256, "orientation")) == "256_orientation"
+  with pytest.raises(ValueError, match="'192:round'"):
+    cv_canvas.parse_setting("192:round")
 
 
 def test_cv_canvas_needs_a_cross_validated_workdir(tmp_path):

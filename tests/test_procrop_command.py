@@ -84,10 +84,12 @@ def test_a_photo_on_stdin(tmp_path, env):
 
 @pytest.mark.slow
 @needs_shipped_model
-def test_the_cropper_path_imports_no_tensorflow(tmp_path, env):
+def test_the_cropper_path_imports_no_tensorflow_or_checkpointing(tmp_path, env):
   _photo(tmp_path / "p.jpg")
   check = ("import sys; assert 'tensorflow' not in sys.modules, 'tensorflow imported'; "
-           "assert 'tensorflow_datasets' not in sys.modules, 'tensorflow_datasets imported'")
+           "assert 'tensorflow_datasets' not in sys.modules, 'tensorflow_datasets imported'; "
+           "from procrop_jax import lazy; "
+           "assert not lazy.is_loaded('orbax.checkpoint'), 'orbax.checkpoint imported'")
   python_api = ("from procrop_jax import Cropper; "
                 "assert Cropper.pretrained().crop('p.jpg', top_k=1); " + check)
   command_line = ("import sys; from procrop_jax import main; "
@@ -133,3 +135,17 @@ def test_a_crop_that_cannot_be_written_is_an_error_line_and_exit_1(tiny_trained_
   assert by_name["p.jpg"]["status"] == "error"
   assert "cannot write a crop" in by_name["p.jpg"]["error"]
   assert by_name["q.jpg"]["status"] == "ok"
+
+
+def test_canvas_layout_on_the_command_line(tmp_path, capsys):
+  parser = crop.build_parser("procrop crop")
+  args = parser.parse_args([str(tmp_path / "p.jpg"), "--canvas-layout", "square",
+                            "--canvas-size", "160", "--quiet"])
+  cropper = crop._load_cropper(args)  # pylint: disable=protected-access
+  assert (cropper.layout, cropper.canvas_size) == ("square", 160)
+  assert cropper.canvas_shape(600, 400) == (160, 160)
+  default = crop._load_cropper(parser.parse_args(["x.jpg", "--quiet"]))  # pylint: disable=protected-access
+  assert default.layout == default.predictor.config.crop.canvas_layout
+  with pytest.raises(SystemExit):
+    parser.parse_args(["x.jpg", "--canvas-layout", "round"])
+  assert "invalid choice: 'round'" in capsys.readouterr().err

@@ -1,7 +1,7 @@
 r"""Crop quality of a model at the canvas sizes and shapes the Cropper can run it at.
 
   python -m experiments.fcdb.canvas_sizes [--model NAME_OR_PATH | --workdir DIR]
-      [--sizes=320,256,224,192] [--aspect [--candidates=fast,dense,1/0.8:3:1]] [--nosquare]
+      [--sizes=320,256,224,192] [--layout=buckets|orientation|square] [--aspect [--candidates=fast,dense,1/0.8:3:1]] [--nosquare]
 
 Runs the Cropper itself (decode, canvas, batched model, voting, non-maximum suppression) on the
 FCDB validation slice train[85%:] and prints one JSON line per setting: the top-1 free crop's IoU
@@ -11,8 +11,8 @@ candidate set of --candidates (`aspect.FAST`, `aspect.DENSE`, or
 SCALES:POSITIONS:REFINE_TOP[:PROPOSALS[:MOVES]] with the grid's scales separated by "/" and
 MOVES the refinement's neighbourhood, cube or square), with the boxes
 each scores per request. Settings:
-the S x S canvas the model was trained on, then canvas buckets (`Cropper(buckets=True)`: the
-shorter side padded only to the next multiple of 32) at each size of --sizes. The seconds are
+the S x S canvas the model was trained on, then the --layout canvases (`Cropper(layout=...)`:
+buckets pad the shorter side only to the next bucket) at each size of --sizes. The seconds are
 the whole pass, compilations included. Needs FCDB built (data/README.md).
 """
 
@@ -34,6 +34,8 @@ _MODEL = flags.DEFINE_string("model", None, "A shipped model's name or folder (d
                              "default shipped model).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run (its best checkpoint) instead.")
 _SIZES = flags.DEFINE_list("sizes", ["320", "256", "224", "192"], "Canvas sizes with buckets.")
+_LAYOUT = flags.DEFINE_enum("layout", "buckets", list(cropper_lib.CANVAS_LAYOUTS),
+                            "The Cropper's canvas layout at --sizes.")
 _ASPECT = flags.DEFINE_bool("aspect", False, "Also the aspect-conditioned protocol.")
 _CANDIDATES = flags.DEFINE_list("candidates", ["fast"], "Fixed-aspect candidate sets: fast, "
                                 "dense, or SCALES:POSITIONS:REFINE_TOP[:PROPOSALS[:MOVES]], "
@@ -75,7 +77,7 @@ def _told(cropper: cropper_lib.Cropper, examples, images, candidates: aspect.Can
   told = metrics.IoUProtocol()
   # Each photo asks for its own ratio: one photo per call, not one padded to a batch.
   one_by_one = cropper_lib.Cropper(cropper.predictor, canvas_size=cropper.canvas_size,
-                            buckets=cropper.buckets, batch_size=1, aspect_candidates=candidates,
+                            layout=cropper.layout, batch_size=1, aspect_candidates=candidates,
                             faces=False)
   start = time.perf_counter()
   for ex, image in zip(examples, images):
@@ -102,11 +104,11 @@ def main(argv):
   source = tfds.builder("fcdb", data_dir=_DATA_DIR.value).as_data_source(_SPLIT.value)
   examples = [source[i] for i in range(len(source))]
   images = [Image.fromarray(ex["image"]) for ex in examples]
-  settings = [("square", base.predictor.image_size, False)] if _SQUARE.value else []
-  settings += [("buckets", int(size), True) for size in _SIZES.value]
-  for name, size, buckets in settings:
+  settings = [("square", base.predictor.image_size)] if _SQUARE.value else []
+  settings += [(_LAYOUT.value, int(size)) for size in _SIZES.value]
+  for name, size in settings:
     # No faces: this measures the model (faces: experiments/faces_benchmark.py).
-    cropper = cropper_lib.Cropper(base.predictor, canvas_size=size, buckets=buckets, faces=False)
+    cropper = cropper_lib.Cropper(base.predictor, canvas_size=size, layout=name, faces=False)
     shapes = {cropper.canvas_shape(ex["image"].shape[1], ex["image"].shape[0]) for ex in examples}
     line = {"canvas": name, "size": size, "photos": len(examples), "buckets": len(shapes),
             **_free(cropper, examples, images)}

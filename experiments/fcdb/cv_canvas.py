@@ -1,17 +1,18 @@
 r"""A cross-validated recipe, run through the Cropper at the canvas sizes it can ship with.
 
   python -m experiments.fcdb.cv_canvas --cv_workdir=workdirs/cv/cad_pro \
-      [--sizes=320,256,224,192] [--reference=workdirs/cv/reference]
+      [--sizes=320,256,224,192,192:orientation] [--reference=workdirs/cv/reference]
 
 `cross_validate` scores each fold's final checkpoint with the training pipeline's square
 canvas (data.image_size). A shipped model answers through `Cropper` instead: the photo's longer
 side resized to S, the shorter side padded only to the next bucket. This scores every fold's
 final checkpoint that way, on the fold's own held-out photos (nothing is chosen on them), at
-each size of --sizes, and pools the folds. So the default canvas is chosen by the same protocol
+each setting of --sizes (SIZE, or SIZE:LAYOUT with a `Cropper` canvas layout; buckets by
+default), and pools the folds. So the default canvas is chosen by the same protocol
 as the recipe, and the speed a smaller canvas buys is paid for in figures measured on photos
 that chose nothing.
 
-Writes CV_WORKDIR/canvas_<S>/per_image.json and summary.json, and prints one JSON line per
+Writes CV_WORKDIR/canvas_<S>[_<LAYOUT>]/per_image.json and summary.json, and prints one JSON line per
 size: the pooled IoU / BDE with standard errors, the margin over a centred 90% crop, the paired
 difference against the recipe's own square-canvas figure (cross_validate's per_image.json) and,
 with --reference (another cross-validation workdir, run through this script at the same
@@ -38,7 +39,8 @@ from procrop_jax import metrics
 from procrop_jax import workdir as workdir_lib
 
 _CV_WORKDIR = flags.DEFINE_string("cv_workdir", None, "A cross_validate workdir (fold_<k>/).")
-_SIZES = flags.DEFINE_list("sizes", ["320", "256", "224", "192"], "Canvas sizes (buckets).")
+_SIZES = flags.DEFINE_list("sizes", ["320", "256", "224", "192"], "Canvas settings: SIZE or "
+                           "SIZE:LAYOUT (buckets, orientation, square).")
 _REFERENCE = flags.DEFINE_string("reference", "", "Another cross-validation workdir already "
                                  "scored by this script at the same sizes, to pair against.")
 _BOOTSTRAP = flags.DEFINE_integer("bootstrap_samples", 10_000, "Bootstrap resamples.")
@@ -56,8 +58,23 @@ def fold_workdirs(cv_workdir: str) -> list[tuple[int, str]]:
   return sorted(found)
 
 
-def score_fold(fold_workdir: str, sizes: Sequence[int]
-               ) -> tuple[dict[int, dict[str, dict[str, float]]], dict[int, float]]:
+def parse_setting(text: str) -> tuple[int, str]:
+  """"192" -> (192, "buckets"); "192:orientation" -> (192, "orientation")."""
+  size, _, layout = text.strip().partition(":")
+  layout = layout or "buckets"
+  if not size.isdigit() or layout not in cropper_lib.CANVAS_LAYOUTS:
+    raise ValueError(f"--sizes: {text!r} is not SIZE or SIZE:LAYOUT with a layout of "
+                     f"{', '.join(cropper_lib.CANVAS_LAYOUTS)}")
+  return int(size), layout
+
+
+def setting_name(setting: tuple[int, str]) -> str:
+  size, layout = setting
+  return str(size) if layout == "buckets" else f"{size}_{layout}"
+
+
+def score_fold(fold_workdir: str, sizes: Sequence[tuple[int, str]]
+               ) -> tuple[dict[Any, dict[str, dict[str, float]]], dict[Any, float]]:
   """Per-photo values of the fold's final checkpoint on its held-out photos, at each size."""
   # The latest: the fixed final step. No faces: this measures the model (issue 31's keep
   # regions are measured by experiments/faces_benchmark.py).
@@ -73,7 +90,7 @@ def score_fold(fold_workdir: str, sizes: Sequence[int]
   images = [Image.fromarray(ex["image"]) for ex in examples]
   values, seconds = {}, {}
   for size in sizes:
-    cropper = cropper_lib.Cropper(base.predictor, canvas_size=size, faces=False)
+    cropper = cropper_lib.Cropper(base.predictor, canvas_size=size[0], layout=size[1], faces=False)
     protocol = metrics.IoUProtocol(top_ks=(5,))
     start = time.perf_counter()
     for ex, found in zip(examples, cropper.crop_many(images, top_k=5)):
@@ -84,10 +101,10 @@ def score_fold(fold_workdir: str, sizes: Sequence[int]
   return values, seconds
 
 
-def score_canvases(cv_workdir: str, sizes: Sequence[int], *, reference: str = "",
+def score_canvases(cv_workdir: str, sizes: Sequence[tuple[int, str]], *, reference: str = "",
                    samples: int = 10_000) -> list[dict[str, Any]]:
   """Scores every fold at every size, writes CV_WORKDIR/canvas_<S>/, returns the summaries."""
-  pooled: dict[int, dict[str, dict[str, float]]] = {s: {} for s in sizes}
+  pooled: dict[tuple[int, str], dict[str, dict[str, float]]] = {s: {} for s in sizes}
   fold_of: dict[str, int] = {}
   seconds = {s: 0.0 for s in sizes}
   config = None
@@ -111,13 +128,13 @@ def score_canvases(cv_workdir: str, sizes: Sequence[int], *, reference: str = ""
     summary["difference vs square canvas"] = summary.pop("difference")
     summary.pop("bde difference")
     if reference:
-      with open(os.path.join(reference, f"canvas_{size}", "per_image.json")) as f:
+      with open(os.path.join(reference, f"canvas_{setting_name(size)}", "per_image.json")) as f:
         other = json.load(f)
       versus = cross_validate.summarize(pooled[size], baselines, fold_of, other, samples=samples)
       summary.update({k: versus[k] for k in ("reference iou", "difference", "bde difference")})
       summary["reference"] = reference
-    summary.update(canvas=size, seconds=seconds[size])
-    out_dir = os.path.join(cv_workdir, f"canvas_{size}")
+    summary.update(canvas=size[0], layout=size[1], seconds=seconds[size])
+    out_dir = os.path.join(cv_workdir, f"canvas_{setting_name(size)}")
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "per_image.json"), "w") as f:
       json.dump(pooled[size], f)
@@ -130,8 +147,8 @@ def score_canvases(cv_workdir: str, sizes: Sequence[int], *, reference: str = ""
 
 def main(argv: Sequence[str]) -> None:
   del argv
-  score_canvases(_CV_WORKDIR.value, [int(s) for s in _SIZES.value], reference=_REFERENCE.value,
-                 samples=_BOOTSTRAP.value)
+  score_canvases(_CV_WORKDIR.value, [parse_setting(s) for s in _SIZES.value],
+                 reference=_REFERENCE.value, samples=_BOOTSTRAP.value)
 
 
 if __name__ == "__main__":

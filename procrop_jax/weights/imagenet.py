@@ -92,6 +92,19 @@ def converted_params(variant: str, *, cache_dir: str | os.PathLike | None = None
   return params
 
 
+def backbone_arrays(variant: str, *, prefix: str = "",
+                    cache_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+  """The variant's ImageNet weights for a backbone without a classifier, each named
+  `prefix` + its path in the module ("stem/conv/kernel"), without building the module.
+
+  Checkpoint tensors with no slot in the module keep their "torch:" names, so that a caller
+  checking the names against the module's reports them as unexpected.
+  """
+  return {prefix + name: value
+          for name, value in converted_params(variant, cache_dir=cache_dir).items()
+          if not name.startswith("classifier/")}
+
+
 def load_pretrained(model: nnx.Module, variant: str, *,
                     cache_dir: str | os.PathLike | None = None) -> None:
   """Loads ImageNet weights into an `EfficientNetLite` in place.

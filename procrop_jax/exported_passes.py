@@ -1,0 +1,158 @@
+"""Forward passes kept across processes as serialized `jax.export` modules.
+
+JAX's persistent compilation cache (`inference.use_compile_cache`) spares a later process the
+XLA compilation of a canvas shape, but not tracing the model in Python and lowering it, which is
+most of what is left: 0.76 of 0.99 s per shape on 2 CPU cores. So the lowered pass is kept as
+well. `jax.export` serializes it into the compilation cache folder (`exported/`), keyed by
+everything the program depends on: the package's source code, JAX's version, the model's config
+and graph, the step's options and the input shapes. A later process deserializes it (10 ms) and
+lowers only the call into it (0.26 s); XLA then finds the compiled executable in the cache.
+
+The state enters a pass as its list of leaves. Their names, shapes and dtypes in order are kept
+too (`<identity>.leaves.json`): a shipped model's weights are stored by name, so a later process
+orders them for the pass without building the model (`nnx.eval_shape` of it costs 0.6 s).
+
+A file that cannot be read back (truncated, from another JAX) is exported again, never used.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import pathlib
+from typing import Any, Callable, Mapping, Sequence
+
+from absl import logging
+import jax
+import numpy as np
+
+FOLDER = "exported"
+SUFFIX = ".jaxexport"
+
+
+@functools.cache
+def source_fingerprint() -> str:
+  """A hash of every Python file of the package: a changed model never reuses an old pass."""
+  root = pathlib.Path(__file__).resolve().parent
+  digest = hashlib.sha256()
+  for path in sorted(root.rglob("*.py")):
+    digest.update(str(path.relative_to(root)).encode())
+    digest.update(path.read_bytes())
+  return digest.hexdigest()
+
+
+LeafSpecs = list[tuple[str, tuple[int, ...], str]]  # (name, shape, dtype) per state leaf
+
+
+def leaf_specs(named_leaves: Sequence[tuple[str, Any]]) -> LeafSpecs:
+  """(name, shape, dtype) of each (name, array) in the state's leaf order."""
+  return [(name, tuple(np.shape(x)), str(x.dtype)) for name, x in named_leaves]
+
+
+def _shapes(tree: Any) -> list[tuple[tuple[int, ...], str]]:
+  return [(tuple(np.shape(x)), str(x.dtype)) for x in jax.tree.leaves(tree)]
+
+
+class ExportedPasses:
+  """Jitted forward passes, exported once per input shape and kept in `folder`.
+
+  `identity` is what, besides the inputs' shapes, decides the program (the model's config and
+  graph, the step's options). The state enters an exported pass as its list of leaves, named by
+  `specs` (see `leaf_specs`); `get` returns a function of (leaves, batch).
+
+  The model's config and the package's code decide its leaves, so they are kept too
+  (`read_specs`/`write_specs`): a later process with the weights by name (a shipped model's
+  file) orders them for an exported pass without building the model at all.
+  """
+
+  def __init__(self, folder: str | os.PathLike[str], identity: Mapping[str, Any]):
+    self.folder = pathlib.Path(folder) / FOLDER
+    self.identity = {**identity, "jax": jax.__version__,
+                     "platform": jax.default_backend(), "source": source_fingerprint()}
+    self._calls: dict[tuple[Any, ...], Callable] = {}
+
+  def _identity_key(self) -> str:
+    return hashlib.sha256(json.dumps(self.identity, sort_keys=True, default=str).encode()
+                          ).hexdigest()
+
+  def key(self, what: str, specs: LeafSpecs, batch: Mapping[str, Any]) -> str:
+    record = {**self.identity, "what": what, "state": specs,
+              "batch": {k: _shapes(v) for k, v in sorted(batch.items())}}
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
+
+  # ---------------------------------------------------------------------- the state's leaves
+  def _specs_path(self) -> pathlib.Path:
+    return self.folder / f"{self._identity_key()[:40]}.leaves.json"
+
+  def read_specs(self) -> LeafSpecs | None:
+    """The leaves a model of this identity has, in order, if a process kept them."""
+    path = self._specs_path()
+    try:
+      return [(name, tuple(shape), dtype)
+              for name, shape, dtype in json.loads(path.read_text())]
+    except FileNotFoundError:
+      return None
+    except (OSError, ValueError, TypeError) as e:  # Unreadable: the model is built instead.
+      logging.warning("%s cannot be read back (%s): building the model.", path, e)
+      return None
+
+  def write_specs(self, specs: LeafSpecs) -> None:
+    self._write(self._specs_path(), json.dumps(specs).encode())
+
+  # ------------------------------------------------------------------------------- the passes
+  def get(self, what: str, specs: LeafSpecs, batch: Mapping[str, Any],
+          make_step: Callable[[], tuple[Callable, Any]]) -> Callable:
+    """A function of (leaves, batch) for these inputs' shapes, through a pass exported by this
+    or an earlier process.
+
+    `make_step()` returns (the jitted function of (state, batch), the state whose leaves are
+    `specs`): called only to export a pass no process has kept yet.
+    """
+    # Every call asks: hashing the whole state's shapes is left to the first call of a shape.
+    seen = (what, tuple((k, np.shape(v)) for k, v in sorted(batch.items())))
+    if seen not in self._calls:
+      key = self.key(what, specs, batch)
+      exported = self._read(key)
+      if exported is None:
+        exported = self._export(key, *make_step(), batch)
+      self._calls[seen] = jax.jit(exported.call)
+    return self._calls[seen]
+
+  def __len__(self) -> int:
+    """The passes this process has prepared (one per input shape)."""
+    return len(self._calls)
+
+  def _path(self, key: str) -> pathlib.Path:
+    return self.folder / f"{key[:40]}{SUFFIX}"
+
+  def _read(self, key: str) -> jax.export.Exported | None:
+    path = self._path(key)
+    if not path.is_file():
+      return None
+    try:
+      return jax.export.deserialize(bytearray(path.read_bytes()))
+    except Exception as e:  # pylint: disable=broad-except  (any unreadable file: export again)
+      logging.warning("%s cannot be read back (%s): exporting the pass again.", path, e)
+      return None
+
+  def _export(self, key: str, step: Callable, state: Any, batch: Mapping[str, Any]
+              ) -> jax.export.Exported:
+    treedef = jax.tree.structure(state)
+
+    def flat(leaves, batch):  # Lists and dicts serialize; the model's State nodes do not.
+      return step(jax.tree.unflatten(treedef, leaves), batch)
+
+    exported = jax.export.export(jax.jit(flat))(jax.tree.leaves(state), batch)
+    self._write(self._path(key), exported.serialize())
+    return exported
+
+  def _write(self, path: pathlib.Path, data: bytes) -> None:
+    try:
+      path.parent.mkdir(parents=True, exist_ok=True)
+      partial = path.with_suffix(f".{os.getpid()}.tmp")
+      partial.write_bytes(data)
+      partial.replace(path)  # Atomic: a concurrent reader sees the whole file or none.
+    except OSError as e:  # A read-only cache still predicts; it only forgets what it made.
+      logging.warning("Cannot keep %s in %s: %s", path.name, path.parent, e)
