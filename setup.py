@@ -45,6 +45,12 @@ EXTRAS_REQUIRE = {
     "cuda": ["jax[cuda12]>=0.10.2,<0.11"],
     "cuda13": ["jax[cuda13]>=0.10.2,<0.11"],
     "tpu": ["jax[tpu]>=0.10.2,<0.11"],
+    # `procrop serve` (procrop_jax/serve): Starlette + Uvicorn + prometheus_client; python-multipart
+    # parses multipart uploads. httpx is Starlette's TestClient; selenium drives the system's
+    # chromium + chromedriver in tests/test_serve_page.py (no browser is downloaded).
+    "serve": ["prometheus-client>=0.21,<1", "python-multipart>=0.0.18,<0.1",
+              "starlette>=0.46,<2", "uvicorn>=0.34,<1"],
+    "serve-test": ["httpx>=0.28,<1", "selenium>=4.27,<5"],
     # experiments/crop_benchmark.py compares with smartcrop; not needed to crop.
     "bench": ["smartcrop==0.5.0"],
 }

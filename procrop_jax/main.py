@@ -2,6 +2,7 @@ r"""Command-line entry point.
 
   python -m procrop_jax.main --config=configs/default.py --workdir=workdirs/default [--mode=train]
   procrop crop PATH... [options]        (the installed script; see procrop_jax/crop.py)
+  procrop serve [options]               (an HTTP service; the [serve] extra, procrop_jax/serve)
 
 Kept short on purpose: flags, device set-up, and one call into the library. `--mode=eval`,
 `crop`, `export` and `refine_cad` may leave out --config: the run's own WORKDIR/config.json is used.
@@ -134,6 +135,16 @@ def run() -> None:
       sys.exit(crop.main(sys.argv[2:]))
     except KeyboardInterrupt:
       sys.exit("Interrupted.")
+  if len(sys.argv) > 1 and sys.argv[1] == "serve":
+    try:
+      from procrop_jax.serve import cli  # pylint: disable=g-import-not-at-top  (the [serve] extra)
+    except ModuleNotFoundError as e:
+      sys.exit(f"error: procrop serve needs the [serve] extra ({e}): "
+               "pip install 'procrop_jax[serve]'")
+    try:
+      sys.exit(cli.main(sys.argv[2:]))
+    except KeyboardInterrupt:
+      sys.exit(0)
   try:
     app.run(main, flags_parser=_parse_flags)
   except KeyboardInterrupt:

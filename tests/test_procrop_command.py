@@ -148,10 +148,10 @@ def test_canvas_layout_on_the_command_line(tmp_path, capsys):
   parser = crop.build_parser("procrop crop")
   args = parser.parse_args([str(tmp_path / "p.jpg"), "--canvas-layout", "square",
                             "--canvas-size", "160", "--quiet"])
-  cropper = crop._load_cropper(args)  # pylint: disable=protected-access
+  cropper = crop.load_cropper(args)
   assert (cropper.layout, cropper.canvas_size) == ("square", 160)
   assert cropper.canvas_shape(600, 400) == (160, 160)
-  default = crop._load_cropper(parser.parse_args(["x.jpg", "--quiet"]))  # pylint: disable=protected-access
+  default = crop.load_cropper(parser.parse_args(["x.jpg", "--quiet"]))
   assert default.layout == default.predictor.config.crop.canvas_layout
   with pytest.raises(SystemExit):
     parser.parse_args(["x.jpg", "--canvas-layout", "round"])
