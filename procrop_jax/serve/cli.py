@@ -14,6 +14,7 @@ answers the requests in flight and exits 0.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from typing import Sequence
 
@@ -104,9 +105,22 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "procrop serve") -> i
   if not args.quiet:
     inference.progress_to_stderr(f"Serving on http://{args.host}:{args.port}/ (ready when "
                                  "/readyz answers 200)")
-  config = uvicorn.Config(app, host=args.host, port=args.port, access_log=not args.quiet,
-                          log_level="warning" if args.quiet else "info",
-                          timeout_graceful_shutdown=int(args.timeout_s) + 5)
+  return run_server(app, host=args.host, port=args.port, quiet=args.quiet,
+                    timeout_s=args.timeout_s)
+
+
+def run_server(app, *, host: str, port: int, quiet: bool = False, timeout_s: float = 30.0
+               ) -> int:
+  """Runs `app` with Uvicorn until SIGTERM or SIGINT; returns 0 once the requests in flight
+  are answered (each within its time limit) and the model thread has stopped."""
+  config = uvicorn.Config(app, host=host, port=port, access_log=not quiet,
+                          log_level="warning" if quiet else "info",
+                          timeout_graceful_shutdown=int(timeout_s) + 5)
+  # Uvicorn re-raises the signal it stopped on once it has shut down, to the handler that was
+  # there before it; that handler is this no-op, so a drained server exits 0 (what process
+  # managers and load balancers read as a clean stop) rather than dying of the signal.
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, lambda signum, frame: None)
   uvicorn.Server(config).run()
   return 0
 
