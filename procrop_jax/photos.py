@@ -5,8 +5,10 @@ What a user hands `procrop crop` is any mix of files, folders (searched recursiv
 outputs mirror under OUT, so `a/IMG_0001.jpg` and `b/IMG_0001.jpg` never collide. `read_photo`
 refuses a decompression bomb from its header, before any pixel is decoded, and turns every
 other failure (not an image, truncated, zero bytes, unreadable, an unconvertible mode) into a
-`PhotoError` naming it. `save_crop` writes a crop in the input's format (or a chosen one) with
-its ICC profile and EXIF (orientation reset, since the pixels are stored upright).
+`PhotoError` naming it (`decode_photo` does the same for bytes, e.g. an upload to `procrop
+serve`). `save_crop` writes a crop in the input's format (or a chosen one) with its ICC profile
+and EXIF (orientation reset, since the pixels are stored upright); `write_crop` writes it into
+a file object (the server's image answer).
 
 The rest of the package reads photos here too: the dataset builders and the CAD generator list
 them with `list_photos`, convert them with `rgb_and_conversion` and write JPEGs at

@@ -132,8 +132,13 @@ class Batcher:
       jobs, stop = self._collect()
       # Jobs whose requests gave up are dropped here; the rest are marked running.
       jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]
-      if jobs:
+      try:
         self._run_jobs(jobs)
+      except Exception as e:  # pylint: disable=broad-except  (the thread must outlive any batch)
+        logging.exception("procrop serve: a batch failed")
+        for job in jobs:
+          if not job.future.done():
+            job.future.set_exception(e)
       if stop:
         return
 
