@@ -35,7 +35,6 @@ import argparse
 import collections
 import concurrent.futures
 import http.client
-import io
 import json
 import os
 import pathlib

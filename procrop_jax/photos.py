@@ -214,9 +214,10 @@ def _decode(fp, max_pixels: int) -> Photo:
     raise PhotoError(f"cannot read the image ({e})") from e
   width, height = image.size
   if width * height > max_pixels:
-    raise PhotoTooLargeError(f"{width}x{height} = {width * height / 1e6:.1f} MP exceeds the limit of "
-                     f"{max_pixels / 1e6:.1f} MP (a possible decompression bomb; raise "
-                     "--max-pixels to allow it)")
+    raise PhotoTooLargeError(
+        f"{width}x{height} = {width * height / 1e6:.1f} MP exceeds the limit of "
+        f"{max_pixels / 1e6:.1f} MP (a possible decompression bomb; raise --max-pixels to allow "
+        "it)")
   if width < 1 or height < 1:
     raise PhotoError(f"the image has no pixels ({width}x{height})")
   try:

@@ -36,7 +36,9 @@ function setStatus(text, isError) {
 async function cropFile(file) {
   current = file;
   const params = new URLSearchParams();
-  document.querySelectorAll('input.aspect:checked').forEach((c) => params.append('aspect', c.value));
+  for (const box of document.querySelectorAll('input.aspect:checked')) {
+    params.append('aspect', box.value);
+  }
   $('custom').value.split(/[\s,]+/).filter(Boolean).forEach((a) => params.append('aspect', a));
   params.set('top_k', $('topk').value);
   setStatus('Cropping ' + file.name + ' ...');
@@ -75,8 +77,9 @@ function show(file, data) {
     const label = c.aspect + ' #' + ranks[c.aspect] + ' ' + c.score.toFixed(2);
     const box = document.createElement('div');
     box.className = 'box';
-    Object.assign(box.style, {left: 100 * x1 / data.width + '%%', top: 100 * y1 / data.height + '%%',
-        width: 100 * (x2 - x1) / data.width + '%%', height: 100 * (y2 - y1) / data.height + '%%',
+    const percent = (v, side) => 100 * v / side + '%%';
+    Object.assign(box.style, {left: percent(x1, data.width), top: percent(y1, data.height),
+        width: percent(x2 - x1, data.width), height: percent(y2 - y1, data.height),
         borderColor: colour});
     const tag = document.createElement('span');
     tag.style.background = colour;
@@ -105,10 +108,13 @@ function show(file, data) {
   item.className = 'item';
   item.append(photo, crops);
   result.appendChild(item);
-  setStatus(file.name + ': ' + data.width + 'x' + data.height + ', ' + data.crops.length + ' crops');
+  setStatus(file.name + ': ' + data.width + 'x' + data.height + ', ' + data.crops.length
+            + ' crops');
 }
 
-$('file').addEventListener('change', () => { if ($('file').files[0]) cropFile($('file').files[0]); });
+$('file').addEventListener('change', () => {
+  if ($('file').files[0]) cropFile($('file').files[0]);
+});
 $('again').addEventListener('click', () => { if (current) cropFile(current); });
 const drop = $('drop');
 drop.addEventListener('dragover', (e) => { e.preventDefault(); drop.classList.add('over'); });
