@@ -277,7 +277,9 @@ class Parser(argparse.ArgumentParser):
     self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _target_arg(parse):
+def target_arg(parse):
+  """An argparse type from a Target parser (parse_aspect, parse_size): its ValueError is a
+  usage error."""
   def convert(text: str) -> cropper_lib.Target:
     try:
       return parse(text)
@@ -303,11 +305,11 @@ def build_parser(prog: str = "procrop crop") -> argparse.ArgumentParser:
                       help="files, folders (recursive), globs, or - for one image on stdin")
   parser.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: %(default)s)")
   parser.add_argument("--aspect", action="append", default=[],
-                      type=_target_arg(cropper_lib.parse_aspect),
+                      type=target_arg(cropper_lib.parse_aspect),
                       help="width:height (16:9) or a number (1.5) of every crop; repeatable; "
                       "default: free crops")
   parser.add_argument("--size", action="append", default=[],
-                      type=_target_arg(cropper_lib.parse_size),
+                      type=target_arg(cropper_lib.parse_size),
                       help="WIDTHxHEIGHT: crops of that ratio resized to exactly that size; "
                       "repeatable")
   parser.add_argument("--top-k", type=positive_int, default=3,

@@ -30,6 +30,7 @@ class FakeCropper:
     self.delay_s = delay_s
     self.gate = gate
     self.batches: list[int] = []  # Photos per crop_batch call.
+    self.warmed: list[tuple] = []  # (batch size, canvas, target labels) per warm_up call.
 
   def canvas_shape(self, width: int, height: int) -> tuple[int, int]:
     return (8, 16) if width >= height else (16, 8)
@@ -40,7 +41,7 @@ class FakeCropper:
                                 image.size)
 
   def warm_up(self, canvas_hw, targets=(cropper_lib.FREE,)) -> None:
-    del canvas_hw, targets
+    self.warmed.append((self.batch_size, tuple(canvas_hw), tuple(t.label for t in targets)))
 
   def crop_batch(self, batch, targets, *, top_k):
     if self.gate is not None:

@@ -103,6 +103,17 @@ def test_jobs_that_arrive_together_run_as_one_batch_and_get_their_own_answers():
   assert len(results[2]["free"]) == 3
 
 
+def test_every_batch_size_and_canvas_is_prepared_before_ready():
+  fake = serve_worker.FakeCropper()  # Its copies per batch size share its `warmed` list.
+  batcher = batcher_lib.Batcher(fake, max_batch=4)
+  batcher.start(aspects=(cropper_lib.parse_aspect("16:9"),))
+  assert batcher.ready.wait(10) and batcher.failed is None
+  batcher.close()
+  shapes = [(8, 16), (16, 8)]
+  assert sorted(fake.warmed) == sorted((size, shape, labels) for size in (1, 2, 4)
+                                       for shape in shapes for labels in (("free",), ("16x9",)))
+
+
 def test_a_bad_photo_fails_alone_in_its_batch():
   fake = serve_worker.FakeCropper()
   batcher = batcher_lib.Batcher(fake, max_batch=4, max_wait_s=0.2)

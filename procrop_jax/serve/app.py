@@ -53,6 +53,7 @@ class Settings:
   queue: int = 64  # Requests held beyond the batch on the model.
   decode_workers: int = 2
   warm_up: bool = True  # Prepare every canvas's passes before /readyz says ready.
+  warm_aspects: tuple[cropper_lib.Target, ...] = ()  # Their passes too.
 
 
 class Server:
@@ -77,7 +78,7 @@ class Server:
   @contextlib.asynccontextmanager
   async def lifespan(self, app):
     del app
-    self.batcher.start(warm_up=self.settings.warm_up)
+    self.batcher.start(warm_up=self.settings.warm_up, aspects=self.settings.warm_aspects)
     try:
       yield
     finally:

@@ -92,10 +92,12 @@ class Batcher:
     return sorted({self.cropper.canvas_shape(w, h) for w, h in sizes})
 
   # ---------------------------------------------------------------------------------- control
-  def start(self, *, warm_up: bool = True) -> None:
-    """Starts the model thread; it prepares every batch size's free-crop passes on every
-    canvas first (`ready` is set after), so no request waits for a compilation."""
-    self._warm_up = warm_up
+  def start(self, *, warm_up: bool = True,
+            aspects: Sequence[cropper_lib.Target] = ()) -> None:
+    """Starts the model thread; it prepares every batch size's free-crop passes (and those of
+    `aspects`) on every canvas first (`ready` is set after), so no such request waits for a
+    compilation."""
+    self._warm_up = [(cropper_lib.FREE,)] + [(t,) for t in aspects] if warm_up else []
     self._thread.start()
 
   def close(self, timeout: float | None = None) -> None:
@@ -120,10 +122,10 @@ class Batcher:
   # ------------------------------------------------------------------------------ the thread
   def _run(self) -> None:
     try:
-      if self._warm_up:
-        for size in self.sizes:
-          for shape in self.canvas_shapes():
-            self._croppers[size].warm_up(shape, (cropper_lib.FREE,))
+      for size in self.sizes:
+        for shape in self.canvas_shapes():
+          for targets in self._warm_up:
+            self._croppers[size].warm_up(shape, targets)
     except Exception as e:  # pylint: disable=broad-except  (reported by /readyz, not raised)
       logging.exception("procrop serve: preparing the model failed")
       self.failed = e

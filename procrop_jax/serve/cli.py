@@ -2,7 +2,8 @@ r"""The `procrop serve` command: the cropper over HTTP (see app.py for the API).
 
   procrop serve [--host 127.0.0.1] [--port 8000] [--model NAME_OR_PATH | --workdir DIR [--best]]
                 [--max-batch 16] [--max-wait-ms 5] [--max-pixels N] [--max-body-mb M]
-                [--queue Q] [--timeout-s T] [--decode-workers W] [--canvas-size S]
+                [--queue Q] [--timeout-s T] [--decode-workers W] [--warm-aspect W:H ...]
+                [--canvas-size S]
                 [--canvas-layout L] [--compile-cache DIR] [--quiet]
 
 The model loads as `procrop crop` loads it (crop.load_cropper: the same flags and errors). The
@@ -58,6 +59,11 @@ def build_parser(prog: str = "procrop serve") -> argparse.ArgumentParser:
                       "%(default)s)")
   parser.add_argument("--decode-workers", type=positive, default=2,
                       help="threads decoding photos (default: %(default)s)")
+  parser.add_argument("--warm-aspect", action="append", default=[],
+                      type=crop.target_arg(cropper_lib.parse_aspect),
+                      help="an aspect (16:9) whose passes are prepared before /readyz says "
+                      "ready, beside free crops' (repeatable; others are prepared on first "
+                      "use)")
   parser.add_argument("--canvas-size", type=positive, default=None,
                       help="the model's canvas side, a multiple of 32 (default: the model's)")
   parser.add_argument("--canvas-layout", choices=cropper_lib.CANVAS_LAYOUTS, default=None,
@@ -76,7 +82,7 @@ def settings_from(args: argparse.Namespace) -> app_lib.Settings:
       limits=limits_lib.Limits(max_body_bytes=int(args.max_body_mb * 2**20),
                                max_pixels=args.max_pixels, timeout_s=args.timeout_s),
       max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue=args.queue,
-      decode_workers=args.decode_workers)
+      decode_workers=args.decode_workers, warm_aspects=tuple(args.warm_aspect))
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "procrop serve") -> int:
