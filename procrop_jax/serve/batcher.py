@@ -76,6 +76,7 @@ class Batcher:
     self._thread = threading.Thread(target=self._run, name="procrop-model", daemon=True)
     self.ready = threading.Event()  # Set once every canvas's passes are prepared.
     self.failed: BaseException | None = None  # Why the warm-up failed, if it did.
+    self._warm_up: list[tuple[cropper_lib.Target, ...]] = []  # Targets to prepare (start).
 
   @property
   def cropper(self) -> cropper_lib.Cropper:
