@@ -31,10 +31,10 @@ EXTRAS_REQUIRE = {
     # dill: tfds.testing's DatasetBuilderTestCase needs it. nbclient, nbformat, ipykernel and
     # matplotlib: tests/test_notebooks.py runs experiments/colab_quickstart.ipynb headless.
     # apache-beam: tests/test_cad_beam.py runs the Beam paths on the DirectRunner.
-    # httpx: Starlette's TestClient (tests/test_serve.py); selenium drives the system's chromium
+    # httpx2: Starlette's TestClient (tests/test_serve.py); selenium drives the system's chromium
     # and chromedriver (tests/test_serve_page.py; it downloads no browser).
     "test": ["apache-beam>=2.77,<3", "dill>=0.3.8,<0.5", "ipykernel>=6.29,<8",
-             "httpx>=0.29,<1", "matplotlib>=3.9,<4", "nbclient>=0.10,<0.12", "nbformat>=5.10,<6",
+             "httpx2>=2.17,<3", "matplotlib>=3.9,<4", "nbclient>=0.10,<0.12", "nbformat>=5.10,<6",
              "pytest>=8,<10", "pytest-xdist>=3.6,<4", "selenium>=4.51,<5"],
     # CAD generation and the procrop_cad build through Apache Beam (data/README.md, "Large
     # sets"). Beam 2.77 needs protobuf < 7 and pyarrow < 26: pip picks 6.33 and 25 beside it.

@@ -25,7 +25,8 @@ from PIL import ImageCms
 import pytest
 
 pytest.importorskip("starlette", reason="the [serve] extra is not installed")
-pytest.importorskip("httpx", reason="httpx (Starlette's TestClient; the [test] extra) is missing")
+pytest.importorskip("httpx2", reason="httpx2 (Starlette's TestClient; the [test] extra) is "
+                    "missing")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position  (after the extra's check)
 from starlette import testclient
