@@ -17,6 +17,13 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from procrop_jax import lazy
+
+# The commands' modules load only when their command runs: `procrop crop` defines no absl flags
+# and imports no TensorFlow; `procrop serve` needs the [serve] extra.
+crop = lazy.module("procrop_jax.crop")
+serve_cli = lazy.module("procrop_jax.serve.cli")
+
 # mode -> (module, function); imported lazily so that `--help` and flag errors are instant.
 MODES = {
     "train": ("procrop_jax.train", "train_and_evaluate"),
@@ -130,19 +137,18 @@ def run() -> None:
   if len(sys.argv) > 1 and sys.argv[1] == "crop":
     if "--quiet" not in sys.argv and not {"-h", "--help"} & set(sys.argv):
       print("Starting procrop (JAX) ...", file=sys.stderr, flush=True)  # About a second.
-    from procrop_jax import crop  # pylint: disable=g-import-not-at-top  (no absl flags)
     try:
       sys.exit(crop.main(sys.argv[2:]))
     except KeyboardInterrupt:
       sys.exit("Interrupted.")
   if len(sys.argv) > 1 and sys.argv[1] == "serve":
     try:
-      from procrop_jax.serve import cli  # pylint: disable=g-import-not-at-top  (the [serve] extra)
+      serve_main = serve_cli.main  # Imports the service: Starlette and Uvicorn.
     except ModuleNotFoundError as e:
       sys.exit(f"error: procrop serve needs the [serve] extra ({e}): "
                "pip install 'procrop_jax[serve]'")
     try:
-      sys.exit(cli.main(sys.argv[2:]))
+      sys.exit(serve_main(sys.argv[2:]))
     except KeyboardInterrupt:
       sys.exit(0)
   try:
