@@ -34,9 +34,11 @@ EXTRAS_REQUIRE = {
     # dill: tfds.testing's DatasetBuilderTestCase needs it. nbclient, nbformat, ipykernel and
     # matplotlib: tests/test_notebooks.py runs experiments/colab_quickstart.ipynb headless.
     # apache-beam: tests/test_cad_beam.py runs the Beam paths on the DirectRunner.
+    # httpx2: Starlette's TestClient (tests/test_serve.py); selenium drives the system's chromium
+    # and chromedriver (tests/test_serve_page.py; it downloads no browser).
     "test": ["apache-beam>=2.77,<3", "dill>=0.3.8,<0.5", "ipykernel>=6.29,<8",
-             "matplotlib>=3.9,<4", "nbclient>=0.10,<0.12", "nbformat>=5.10,<6", "pytest>=8,<10",
-             "pytest-xdist>=3.6,<4"],
+             "httpx2>=2.17,<3", "matplotlib>=3.9,<4", "nbclient>=0.10,<0.12", "nbformat>=5.10,<6",
+             "pytest>=8,<10", "pytest-xdist>=3.6,<4", "selenium>=4.51,<5"],
     # CAD generation and the procrop_cad build through Apache Beam (data/README.md, "Large
     # sets"). Beam 2.77 needs protobuf < 7 and pyarrow < 26: pip picks 6.33 and 25 beside it.
     "beam": ["apache-beam>=2.77,<3"],
@@ -48,6 +50,10 @@ EXTRAS_REQUIRE = {
     "cuda": ["jax[cuda12]>=0.10.2,<0.11"],
     "cuda13": ["jax[cuda13]>=0.10.2,<0.11"],
     "tpu": ["jax[tpu]>=0.10.2,<0.11"],
+    # `procrop serve` (procrop_jax/serve): Starlette + Uvicorn + prometheus_client (why: the
+    # package docstring); python-multipart parses multipart uploads.
+    "serve": ["prometheus-client>=0.26,<1", "python-multipart>=0.0.34,<0.1",
+              "starlette>=1.10,<2", "uvicorn>=0.55,<1"],
     # experiments/crop_benchmark.py compares with smartcrop; not needed to crop.
     "bench": ["smartcrop==0.5.0"],
 }

@@ -292,14 +292,16 @@ def write_index(out: pathlib.Path, records: Sequence[dict[str, Any]]) -> pathlib
 
 
 # ------------------------------------------------------------------------ command-line parsing
-class _Parser(argparse.ArgumentParser):
-  """argparse that reports a usage error in one line (exit status 2)."""
+class Parser(argparse.ArgumentParser):
+  """argparse that reports a usage error in one line (exit status 2; `procrop serve`'s too)."""
 
   def error(self, message: str):
     self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _target_arg(parse):
+def target_arg(parse):
+  """An argparse type from a Target parser (parse_aspect, parse_size): its ValueError is a
+  usage error."""
   def convert(text: str) -> cropper_lib.Target:
     try:
       return parse(text)
@@ -308,7 +310,7 @@ def _target_arg(parse):
   return convert
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
   try:
     value = int(text)
   except ValueError:
@@ -333,20 +335,20 @@ def _numbers(count: int, form: str):
 
 
 def build_parser(prog: str = "procrop crop") -> argparse.ArgumentParser:
-  parser = _Parser(prog=prog, description="Crops photos with a ProCrop model (see "
+  parser = Parser(prog=prog, description="Crops photos with a ProCrop model (see "
                    "procrop_jax/crop.py).")
   parser.add_argument("paths", nargs="*", metavar="PATH",
                       help="files, folders (recursive), globs, or - for one image on stdin")
   parser.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: %(default)s)")
   parser.add_argument("--aspect", action="append", default=[],
-                      type=_target_arg(cropper_lib.parse_aspect),
+                      type=target_arg(cropper_lib.parse_aspect),
                       help="width:height (16:9) or a number (1.5) of every crop; repeatable; "
                       "default: free crops")
   parser.add_argument("--size", action="append", default=[],
-                      type=_target_arg(cropper_lib.parse_size),
+                      type=target_arg(cropper_lib.parse_size),
                       help="WIDTHxHEIGHT: crops of that ratio resized to exactly that size; "
                       "repeatable")
-  parser.add_argument("--top-k", type=_positive_int, default=3,
+  parser.add_argument("--top-k", type=positive_int, default=3,
                       help="crops per photo and aspect (default: %(default)s)")
   parser.add_argument("--workdir", help="a training run's folder: its latest checkpoint")
   parser.add_argument("--best", action="store_true",
@@ -354,10 +356,10 @@ def build_parser(prog: str = "procrop crop") -> argparse.ArgumentParser:
   parser.add_argument("--model", default=None,
                       help="a shipped model's name or an exported model folder (default: "
                       f"{model_zoo.DEFAULT_MODEL})")
-  parser.add_argument("--batch-size", type=_positive_int, default=8,
+  parser.add_argument("--batch-size", type=positive_int, default=8,
                       help="photos per model call (default: %(default)s; fewer inputs: the "
                       "smallest power of two that holds them)")
-  parser.add_argument("--canvas-size", type=_positive_int, default=None,
+  parser.add_argument("--canvas-size", type=positive_int, default=None,
                       help="pixels of the photo's longer side as the model sees it, a multiple "
                       "of 32 (default: the model's config.crop.canvas_size, else its "
                       "training size); smaller is faster "
@@ -372,9 +374,9 @@ def build_parser(prog: str = "procrop crop") -> argparse.ArgumentParser:
                       metavar="1..100", help="JPEG/WebP quality (default: %(default)s)")
   parser.add_argument("--nms-iou", type=float, default=0.7,
                       help="crops overlapping a better one more than this are dropped")
-  parser.add_argument("--max-pixels", type=_positive_int, default=photos.DEFAULT_MAX_PIXELS,
+  parser.add_argument("--max-pixels", type=positive_int, default=photos.DEFAULT_MAX_PIXELS,
                       help="photos with more pixels are refused unread (default: %(default)s)")
-  parser.add_argument("--workers", type=_positive_int, default=2,
+  parser.add_argument("--workers", type=positive_int, default=2,
                       help="threads decoding and writing photos (default: %(default)s)")
   parser.add_argument("--compile-cache", default=inference.default_compile_cache(),
                       help="folder of JAX's persistent compilation cache: later runs load the "
@@ -395,9 +397,9 @@ def build_parser(prog: str = "procrop crop") -> argparse.ArgumentParser:
   return parser
 
 
-def _model_source(args: argparse.Namespace) -> str:
-  """What the flags name as the model (checked quickly, before the slow load); a problem is one
-  line and exit status 2."""
+def model_source(args: argparse.Namespace) -> str:
+  """What --workdir / --model name as the model (checked quickly, before the slow load); a
+  problem is one line and exit status 2."""
   try:
     if args.workdir:
       workdir_lib.resolve_config(args.workdir)  # A training run's folder?
@@ -410,10 +412,10 @@ def _model_source(args: argparse.Namespace) -> str:
           "or --model PATH (an exported model)")
     return str(model_zoo.model_dir(name)) if args.model else name
   except (FileNotFoundError, ValueError) as e:
-    raise _UsageError(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
+    raise UsageError(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
 
 
-def _load_cropper(args: argparse.Namespace) -> cropper_lib.Cropper:
+def load_cropper(args: argparse.Namespace) -> cropper_lib.Cropper:
   """The cropper the flags ask for; a problem is one line and exit status 2."""
   kwargs = dict(nms_iou=args.nms_iou, max_pixels=args.max_pixels, batch_size=args.batch_size,
                 canvas_size=args.canvas_size, layout=args.canvas_layout,
@@ -424,11 +426,11 @@ def _load_cropper(args: argparse.Namespace) -> cropper_lib.Cropper:
       return cropper_lib.Cropper.from_workdir(args.workdir, best=args.best, **kwargs)
     return cropper_lib.Cropper.pretrained(args.model or model_zoo.DEFAULT_MODEL, **kwargs)
   except (FileNotFoundError, ValueError) as e:
-    raise _UsageError(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
+    raise UsageError(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
 
 
-class _UsageError(Exception):
-  pass
+class UsageError(Exception):
+  """A flag or model problem, reported in one line (`procrop serve` loads models here too)."""
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "procrop crop") -> int:
@@ -456,13 +458,13 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "procrop crop") -> in
   # Fewer photos than a batch: the smallest power of two that holds them (one photo runs alone).
   args.batch_size = min(args.batch_size, 1 << max(len(inputs) - 1, 0).bit_length())
   try:
-    source = _model_source(args)
+    source = model_source(args)
     if not args.quiet:
       inference.progress_to_stderr(f"Loading {source} (compiled passes: "
                                    f"{args.compile_cache or 'not kept'})")
     start = time.perf_counter()
-    cropper = _load_cropper(args)
-  except _UsageError as e:
+    cropper = load_cropper(args)
+  except UsageError as e:
     print(f"{prog}: error: {e}", file=sys.stderr)
     return 2
   if not args.quiet:

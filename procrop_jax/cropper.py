@@ -295,7 +295,10 @@ class Cropper:
 
   def score(self, image: ImageLike, boxes: Sequence[Sequence[float]]) -> np.ndarray:
     """The model's scores [N] in [0, 1] of pixel boxes [N, 4] ([x1, y1, x2, y2]) of a photo."""
-    prepared = self.prepare(_to_pil(image, self.max_pixels))
+    return self.score_prepared(self.prepare(_to_pil(image, self.max_pixels)), boxes)
+
+  def score_prepared(self, prepared: Prepared, boxes: Sequence[Sequence[float]]) -> np.ndarray:
+    """`score` of a photo already on its canvas (`prepare`; a server decodes in threads)."""
     width, height = prepared.size
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     if not len(boxes):

@@ -37,7 +37,7 @@ the rows of its own training photos (matched by image_id).
 
 Batches from `create_train_iterator` have the input pipeline's layout with `features_stride32`
 (and `features_stride16`) in place of `image`; the model reads them through
-`steps.batch_features`. The order is a pure function of (seed, step): permutations of the
+`batch_keys.batch_features`. The order is a pure function of (seed, step): permutations of the
 examples per epoch, a view per position, so a resumed run continues exactly where it stopped.
 """
 
@@ -61,13 +61,13 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from procrop_jax import batch_keys
 from procrop_jax import input_pipeline
 from procrop_jax import model_zoo
-from procrop_jax import steps
 from procrop_jax.datasets import source_record
 from procrop_jax.models import efficientnet_lite
 
-FEATURE_PREFIX = steps.FEATURE_PREFIX
+FEATURE_PREFIX = batch_keys.FEATURE_PREFIX
 # Bump when what is cached (or how) changes, so older caches are not reused.
 _CACHE_VERSION = 2  # 2: rated crop pairs.
 _SEED_SALT_VIEWS = 0xCAC4E

@@ -30,18 +30,23 @@ import threading
 import time
 from typing import Any, Callable
 
-from flax import nnx
 import jax
 import ml_collections
 import numpy as np
 
 from procrop_jax import artifacts
+from procrop_jax import batch_keys
 from procrop_jax import exported_passes
+from procrop_jax import lazy
 from procrop_jax import model_zoo
 from procrop_jax import sharding
-from procrop_jax import steps
 from procrop_jax import workdir as workdir_lib
-from procrop_jax.models import procrop
+
+# Flax and the model's modules load only when a model is built or a pass traced: a cropper
+# whose passes an earlier process exported runs without them (lazy.py).
+nnx = lazy.module("flax.nnx")
+procrop = lazy.module("procrop_jax.models.procrop")
+steps = lazy.module("procrop_jax.steps")
 
 # Where compiled passes are kept: a folder, or "" for none. Default: `default_compile_cache()`.
 COMPILE_CACHE_ENV = "PROCROP_COMPILE_CACHE"
@@ -414,7 +419,7 @@ class Predictor:
     if encoding is None:
       batch["image"] = np.asarray(images, np.float32)
     else:
-      batch.update({steps.ENCODING_PREFIX + k: v for k, v in encoding.items()})
+      batch.update({batch_keys.ENCODING_PREFIX + k: v for k, v in encoding.items()})
     if boxes is not None:
       batch["boxes"] = np.asarray(boxes, np.float32)
     pad = -n % self.num_devices

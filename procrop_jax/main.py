@@ -2,6 +2,7 @@ r"""Command-line entry point.
 
   python -m procrop_jax.main --config=configs/default.py --workdir=workdirs/default [--mode=train]
   procrop crop PATH... [options]        (the installed script; see procrop_jax/crop.py)
+  procrop serve [options]               (an HTTP service; the [serve] extra, procrop_jax/serve)
 
 Kept short on purpose: flags, device set-up, and one call into the library. `--mode=eval`,
 `crop`, `export` and `refine_cad` may leave out --config: the run's own WORKDIR/config.json is used.
@@ -15,6 +16,13 @@ from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from procrop_jax import lazy
+
+# The commands' modules load only when their command runs: `procrop crop` defines no absl flags
+# and imports no TensorFlow; `procrop serve` needs the [serve] extra.
+crop = lazy.module("procrop_jax.crop")
+serve_cli = lazy.module("procrop_jax.serve.cli")
 
 # mode -> (module, function); imported lazily so that `--help` and flag errors are instant.
 MODES = {
@@ -129,11 +137,20 @@ def run() -> None:
   if len(sys.argv) > 1 and sys.argv[1] == "crop":
     if "--quiet" not in sys.argv and not {"-h", "--help"} & set(sys.argv):
       print("Starting procrop (JAX) ...", file=sys.stderr, flush=True)  # About a second.
-    from procrop_jax import crop  # pylint: disable=g-import-not-at-top  (no absl flags)
     try:
       sys.exit(crop.main(sys.argv[2:]))
     except KeyboardInterrupt:
       sys.exit("Interrupted.")
+  if len(sys.argv) > 1 and sys.argv[1] == "serve":
+    try:
+      serve_main = serve_cli.main  # Imports the service: Starlette and Uvicorn.
+    except ModuleNotFoundError as e:
+      sys.exit(f"error: procrop serve needs the [serve] extra ({e}): "
+               "pip install 'procrop_jax[serve]'")
+    try:
+      sys.exit(serve_main(sys.argv[2:]))
+    except KeyboardInterrupt:
+      sys.exit(0)
   try:
     app.run(main, flags_parser=_parse_flags)
   except KeyboardInterrupt:

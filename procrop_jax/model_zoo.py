@@ -28,16 +28,20 @@ import pathlib
 import tempfile
 from typing import Any, Iterator, Mapping
 
-from flax import nnx
 import jax
 import ml_collections
 import numpy as np
 
 from procrop_jax import artifacts
+from procrop_jax import lazy
 from procrop_jax import sharding
-from procrop_jax.models import efficientnet_lite
-from procrop_jax.models import procrop
 from procrop_jax.weights import imagenet
+
+# Flax and the model's modules load only when a model is built or a pass traced: a cropper
+# whose passes an earlier process exported runs without them (lazy.py).
+nnx = lazy.module("flax.nnx")
+efficientnet_lite = lazy.module("procrop_jax.models.efficientnet_lite")
+procrop = lazy.module("procrop_jax.models.procrop")
 
 DEFAULT_MODEL = "fcdb_lite0"
 SHIPPED_DIR = pathlib.Path(__file__).resolve().parent / "shipped"

@@ -5,8 +5,10 @@ What a user hands `procrop crop` is any mix of files, folders (searched recursiv
 outputs mirror under OUT, so `a/IMG_0001.jpg` and `b/IMG_0001.jpg` never collide. `read_photo`
 refuses a decompression bomb from its header, before any pixel is decoded, and turns every
 other failure (not an image, truncated, zero bytes, unreadable, an unconvertible mode) into a
-`PhotoError` naming it. `save_crop` writes a crop in the input's format (or a chosen one) with
-its ICC profile and EXIF (orientation reset, since the pixels are stored upright).
+`PhotoError` naming it (`decode_photo` does the same for bytes, e.g. an upload to `procrop
+serve`). `save_crop` writes a crop in the input's format (or a chosen one) with its ICC profile
+and EXIF (orientation reset, since the pixels are stored upright); `write_crop` writes it into
+a file object (the server's image answer).
 
 The rest of the package reads photos here too: the dataset builders and the CAD generator list
 them with `list_photos`, convert them with `rgb_and_conversion` and write JPEGs at
@@ -61,6 +63,10 @@ STDIN = "-"
 
 class PhotoError(ValueError):
   """A photo that cannot be cropped; the message says why."""
+
+
+class PhotoTooLargeError(PhotoError):
+  """A photo refused from its header for its pixel count (a possible decompression bomb)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,23 +174,30 @@ def read_photo(source: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
     data = sys.stdin.buffer.read()
     if not data:
       raise PhotoError("empty input on stdin (0 bytes)")
-    fp = io.BytesIO(data)
-  else:
-    path = pathlib.Path(source)
-    try:
-      if path.is_dir():
-        raise PhotoError("is a folder, not an image")
-      if path.stat().st_size == 0:
-        raise PhotoError("empty file (0 bytes)")
-      fp = open(path, "rb")  # pylint: disable=consider-using-with  (closed below)
-    except FileNotFoundError as e:
-      raise PhotoError("no such file") from e
-    except PermissionError as e:
-      raise PhotoError("permission denied") from e
-    except OSError as e:
-      raise PhotoError(f"cannot read the file ({e.strerror or e})") from e
+    return decode_photo(data, max_pixels=max_pixels)
+  path = pathlib.Path(source)
+  try:
+    if path.is_dir():
+      raise PhotoError("is a folder, not an image")
+    if path.stat().st_size == 0:
+      raise PhotoError("empty file (0 bytes)")
+    fp = open(path, "rb")  # pylint: disable=consider-using-with  (closed below)
+  except FileNotFoundError as e:
+    raise PhotoError("no such file") from e
+  except PermissionError as e:
+    raise PhotoError("permission denied") from e
+  except OSError as e:
+    raise PhotoError(f"cannot read the file ({e.strerror or e})") from e
   with fp:
     return _decode(fp, max_pixels)
+
+
+def decode_photo(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
+  """`read_photo` for a photo's bytes (an upload); raises PhotoError (PhotoTooLargeError for
+  the pixel limit) with the reason."""
+  if not data:
+    raise PhotoError("empty input (0 bytes)")
+  return _decode(io.BytesIO(data), max_pixels)
 
 
 def _decode(fp, max_pixels: int) -> Photo:
@@ -194,16 +207,17 @@ def _decode(fp, max_pixels: int) -> Photo:
       warnings.simplefilter("ignore", Image.DecompressionBombWarning)
       image = Image.open(fp)
   except Image.DecompressionBombError as e:
-    raise PhotoError(f"refused as a possible decompression bomb ({e})") from e
+    raise PhotoTooLargeError(f"refused as a possible decompression bomb ({e})") from e
   except Image.UnidentifiedImageError as e:
     raise PhotoError("not an image (format not recognised)") from e
   except OSError as e:
     raise PhotoError(f"cannot read the image ({e})") from e
   width, height = image.size
   if width * height > max_pixels:
-    raise PhotoError(f"{width}x{height} = {width * height / 1e6:.1f} MP exceeds the limit of "
-                     f"{max_pixels / 1e6:.1f} MP (a possible decompression bomb; raise "
-                     "--max-pixels to allow it)")
+    raise PhotoTooLargeError(
+        f"{width}x{height} = {width * height / 1e6:.1f} MP exceeds the limit of "
+        f"{max_pixels / 1e6:.1f} MP (a possible decompression bomb; raise --max-pixels to allow "
+        "it)")
   if width < 1 or height < 1:
     raise PhotoError(f"the image has no pixels ({width}x{height})")
   try:
@@ -309,6 +323,21 @@ def _for_format(image: Image.Image, fmt: str) -> Image.Image:
 def save_crop(photo: Photo, box: Sequence[int], path: pathlib.Path, *, fmt: str,
               size: tuple[int, int] | None = None, quality: int = 92) -> None:
   """Writes photo[box] (pixels [x1, y1, x2, y2]) to `path`, resized to `size` (w, h) if given."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.name}.tmp")
+  try:
+    with open(tmp, "wb") as fp:
+      write_crop(photo, box, fp, fmt=fmt, size=size, quality=quality)
+    os.replace(tmp, path)
+  finally:
+    if tmp.exists():
+      tmp.unlink()
+
+
+def write_crop(photo: Photo, box: Sequence[int], fp, *, fmt: str,
+               size: tuple[int, int] | None = None, quality: int = 92) -> None:
+  """`save_crop` into a binary file object (an HTTP response's buffer): the same format, ICC
+  profile and EXIF rules."""
   crop = photo.image.crop(tuple(int(v) for v in box))
   if size is not None and crop.size != tuple(size):
     if crop.mode in ("P", "1", "PA"):  # Resampling needs real colours, not palette indices.
@@ -322,14 +351,7 @@ def save_crop(photo: Photo, box: Sequence[int], path: pathlib.Path, *, fmt: str,
     options["exif"] = photo.exif
   if fmt in ("JPEG", "WEBP"):
     options["quality"] = quality
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp")
-  try:
-    crop.save(tmp, format=fmt, **options)
-    os.replace(tmp, path)
-  finally:
-    if tmp.exists():
-      tmp.unlink()
+  crop.save(fp, format=fmt, **options)
 
 
 def canvas_shape(width: int, height: int, image_size: int,

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from procrop_jax import batch_keys
 from procrop_jax import losses
 from procrop_jax import model_zoo
 from procrop_jax import sharding
@@ -25,25 +26,6 @@ State = dict[str, Any]
 
 
 # ---------------------------------------------------------------------------- the forward pass
-FEATURE_PREFIX = "features_"
-
-
-def batch_features(batch: Mapping[str, Any]) -> dict[str, Any] | None:
-  """The cached backbone maps of a batch ({"stride32", ...}), or None for an image batch."""
-  feats = {k[len(FEATURE_PREFIX):]: v for k, v in batch.items() if k.startswith(FEATURE_PREFIX)}
-  return feats or None
-
-
-ENCODING_PREFIX = "encoding_"  # Batch keys of a model's "encoding" (flat, as batches are).
-
-
-def batch_encoding(batch: dict[str, Any]) -> dict[str, Any] | None:
-  """The model's "encoding" held by a batch, or None."""
-  found = {k[len(ENCODING_PREFIX):]: v for k, v in batch.items()
-           if k.startswith(ENCODING_PREFIX)}
-  return found or None
-
-
 def forward(graphdef, params, rest, rng_state, batch, *, train: bool, query_boxes=None,
             with_proposals: bool = False):
   """Runs the model from its split state; returns outputs and the updated non-param state.
@@ -54,8 +36,8 @@ def forward(graphdef, params, rest, rng_state, batch, *, train: bool, query_boxe
   model = nnx.merge(graphdef, params, rng_state, rest)
   outputs = model(batch.get("image"), image_valid_hw=batch["image_valid_hw"],
                   reference_tokens=batch.get("reference_tokens"), query_boxes=query_boxes,
-                  train=train, features=batch_features(batch),
-                  encoding=batch_encoding(batch), with_proposals=with_proposals)
+                  train=train, features=batch_keys.batch_features(batch),
+                  encoding=batch_keys.batch_encoding(batch), with_proposals=with_proposals)
   return outputs, nnx.state(model, nnx.Not(nnx.Any(nnx.Param, nnx.RngState)))
 
 

@@ -22,14 +22,17 @@ import pathlib
 from typing import Any
 
 from absl import logging
-from flax import nnx
 import jax
 import ml_collections
 
 from procrop_jax import artifacts
 from procrop_jax import lazy
 from procrop_jax import model_zoo
-from procrop_jax.models import procrop
+
+# Flax and the model's modules load only when a model is built or a pass traced: a cropper
+# whose passes an earlier process exported runs without them (lazy.py).
+nnx = lazy.module("flax.nnx")
+procrop = lazy.module("procrop_jax.models.procrop")
 
 # Imported when a checkpoint is first restored: cropping with a shipped model never does.
 ocp = lazy.module("orbax.checkpoint")

@@ -2,7 +2,8 @@
 
 The graph is read from the source with `ast` (nothing is imported, so no JAX start-up): every
 `import procrop_jax...` and `from procrop_jax... import ...`, at the top of a module or inside a
-function alike, since an import moved into a function only hides a circle. An import of a
+function alike, since an import moved into a function only hides a circle; so is a module named
+to `lazy.module("procrop_jax...")`, imported at its first use. An import of a
 submodule runs its packages' __init__ too; those implicit edges are left out, so a package that
 re-exports its modules is no circle. Imports by a computed name (main.py's mode table) are not
 seen: main is the entry point and nothing imports it.
@@ -47,6 +48,16 @@ def _imported(node: ast.Import | ast.ImportFrom, module: str, is_package: bool,
   return found
 
 
+def _lazy_name(node: ast.AST) -> str | None:
+  """The module of a `lazy.module("name")` call, else None."""
+  if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+      and node.func.attr == "module" and isinstance(node.func.value, ast.Name)
+      and node.func.value.id == "lazy" and node.args
+      and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+    return node.args[0].value
+  return None
+
+
 def import_graph() -> Graph:
   """procrop_jax module -> the procrop_jax modules it imports anywhere in its source."""
   paths = {_module_name(p): p for p in sorted(PACKAGE_DIR.rglob("*.py"))}
@@ -58,6 +69,8 @@ def import_graph() -> Graph:
     for node in ast.walk(tree):
       if isinstance(node, (ast.Import, ast.ImportFrom)):
         edges |= _imported(node, module, path.name == "__init__.py", modules)
+      elif _lazy_name(node) in modules:
+        edges.add(_lazy_name(node))
     graph[module] = edges - {module}
   return graph
 
@@ -102,7 +115,8 @@ def test_the_graph_sees_top_level_and_in_function_imports():
   # Inside Predictor.references (only a model with retrieval needs it).
   assert "procrop_jax.retrieval.references" in graph["procrop_jax.inference"]
   assert "procrop_jax.cropper" in graph["procrop_jax"]  # The package's lazy __getattr__.
-  assert "procrop_jax.models.procrop" in graph["procrop_jax.model_zoo"]  # `from a.b import c`.
+  assert "procrop_jax.models.efficientnet_lite" in graph["procrop_jax.steps"]  # `from a.b import c`.
+  assert "procrop_jax.models.procrop" in graph["procrop_jax.model_zoo"]  # `lazy.module(...)`.
 
 
 def test_no_import_circle():

@@ -15,13 +15,17 @@ import pathlib
 import tempfile
 import warnings
 
-from flax import nnx
 import numpy as np
 
 from procrop_jax import artifacts
-from procrop_jax.models import efficientnet_lite
-from procrop_jax.models import torch_conversion
+from procrop_jax import lazy
 from procrop_jax.weights import torch_checkpoint
+
+# Flax and the model's modules load only when weights are converted or loaded into a module:
+# a cropper reading the cached arrays runs without them (lazy.py).
+nnx = lazy.module("flax.nnx")
+efficientnet_lite = lazy.module("procrop_jax.models.efficientnet_lite")
+torch_conversion = lazy.module("procrop_jax.models.torch_conversion")
 
 # Bump when the conversion changes, so stale caches are not reused.
 _CONVERSION_VERSION = 1
