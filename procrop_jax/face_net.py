@@ -182,7 +182,9 @@ def run_graph(net: FaceNet, params: dict[str, jax.Array], x: jax.Array) -> tuple
       w_key, b_key, opt = info
       w = params[w_key]  # CONV_2D: [O, kh, kw, I]; DEPTHWISE: [1, kh, kw, C * multiplier].
       h = values[inputs]
-      if op == "CONV_2D":
+      if op == "CONV_2D" and w.shape[1:3] == (1, 1) and opt["stride_h"] == 1 == opt["stride_w"]:
+        y = jnp.einsum("bhwc,oc->bhwo", h, w[:, 0, 0])  # A 1x1 conv is a matmul.
+      elif op == "CONV_2D":
         y = jax.lax.conv_general_dilated(
             h, w, (opt["stride_h"], opt["stride_w"]),
             "SAME" if opt["padding"] == 0 else "VALID",
