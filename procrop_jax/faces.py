@@ -1,83 +1,65 @@
 """Faces found offline, to become keep regions (keep.py) so that crops keep people whole.
 
-The detector is OpenCV's frontal-face Haar cascade `haarcascade_frontalface_alt2.xml`, read
-from the `opencv-python-headless` wheel (BSD/Apache-2.0 licensed, shipped in the package's
-`cv2/data`): nothing is downloaded at run time and no TensorFlow is needed. Why this one and not
-a BlazeFace network in the model's jitted pass (experiments/README.md, "Faces", has the
-figures):
+The detector is BlazeFace's full-range network (face_net.py), whose weights ship inside the
+package: nothing is downloaded at run time and no TensorFlow or OpenCV is needed. A photo is
+resized so that its longer side is `DETECT_SIDE` px and set at the top left of a square canvas
+of that side, so every photo runs the same compiled executable. Why this detector and side
+(experiments/README.md, "Faces", has the figures, against OpenCV's Haar cascade at 1024 px):
 
-- Small faces. BlazeFace's short-range model sees the photo at 128 x 128 px (the full-range one
-  at 192 x 192), where a face of 2-5% of the short side is 3-10 px, below what it finds. The
-  cascade runs on the photo at `DETECT_SIDE` px (1024 x 683 for a 3:2 photo) and finds faces
-  of its 20 px window and up: from about 3% of the short side (tests/test_faces.py pastes a
-  4% face; 2.3-2.7% ones were missed).
-- False alarms. `alt2` raised none on scikit-image's photos without faces, where the `default`
-  cascade took six coins for faces.
-- Cost, its weak side: 0.2-0.5 s per photo on 2 busy CPU cores, many times the shipped model's
-  pass. It runs in the threads that decode photos (OpenCV releases the GIL), overlapping the
-  model, but on two cores that does not hide it. `--face-side` trades small faces for speed.
-  A BlazeFace module in the jitted pass would cost little but miss the small faces that FCDB's
-  photos of people in scenes mostly hold: the follow-up if speed matters more.
-It finds frontal faces only: profiles and faces turned away are not protected. Importing cv2
-adds about 0.2 s to the command's start-up.
-
-OpenCV 5 dropped the cascades from its main module: the dependency is pinned below 5.
+- Small faces. At 384 px BlazeFace finds about half the faces of 2-5% of the photo's short side,
+  three quarters of those of 5-10% and nearly all larger ones. At 192 px (its native input) it
+  finds none of the small ones: `--face-side 192` is about 4x cheaper for photos of close faces.
+- Cost: about 25 ms per photo at 384 px on two CPU cores (6 ms at 192), against 200-500 ms for
+  the Haar cascade at 1024 px, which finds more of the smallest faces but only frontal ones.
+- It finds profiles and turned faces the cascade misses; its false alarms are few above the
+  0.5 score threshold (none on scikit-image's photos without faces).
 """
 
 from __future__ import annotations
 
-import threading
+import functools
 
-import cv2
 import numpy as np
 from PIL import Image
 
-CASCADE = "haarcascade_frontalface_alt2.xml"
-# The photo's longer side as the detector sees it (smaller photos are not enlarged): faces of
-# MIN_FACE px there are 2.9% of a 3:2 photo's short side (1024 x 683).
-DETECT_SIDE = 1024
-MIN_FACE = 20  # The cascade's own window: it finds nothing smaller.
-SCALE_STEP = 1.1  # Between the scales searched: 1.15 is faster but missed a 4% face.
-NEIGHBOURS = 5  # Overlapping detections a face needs: fewer false alarms, fewer small faces.
-# A keep region is the face box grown by these fractions of its size: the cascade's box runs
-# from the brows to the mouth; hair and chin need room above and below.
-MARGIN_TOP, MARGIN_BOTTOM, MARGIN_SIDES = 0.45, 0.3, 0.15
+from procrop_jax import face_net
+
+DETECT_SIDE = 384  # The square canvas the detector sees (a multiple of 16).
+SCORE_THRESHOLD = 0.5
+MAX_FACES = 16
+# A keep region is the face box grown by these fractions of its size: BlazeFace's box runs from
+# the brows to the chin; hair needs room above it, the chin a little below.
+MARGIN_TOP, MARGIN_BOTTOM, MARGIN_SIDES = 0.5, 0.15, 0.15
 
 
 class FaceDetector:
-  """Frontal faces of photos: `detect(image) -> [F, 4]` pixel boxes, largest first."""
+  """Faces of photos: `detect(image) -> [F, 4]` pixel boxes, largest first."""
 
-  def __init__(self, *, detect_side: int = DETECT_SIDE, min_face: int = MIN_FACE,
-               neighbours: int = NEIGHBOURS):
+  def __init__(self, *, detect_side: int = DETECT_SIDE, score_threshold: float = SCORE_THRESHOLD):
+    if detect_side < 64 or detect_side % 16:
+      raise ValueError(f"The face detector's side must be a multiple of 16 and at least 64, got "
+                       f"{detect_side}.")
     self.detect_side = detect_side
-    self.min_face = min_face
-    self.neighbours = neighbours
-    self._local = threading.local()  # A cascade per thread: detectMultiScale is not reentrant.
-    self._cascade()  # Fails here, not in a worker thread, if the file is missing.
+    self.score_threshold = score_threshold
 
-  def _cascade(self) -> cv2.CascadeClassifier:
-    cascade = getattr(self._local, "cascade", None)
-    if cascade is None:
-      cascade = cv2.CascadeClassifier(cv2.data.haarcascades + CASCADE)
-      if cascade.empty():
-        raise FileNotFoundError(f"OpenCV's {CASCADE} is missing from {cv2.data.haarcascades}")
-      self._local.cascade = cascade
-    return cascade
+  @functools.cached_property
+  def _detect(self):
+    # Loaded at the first photo: the cropper's start-up does not wait for it.
+    return face_net.detector("full", k=MAX_FACES, score_threshold=self.score_threshold)
 
   def detect(self, image: Image.Image) -> np.ndarray:
     """Faces [F, 4] ([x1, y1, x2, y2] float pixels of the upright photo), largest first."""
-    gray = image.convert("L")
-    scale = min(1.0, self.detect_side / max(gray.size))
-    if scale < 1.0:
-      gray = gray.resize((max(round(gray.width * scale), 1), max(round(gray.height * scale), 1)),
-                         Image.Resampling.BILINEAR)
-    # No histogram equalisation: a large plain background stretches it and hides small faces.
-    pixels = np.asarray(gray)
-    found = self._cascade().detectMultiScale(
-        pixels, scaleFactor=SCALE_STEP, minNeighbors=self.neighbours,
-        minSize=(self.min_face, self.min_face))
-    boxes = np.asarray(found, np.float64).reshape(-1, 4) / scale
-    boxes[:, 2:] += boxes[:, :2]
+    side = self.detect_side
+    scale = side / max(image.size)
+    width, height = (max(min(round(n * scale), side), 1) for n in image.size)
+    canvas = np.zeros((1, side, side, 3), np.uint8)
+    canvas[0, :height, :width] = np.asarray(
+        image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR))
+    boxes, scores = self._detect(canvas, np.array([[height, width]]))
+    boxes, scores = np.asarray(boxes[0], np.float64), np.asarray(scores[0])
+    sx, sy = width / image.width, height / image.height
+    boxes = boxes[scores > 0] / [sx, sy, sx, sy]
+    boxes = np.clip(boxes, 0, [image.width, image.height, image.width, image.height])
     return boxes[np.argsort(-(boxes[:, 2] - boxes[:, 0]), kind="stable")]
 
 

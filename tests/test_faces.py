@@ -1,6 +1,7 @@
 """The face detector: finds the astronaut's face, none where there is no face."""
 
 import numpy as np
+import pytest
 from PIL import Image
 from skimage import data
 
@@ -11,17 +12,24 @@ def test_finds_the_astronauts_face():
   found = faces.FaceDetector().detect(Image.fromarray(data.astronaut()))
   assert len(found) == 1
   x1, y1, x2, y2 = found[0]
-  # Her face lies about x 180-270, y 70-160 of the 512 x 512 photo.
-  assert 160 < x1 < 200 and 50 < y1 < 90 and 250 < x2 < 290 and 140 < y2 < 180
+  # Her face lies about x 170-280, y 65-175 of the 512 x 512 photo (brows to chin).
+  assert 150 < x1 < 190 and 45 < y1 < 85 and 260 < x2 < 300 and 155 < y2 < 195
 
 
 def test_finds_a_small_face_in_a_large_photo():
-  # The astronaut's face shrunk to about 4% of a 1500 x 1000 photo's short side.
+  # The astronaut's face shrunk to about 4.7% of a 1500 x 1000 photo's short side.
   photo = Image.new("RGB", (1500, 1000), (120, 130, 140))
-  face = Image.fromarray(data.astronaut()).resize((220, 220))  # Her face: ~40 of 220 px,
-  photo.paste(face, (900, 500))  # 4% of the short side.
+  face = Image.fromarray(data.astronaut()).resize((220, 220))  # Her face: ~47 of 220 px.
+  photo.paste(face, (900, 400))
   found = faces.FaceDetector().detect(photo)
-  assert len(found) == 1 and 950 < found[0][0] < 1000 and 510 < found[0][1] < 550
+  assert len(found) == 1
+  x1, y1, x2, y2 = found[0]  # In the photo's own pixels: about x 973-1020, y 428-476.
+  assert 955 < x1 < 990 and 410 < y1 < 445 and 1000 < x2 < 1035 and 455 < y2 < 490
+
+
+def test_a_detector_side_that_is_not_a_multiple_of_16_is_refused():
+  with pytest.raises(ValueError, match="multiple of 16"):
+    faces.FaceDetector(detect_side=200)
 
 
 def test_finds_no_face_in_a_cup_of_coffee_or_a_gradient():

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 from PIL import ImageCms
 import pytest
+import skimage.data
 
 pytest.importorskip("starlette", reason="the [serve] extra is not installed")
 pytest.importorskip("httpx2", reason="httpx2 (Starlette's TestClient; the [test] extra) is "
@@ -194,7 +195,9 @@ def test_options_come_from_the_query_a_form_or_json():
   assert raw == form == fields
   assert (raw["width"], raw["height"]) == (90, 60)
   assert [c["aspect"] for c in raw["crops"]] == ["16x9", "16x9", "free", "free"]
-  assert set(raw["crops"][0]) == {"box", "score", "aspect"}  # results.jsonl's fields.
+  # results.jsonl's fields.
+  assert set(raw["crops"][0]) == {"box", "score", "aspect", "not_kept", "cut_faces"}
+  assert raw["faces"] == []
 
 
 def test_health_readiness_metrics_and_page():
@@ -293,6 +296,21 @@ def model_client(shared_tmp):
   app = app_lib.create_app(cropper, app_lib.Settings(max_batch=2, warm_up=False))
   with testclient.TestClient(app) as client:
     yield client, cropper
+
+
+def test_crops_keep_the_faces_found_and_say_so(model_client):
+  client, _ = model_client
+  photo = io.BytesIO()
+  Image.fromarray(skimage.data.astronaut()).save(photo, format="JPEG")
+  answer = client.post("/v1/crop?aspect=16:9&top_k=1", content=photo.getvalue(),
+                       headers=JPEG).json()
+  assert len(answer["faces"]) == 1  # Her face, about x 170-280, y 65-175.
+  fx1, fy1, fx2, fy2 = answer["faces"][0]
+  assert 150 < fx1 < 190 and 45 < fy1 < 85
+  (crop,) = answer["crops"]
+  x1, y1, x2, y2 = crop["box"]
+  assert x1 <= fx1 and y1 <= fy1 and fx2 <= x2 and fy2 <= y2  # A 16:9 crop that keeps it.
+  assert crop["cut_faces"] == [] and crop["not_kept"] == []
 
 
 def test_crops_of_the_shipped_model(model_client):

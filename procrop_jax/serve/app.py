@@ -1,7 +1,8 @@
 """The HTTP application: routes, the decoding threads, admission and time limits.
 
-  POST /v1/crop    a photo (raw body or multipart) -> {width, height, crops: [{box, score,
-                   aspect}]}, or with format=image the top crop's bytes (the CLI's encoding)
+  POST /v1/crop    a photo (raw body or multipart) -> {width, height, faces, crops: [{box,
+                   score, aspect, not_kept, cut_faces}]} (results.jsonl's fields), or with
+                   format=image the top crop's bytes (the CLI's encoding)
   POST /v1/score   a photo and boxes -> {width, height, scores}
   GET  /healthz    the process answers; GET /readyz  the model is loaded and its passes ready
   GET  /metrics    Prometheus text (metrics.py);     GET /  the web page (page.py)
@@ -152,9 +153,13 @@ class Server:
           "X-Crop-Box": ",".join(str(v) for v in top.box),
           "X-Crop-Score": f"{top.score:.6f}", "X-Crop-Aspect": top.aspect})
     width, height = prepared.size
-    crops = [{"box": list(c.box), "score": round(c.score, 6), "aspect": c.aspect}
+    crops = [{"box": list(c.box), "score": round(c.score, 6), "aspect": c.aspect,
+              "not_kept": list(c.not_kept), "cut_faces": list(c.cut_faces)}
              for t in opts.targets for c in by_label[t.label]]
-    return responses.JSONResponse({"width": width, "height": height, "crops": crops})
+    return responses.JSONResponse({"width": width, "height": height,
+                                   "faces": [[round(float(v), 1) for v in f]
+                                             for f in prepared.faces],
+                                   "crops": crops})
 
   async def _score(self, request: requests.Request) -> responses.Response:
     data, fields = await limits_lib.read_upload(request, self.limits)

@@ -23,6 +23,7 @@ import uvicorn
 
 from procrop_jax import crop
 from procrop_jax import cropper as cropper_lib
+from procrop_jax import faces as faces_lib
 from procrop_jax import inference
 from procrop_jax import model_zoo
 from procrop_jax import photos
@@ -73,6 +74,12 @@ def build_parser(prog: str = "procrop serve") -> argparse.ArgumentParser:
   parser.add_argument("--compile-cache", default=inference.default_compile_cache(),
                       help="JAX's persistent compilation cache folder ('' turns it off; "
                       "default: %(default)s)")
+  parser.add_argument("--no-faces", action="store_true",
+                      help="do not look for faces (by default crops keep the faces found whole)")
+  parser.add_argument("--face-side", type=crop.face_side, default=faces_lib.DETECT_SIDE,
+                      help="the side of the square the face detector sees a photo in, a "
+                      "multiple of 16: smaller is faster and misses small faces (default: "
+                      "%(default)s)")
   parser.add_argument("--quiet", action="store_true", help="no start-up lines, no access log")
   return parser
 
