@@ -29,7 +29,8 @@ compiles its forward passes once per canvas shape (a proposal pass and, for fixe
 candidates' scoring passes). (A model with retrieval keeps its S x S canvas.) The command line over files and folders is crop.py.
 
 Keep regions (keep.py) are boxes every crop must contain: the user's (`keep`, `focus`) and,
-unless `faces=False`, the faces found in the photo (faces.py) grown for hair and chin. They
+unless `faces=False`, the faces found in the photo (faces.py) grown for hair and chin; a face
+may instead be left out entirely (a background face an editor would crop away), never cut. They
 shape the candidates themselves: fixed-aspect candidates are moved and grown to contain them
 before they are scored; free proposals that leave one out are grown likewise and scored by the
 given-box path (one more pass for a batch where some proposal grew, compiled once per canvas shape),
@@ -124,7 +125,8 @@ class Crop:
   box: tuple[int, int, int, int]
   score: float
   aspect: str = "free"
-  # Keep regions left out, indexed as the user's boxes, then the focal point, then the faces.
+  # Keep regions it fails (a user's box or point outside it, a face it cuts; keep.Regions.
+  # left_out), indexed as the user's boxes, then the focal point, then the faces.
   not_kept: tuple[int, ...] = ()
   cut_faces: tuple[int, ...] = ()  # Faces (Prepared.faces) of which 5-95% is inside.
 
@@ -171,11 +173,12 @@ class Prepared:
 
   def keep_regions(self, user: Sequence[Sequence[float]] | None = None) -> keep_lib.Regions:
     """The photo's keep regions: the user's, then its faces' (with their margins; tight: the
-    faces as found)."""
+    faces as found). Faces are whole-or-out: a crop holds one whole or leaves it out."""
     user = keep_lib.as_regions(user, self.size)
     grown = keep_lib.as_regions(faces_lib.keep_regions(self.faces, self.size), self.size)
     return keep_lib.Regions(np.concatenate([user, grown]),
-                            np.concatenate([user, keep_lib.as_regions(self.faces, self.size)]))
+                            np.concatenate([user, keep_lib.as_regions(self.faces, self.size)]),
+                            np.arange(len(user) + len(grown)) >= len(user))
 
 
 class Cropper:
@@ -439,7 +442,7 @@ class Cropper:
     crops = []
     for i in chosen:
       box = tuple(int(v) for v in boxes[i])
-      not_kept = np.nonzero(~keep_lib.contained(box, regions.tight))[0]
+      not_kept = np.nonzero(regions.left_out(box))[0]
       cut = np.nonzero(keep_lib.cut(box, prepared.faces))[0]
       crops.append(Crop(box, float(scores[i]), label, tuple(int(k) for k in not_kept),
                         tuple(int(k) for k in cut)))

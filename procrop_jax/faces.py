@@ -2,9 +2,10 @@
 
 The detector is BlazeFace's full-range network (face_net.py), whose weights ship inside the
 package: nothing is downloaded at run time and no TensorFlow or OpenCV is needed. A photo is
-resized so that its longer side is `DETECT_SIDE` px and set at the top left of a square canvas
-of that side, so every photo runs the same compiled executable. Why this detector and side
-(experiments/README.md, "Faces", has the figures, against OpenCV's Haar cascade at 1024 px):
+resized to fit a canvas of `DETECT_SIDE` px (square, or 384 x 256 for photos of 3:2 and
+longer, either way round) at its top left, so all photos run three compiled executables. Why
+this detector and side (experiments/README.md, "Faces", has the figures, against OpenCV's Haar
+cascade at 1024 px):
 
 - Small faces. At 384 px BlazeFace finds about half the faces of 2-5% of the photo's short side,
   three quarters of those of 5-10% and nearly all larger ones. At 192 px (its native input) it
@@ -47,12 +48,26 @@ class FaceDetector:
     # Loaded at the first photo: the cropper's start-up does not wait for it.
     return face_net.detector("full", k=MAX_FACES, score_threshold=self.score_threshold)
 
+  def canvas_shape(self, size: tuple[int, int]) -> tuple[int, int]:
+    """The (height, width) canvas a (width, height) photo is detected on: square, or two thirds
+    of that for photos of 3:2 and longer (a third fewer pixels for most photos, three shapes to
+    compile)."""
+    side = self.detect_side
+    width, height = size
+    short = -(-side * 2 // 3 // 16) * 16  # Two thirds of the side, rounded up to 16.
+    if width >= 1.5 * height:
+      return short, side
+    if height >= 1.5 * width:
+      return side, short
+    return side, side
+
   def detect(self, image: Image.Image) -> np.ndarray:
     """Faces [F, 4] ([x1, y1, x2, y2] float pixels of the upright photo), largest first."""
-    side = self.detect_side
-    scale = side / max(image.size)
-    width, height = (max(min(round(n * scale), side), 1) for n in image.size)
-    canvas = np.zeros((1, side, side, 3), np.uint8)
+    canvas_height, canvas_width = self.canvas_shape(image.size)
+    scale = min(canvas_width / image.width, canvas_height / image.height)
+    width = max(min(round(image.width * scale), canvas_width), 1)
+    height = max(min(round(image.height * scale), canvas_height), 1)
+    canvas = np.zeros((1, canvas_height, canvas_width, 3), np.uint8)
     canvas[0, :height, :width] = np.asarray(
         image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR))
     boxes, scores = self._detect(canvas, np.array([[height, width]]))

@@ -35,23 +35,42 @@ _EXHAUSTIVE = 8
 class Regions:
   """A photo's keep regions [K, 4] (whole pixels, `as_regions`) and their tight forms [K, 4]:
   the least of each a crop must hold for it to count as kept (a face without its margins; the
-  region itself for a user's box)."""
+  region itself for a user's box). `whole_or_out` [K] marks the regions (faces) a crop may also
+  leave out entirely: only cutting them is refused. None: no such region."""
   boxes: np.ndarray
   tight: np.ndarray
+  whole_or_out: np.ndarray | None = None
 
   def __len__(self) -> int:
     return len(self.boxes)
 
+  @property
+  def optional(self) -> np.ndarray:
+    """bool [K]: `whole_or_out`, all False when not given."""
+    if self.whole_or_out is None:
+      return np.zeros(len(self.boxes), bool)
+    return np.asarray(self.whole_or_out, bool)
 
-def to_contain(regions: Regions, ratio: float | None, size: tuple[int, int]) -> np.ndarray:
-  """The boxes [K', 4] candidates of the ratio are made to contain: the keepable subset of the
-  regions, or of their tight forms where that keeps more of them."""
-  chosen = regions.boxes[keepable_subset(regions.boxes, ratio, size)]
+  def left_out(self, box: Sequence[float]) -> np.ndarray:
+    """bool [K]: the regions the box fails: a region it does not contain, except a
+    whole-or-out one it leaves (almost) entirely out, which it keeps whole in that sense."""
+    missing = ~contained(box, self.tight)
+    return missing & ~(self.optional & ~cut(box, self.tight) & (
+        fraction_kept(box, self.tight) <= CUT_LOW))
+
+
+def to_contain(regions: Regions, ratio: float | None, size: tuple[int, int]
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The boxes [K', 4] candidates of the ratio are made to contain (the keepable subset of the
+  regions, or of their tight forms where that keeps more of them), those boxes' tight forms,
+  and which of them are whole-or-out."""
+  chosen = keepable_subset(regions.boxes, ratio, size)
+  form = regions.boxes
   if len(chosen) < valid(regions.boxes).sum():
-    tight = regions.tight[keepable_subset(regions.tight, ratio, size)]
+    tight = keepable_subset(regions.tight, ratio, size)
     if len(tight) > len(chosen):
-      return tight
-  return chosen
+      chosen, form = tight, regions.tight
+  return form[chosen], regions.tight[chosen], regions.optional[chosen]
 
 
 def as_regions(regions: Sequence[Sequence[float]] | np.ndarray | None, size: tuple[int, int]
@@ -97,8 +116,11 @@ def fraction_kept(box: Sequence[float], regions: np.ndarray) -> np.ndarray:
   return np.where(area > 0, iw * ih / np.where(area > 0, area, 1.0), 0.0)
 
 
-def cut(box: Sequence[float], regions: np.ndarray, *, low: float = 0.05, high: float = 0.95
-        ) -> np.ndarray:
+CUT_LOW, CUT_HIGH = 0.05, 0.95  # A region is cut when more than 5% but less than 95% is inside.
+
+
+def cut(box: Sequence[float], regions: np.ndarray, *, low: float = CUT_LOW,
+        high: float = CUT_HIGH) -> np.ndarray:
   """bool [K]: regions the box cuts: more than `low` but less than `high` of each inside it
   (issue 31's measure of a cut face)."""
   kept = fraction_kept(box, regions)
@@ -190,15 +212,32 @@ def contain(box: Sequence[float], regions: np.ndarray, ratio: float | None,
   return (x, y, x + w, y + h)
 
 
+def contain_whole_or_out(box: Sequence[float], keep: np.ndarray, tight: np.ndarray,
+                         optional: np.ndarray, ratio: float | None, size: tuple[int, int]
+                         ) -> Box | None:
+  """The box made to contain the required regions of `keep` and every whole-or-out one whose
+  tight form it (as grown) holds more than `CUT_LOW` of; the others it leaves out."""
+  need = ~optional
+  while True:
+    out = contain(box, keep[need], ratio, size)
+    if out is None:
+      return None
+    touched = optional & ~need & (fraction_kept(out, tight) > CUT_LOW)
+    if not touched.any():
+      return out
+    need = need | touched  # Growing to hold them may reach more: at most K rounds.
+
+
 def constrain(boxes: np.ndarray, regions: Regions | np.ndarray, ratio: float | None,
               size: tuple[int, int]) -> np.ndarray:
   """Distinct boxes [M, 4] (M <= N), each of boxes [N, 4] made to contain what `to_contain`
-  picks of the regions, in the boxes' order; the boxes as they are without regions."""
+  picks of the regions (its whole-or-out ones only where the box would cut them), in the
+  boxes' order; the boxes as they are without regions."""
   boxes = np.asarray(boxes).reshape(-1, 4)
   if not isinstance(regions, Regions):
     regions = Regions(np.asarray(regions).reshape(-1, 4), np.asarray(regions).reshape(-1, 4))
   if not valid(regions.boxes).any():
     return boxes.astype(np.int64)
-  keep = to_contain(regions, ratio, size)
-  out = [contain(b, keep, ratio, size) for b in boxes]
+  keep, tight, optional = to_contain(regions, ratio, size)
+  out = [contain_whole_or_out(b, keep, tight, optional, ratio, size) for b in boxes]
   return np.array(list(dict.fromkeys(b for b in out if b is not None)), np.int64).reshape(-1, 4)

@@ -27,6 +27,15 @@ def test_finds_a_small_face_in_a_large_photo():
   assert 955 < x1 < 990 and 410 < y1 < 445 and 1000 < x2 < 1035 and 455 < y2 < 490
 
 
+def test_three_canvas_shapes_bound_the_compiled_executables():
+  detector = faces.FaceDetector()
+  assert detector.canvas_shape((1500, 1000)) == (256, 384)  # 3:2 and longer: (height, width).
+  assert detector.canvas_shape((1920, 1080)) == (256, 384)
+  assert detector.canvas_shape((1000, 1500)) == (384, 256)
+  assert detector.canvas_shape((1024, 768)) == (384, 384)  # 4:3 fits no shorter canvas.
+  assert faces.FaceDetector(detect_side=192).canvas_shape((300, 200)) == (128, 192)
+
+
 def test_a_detector_side_that_is_not_a_multiple_of_16_is_refused():
   with pytest.raises(ValueError, match="multiple of 16"):
     faces.FaceDetector(detect_side=200)

@@ -110,3 +110,28 @@ def test_without_regions_choose_is_unchanged():
   empty = aspect.choose(_oracle(size, preferred), proposals, [size], [[4 / 3]],
                         keep=[np.zeros((0, 4), np.int64)])
   np.testing.assert_array_equal(plain[0][0][0], empty[0][0][0])
+
+
+def test_a_whole_or_out_region_is_left_out_or_held_whole_never_cut():
+  size = (400, 300)
+  face = np.array([[20, 100, 80, 160]])  # On the left.
+  regions = keep.Regions(face, face, np.array([True]))
+  apart = keep.constrain(np.array([[150, 50, 390, 290]]), regions, None, size)
+  assert apart.tolist() == [[150, 50, 390, 290]]  # Far from the face: left as it is.
+  across = keep.constrain(np.array([[50, 50, 300, 290]]), regions, None, size)
+  assert keep.contained(across[0], face)[0]  # Through the face: grown to hold it whole.
+  assert not regions.left_out(apart[0])[0] and not regions.left_out(across[0])[0]
+  # The same box as a required region must be contained either way.
+  required = keep.constrain(np.array([[150, 50, 390, 290]]), face, None, size)
+  assert keep.contained(required[0], face)[0]
+
+
+def test_growing_for_one_face_takes_in_the_next_it_reaches():
+  size = (600, 300)
+  faces = np.array([[100, 100, 160, 160], [40, 100, 105, 160]])  # Side by side, touching.
+  regions = keep.Regions(faces, faces, np.array([True, True]))
+  # The box cuts the first face only; moved to hold it (left edge at x 100) it would hold 5 of
+  # the second's 65 px, a cut, so it moves on to hold that one too.
+  (box,) = keep.constrain(np.array([[120, 40, 500, 260]]), regions, None, size)
+  assert box.tolist() == [40, 40, 420, 260]
+  assert keep.contained(box, faces).all()

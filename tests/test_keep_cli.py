@@ -44,9 +44,11 @@ def test_faces_keep_and_focus_on_the_command_line(astronaut, tmp_path):
     if c["aspect"] == "4x5":  # A 409 x 512 box holds the box, the point and the face.
       assert c["not_kept"] == [] and c["cut_faces"] == []
     else:
-      # 16:9 crops of the 512 px square are at most 288 px tall: the face (y ~28-190 with its
-      # margin) and the point at y 500 cannot both fit; the user's box and point come first.
-      assert c["not_kept"] == [2]
+      # 16:9 crops of the 512 px square are at most 288 px tall: the face (y ~65-175) and the
+      # point at y 500 cannot both fit; the user's box and point come first, and the face,
+      # which cannot be whole, is left out entirely rather than cut.
+      assert c["not_kept"] == [] and c["cut_faces"] == []
+      assert keep_lib.fraction_kept(c["box"], face)[0] <= keep_lib.CUT_LOW
     assert c["cut_faces"] == np.nonzero(keep_lib.cut(c["box"], face))[0].tolist()
   sheet = (out / "index.html").read_text()
   assert "face 0" in sheet and "1 face" in sheet
