@@ -1,13 +1,16 @@
 r"""Faces kept whole (issue 31): cut rates, free-crop IoU and photos/s with faces on and off.
 
+  python -m experiments.faces_benchmark --cv-workdir workdirs/cv/cad_pro_1200 [--throughput 48]
   python -m experiments.faces_benchmark [--scan 300] [--start 0.85] [--throughput 48]
-      [--face-side 1024]
+      [--face-side 384]
 
-Scans FCDB training photos (../shared/data/fcdb, never the test split) from `--start` (a
-fraction of cropping_training_set.json's order; default 0.85: the shipped model's validation
-slice train[85%:], which it did not train on) for up to `--scan` photos, keeps those where the
-detector (procrop_jax/faces.py) finds a face, and crops them with the shipped model, top-1,
-free and 1:1, 16:9, 4:5, with faces on and off (the same photos, the same pass otherwise).
+With `--cv-workdir` (the protocol): every FCDB training photo, cropped by the cross-validation
+fold's model that did not train on it (experiments/fcdb/cross_validate.py). Without: FCDB
+training photos (../shared/data/fcdb, never the test split) from `--start` (a fraction of
+cropping_training_set.json's order) for up to `--scan` photos, cropped by the shipped model,
+which trained on all of them (a quick look, not a result). Either way it keeps the photos where
+the detector (procrop_jax/faces.py) finds a face and takes the top-1 crop, free and 1:1, 16:9,
+4:5, with faces on and off (the same photos, the same pass otherwise).
 A crop cuts a face when it holds more than 5% and less than 95% of the face's box. Prints JSON
 lines:
 
@@ -23,7 +26,8 @@ lines:
                               model's given-box score (`Cropper.score`) prefer the one that keeps
                               it (a check of "scores that know it"; the score is unchanged)
   {"what": "throughput", ...} steady `procrop crop` photos/s (free crops, --top-k 1, after a
-                              pass that compiled) on the first `--throughput` scanned photos,
+                              pass that compiled; the shipped model) on the first
+                              `--throughput` photos of the --start slice (0: skip),
                               faces on and off, the median of 2 rounds each, alternated
 """
 
@@ -34,11 +38,15 @@ import dataclasses
 import json
 import pathlib
 import shutil
+import sys
 import tempfile
 import time
 
 import numpy as np
+from PIL import Image
+import tensorflow_datasets as tfds
 
+from experiments.fcdb import cv_canvas
 from experiments.fcdb.cross_validate import paired_interval
 from procrop_jax import box_geometry
 from procrop_jax import crop as crop_lib
@@ -46,6 +54,7 @@ from procrop_jax import cropper as cropper_lib
 from procrop_jax import faces
 from procrop_jax import keep
 from procrop_jax import photos
+from procrop_jax import workdir as workdir_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FCDB = REPO.parent / "shared" / "data" / "fcdb"
@@ -82,37 +91,32 @@ def _throughput(cropper, paths: list[pathlib.Path], out: pathlib.Path) -> float:
   return summary.photos_per_second
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--scan", type=int, default=300)
-  parser.add_argument("--start", type=float, default=0.85)
-  parser.add_argument("--throughput", type=int, default=48)
-  parser.add_argument("--face-side", type=int, default=faces.DETECT_SIDE,
-                      help="the photo's longer side as the face detector sees it")
-  args = parser.parse_args()
-  if not FCDB.exists():
-    raise SystemExit(f"{FCDB} is absent: this benchmark needs FCDB's training photos")
+@dataclasses.dataclass
+class Found:
+  """The photos with a face, their top-1 boxes faces on and off, and the rated-pair counts."""
+  prepared: list = dataclasses.field(default_factory=list)
+  experts: list = dataclasses.field(default_factory=list)
+  top: dict = dataclasses.field(default_factory=lambda: {"on": [], "off": []})
+  pairs: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(3, np.int64))
+  scanned: int = 0
+  seconds: float = 0.0
 
-  on = cropper_lib.Cropper.pretrained(
-      batch_size=8, faces=faces.FaceDetector(detect_side=args.face_side))
+
+def measure(on: cropper_lib.Cropper, items, found: Found) -> None:
+  """Adds one model's photos (image, expert box [4], rated pairs) to `found`: faces, top-1
+  crops of every target with faces on and off, and the rated pairs where one crop cuts a face."""
   off = cropper_lib.Cropper(on.predictor, batch_size=8, faces=False)
-  entries = fcdb_entries(args.start, args.scan)
   start = time.perf_counter()
   prepared, experts, rated, images = [], [], [], []
-  for path, expert, pairs in entries:
-    image = photos.read_photo(str(path)).image
+  for image, expert, pairs in items:
+    found.scanned += 1
     p = on.prepare(image)
     if len(p.faces):
       prepared.append(p)
-      experts.append(expert)
+      experts.append(np.asarray(expert, np.float64).reshape(4))
       rated.append(pairs)
       images.append(image)
-  seconds = time.perf_counter() - start
-  print(json.dumps({"what": "detector", "face_side": args.face_side, "scanned": len(entries),
-                    "with_face": len(prepared),
-                    "faces": int(sum(len(p.faces) for p in prepared)),
-                    "seconds_per_photo_prepare_and_detect": round(seconds / len(entries), 4)}))
-
+  found.seconds += time.perf_counter() - start
   # Batches of one canvas shape, as the cropper forms them.
   by_shape: dict[tuple[int, ...], list[int]] = {}
   for i, p in enumerate(prepared):
@@ -124,6 +128,88 @@ def main() -> None:
       for name, flag in (("on", True), ("off", False)):
         for i, boxes in zip(chunk, _top1(on, [prepared[i] for i in chunk], flag)):
           top[name][i] = boxes
+  for image, p, pairs in zip(images, prepared, rated):
+    for pair in pairs:
+      boxes = [box_geometry.xywh_to_xyxy(np.array(pair[k], np.float64)) for k in ("crop_0",
+                                                                                 "crop_1")]
+      cuts = [keep.cut(b, p.faces).any() for b in boxes]
+      votes = (pair["vote_for_0"], pair["vote_for_1"])
+      if cuts[0] == cuts[1] or votes[0] == votes[1]:
+        continue
+      whole = cuts.index(False)
+      scores = off.score(image, boxes)
+      found.pairs += [1, votes[whole] > votes[1 - whole], scores[whole] > scores[1 - whole]]
+  found.prepared += prepared
+  found.experts += experts
+  for name in top:
+    found.top[name] += top[name]
+
+
+def fold_items(fold_workdir: str, rated: dict[str, list]):
+  """(image, expert box, rated pairs) of a cross-validation fold's held-out photos, as the
+  fold's evaluation reads them (its config's eval_split)."""
+  config = workdir_lib.read_config(fold_workdir)
+  source = tfds.builder(config.data.dataset, data_dir=config.data.data_dir).as_data_source(
+      config.data.eval_split)
+  for i in range(len(source)):
+    ex = source[i]
+    name = ex["image_id"].decode()
+    yield (Image.fromarray(ex["image"]), np.asarray(ex["boxes_px"]).reshape(-1, 4)[0],
+           rated.get(name, []))
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--scan", type=int, default=300)
+  parser.add_argument("--start", type=float, default=0.85)
+  parser.add_argument("--cv-workdir", default="",
+                      help="a cross_validate workdir: each fold's model on its own held-out "
+                      "photos (all of FCDB's training photos; --scan and --start are ignored)")
+  parser.add_argument("--folds", default="",
+                      help="with --cv-workdir: only these folds, e.g. 0,1 (default: all)")
+  parser.add_argument("--margins", default="",
+                      help="TOP,BOTTOM,SIDES: the faces' margins as fractions of their size "
+                      "(default: faces.py's)")
+  parser.add_argument("--throughput", type=int, default=48)
+  parser.add_argument("--face-side", type=int, default=faces.DETECT_SIDE,
+                      help="the side of the square the face detector sees a photo in")
+  args = parser.parse_args()
+  if not FCDB.exists():
+    raise SystemExit(f"{FCDB} is absent: this benchmark needs FCDB's training photos")
+
+  if args.margins:
+    faces.MARGIN_TOP, faces.MARGIN_BOTTOM, faces.MARGIN_SIDES = (
+        float(v) for v in args.margins.split(","))
+  margins = [faces.MARGIN_TOP, faces.MARGIN_BOTTOM, faces.MARGIN_SIDES]
+  detector = faces.FaceDetector(detect_side=args.face_side)
+  found = Found()
+  if args.cv_workdir:
+    rated = {e["url"].rsplit("/", 1)[-1]: e["crops"] for e in
+             json.loads((FCDB / "ranking_annotation_train.json").read_text())}
+    only = {int(k) for k in args.folds.split(",") if k}
+    for fold, fold_workdir in cv_canvas.fold_workdirs(args.cv_workdir):
+      if only and fold not in only:
+        continue
+      fold_cropper = cropper_lib.Cropper.from_workdir(fold_workdir, batch_size=8,
+                                                      faces=detector)
+      measure(fold_cropper, fold_items(fold_workdir, rated), found)
+      print(f"fold {fold}: {found.scanned} photos scanned, {len(found.prepared)} with a face",
+            file=sys.stderr, flush=True)
+    note = (f"each fold's model of {args.cv_workdir} on its held-out photos"
+            + (f" (folds {args.folds})" if args.folds else ""))
+  else:
+    entries = fcdb_entries(args.start, args.scan)
+    measure(cropper_lib.Cropper.pretrained(batch_size=8, faces=detector),
+            ((photos.read_photo(str(path)).image, expert, pairs)
+             for path, expert, pairs in entries), found)
+    note = "shipped model, FCDB train slice from --start"
+  prepared, experts, top = found.prepared, found.experts, found.top
+  print(json.dumps({"what": "detector", "face_side": args.face_side, "margins": margins,
+                    "scanned": found.scanned,
+                    "with_face": len(prepared),
+                    "faces": int(sum(len(p.faces) for p in prepared)),
+                    "seconds_per_photo_prepare_and_detect": round(
+                        found.seconds / max(found.scanned, 1), 4)}))
 
   for t in TARGETS:
     keepable = np.array([keep.fits(keep.as_regions(p.faces, p.size), t.ratio, p.size)
@@ -148,26 +234,17 @@ def main() -> None:
                     "off": round(float(iou["off"].mean()), 4),
                     "on_minus_off": {k: round(v, 4) if isinstance(v, float) else v
                                      for k, v in paired_interval(iou["on"] - iou["off"]).items()},
-                    "note": "shipped model, FCDB train slice from --start"}))
-
-  raters = model = count = 0
-  for image, p, pairs in zip(images, prepared, rated):
-    for pair in pairs:
-      boxes = [box_geometry.xywh_to_xyxy(np.array(pair[k], np.float64)) for k in ("crop_0",
-                                                                                 "crop_1")]
-      cuts = [keep.cut(b, p.faces).any() for b in boxes]
-      votes = (pair["vote_for_0"], pair["vote_for_1"])
-      if cuts[0] == cuts[1] or votes[0] == votes[1]:
-        continue
-      whole = cuts.index(False)
-      scores = off.score(image, boxes)
-      count += 1
-      raters += votes[whole] > votes[1 - whole]
-      model += scores[whole] > scores[1 - whole]
+                    "note": note}))
+  count, raters, model = (int(v) for v in found.pairs)
   print(json.dumps({"what": "pairs", "pairs": count,
                     "raters_prefer_whole_face": round(raters / max(count, 1), 4),
                     "model_prefers_whole_face": round(model / max(count, 1), 4)}))
 
+  if not args.throughput:
+    return
+  entries = fcdb_entries(args.start, args.throughput)
+  on = cropper_lib.Cropper.pretrained(batch_size=8, faces=detector)
+  off = cropper_lib.Cropper(on.predictor, batch_size=8, faces=False)
   paths = [path for path, _, _ in entries[:args.throughput]]
   rates: dict[str, list[float]] = {"on": [], "off": []}
   with tempfile.TemporaryDirectory() as tmp:
