@@ -43,12 +43,6 @@ from procrop_jax import input_pipeline
 from procrop_jax import train
 from procrop_jax.datasets import prepare
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/fcdb.py", "Training config.")
-_STEPS = flags.DEFINE_integer("steps", 50, "Timed steps (each phase).")
-_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after the compile.")
-_PEAK_TFLOPS = flags.DEFINE_float("peak_tflops", 0.0,
-                                  "Peak TFLOP/s per device (0: from the device-kind table).")
-
 # Dense bf16 peak TFLOP/s per device, by a substring of `device_kind`.
 PEAK_TFLOPS = (("H200", 989.0), ("H100", 989.0), ("A100", 312.0), ("TPU v4", 275.0),
                ("TPU v5 lite", 197.0), ("TPU v5e", 197.0), ("TPU v5p", 459.0), ("TPU v5", 459.0),
@@ -156,10 +150,20 @@ def check(config, steps: int, warmup: int, peak_per_device: float | None) -> dic
   return summary
 
 
+def define_flags():
+  """The command's flags (not at import: tests import `check` beside other commands' flags)."""
+  config_flags.DEFINE_config_file("config", "configs/fcdb.py", "Training config.")
+  flags.DEFINE_integer("steps", 50, "Timed steps (each phase).")
+  flags.DEFINE_integer("warmup", 3, "Untimed steps after the compile.")
+  flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s per device (0: from the device-kind table).")
+
+
 def main(argv):
   del argv
-  check(_CONFIG.value, _STEPS.value, _WARMUP.value, _PEAK_TFLOPS.value or None)
+  f = flags.FLAGS
+  check(f.config, f.steps, f.warmup, f.peak_tflops or None)
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

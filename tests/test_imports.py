@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import subprocess
+import sys
 
 PACKAGE = "procrop_jax"
 PACKAGE_DIR = pathlib.Path(__file__).resolve().parents[1] / PACKAGE
@@ -123,3 +125,25 @@ def test_no_import_circle():
   cycle = find_cycle(import_graph())
   assert cycle is None, ("import circle: " + " -> ".join(cycle) + " (an import inside a "
                          "function does not break it: move the shared code below both)")
+
+
+def test_the_modules_the_tests_import_load_together():
+  """One pytest worker imports every module the tests name: none may define a flag that another
+  already has (absl's DuplicateFlagError), so a command's flags are defined when it runs."""
+  tests_dir = pathlib.Path(__file__).resolve().parent
+  modules = set()
+  for path in tests_dir.glob("*.py"):
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and (
+          node.module.split(".")[0] in (PACKAGE, "experiments")):
+        for alias in node.names:
+          # `from a.b import c`: c is a module when a file or package of that name exists.
+          name = f"{node.module}.{alias.name}"
+          root = PACKAGE_DIR.parent / pathlib.Path(*name.split("."))
+          modules.add(name if root.with_suffix(".py").exists() or root.is_dir()
+                      else node.module)
+  assert "experiments.accelerator_check" in modules  # The set is read, not empty.
+  code = "import importlib\nfor name in %r:\n  importlib.import_module(name)\n" % sorted(modules)
+  result = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE_DIR.parent,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]

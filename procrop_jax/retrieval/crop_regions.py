@@ -72,18 +72,22 @@ def export_crop_regions(data_config: ml_collections.ConfigDict, split: str,
   return counts
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "The experiment config (its data.*).")
-_SPLIT = flags.DEFINE_string("split", None, "Split whose crops to write (a training slice).")
-_OUT = flags.DEFINE_string("out", None, "Output folder.")
+def define_flags():
+  """The command's flags (not at import: tests import this module beside other commands)."""
+  config_flags.DEFINE_config_file("config", None, "The experiment config (its data.*).")
+  flags.DEFINE_string("split", None, "Split whose crops to write (a training slice).")
+  flags.DEFINE_string("out", None, "Output folder.")
 
 
 def main(argv):
   del argv
-  if _CONFIG.value is None or not _SPLIT.value or not _OUT.value:
+  f = flags.FLAGS
+  if f.config is None or not f.split or not f.out:
     raise app.UsageError("--config, --split and --out are required.")
-  prepare.ensure_dataset(_CONFIG.value.data, _CONFIG.value.cad, seed=_CONFIG.value.seed)
-  print(export_crop_regions(_CONFIG.value.data, _SPLIT.value, _OUT.value))
+  prepare.ensure_dataset(f.config.data, f.config.cad, seed=f.config.seed)
+  print(export_crop_regions(f.config.data, f.split, f.out))
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
