@@ -413,8 +413,14 @@ class Cropper:
     only when some photo needs it). Both estimate the IoU with an expert's crop for a model
     trained with `loss.given_iou_weight`, as the shipped one is."""
     out: list[dict[tuple[int, ...], float | None]] = []  # Box -> score, None: to be scored.
+    # A grown box's score is capped by the best proposal it was grown from: moving a crop to
+    # keep a region never ranks it above the model's own crop (the given-box scores run on a
+    # scale of their own, and uncapped they outranked the proposals that already kept the
+    # faces: out-of-fold free IoU fell 0.015 on the photos with faces).
+    caps: list[dict[tuple[int, ...], float]] = []
     for i, p in enumerate(batch):
       out.append({})
+      caps.append({})
       for box, score in zip(proposals_px[i], proposals["scores"][i]):
         snapped = aspect.snap_box(box, p.size)
         grown = tuple(keep_lib.constrain(np.array([snapped]), regions[i], None, p.size)[0])
@@ -422,6 +428,7 @@ class Cropper:
           out[i][snapped] = max(float(score), out[i].get(snapped) or -np.inf)
         else:
           out[i].setdefault(grown, None)
+          caps[i][grown] = max(float(score), caps[i].get(grown, -np.inf))
     if any(None in o.values() for o in out):
       count = len(proposals_px[0])  # Never more grown boxes than proposals.
       pending = [[b for b, s in o.items() if s is None] or [next(iter(o))] for o in out]
@@ -431,7 +438,7 @@ class Cropper:
       for i, boxes in enumerate(pending):
         for box, score in zip(boxes, scores[i]):
           if out[i][box] is None:
-            out[i][box] = float(score)
+            out[i][box] = min(float(score), caps[i][box])
     return [(np.array(list(o), np.float64).reshape(-1, 4), np.array(list(o.values()), np.float64))
             for o in out]
 
