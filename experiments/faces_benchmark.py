@@ -158,9 +158,43 @@ def fold_items(fold_workdir: str, rated: dict[str, list]):
            rated.get(name, []))
 
 
+def report_quality(found: Found, note: str) -> None:
+  """Prints the cut, free_iou and pairs lines."""
+  prepared, experts, top = found.prepared, found.experts, found.top
+  for t in TARGETS:
+    keepable = np.array([keep.fits(keep.as_regions(p.faces, p.size), t.ratio, p.size)
+                         for p in prepared])
+    for name in ("on", "off"):
+      cuts = np.array([keep.cut(top[name][i][t.label], p.faces).any()
+                       for i, p in enumerate(prepared)])
+      line = {"what": "cut", "aspect": t.label, "faces": name, "photos": len(prepared),
+              "keepable": int(keepable.sum()),
+              "cut_rate_all": round(float(cuts.mean()), 4),
+              "cut_rate_keepable": round(float(cuts[keepable].mean()), 4)
+              if keepable.any() else None}
+      if t.ratio is None:
+        line["expert_cut_rate"] = round(float(np.mean(
+            [keep.cut(e, p.faces).any() for e, p in zip(experts, prepared)])), 4)
+      print(json.dumps(line))
+
+  iou = {name: np.array([box_geometry.pairwise_box_iou(np.array(top[name][i]["free"], float),
+                                                       experts[i])[0, 0]
+                         for i in range(len(prepared))]) for name in ("on", "off")}
+  print(json.dumps({"what": "free_iou", "on": round(float(iou["on"].mean()), 4),
+                    "off": round(float(iou["off"].mean()), 4),
+                    "on_minus_off": {k: round(v, 4) if isinstance(v, float) else v
+                                     for k, v in paired_interval(iou["on"] - iou["off"]).items()},
+                    "note": note}))
+  count, raters, model = (int(v) for v in found.pairs)
+  print(json.dumps({"what": "pairs", "pairs": count,
+                    "raters_prefer_whole_face": round(raters / max(count, 1), 4),
+                    "model_prefers_whole_face": round(model / max(count, 1), 4)}))
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--scan", type=int, default=300)
+  parser.add_argument("--scan", type=int, default=300,
+                      help="photos to scan (1 with --throughput: the speed alone)")
   parser.add_argument("--start", type=float, default=0.85)
   parser.add_argument("--cv-workdir", default="",
                       help="a cross_validate workdir: each fold's model on its own held-out "
@@ -203,7 +237,7 @@ def main() -> None:
             ((photos.read_photo(str(path)).image, expert, pairs)
              for path, expert, pairs in entries), found)
     note = "shipped model, FCDB train slice from --start"
-  prepared, experts, top = found.prepared, found.experts, found.top
+  prepared = found.prepared
   print(json.dumps({"what": "detector", "face_side": args.face_side, "margins": margins,
                     "scanned": found.scanned,
                     "with_face": len(prepared),
@@ -211,34 +245,8 @@ def main() -> None:
                     "seconds_per_photo_prepare_and_detect": round(
                         found.seconds / max(found.scanned, 1), 4)}))
 
-  for t in TARGETS:
-    keepable = np.array([keep.fits(keep.as_regions(p.faces, p.size), t.ratio, p.size)
-                         for p in prepared])
-    for name in ("on", "off"):
-      cuts = np.array([keep.cut(top[name][i][t.label], p.faces).any()
-                       for i, p in enumerate(prepared)])
-      line = {"what": "cut", "aspect": t.label, "faces": name, "photos": len(prepared),
-              "keepable": int(keepable.sum()),
-              "cut_rate_all": round(float(cuts.mean()), 4),
-              "cut_rate_keepable": round(float(cuts[keepable].mean()), 4)
-              if keepable.any() else None}
-      if t.ratio is None:
-        line["expert_cut_rate"] = round(float(np.mean(
-            [keep.cut(e, p.faces).any() for e, p in zip(experts, prepared)])), 4)
-      print(json.dumps(line))
-
-  iou = {name: np.array([box_geometry.pairwise_box_iou(np.array(top[name][i]["free"], float),
-                                                       experts[i])[0, 0]
-                         for i in range(len(prepared))]) for name in ("on", "off")}
-  print(json.dumps({"what": "free_iou", "on": round(float(iou["on"].mean()), 4),
-                    "off": round(float(iou["off"].mean()), 4),
-                    "on_minus_off": {k: round(v, 4) if isinstance(v, float) else v
-                                     for k, v in paired_interval(iou["on"] - iou["off"]).items()},
-                    "note": note}))
-  count, raters, model = (int(v) for v in found.pairs)
-  print(json.dumps({"what": "pairs", "pairs": count,
-                    "raters_prefer_whole_face": round(raters / max(count, 1), 4),
-                    "model_prefers_whole_face": round(model / max(count, 1), 4)}))
+  if prepared:  # --scan 1 --throughput N: the speed alone.
+    report_quality(found, note)
 
   if not args.throughput:
     return
