@@ -29,8 +29,9 @@ compiles its forward passes once per canvas shape (a proposal pass and, for fixe
 candidates' scoring passes). (A model with retrieval keeps its S x S canvas.) The command line over files and folders is crop.py.
 
 Keep regions (keep.py) are boxes every crop must contain: the user's (`keep`, `focus`) and,
-unless `faces=False`, the faces found in the photo (faces.py) grown for hair and chin; a face
-may instead be left out entirely (a background face an editor would crop away), never cut. They
+unless `faces=False`, the main faces found in the photo (faces.py) grown for hair and chin; a
+smaller face may instead be left out entirely (a background face an editor would crop away),
+never cut. They
 shape the candidates themselves: fixed-aspect candidates are moved and grown to contain them
 before they are scored; free proposals that leave one out are grown likewise and scored by the
 given-box path (one more pass for a batch where some proposal grew, compiled once per canvas shape),
@@ -125,8 +126,8 @@ class Crop:
   box: tuple[int, int, int, int]
   score: float
   aspect: str = "free"
-  # Keep regions it fails (a user's box or point outside it, a face it cuts; keep.Regions.
-  # left_out), indexed as the user's boxes, then the focal point, then the faces.
+  # Keep regions it fails (a user's box, point or main face it does not contain, a smaller
+  # face it cuts; keep.Regions.left_out), indexed as the user's boxes, then the focal point, then the faces.
   not_kept: tuple[int, ...] = ()
   cut_faces: tuple[int, ...] = ()  # Faces (Prepared.faces) of which 5-95% is inside.
 
@@ -173,12 +174,14 @@ class Prepared:
 
   def keep_regions(self, user: Sequence[Sequence[float]] | None = None) -> keep_lib.Regions:
     """The photo's keep regions: the user's, then its faces' (with their margins; tight: the
-    faces as found). Faces are whole-or-out: a crop holds one whole or leaves it out."""
+    faces as found). The main faces (`faces.main_faces`) must be kept; a smaller face is
+    whole-or-out: a crop holds it whole or leaves it out."""
     user = keep_lib.as_regions(user, self.size)
     grown = keep_lib.as_regions(faces_lib.keep_regions(self.faces, self.size), self.size)
+    optional = np.concatenate([np.zeros(len(user), bool), ~faces_lib.main_faces(self.faces)])
     return keep_lib.Regions(np.concatenate([user, grown]),
                             np.concatenate([user, keep_lib.as_regions(self.faces, self.size)]),
-                            np.arange(len(user) + len(grown)) >= len(user))
+                            optional)
 
 
 class Cropper:

@@ -34,6 +34,9 @@ MAX_FACES = 16
 # A keep region is the face box grown by these fractions of its size: BlazeFace's box runs from
 # the brows to the chin; hair needs room above it, the chin a little below.
 MARGIN_TOP, MARGIN_BOTTOM, MARGIN_SIDES = 0.5, 0.15, 0.15
+# Faces at least this fraction of the largest face's width are the photo's subjects, which every
+# crop keeps; smaller ones (people in the background) may be left out whole, never cut.
+MAIN_FACE_FRACTION = 0.5
 
 
 class FaceDetector:
@@ -79,6 +82,14 @@ class FaceDetector:
     boxes = boxes[scores > 0] / [sx, sy, sx, sy]
     boxes = np.clip(boxes, 0, [image.width, image.height, image.width, image.height])
     return boxes[np.argsort(-(boxes[:, 2] - boxes[:, 0]), kind="stable")]
+
+
+def main_faces(faces: np.ndarray) -> np.ndarray:
+  """bool [F]: the faces a crop must keep, those of at least `MAIN_FACE_FRACTION` of the
+  largest face's width."""
+  faces = np.asarray(faces, np.float64).reshape(-1, 4)
+  widths = faces[:, 2] - faces[:, 0]
+  return widths >= MAIN_FACE_FRACTION * widths.max(initial=0.0)
 
 
 def keep_regions(faces: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -52,3 +52,9 @@ def test_keep_regions_add_room_for_hair_and_chin_inside_the_photo():
   regions = faces.keep_regions(np.array([[10.0, 10.0, 110.0, 110.0]]), (200, 150))
   x1, y1, x2, y2 = regions[0]
   assert x1 < 10 and y1 == 0 and x2 > 110 and y2 > 110 and y2 <= 150
+
+
+def test_the_main_faces_are_those_near_the_largest_in_size():
+  found = np.array([[0, 0, 100, 100], [200, 0, 260, 60], [300, 0, 340, 40], [400, 0, 410, 10]])
+  assert faces.main_faces(found).tolist() == [True, True, False, False]
+  assert faces.main_faces(np.zeros((0, 4))).tolist() == []

@@ -45,10 +45,9 @@ def test_faces_keep_and_focus_on_the_command_line(astronaut, tmp_path):
       assert c["not_kept"] == [] and c["cut_faces"] == []
     else:
       # 16:9 crops of the 512 px square are at most 288 px tall: the face (y ~65-175) and the
-      # point at y 500 cannot both fit; the user's box and point come first, and the face,
-      # which cannot be whole, is left out entirely rather than cut.
-      assert c["not_kept"] == [] and c["cut_faces"] == []
-      assert keep_lib.fraction_kept(c["box"], face)[0] <= keep_lib.CUT_LOW
+      # point at y 500 cannot both fit; the user's box and point come first, and the face (the
+      # photo's main one, so a region it must keep) is reported as left out.
+      assert c["not_kept"] == [2]
     assert c["cut_faces"] == np.nonzero(keep_lib.cut(c["box"], face))[0].tolist()
   sheet = (out / "index.html").read_text()
   assert "face 0" in sheet and "1 face" in sheet
