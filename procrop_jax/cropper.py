@@ -26,7 +26,8 @@ multiples of 32) that holds it, so a 3:2 photo at S = 320 runs on 320 x 256 and 
 high, or that canvas turned upright for a portrait photo (2 shapes); "square" is S x S. Batches
 are padded to `batch_size` and candidate lists to a fixed count per aspect, so a process
 compiles its forward passes once per canvas shape (a proposal pass and, for fixed aspects, the
-candidates' scoring passes). (A model with retrieval keeps its S x S canvas.) The command line over files and folders is crop.py.
+candidates' scoring passes). (A model with retrieval keeps its S x S canvas.) The command line
+over files and folders is crop.py.
 
 Keep regions (keep.py) are boxes every crop must contain: the user's (`keep`, `focus`) and,
 unless `faces=False`, the main faces found in the photo (faces.py) grown for hair and chin; a
@@ -127,7 +128,8 @@ class Crop:
   score: float
   aspect: str = "free"
   # Keep regions it fails (a user's box, point or main face it does not contain, a smaller
-  # face it cuts; keep.Regions.left_out), indexed as the user's boxes, then the focal point, then the faces.
+  # face it cuts; keep.Regions.left_out), indexed as the user's boxes, then the focal point,
+  # then the faces.
   not_kept: tuple[int, ...] = ()
   cut_faces: tuple[int, ...] = ()  # Faces (Prepared.faces) of which 5-95% is inside.
 

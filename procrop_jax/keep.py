@@ -10,8 +10,8 @@ user's, then larger faces. A region may have a tight form (a face without the ma
 and chin, `Regions.tight`): when the regions with their margins do not all fit but more of the
 tight ones do, the tight ones are kept. A region may also be whole-or-out
 (`Regions.whole_or_out`: the cropper's smaller faces): a candidate that leaves it (almost)
-entirely out is left as it is, and only one that would cut it is made to contain it. A crop's `not_kept` names the regions it
-fails (`Regions.left_out`).
+entirely out is left as it is, and only one that would cut it is made to contain it. A crop's
+`not_kept` names the regions it fails (`Regions.left_out`).
 
 Regions are pixel boxes [x1, y1, x2, y2] of the upright photo, rounded outwards to whole pixels
 and clipped to the photo; a region with no area inside the photo can never be kept.
