@@ -22,6 +22,7 @@ cascade at 1024 px):
 from __future__ import annotations
 
 import functools
+import threading
 
 import numpy as np
 from PIL import Image
@@ -48,11 +49,29 @@ class FaceDetector:
                        f"{detect_side}.")
     self.detect_side = detect_side
     self.score_threshold = score_threshold
+    self._lock = threading.Lock()
+    self._shape_locks: dict[tuple[int, int], threading.Lock] = {}
+    self._ready: set[tuple[int, int]] = set()  # Canvas shapes this process has compiled.
 
   @functools.cached_property
   def _detect(self):
     # Loaded at the first photo: the cropper's start-up does not wait for it.
     return face_net.detector("full", k=MAX_FACES, score_threshold=self.score_threshold)
+
+  def _run(self, canvas: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The detector on one canvas. A shape's first call compiles it (seconds) while threads
+    decoding other photos of that shape wait for it, rather than compiling it again."""
+    shape = canvas.shape[1:3]
+    if shape not in self._ready:
+      with self._lock:
+        self._detect  # pylint: disable=pointless-statement  (loaded once, under the lock)
+        lock = self._shape_locks.setdefault(shape, threading.Lock())
+      with lock:
+        if shape not in self._ready:
+          found = self._detect(canvas, valid)
+          self._ready.add(shape)
+          return found
+    return self._detect(canvas, valid)
 
   def canvas_shape(self, size: tuple[int, int]) -> tuple[int, int]:
     """The (height, width) canvas a (width, height) photo is detected on: square, or two thirds
@@ -76,7 +95,7 @@ class FaceDetector:
     canvas = np.zeros((1, canvas_height, canvas_width, 3), np.uint8)
     canvas[0, :height, :width] = np.asarray(
         image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR))
-    boxes, scores = self._detect(canvas, np.array([[height, width]]))
+    boxes, scores = self._run(canvas, np.array([[height, width]]))
     boxes, scores = np.asarray(boxes[0], np.float64), np.asarray(scores[0])
     sx, sy = width / image.width, height / image.height
     boxes = boxes[scores > 0] / [sx, sy, sx, sy]

@@ -1,5 +1,7 @@
 """The face detector: finds the astronaut's face, none where there is no face."""
 
+import concurrent.futures
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -58,3 +60,12 @@ def test_the_main_faces_are_those_near_the_largest_in_size():
   found = np.array([[0, 0, 100, 100], [200, 0, 260, 60], [300, 0, 340, 40], [400, 0, 410, 10]])
   assert faces.main_faces(found).tolist() == [True, True, False, False]
   assert faces.main_faces(np.zeros((0, 4))).tolist() == []
+
+
+def test_threads_detecting_a_new_shape_together_agree():
+  detector = faces.FaceDetector()
+  photo = Image.fromarray(data.astronaut())
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    found = list(pool.map(detector.detect, [photo] * 4))
+  assert all(np.array_equal(f, found[0]) for f in found) and len(found[0]) == 1
+  assert detector._ready == {(384, 384)}  # pylint: disable=protected-access
