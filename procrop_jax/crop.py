@@ -48,8 +48,9 @@ import json
 import os
 import pathlib
 import sys
+import threading
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from PIL import Image
 import tqdm
@@ -95,11 +96,12 @@ def _output_bases(inputs: Sequence[photos.Input]) -> list[pathlib.PurePath]:
   return bases
 
 
-def _decode(item: photos.Input, max_pixels: int, cropper: cropper_lib.Cropper):
+def _decode(item: photos.Input, max_pixels: int, cropper: cropper_lib.Cropper,
+            on_canvas: Callable[[tuple[int, ...]], Any] | None = None):
   """(Photo, prepared) or a PhotoError; runs in a worker thread."""
   try:
     photo = photos.read_photo(item.source, max_pixels=max_pixels)
-    return photo, cropper.prepare(photo.image)
+    return photo, cropper.prepare(photo.image, on_canvas)
   except photos.PhotoError as e:
     return e
   except Exception as e:  # pylint: disable=broad-except  (one bad file must not stop the run)
@@ -216,8 +218,19 @@ def run(inputs: Sequence[photos.Input], cropper: cropper_lib.Cropper, *,
     max_waiting = 3 * cropper.batch_size
     # Canvas shape -> its warm-up. A failed one is left alone: the batch fails on its own.
     warming: dict[tuple[int, ...], concurrent.futures.Future] = {}
-    decoded = _ordered(decoder, lambda i: (i, _decode(inputs[i], cropper.max_pixels, cropper)),
-                       range(len(inputs)), lookahead=2 * cropper.batch_size)
+    warming_lock = threading.Lock()
+
+    def warm(shape: tuple[int, ...]) -> None:
+      """A new canvas: its passes are prepared now, beside decoding, the face detector and the
+      other canvases' batches, rather than when its first batch is full (called by the
+      decoding threads as soon as a photo's canvas is made)."""
+      with warming_lock:
+        if shape not in warming:
+          warming[shape] = compiler.submit(cropper.warm_up, shape[:2], targets)
+
+    decoded = _ordered(
+        decoder, lambda i: (i, _decode(inputs[i], cropper.max_pixels, cropper, warm)),
+        range(len(inputs)), lookahead=2 * cropper.batch_size)
     for index, result in decoded:
       if isinstance(result, photos.PhotoError):
         emit({"path": inputs[index].source, "status": "error", "error": str(result),
@@ -225,11 +238,6 @@ def run(inputs: Sequence[photos.Input], cropper: cropper_lib.Cropper, *,
         failed += 1
         bar.update(1)
         continue
-      if result[1].canvas.shape not in warming and len(inputs) > 1:
-        # A new canvas: prepare its passes now, beside decoding and the other canvases'
-        # batches, rather than when its first batch is full.
-        warming[result[1].canvas.shape] = compiler.submit(
-            cropper.warm_up, result[1].canvas.shape[:2], targets)
       bucket = buckets.setdefault(result[1].canvas.shape, [])
       bucket.append((index, *result))
       if len(bucket) == cropper.batch_size:

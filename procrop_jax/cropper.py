@@ -329,13 +329,24 @@ class Cropper:
     height, width = canvas_hw
     blank = Prepared(np.full((height, width, 3), 0.5, np.float32),
                      np.ones((2,), np.float32), (width, height))
+    if self.face_detector is not None:
+      # A face at the left edge, which most proposals leave out: free crops then also prepare
+      # the pass that scores boxes grown to keep a face, as photos with faces need.
+      blank.faces = np.array([[0.0, 0.4 * height, 0.1 * width, 0.6 * height]])
     self.crop_batch([blank], targets, top_k=1)
 
   # ---------------------------------------------------------------------------------- batches
-  def prepare(self, image: Image.Image) -> Prepared:
-    """An upright PIL photo on the model's canvas, with its faces (if the cropper finds them)."""
+  def prepare(self, image: Image.Image,
+              on_canvas: Callable[[tuple[int, ...]], Any] | None = None) -> Prepared:
+    """An upright PIL photo on the model's canvas, with its faces (if the cropper finds them).
+
+    `on_canvas(shape)` is called with the canvas's shape before the faces are looked for: a
+    folder run starts preparing that canvas's passes then, so the model's compilation and the
+    face detector's overlap."""
     canvas, valid_hw = photos.canvas(image, self.canvas_size, **self._canvas_args(*image.size))
     prepared = Prepared(canvas, valid_hw, image.size)
+    if on_canvas is not None:
+      on_canvas(canvas.shape)
     if self.face_detector is not None:
       prepared.faces = self.face_detector.detect(image)
     return prepared

