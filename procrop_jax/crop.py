@@ -18,8 +18,9 @@ globs and `-` (one image on stdin). Without --workdir the shipped model is used.
                                                 found), keep (the user's regions), and per
                                                 crop box [x1, y1, x2, y2] in pixels, score,
                                                 aspect, file, not_kept (indices of keep
-                                                regions left out: the user's, then faces),
-                                                cut_faces (indices of faces it cuts)
+                                                regions it fails: the user's boxes, the focal
+                                                point, then faces), cut_faces (indices of
+                                                faces it cuts)
   index.html                                    a contact sheet: each photo with its crop boxes
                                                 drawn over it, faces dashed, and the crops
                                                 beside it (a crop that cuts a face is flagged)

@@ -32,13 +32,12 @@ over files and folders is crop.py.
 Keep regions (keep.py) are boxes every crop must contain: the user's (`keep`, `focus`) and,
 unless `faces=False`, the main faces found in the photo (faces.py) grown for hair and chin; a
 smaller face may instead be left out entirely (a background face an editor would crop away),
-never cut. They
-shape the candidates themselves: fixed-aspect candidates are moved and grown to contain them
-before they are scored; free proposals that leave one out are grown likewise and scored by the
-given-box path (one more pass for a batch where some proposal grew, compiled once per canvas shape),
-the others keeping their confidence. When no box of the shape can hold them all, crops keep the
-most of them; each `Crop` names the regions it leaves out (`not_kept`) and the faces it cuts
-(`cut_faces`).
+never cut. They shape the candidates themselves: fixed-aspect candidates are moved and grown
+to contain them before they are scored; free proposals that leave one out are grown likewise
+and scored by the given-box path (one more pass for a batch where some proposal grew, compiled
+once per canvas shape), never above the proposal they grew from, the others keeping their
+confidence. When no box of the shape can hold them all, crops keep the most of them; each
+`Crop` names the regions it fails (`not_kept`) and the faces it cuts (`cut_faces`).
 """
 
 from __future__ import annotations
@@ -426,7 +425,7 @@ class Cropper:
 
     The proposals that contain the keep regions keep their confidence; the others are grown to
     contain them (keep.constrain) and scored by the given-box path (one pass for the batch,
-    only when some photo needs it). Both estimate the IoU with an expert's crop for a model
+    only when some photo needs it), capped by the best proposal each grew from. Both estimate the IoU with an expert's crop for a model
     trained with `loss.given_iou_weight`, as the shipped one is."""
     out: list[dict[tuple[int, ...], float | None]] = []  # Box -> score, None: to be scored.
     # A grown box's score is capped by the best proposal it was grown from: moving a crop to
