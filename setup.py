@@ -37,7 +37,9 @@ EXTRAS_REQUIRE = {
     # and chromedriver (tests/test_serve_page.py; it downloads no browser).
     "test": ["apache-beam>=2.77,<3", "dill>=0.3.8,<0.5", "ipykernel>=6.29,<8",
              "httpx2>=2.17,<3", "matplotlib>=3.9,<4", "nbclient>=0.10,<0.12", "nbformat>=5.10,<6",
-             "pytest>=8,<10", "pytest-xdist>=3.6,<4", "selenium>=4.51,<5"],
+             "pytest>=8,<10", "pytest-xdist>=3.6,<4", "selenium>=4.51,<5",
+             # tests/test_install.py builds the wheel with the venv's own setuptools.
+             "wheel>=0.45,<1"],
     # CAD generation and the procrop_cad build through Apache Beam (data/README.md, "Large
     # sets"). Beam 2.77 needs protobuf < 7 and pyarrow < 26: pip picks 6.33 and 25 beside it.
     "beam": ["apache-beam>=2.77,<3"],

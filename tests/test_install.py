@@ -1,6 +1,9 @@
 """setup.py says what installs where: Python 3.11-3.13, ScaNN optional, macOS without it."""
 
 import ast
+import subprocess
+import sys
+import zipfile
 
 from packaging import requirements
 from packaging import specifiers
@@ -46,3 +49,17 @@ def test_scann_is_an_extra_and_macos_installs_the_rest():
       assert "2.20.0" in r
   for extra in ("cuda", "cuda13", "tpu", "test"):
     assert extra in values["EXTRAS_REQUIRE"]
+
+
+def test_the_wheel_carries_the_models(tmp_path):
+  """A non-editable install has the shipped cropping model and the face model."""
+  subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                  "-q", "-w", str(tmp_path), str(REPO_ROOT)], check=True, timeout=600,
+                 capture_output=True)
+  (wheel,) = tmp_path.glob("procrop_jax-*.whl")
+  names = set(zipfile.ZipFile(wheel).namelist())
+  for name in ("procrop_jax/shipped/fcdb_lite0/params.npz",
+               "procrop_jax/shipped/fcdb_lite0/config.json",
+               "procrop_jax/weights/faces/blazeface_full_range.tflite",
+               "procrop_jax/weights/faces/NOTICE.md"):
+    assert name in names, name
