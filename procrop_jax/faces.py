@@ -36,7 +36,7 @@ DETECT_SIDE = 384  # The square canvas the detector sees (a multiple of 16).
 SCORE_THRESHOLD = 0.5
 MAX_FACES = 16
 # A keep region is the face box grown by these fractions of its size: BlazeFace's box runs from
-# the brows to the chin; hair needs room above it, the chin a little below.
+# the forehead to the chin; hair needs room above it, the chin a little below.
 MARGIN_TOP, MARGIN_BOTTOM, MARGIN_SIDES = 0.5, 0.15, 0.15
 # Faces at least this fraction of the largest face's width are the photo's subjects, which every
 # crop keeps; smaller ones (people in the background) may be left out whole, never cut.
