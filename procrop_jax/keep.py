@@ -63,16 +63,21 @@ class Regions:
 
 def to_contain(regions: Regions, ratio: float | None, size: tuple[int, int]
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """The boxes [K', 4] candidates of the ratio are made to contain (the keepable subset of the
-  regions, or of their tight forms where that keeps more of them), those boxes' tight forms,
-  and which of them are whole-or-out."""
-  chosen = keepable_subset(regions.boxes, ratio, size)
+  """The boxes [K', 4] candidates of the ratio are made to contain, those boxes' tight forms,
+  and which of them are whole-or-out. The required ones are their keepable subset (or that of
+  their tight forms where it keeps more of them); the whole-or-out ones all follow, contained
+  only by a candidate that would otherwise cut them, so they never displace a required one."""
+  required = np.nonzero(~regions.optional & valid(regions.boxes))[0]
+  chosen = required[keepable_subset(regions.boxes[required], ratio, size)]
   form = regions.boxes
-  if len(chosen) < valid(regions.boxes).sum():
-    tight = keepable_subset(regions.tight, ratio, size)
+  if len(chosen) < len(required):
+    tight = required[keepable_subset(regions.tight[required], ratio, size)]
     if len(tight) > len(chosen):
       chosen, form = tight, regions.tight
-  return form[chosen], regions.tight[chosen], regions.optional[chosen]
+  optional = np.nonzero(regions.optional & valid(regions.boxes))[0]
+  boxes = np.concatenate([form[chosen], regions.boxes[optional]]).reshape(-1, 4)
+  tight_forms = np.concatenate([regions.tight[chosen], regions.tight[optional]]).reshape(-1, 4)
+  return boxes, tight_forms, np.arange(len(boxes)) >= len(chosen)
 
 
 def as_regions(regions: Sequence[Sequence[float]] | np.ndarray | None, size: tuple[int, int]
@@ -218,16 +223,20 @@ def contain_whole_or_out(box: Sequence[float], keep: np.ndarray, tight: np.ndarr
                          optional: np.ndarray, ratio: float | None, size: tuple[int, int]
                          ) -> Box | None:
   """The box made to contain the required regions of `keep` and every whole-or-out one whose
-  tight form it (as grown) holds more than `CUT_LOW` of; the others it leaves out."""
+  tight form it (as grown) holds more than `CUT_LOW` of; the others it leaves out. Where the
+  shape cannot hold a whole-or-out region it reaches, the box keeps the required ones only (and
+  cuts it); None when not even those fit."""
   need = ~optional
-  while True:
-    out = contain(box, keep[need], ratio, size)
-    if out is None:
-      return None
+  out = contain(box, keep[need], ratio, size)
+  while out is not None:
     touched = optional & ~need & (fraction_kept(out, tight) > CUT_LOW)
     if not touched.any():
       return out
-    need = need | touched  # Growing to hold them may reach more: at most K rounds.
+    grown = contain(box, keep[need | touched], ratio, size)
+    if grown is None:
+      return out
+    need, out = need | touched, grown  # Growing to hold them may reach more: at most K rounds.
+  return out
 
 
 def constrain(boxes: np.ndarray, regions: Regions | np.ndarray, ratio: float | None,

@@ -135,3 +135,17 @@ def test_growing_for_one_face_takes_in_the_next_it_reaches():
   (box,) = keep.constrain(np.array([[120, 40, 500, 260]]), regions, None, size)
   assert box.tolist() == [40, 40, 420, 260]
   assert keep.contained(box, faces).all()
+
+
+def test_small_faces_never_displace_a_main_one():
+  # A tall photo: the main face at the top left, two small faces at the bottom right. A 16:9
+  # box can hold the main face or the two small ones, not all three; the main one is kept.
+  size = (400, 900)
+  main = [20, 40, 120, 140]
+  small = [[300, 800, 330, 830], [340, 800, 370, 830]]
+  faces = np.array([main, *small], float)
+  regions = keep.Regions(faces, faces, np.array([False, True, True]))
+  boxes = keep.constrain(np.array([[0, 600, 400, 825], [0, 300, 400, 525]]), regions, 16 / 9,
+                         size)
+  assert len(boxes) and all(keep.contained(b, faces[:1])[0] for b in boxes)
+  assert all(not regions.left_out(b)[0] for b in boxes)
