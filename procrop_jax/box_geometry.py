@@ -34,6 +34,19 @@ def xywh_to_xyxy(boxes: ArrayLike) -> np.ndarray:
   return np.concatenate([b[..., :2], b[..., :2] + b[..., 2:]], axis=-1)
 
 
+def pairwise_intersection(boxes1_px: ArrayLike, boxes2_px: ArrayLike) -> np.ndarray:
+  """[N, M] areas of every box of the first set intersected with every box of the second."""
+  return _intersection(as_boxes(boxes1_px, "boxes1_px")[:, None, :],
+                       as_boxes(boxes2_px, "boxes2_px")[None, :, :])
+
+
+def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """Intersection areas of checked boxes broadcast against each other ([..., 4] each)."""
+  iw = np.maximum(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0.0)
+  ih = np.maximum(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0.0)
+  return iw * ih
+
+
 def pairwise_box_iou(boxes1_px: ArrayLike, boxes2_px: ArrayLike) -> np.ndarray:
   """Pairwise intersection over union (every box of the first set with every box of the second).
 
@@ -49,9 +62,7 @@ def pairwise_box_iou(boxes1_px: ArrayLike, boxes2_px: ArrayLike) -> np.ndarray:
   """
   a = as_boxes(boxes1_px, "boxes1_px")[:, None, :]
   b = as_boxes(boxes2_px, "boxes2_px")[None, :, :]
-  iw = np.maximum(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0.0)
-  ih = np.maximum(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0.0)
-  inter = iw * ih
+  inter = _intersection(a, b)
   union = ((a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
            + (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1]) - inter)
   return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)

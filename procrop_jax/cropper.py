@@ -179,10 +179,11 @@ class Prepared:
     whole-or-out: a crop holds it whole or leaves it out."""
     user = keep_lib.as_regions(user, self.size)
     grown = keep_lib.as_regions(faces_lib.keep_regions(self.faces, self.size), self.size)
-    optional = np.concatenate([np.zeros(len(user), bool), ~faces_lib.main_faces(self.faces)])
+    whole_or_out = np.concatenate([np.zeros(len(user), bool),
+                                   ~faces_lib.main_faces(self.faces)])
     return keep_lib.Regions(np.concatenate([user, grown]),
                             np.concatenate([user, keep_lib.as_regions(self.faces, self.size)]),
-                            optional)
+                            whole_or_out)
 
 
 class Cropper:
@@ -424,8 +425,9 @@ class Cropper:
     """Per photo, free candidate boxes [M, 4] and their scores.
 
     The proposals that contain the keep regions keep their confidence; the others are grown to
-    contain them (keep.constrain) and scored by the given-box path (one pass for the batch,
-    only when some photo needs it), capped by the best proposal each grew from. Both estimate the IoU with an expert's crop for a model
+    contain them (keep.constrain_each; a free box always fits the keepable regions) and scored
+    by the given-box path (one pass for the batch, only when some photo needs it), capped by
+    the best proposal each grew from. Both estimate the IoU with an expert's crop for a model
     trained with `loss.given_iou_weight`, as the shipped one is."""
     out: list[dict[tuple[int, ...], float | None]] = []  # Box -> score, None: to be scored.
     # A grown box's score is capped by the best proposal it was grown from: moving a crop to
@@ -436,9 +438,9 @@ class Cropper:
     for i, p in enumerate(batch):
       out.append({})
       caps.append({})
-      for box, score in zip(proposals_px[i], proposals["scores"][i]):
-        snapped = aspect.snap_box(box, p.size)
-        grown = tuple(keep_lib.constrain(np.array([snapped]), regions[i], None, p.size)[0])
+      snapped_boxes = [aspect.snap_box(box, p.size) for box in proposals_px[i]]
+      grown_boxes = keep_lib.constrain_each(np.array(snapped_boxes), regions[i], None, p.size)
+      for snapped, grown, score in zip(snapped_boxes, grown_boxes, proposals["scores"][i]):
         if grown == snapped:
           out[i][snapped] = max(float(score), out[i].get(snapped) or -np.inf)
         else:

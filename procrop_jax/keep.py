@@ -37,28 +37,24 @@ _EXHAUSTIVE = 8
 class Regions:
   """A photo's keep regions [K, 4] (whole pixels, `as_regions`) and their tight forms [K, 4]:
   the least of each a crop must hold for it to count as kept (a face without its margins; the
-  region itself for a user's box). `whole_or_out` [K] marks the regions (faces) a crop may also
-  leave out entirely: only cutting them is refused. None: no such region."""
+  region itself for a user's box). `whole_or_out` bool [K] marks the regions (faces) a crop may
+  also leave out entirely: only cutting them is refused (None: none of them)."""
   boxes: np.ndarray
   tight: np.ndarray
   whole_or_out: np.ndarray | None = None
 
+  def __post_init__(self):
+    flags = np.zeros(len(self.boxes), bool) if self.whole_or_out is None else self.whole_or_out
+    object.__setattr__(self, "whole_or_out", np.asarray(flags, bool))
+
   def __len__(self) -> int:
     return len(self.boxes)
-
-  @property
-  def optional(self) -> np.ndarray:
-    """bool [K]: `whole_or_out`, all False when not given."""
-    if self.whole_or_out is None:
-      return np.zeros(len(self.boxes), bool)
-    return np.asarray(self.whole_or_out, bool)
 
   def left_out(self, box: Sequence[float]) -> np.ndarray:
     """bool [K]: the regions the box fails: a region it does not contain, except a
     whole-or-out one it leaves (almost) entirely out, which it keeps whole in that sense."""
-    missing = ~contained(box, self.tight)
-    return missing & ~(self.optional & ~cut(box, self.tight) & (
-        fraction_kept(box, self.tight) <= CUT_LOW))
+    outside = fraction_kept(box, self.tight) <= CUT_LOW
+    return ~contained(box, self.tight) & ~(self.whole_or_out & outside)
 
 
 def to_contain(regions: Regions, ratio: float | None, size: tuple[int, int]
@@ -67,14 +63,14 @@ def to_contain(regions: Regions, ratio: float | None, size: tuple[int, int]
   and which of them are whole-or-out. The required ones are their keepable subset (or that of
   their tight forms where it keeps more of them); the whole-or-out ones all follow, contained
   only by a candidate that would otherwise cut them, so they never displace a required one."""
-  required = np.nonzero(~regions.optional & valid(regions.boxes))[0]
+  required = np.nonzero(~regions.whole_or_out & valid(regions.boxes))[0]
   chosen = required[keepable_subset(regions.boxes[required], ratio, size)]
   form = regions.boxes
   if len(chosen) < len(required):
     tight = required[keepable_subset(regions.tight[required], ratio, size)]
     if len(tight) > len(chosen):
       chosen, form = tight, regions.tight
-  optional = np.nonzero(regions.optional & valid(regions.boxes))[0]
+  optional = np.nonzero(regions.whole_or_out & valid(regions.boxes))[0]
   boxes = np.concatenate([form[chosen], regions.boxes[optional]]).reshape(-1, 4)
   tight_forms = np.concatenate([regions.tight[chosen], regions.tight[optional]]).reshape(-1, 4)
   return boxes, tight_forms, np.arange(len(boxes)) >= len(chosen)
@@ -116,11 +112,9 @@ def contained(box: Sequence[float], regions: np.ndarray) -> np.ndarray:
 def fraction_kept(box: Sequence[float], regions: np.ndarray) -> np.ndarray:
   """float [K]: the part of each region's area inside the box (0 for an empty region)."""
   regions = np.asarray(regions, np.float64).reshape(-1, 4)
-  x1, y1, x2, y2 = (float(v) for v in box)
-  iw = np.clip(np.minimum(regions[:, 2], x2) - np.maximum(regions[:, 0], x1), 0, None)
-  ih = np.clip(np.minimum(regions[:, 3], y2) - np.maximum(regions[:, 1], y1), 0, None)
+  inside = box_geometry.pairwise_intersection(regions, box)[:, 0]
   area = (regions[:, 2] - regions[:, 0]) * (regions[:, 3] - regions[:, 1])
-  return np.where(area > 0, iw * ih / np.where(area > 0, area, 1.0), 0.0)
+  return np.where(area > 0, inside / np.where(area > 0, area, 1.0), 0.0)
 
 
 CUT_LOW, CUT_HIGH = 0.05, 0.95  # A region is cut when more than 5% but less than 95% is inside.
@@ -239,16 +233,23 @@ def contain_whole_or_out(box: Sequence[float], keep: np.ndarray, tight: np.ndarr
   return out
 
 
-def constrain(boxes: np.ndarray, regions: Regions | np.ndarray, ratio: float | None,
-              size: tuple[int, int]) -> np.ndarray:
-  """Distinct boxes [M, 4] (M <= N), each of boxes [N, 4] made to contain what `to_contain`
-  picks of the regions (its whole-or-out ones only where the box would cut them), in the
-  boxes' order; the boxes as they are without regions."""
+def constrain_each(boxes: np.ndarray, regions: Regions | np.ndarray, ratio: float | None,
+                   size: tuple[int, int]) -> list[Box | None]:
+  """Each of boxes [N, 4] made to contain what `to_contain` picks of the regions (its
+  whole-or-out ones only where the box would cut them), None where the ratio cannot; the boxes
+  as they are (whole pixels) without regions."""
   boxes = np.asarray(boxes).reshape(-1, 4)
   if not isinstance(regions, Regions):
     regions = Regions(np.asarray(regions).reshape(-1, 4), np.asarray(regions).reshape(-1, 4))
   if not valid(regions.boxes).any():
-    return boxes.astype(np.int64)
-  keep, tight, optional = to_contain(regions, ratio, size)
-  out = [contain_whole_or_out(b, keep, tight, optional, ratio, size) for b in boxes]
+    return [tuple(int(v) for v in b) for b in boxes.astype(np.int64)]
+  keep, tight, optional = to_contain(regions, ratio, size)  # Once for all the boxes.
+  return [contain_whole_or_out(b, keep, tight, optional, ratio, size) for b in boxes]
+
+
+def constrain(boxes: np.ndarray, regions: Regions | np.ndarray, ratio: float | None,
+              size: tuple[int, int]) -> np.ndarray:
+  """Distinct boxes [M, 4] (M <= N) of `constrain_each`, in the boxes' order, without the
+  Nones."""
+  out = constrain_each(boxes, regions, ratio, size)
   return np.array(list(dict.fromkeys(b for b in out if b is not None)), np.int64).reshape(-1, 4)
