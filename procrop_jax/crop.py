@@ -175,9 +175,7 @@ def run(inputs: Sequence[photos.Input], cropper: cropper_lib.Cropper, *,
         for target in targets:
           for rank, c in enumerate(by_target[target.label], 1):
             rel = base.parent / f"{base.name}_{target.label}_{rank}{photos.suffix(fmt_name)}"
-            record_crops.append({"box": list(c.box), "score": round(c.score, 6),
-                                 "aspect": target.label, "file": rel.as_posix(),
-                                 "not_kept": list(c.not_kept), "cut_faces": list(c.cut_faces)})
+            record_crops.append({**c.record(), "file": rel.as_posix()})
             writes.append((writer.submit(photos.save_crop, photo, c.box, out / rel,
                                          fmt=fmt_name, size=target.size, quality=quality),
                            index))
@@ -186,7 +184,7 @@ def run(inputs: Sequence[photos.Input], cropper: cropper_lib.Cropper, *,
         width, height = photo.size
         records[index] = {"path": item.source, "status": "ok", "error": None,
                           "width": width, "height": height,
-                          "faces": [[round(float(v), 1) for v in f] for f in prepared.faces],
+                          "faces": prepared.face_records(),
                           "keep": keep, "crops": record_crops,
                           "preview": preview.relative_to(out).as_posix()}
       written.append((batch, records, writes))

@@ -132,6 +132,11 @@ class Crop:
   not_kept: tuple[int, ...] = ()
   cut_faces: tuple[int, ...] = ()  # Faces (Prepared.faces) of which 5-95% is inside.
 
+  def record(self) -> dict[str, Any]:
+    """The crop's fields of results.jsonl and of the service's JSON."""
+    return {"box": list(self.box), "score": round(self.score, 6), "aspect": self.aspect,
+            "not_kept": list(self.not_kept), "cut_faces": list(self.cut_faces)}
+
 
 def non_max_suppression(boxes: np.ndarray, scores: np.ndarray, *, iou_threshold: float,
                         top_k: int) -> np.ndarray:
@@ -172,6 +177,10 @@ class Prepared:
   size: tuple[int, int]  # (width, height) of the upright photo.
   faces: np.ndarray = dataclasses.field(  # [F, 4] pixel boxes, largest first.
       default_factory=lambda: np.zeros((0, 4)))
+
+  def face_records(self) -> list[list[float]]:
+    """The faces as results.jsonl and the service write them (pixels, to 0.1)."""
+    return [[round(float(v), 1) for v in face] for face in self.faces]
 
   def keep_regions(self, user: Sequence[Sequence[float]] | None = None) -> keep_lib.Regions:
     """The photo's keep regions: the user's, then its faces' (with their margins; tight: the

@@ -153,13 +153,9 @@ class Server:
           "X-Crop-Box": ",".join(str(v) for v in top.box),
           "X-Crop-Score": f"{top.score:.6f}", "X-Crop-Aspect": top.aspect})
     width, height = prepared.size
-    crops = [{"box": list(c.box), "score": round(c.score, 6), "aspect": c.aspect,
-              "not_kept": list(c.not_kept), "cut_faces": list(c.cut_faces)}
-             for t in opts.targets for c in by_label[t.label]]
+    crops = [c.record() for t in opts.targets for c in by_label[t.label]]
     return responses.JSONResponse({"width": width, "height": height,
-                                   "faces": [[round(float(v), 1) for v in f]
-                                             for f in prepared.faces],
-                                   "crops": crops})
+                                   "faces": prepared.face_records(), "crops": crops})
 
   async def _score(self, request: requests.Request) -> responses.Response:
     data, fields = await limits_lib.read_upload(request, self.limits)
