@@ -45,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Any, Callable
 import zlib
 
 import numpy as np
@@ -147,10 +148,11 @@ def baseline(paths: list[pathlib.Path], max_batch: int) -> dict:
           "photos_per_s": round(len(paths) / seconds, 2)}
 
 
-def closed_loop(port: int, photos: list[bytes], clients: int, seconds: float) -> dict:
-  """`clients` threads posting photos back to back for `seconds`."""
-  statuses: collections.Counter = collections.Counter()
-  latencies: list[float] = []
+def _post_back_to_back(port: int, photos: list[bytes], clients: int, seconds: float,
+                       record: Callable[[Any, dict, float], None]) -> None:
+  """`clients` threads posting photos back to back for `seconds`; `record(status, headers,
+  seconds)` is called under a lock for each answer (a failed connection's status is its
+  exception's name)."""
   lock = threading.Lock()
   end = time.monotonic() + seconds
 
@@ -158,18 +160,31 @@ def closed_loop(port: int, photos: list[bytes], clients: int, seconds: float) ->
     i = k
     while time.monotonic() < end:
       try:
-        status, _, took = request(port, "POST", "/v1/crop?top_k=1", photos[i % len(photos)])
+        status, headers, took = request(port, "POST", "/v1/crop?top_k=1",
+                                        photos[i % len(photos)])
       except OSError as e:
-        status, took = type(e).__name__, 0.0
+        status, headers, took = type(e).__name__, {}, 0.0
       with lock:
-        statuses[status] += 1
-        if status == 200:
-          latencies.append(took)
+        record(status, headers, took)
       i += clients
 
-  start = time.perf_counter()
   with concurrent.futures.ThreadPoolExecutor(clients) as pool:
     list(pool.map(client, range(clients)))
+
+
+def closed_loop(port: int, photos: list[bytes], clients: int, seconds: float) -> dict:
+  """`clients` threads posting photos back to back for `seconds`."""
+  statuses: collections.Counter = collections.Counter()
+  latencies: list[float] = []
+
+  def record(status, headers, took) -> None:
+    del headers
+    statuses[status] += 1
+    if status == 200:
+      latencies.append(took)
+
+  start = time.perf_counter()
+  _post_back_to_back(port, photos, clients, seconds, record)
   wall = time.perf_counter() - start
   return {"ok": statuses[200], "errors": sum(v for k, v in statuses.items() if k != 200),
           "statuses": {str(k): v for k, v in statuses.items()}, "seconds": round(wall, 2),
@@ -275,23 +290,13 @@ def bad_requests(server: ServerProcess, photos: list[bytes], count: int, clients
 def overload(port: int, photos: list[bytes], clients: int, seconds: float) -> dict:
   statuses: collections.Counter = collections.Counter()
   retry_after = [0]
-  lock = threading.Lock()
-  end = time.monotonic() + seconds
 
-  def client(k: int) -> None:
-    i = k
-    while time.monotonic() < end:
-      try:
-        status, headers, _ = request(port, "POST", "/v1/crop?top_k=1", photos[i % len(photos)])
-      except OSError as e:
-        status, headers = type(e).__name__, {}
-      with lock:
-        statuses[status] += 1
-        retry_after[0] += status == 503 and "retry-after" in {h.lower() for h in headers}
-      i += clients
+  def record(status, headers, took) -> None:
+    del took
+    statuses[status] += 1
+    retry_after[0] += status == 503 and "retry-after" in {h.lower() for h in headers}
 
-  with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-    list(pool.map(client, range(clients)))
+  _post_back_to_back(port, photos, clients, seconds, record)
   load_end = time.perf_counter()
   while request(port, "POST", "/v1/crop?top_k=1", photos[0])[0] != 200:
     time.sleep(0.01)

@@ -34,7 +34,7 @@ from flax import nnx
 import jax
 import numpy as np
 
-from configs import default
+from experiments import train_benchmark
 from procrop_jax import losses
 from procrop_jax import matching
 from procrop_jax import steps
@@ -57,23 +57,9 @@ def _median_seconds(fn: Callable[[], Any], runs: int) -> float:
   return statistics.median(times)
 
 
-def _batch(config, rng: np.random.Generator) -> dict[str, np.ndarray]:
-  b, s, m = config.train.batch_size, config.data.image_size, config.data.max_boxes
-  xy = rng.uniform(0, 0.4, (b, m, 2))
-  return {"image": rng.random((b, s, s, 3), dtype=np.float32),
-          "image_valid_hw": np.ones((b, 2), np.float32),
-          "boxes": np.concatenate([xy, xy + 0.5], -1).astype(np.float32),
-          "box_scores": np.full((b, m), 5.0, np.float32), "box_mask": np.ones((b, m), bool)}
-
-
 def main(argv):
   del argv
-  config = default.get_config()
-  config.data.image_size = _IMAGE_SIZE.value
-  config.train.batch_size = _BATCH.value
-  config.model.num_references = 0
-  config.model.pretrained = False  # Weights do not change the timing.
-  config.optim.backbone_learning_rate = 1e-5 if _TRAIN_BACKBONE.value else 0.0
+  config = train_benchmark.timing_config(_IMAGE_SIZE.value, _BATCH.value, _TRAIN_BACKBONE.value)
   # The rated pairs' terms need pairs in the batch; the plain DETR losses are profiled.
   for field in ("rank_weight", "given_iou_weight", "gt_rank_weight"):
     if field in config.loss:
@@ -81,7 +67,8 @@ def main(argv):
   runs = _STEPS.value
   with tempfile.TemporaryDirectory() as workdir:
     trainer = train.Trainer(config, workdir)
-    batch = trainer.device_batch(_batch(config, np.random.default_rng(0)))
+    batch = trainer.device_batch(train_benchmark.synthetic_batch(config,
+                                                                 np.random.default_rng(0)))
     state, graphdef, rng_state = trainer.state, trainer.graphdef, trainer.rng_state
     is_frozen = steps.frozen_filter(config)
     frozen, trainable = (nnx.split_state(state["params"], is_frozen, ...)
