@@ -313,5 +313,13 @@ def detector(name: str = "full", path: str | pathlib.Path | None = None, **optio
   """`detect` bound to a loaded model (`load(name, path)`) and jitted: call it with
   (images, valid)."""
   net = load(name, path)
-  fn = jax.jit(functools.partial(detect, net, **options))
-  return functools.partial(fn, net.params)
+  step = batch_step(net, **options)
+  return lambda images, valid=None: step(net.params, {"images": images, "valid": valid})
+
+
+def batch_step(net: FaceNet, **options) -> Callable[[dict[str, jax.Array], dict[str, Any]],
+                                                    tuple[jax.Array, jax.Array]]:
+  """`detect` jitted as a function of (params, {"images": ..., "valid": ...}), the form a pass
+  kept across processes takes (exported_passes.py)."""
+  return jax.jit(lambda params, batch: detect(net, params, batch["images"], batch["valid"],
+                                              **options))

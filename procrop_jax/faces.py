@@ -67,8 +67,7 @@ class FaceDetector:
     it (exported_passes.py), so a later process neither traces nor compiles it."""
     net = self._net
     options = dict(k=MAX_FACES, score_threshold=self.score_threshold)
-    step = jax.jit(lambda params, batch: face_net.detect(net, params, batch["images"],
-                                                         batch["valid"], **options))
+    step = face_net.batch_step(net, **options)
     folder = jax.config.jax_compilation_cache_dir
     if not folder:
       return lambda images, valid: step(net.params, {"images": images, "valid": valid})
