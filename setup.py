@@ -17,7 +17,7 @@ INSTALL_REQUIRES = [
     "numpy>=2.0,<3",
     "optax>=0.2.8,<0.3",
     "orbax-checkpoint>=0.12.8,<0.13",
-    "pillow>=11,<14",
+    "pillow>=11,<13",
     "scikit-image>=0.25,<0.27",
     "scipy>=1.14,<2",
     # tf.data and TFDS feed the data. Pinned for the `scann` extra: scann 1.4.x ships TensorFlow
@@ -35,14 +35,14 @@ EXTRAS_REQUIRE = {
     # apache-beam: tests/test_cad_beam.py runs the Beam paths on the DirectRunner.
     # httpx2: Starlette's TestClient (tests/test_serve.py); selenium drives the system's chromium
     # and chromedriver (tests/test_serve_page.py; it downloads no browser).
-    "test": ["apache-beam>=2.77,<3", "dill>=0.3.8,<0.5", "ipykernel>=6.29,<8",
+    "test": ["apache-beam>=2.77,<2.79", "dill>=0.3.8,<0.5", "ipykernel>=6.29,<8",
              "httpx2>=2.17,<3", "matplotlib>=3.9,<4", "nbclient>=0.10,<0.12", "nbformat>=5.10,<6",
              "pytest>=8,<10", "pytest-xdist>=3.6,<4", "selenium>=4.51,<5",
              # tests/test_install.py builds the wheel with the venv's own setuptools.
              "wheel>=0.45,<1"],
     # CAD generation and the procrop_cad build through Apache Beam (data/README.md, "Large
     # sets"). Beam 2.77 needs protobuf < 7 and pyarrow < 26: pip picks 6.33 and 25 beside it.
-    "beam": ["apache-beam>=2.77,<3"],
+    "beam": ["apache-beam>=2.77,<2.79"],
     # ScaNN nearest-neighbour search (wheels for Linux x86-64, CPython 3.11-3.13 only). Without
     # it, retrieval searches exactly (numpy): the same neighbours, slower on millions of photos.
     "scann": ["scann~=1.4.2"],

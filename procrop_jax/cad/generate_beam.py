@@ -36,6 +36,17 @@ from procrop_jax.cad import outpaint as outpaint_lib
 RESULTS = ".cad_beam_results.json"
 
 
+def _outcome(result: tuple[str, int, str | None]) -> tuple[int, dict[str, str]]:
+  """One photo's (photo, variants written, error or None) as a summable outcome.
+
+  A named, annotated function rather than a lambda: Beam infers a lambda's output type, and
+  from 2.78 its type check rejects the inferred `dict[str, str | None]` against
+  `_sum_outcomes`'s `dict[str, str]`.
+  """
+  photo, written, error = result
+  return written, ({photo: error} if error is not None else {})
+
+
 def _sum_outcomes(outcomes: Iterable[tuple[int, dict[str, str]]]) -> tuple[int, dict[str, str]]:
   """Sums (variants written, {photo: error}) pairs; Beam combines partial sums with it too."""
   written, errors = 0, {}
@@ -91,7 +102,7 @@ def generate_cad_beam(photos: Sequence[str | pathlib.Path] | str, out_dir: str |
       _ = (pipeline
            | "Photos" >> beam.Create(tasks)
            | "MakeVariants" >> beam.Map(maker)
-           | "Outcome" >> beam.Map(lambda r: (r[1], {r[0]: r[2]} if r[2] is not None else {}))
+           | "Outcome" >> beam.Map(_outcome)
            | "Sum" >> beam.CombineGlobally(_sum_outcomes)
            | "Write" >> beam.Map(_write_results, path=str(results)))
     outcome = json.loads(results.read_text())
