@@ -403,9 +403,9 @@ class Cropper:
                for i, p in enumerate(batch)]
     ratios = [t for t in targets if t.ratio is not None]
     # Free proposals: the free crops, and (snapped) candidates of every fixed ratio. Fixed
-    # ratios then score candidates on the same photos: the backbone, the encoder and the
-    # learned queries' decoder rows run once, in this pass.
-    reuse = bool(ratios) and self.predictor.reuses_encoding
+    # ratios, and free proposals grown to keep a region, are then scored on the same photos:
+    # the backbone, the encoder and the learned queries' decoder rows run once, in this pass.
+    reuse = (bool(ratios) or any(len(r) for r in regions)) and self.predictor.reuses_encoding
     proposals = self._predict(batch, keep_encoding=reuse)
     encoding = proposals.get("encoding")
     proposals_px = [proposals["boxes"][i].astype(np.float64) * (p.size * 2)
