@@ -40,6 +40,14 @@ def get_config() -> ml_collections.ConfigDict:
   # train on different parts of it (cross-validation folds) share one cache: each samples only
   # the rows of its own training photos.
   config.data.feature_cache.split = ""
+  # Decode once, augment on the device (procrop_jax/canvas_cache.py, device_augment.py): every
+  # training photo is decoded once into a uint8 canvas of side image_size * oversample, and the
+  # crop, flip, resize and colour jitter run inside the jitted train step. The host's work per
+  # example becomes a copy: the recipe for accelerators, whose hosts cannot decode fast enough.
+  config.data.canvas_cache = ml_collections.ConfigDict()
+  config.data.canvas_cache.enabled = False
+  config.data.canvas_cache.dir = ""  # Empty: DATA_DIR/canvas_cache.
+  config.data.canvas_cache.oversample = 1.25
 
   # Weak-label generation for the embedded default (procrop_jax.cad).
   config.cad = ml_collections.ConfigDict()

@@ -62,9 +62,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from procrop_jax import batch_keys
+from procrop_jax import canvas_cache
 from procrop_jax import input_pipeline
 from procrop_jax import model_zoo
-from procrop_jax.datasets import source_record
 from procrop_jax.models import efficientnet_lite
 
 FEATURE_PREFIX = batch_keys.FEATURE_PREFIX
@@ -106,9 +106,7 @@ def cache_key(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuild
   augment = settings.augmentation()
   key = {
       "cache_version": _CACHE_VERSION,
-      "dataset": builder.info.full_name,  # name/config/version
-      "num_examples": builder.info.splits[split].num_examples,
-      "split": split,
+      **canvas_cache.split_identity(builder, split),
       "image_size": settings.image_size,
       "max_boxes": settings.max_boxes,
       "max_pairs": settings.max_pairs,
@@ -120,17 +118,9 @@ def cache_key(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuild
       "seed": int(config.seed),
       "process": [jax.process_index(), jax.process_count()],
   }
-  # A refined CAD set keeps its name, version and size but not its boxes (cad/refine_files.py).
-  # A build remade from a changed source keeps its name and version: its source record tells.
-  source = source_record.read(builder.data_dir)
-  if source:  # Only then: caches of builds made before records existed keep their keys.
-    key["source_fingerprint"] = source_record.cache_fingerprint(source)
   tail = model_zoo.backbone_tail_start(config)
   if tail is not None:  # Only then: caches of frozen-backbone runs keep their keys.
     key["backbone_tail_start"] = tail
-  refined = (builder.info.metadata or {}).get("annotations_fingerprint")
-  if refined:  # Only then: the caches of sets never refined keep their keys.
-    key["annotations_fingerprint"] = refined
   return key
 
 

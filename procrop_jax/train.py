@@ -25,7 +25,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from procrop_jax import artifacts
+from procrop_jax import canvas_cache
 from procrop_jax import checkpointing
+from procrop_jax import device_augment
 from procrop_jax import evaluate
 from procrop_jax import feature_cache
 from procrop_jax import inference
@@ -87,11 +89,12 @@ class Trainer:
                        if config.model.num_references else None)
 
     base_key = jax.random.key(config.seed)
+    train_step = functools.partial(
+        steps.train_step, graphdef=self.graphdef, rng_state=self.rng_state, tx=self.tx,
+        loss_config=config.loss, ema_decay=config.optim.ema_decay, base_key=base_key,
+        is_frozen=steps.frozen_filter(config))
     self.train_step = jax.jit(
-        functools.partial(steps.train_step, graphdef=self.graphdef, rng_state=self.rng_state,
-                          tx=self.tx, loss_config=config.loss,
-                          ema_decay=config.optim.ema_decay, base_key=base_key,
-                          is_frozen=steps.frozen_filter(config)),
+        train_step,
         in_shardings=(self.state_shardings, self.batch_sharding),
         out_shardings=(self.state_shardings, replicated),
         donate_argnums=0)
@@ -99,6 +102,13 @@ class Trainer:
         functools.partial(steps.eval_step, graphdef=self.graphdef, rng_state=self.rng_state,
                           loss_config=config.loss),
         in_shardings=(self.state_shardings, self.batch_sharding), out_shardings=replicated)
+    # Batches of cached canvases are augmented on the devices, each shard its own examples.
+    # A jitted function of its own, not part of train_step: XLA:CPU executables that fuse it
+    # with the step's gradient all-reduce deadlocked when loaded from the persistent
+    # compilation cache on 8 host devices (the step alone does not).
+    self.augment = (jax.jit(_augmentation(config), in_shardings=(self.batch_sharding,),
+                            out_shardings=self.batch_sharding)
+                    if canvas_cache.enabled(config) else None)
     self._predict_steps = {
         given: jax.jit(functools.partial(steps.predict_step, graphdef=self.graphdef,
                                          rng_state=self.rng_state, score_given_boxes=given,
@@ -154,6 +164,11 @@ class Trainer:
   def device_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     return sharding.to_global_arrays(batch, self.mesh)
 
+  def train_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """A training batch on the devices; cached canvases are augmented there."""
+    batch = self.device_batch(batch)
+    return batch if self.augment is None else self.augment(batch)
+
   def with_references(self, batches: Iterator[dict[str, np.ndarray]],
                       data_config: ml_collections.ConfigDict, split: str
                       ) -> Iterator[dict[str, np.ndarray]]:
@@ -184,6 +199,13 @@ class Trainer:
         totals[k] = totals.get(k, 0.0) + float(v)
       count += 1
     return {f"val_{k}": v / max(count, 1) for k, v in totals.items()}
+
+
+def _augmentation(config: ml_collections.ConfigDict):
+  """The augmentation of canvas-cache batches (device_augment.py) for this config."""
+  settings = input_pipeline.DataSettings.from_config(config.data)
+  return functools.partial(device_augment.augment_batch, seed=config.seed,
+                           image_size=settings.image_size, augment=settings.augmentation())
 
 
 def _write_jsonl(path: str, record: dict[str, Any]) -> None:
@@ -350,9 +372,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
 
   # Data first: building the embedded default's dataset is the slow part of a first run.
   prepare.ensure_dataset(config.data, config.cad, seed=config.seed)
+  if feature_cache.enabled(config) and canvas_cache.enabled(config):
+    raise ValueError("config.data.feature_cache.views > 0 and config.data.canvas_cache.enabled "
+                     "are two ways to feed training: choose one")
   if feature_cache.enabled(config):
     feature_cache.check_frozen(config)
     feature_cache.build(config)
+  elif canvas_cache.enabled(config):
+    canvas_cache.build(config)
 
   trainer = Trainer(config, workdir)
   # Under the workdir lock, leftovers of a killed run are ours to clean (Orbax cleans on the
@@ -382,6 +409,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     batches = feature_cache.create_train_iterator(
         config, seed=config.seed, global_batch_size=config.train.batch_size,
         start_step=start_step)
+  elif canvas_cache.enabled(config):
+    batches = canvas_cache.create_train_iterator(
+        config, seed=config.seed, global_batch_size=config.train.batch_size,
+        start_step=start_step)
   else:
     batches = input_pipeline.create_train_iterator(
         config.data, seed=config.seed, global_batch_size=config.train.batch_size,
@@ -404,7 +435,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         checkpointing.finish_saves(manager, best_tracker.manager), profiler):
     while step < config.train.num_steps:
       profiler(step, trainer.state)
-      batch = trainer.device_batch(next(train_iter))
+      batch = trainer.train_batch(next(train_iter))
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         trainer.state, metrics = trainer.train_step(trainer.state, batch)
       step += 1
