@@ -4,9 +4,11 @@ r"""The main trainer for N steps on real data, on whatever devices JAX sees: is 
       [--config.train.batch_size=64] [--peak_tflops=989]
 
 Runs `procrop_jax.train.Trainer`'s own jitted step on batches from the trainer's own input
-(the feature cache where the config enables it, else the tf.data pipeline; with retrieval, the
-references looked up per batch, which needs the config's professional-photo database or
-index: `--config.model.num_references=0` times the model without it), after
+(`train.training_batches`: the feature cache or the canvas cache where the config enables one,
+else the tf.data pipeline; canvas-cache batches are augmented on the devices, inside every
+phase's timing; with retrieval, the references looked up per batch, which needs the config's
+professional-photo database or index: `--config.model.num_references=0` times the model
+without it), after
 `prepare.ensure_dataset`, in a temporary workdir; nothing is saved. Made to fit a 10-minute
 window on a lent accelerator (one `--steps` loop plus one compile). One JSON line per phase,
 then a summary:
@@ -30,16 +32,13 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from typing import Any, Iterator
+from typing import Any
 
 from absl import app
 from absl import flags
 import jax
 from ml_collections import config_flags
-import numpy as np
 
-from procrop_jax import feature_cache
-from procrop_jax import input_pipeline
 from procrop_jax import train
 from procrop_jax.datasets import prepare
 
@@ -61,17 +60,6 @@ def _emit(record: dict[str, Any]) -> None:
   print(json.dumps(record), flush=True)
 
 
-def _batches(config, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-  """The trainer's own training batches (train.py chooses between the same two)."""
-  if feature_cache.enabled(config):
-    return feature_cache.create_train_iterator(
-        config, seed=config.seed, global_batch_size=config.train.batch_size,
-        start_step=start_step)
-  return input_pipeline.create_train_iterator(
-      config.data, seed=config.seed, global_batch_size=config.train.batch_size,
-      start_step=start_step)
-
-
 def _step_flops(compiled) -> float | None:
   try:
     analysis = compiled.cost_analysis()
@@ -86,19 +74,21 @@ def _step_flops(compiled) -> float | None:
 def check(config, steps: int, warmup: int, peak_per_device: float | None) -> dict[str, Any]:
   """Runs the phases (printing their lines) and returns the summary."""
   prepare.ensure_dataset(config.data, config.cad, seed=config.seed)
-  if feature_cache.enabled(config):
-    feature_cache.check_frozen(config)
-    feature_cache.build(config)
+  train.build_input_caches(config)
   devices = jax.devices()
   common = {"devices": len(devices), "device_kind": devices[0].device_kind,
             "global_batch": config.train.batch_size, "image_size": config.data.image_size,
             "dataset": config.data.dataset, "references": config.model.num_references,
-            "input": "feature_cache" if feature_cache.enabled(config) else "tf.data"}
+            "input": train.input_name(config)}
   with tempfile.TemporaryDirectory() as workdir:
     trainer = train.Trainer(config, workdir)
     # With retrieval, the references are looked up on the host per batch, as in training.
-    batches = trainer.with_references(_batches(config), config.data, config.data.train_split)
-    first = trainer.device_batch(next(batches))
+    batches = trainer.with_references(train.training_batches(config), config.data,
+                                      config.data.train_split)
+    # Cached canvases are augmented on the devices: part of every phase's step.
+    augment = trainer.augment or (lambda batch: batch)
+    first_raw = trainer.device_batch(next(batches))
+    first = augment(first_raw)
     start = time.perf_counter()
     compiled = trainer.train_step.lower(trainer.state, first).compile()
     compile_s = time.perf_counter() - start
@@ -108,7 +98,7 @@ def check(config, steps: int, warmup: int, peak_per_device: float | None) -> dic
 
     state = trainer.state
     for _ in range(warmup):
-      state, metrics = compiled(state, trainer.device_batch(next(batches)))
+      state, metrics = compiled(state, trainer.train_batch(next(batches)))
     jax.block_until_ready(metrics)
 
     # Fed: as the trainer runs, dispatching asynchronously; waiting is the host's next().
@@ -116,7 +106,7 @@ def check(config, steps: int, warmup: int, peak_per_device: float | None) -> dic
     start = time.perf_counter()
     for _ in range(steps):
       fetch = time.perf_counter()
-      batch = trainer.device_batch(next(batches))
+      batch = trainer.train_batch(next(batches))
       wait += time.perf_counter() - fetch
       state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
@@ -128,7 +118,7 @@ def check(config, steps: int, warmup: int, peak_per_device: float | None) -> dic
 
     start = time.perf_counter()
     for _ in range(steps):
-      state, metrics = compiled(state, first)
+      state, metrics = compiled(state, augment(first_raw))
     jax.block_until_ready(metrics)
     compute_s = time.perf_counter() - start
     compute = {"images_per_s": round(images / compute_s, 2),

@@ -2,13 +2,22 @@ r"""Prints the data figures: FCDB build time, pipeline examples/s, CAD images/s.
 
   python experiments/data_benchmark.py [--fcdb_dir=../shared/data/fcdb] [--steps=30]
 
+JSON lines, one per training input path, e.g.
+  {"dataset": "fcdb", "image_size": 320, "pipeline": "tf.data", "examples_per_s": ...}
+  {"dataset": "fcdb", "image_size": 320, "pipeline": "canvas_cache", "examples_per_s": ...,
+   "build_s": ..., "device_augment_examples_per_s": ...}
+"tf.data" decodes and augments on the host (input_pipeline.py); "canvas_cache" copies
+decoded canvases out of the cache (canvas_cache.py), and its augmentation runs on the
+device: `device_augment_examples_per_s` is that jitted function alone on this machine's
+default JAX device.
+
 Everything is written to a temporary directory. FCDB is skipped when its folder is
-absent. The pipeline is timed at the default config's training resolution (320 px)
-with augmentation, on FCDB's training split when it was built and on the default
-CAD data either way, after a warm-up batch.
+absent. The pipelines are timed with augmentation after a warm-up batch: on the default CAD
+data at the default config's training size, and on FCDB's training split at 320 px.
 """
 
 import argparse
+import json
 import os
 import pathlib
 import sys
@@ -44,6 +53,46 @@ class Timer:
     return f"{self.wall:.1f} s wall, {self.cpu:.1f} s CPU"
 
 
+def canvas_cache_rates(config, *, batch_size: int, steps: int) -> dict:
+  """The canvas cache's build time, host examples/s and the device augmentation's."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from procrop_jax import canvas_cache  # pylint: disable=g-import-not-at-top
+  from procrop_jax import train  # pylint: disable=g-import-not-at-top
+  config = config.copy_and_resolve_references()
+  config.data.canvas_cache.enabled = True
+  with Timer() as build:
+    canvas_cache.build(config)
+  iterator = canvas_cache.create_train_iterator(config, seed=0, global_batch_size=batch_size)
+  batch = next(iterator)
+  with Timer() as host:
+    for _ in range(steps):
+      next(iterator)
+  augment = jax.jit(train._augmentation(config))  # pylint: disable=protected-access
+  device_batch = {k: v for k, v in batch.items() if k != "image_id"}
+  jax.block_until_ready(augment(device_batch))
+  with Timer() as device:
+    for _ in range(steps):
+      jax.block_until_ready(augment(device_batch))
+  n = steps * batch_size
+  return {"pipeline": "canvas_cache", "examples_per_s": round(n / host.wall, 1),
+          "examples_per_cpu_s": round(n / max(host.cpu, 1e-9), 1),
+          "build_s": round(build.wall, 1), "canvas_side": canvas_cache.canvas_side(config.data),
+          "device_augment_examples_per_s": round(n / device.wall, 1),
+          "device": jax.devices()[0].platform}
+
+
+def pipeline_figures(config_data, *, batch_size: int, steps: int) -> dict:
+  iterator = input_pipeline.create_train_iterator(config_data, seed=0,
+                                                  global_batch_size=batch_size)
+  next(iterator)  # Warm-up: graph building and the first fills.
+  with Timer() as timer:
+    for _ in range(steps):
+      next(iterator)
+  n = steps * batch_size
+  return {"pipeline": "tf.data", "examples_per_s": round(n / timer.wall, 1),
+          "examples_per_cpu_s": round(n / max(timer.cpu, 1e-9), 1)}
+
+
 def pipeline_rate(config_data, *, batch_size: int, steps: int) -> str:
   iterator = input_pipeline.create_train_iterator(config_data, seed=0,
                                                   global_batch_size=batch_size)
@@ -72,6 +121,7 @@ def main():
     config = default.get_config()
     with Timer() as timer:
       report = cad.generate_cad("skimage", tmp / "cad", variants_per_photo=8,
+                                max_side=config.cad.max_side,
                                 workers=args.workers, progress=False)
     print(f"CAD generation: {report.written} images, {timer} = "
           f"{report.images_per_second:.2f} images/s ({args.workers} workers; "
@@ -96,8 +146,13 @@ def main():
             f"({counts['kept']} kept, skipped {counts['skipped']})")
       config.data.dataset = "fcdb"
       config.data.train_split = "train"
-      rate = pipeline_rate(config.data, batch_size=args.batch_size, steps=args.steps)
-      print(f"Pipeline, fcdb, {config.data.image_size} px, augmented: {rate}")
+      config.data.image_size = 320
+      head = {"dataset": "fcdb", "image_size": 320, "batch_size": args.batch_size,
+              "augmented": True}
+      print(json.dumps({**head, **pipeline_figures(config.data, batch_size=args.batch_size,
+                                                     steps=args.steps)}), flush=True)
+      print(json.dumps({**head, **canvas_cache_rates(config, batch_size=args.batch_size,
+                                                       steps=args.steps)}), flush=True)
     else:
       print(f"FCDB: {fcdb_dir} not found, skipped")
   print(f"Load average after: {os.getloadavg()}")

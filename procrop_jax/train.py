@@ -201,6 +201,39 @@ class Trainer:
     return {f"val_{k}": v / max(count, 1) for k, v in totals.items()}
 
 
+def input_name(config: ml_collections.ConfigDict) -> str:
+  """Which of the three inputs feeds training: feature_cache, canvas_cache or tf.data."""
+  if feature_cache.enabled(config) and canvas_cache.enabled(config):
+    raise ValueError("config.data.feature_cache.views > 0 and config.data.canvas_cache.enabled "
+                     "are two ways to feed training: choose one")
+  if feature_cache.enabled(config):
+    return "feature_cache"
+  return "canvas_cache" if canvas_cache.enabled(config) else "tf.data"
+
+
+def build_input_caches(config: ml_collections.ConfigDict) -> None:
+  """Builds (or finds) the cache the config trains from, if any (after the dataset)."""
+  name = input_name(config)
+  if name == "feature_cache":
+    feature_cache.check_frozen(config)
+    feature_cache.build(config)
+  elif name == "canvas_cache":
+    canvas_cache.build(config)
+
+
+def training_batches(config: ml_collections.ConfigDict, start_step: int = 0
+                     ) -> Iterator[dict[str, np.ndarray]]:
+  """This host's training batches from the config's input, forever, from `start_step`."""
+  name = input_name(config)
+  kwargs = dict(seed=config.seed, global_batch_size=config.train.batch_size,
+                start_step=start_step)
+  if name == "feature_cache":
+    return feature_cache.create_train_iterator(config, **kwargs)
+  if name == "canvas_cache":
+    return canvas_cache.create_train_iterator(config, **kwargs)
+  return input_pipeline.create_train_iterator(config.data, **kwargs)
+
+
 def _augmentation(config: ml_collections.ConfigDict):
   """The augmentation of canvas-cache batches (device_augment.py) for this config."""
   settings = input_pipeline.DataSettings.from_config(config.data)
@@ -372,14 +405,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
 
   # Data first: building the embedded default's dataset is the slow part of a first run.
   prepare.ensure_dataset(config.data, config.cad, seed=config.seed)
-  if feature_cache.enabled(config) and canvas_cache.enabled(config):
-    raise ValueError("config.data.feature_cache.views > 0 and config.data.canvas_cache.enabled "
-                     "are two ways to feed training: choose one")
-  if feature_cache.enabled(config):
-    feature_cache.check_frozen(config)
-    feature_cache.build(config)
-  elif canvas_cache.enabled(config):
-    canvas_cache.build(config)
+  build_input_caches(config)
 
   trainer = Trainer(config, workdir)
   # Under the workdir lock, leftovers of a killed run are ours to clean (Orbax cleans on the
@@ -405,18 +431,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
                num_params / 1e6, dict(trainer.mesh.shape), config.train.batch_size,
                start_step, config.train.num_steps)
 
-  if feature_cache.enabled(config):
-    batches = feature_cache.create_train_iterator(
-        config, seed=config.seed, global_batch_size=config.train.batch_size,
-        start_step=start_step)
-  elif canvas_cache.enabled(config):
-    batches = canvas_cache.create_train_iterator(
-        config, seed=config.seed, global_batch_size=config.train.batch_size,
-        start_step=start_step)
-  else:
-    batches = input_pipeline.create_train_iterator(
-        config.data, seed=config.seed, global_batch_size=config.train.batch_size,
-        start_step=start_step)
+  batches = training_batches(config, start_step)
   train_iter = trainer.with_references(batches, config.data, config.data.train_split)
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=config.train.num_steps, writer=writer, every_steps=config.train.log_every)

@@ -134,6 +134,7 @@ def test_the_device_matches_the_host_augmentation_given_the_same_draws(seed):
   assert inner.mean() < 0.01, inner.mean()
 
 
+@pytest.mark.slow
 def test_training_from_the_canvas_cache_resumes_exactly(tiny_config, tmp_path, monkeypatch):
   config = tiny_config.copy_and_resolve_references()
   config.data.canvas_cache.enabled = True
