@@ -37,6 +37,7 @@ from configs import fcdb
 def get_config() -> ml_collections.ConfigDict:
   config = fcdb.get_config()
   config.data.feature_cache.views = 8
+  config.data.canvas_cache.enabled = False  # The feature cache feeds it instead.
   config.model.num_references = 0
   # With K > 0 the references are the expert crops of the training slice (never the validation
   # slice's): python -m procrop_jax.retrieval.crop_regions --config=configs/fcdb_cpu.py \

@@ -20,9 +20,6 @@ NUM_DEVICES = 8
 
 def get_config() -> ml_collections.ConfigDict:
   config = fcdb.get_config()
-  # Decode once, augment on the devices (canvas_cache.py, device_augment.py): a host cannot
-  # decode and augment photos as fast as its accelerators train on them.
-  config.data.canvas_cache.enabled = True
   config.mesh.shape = (NUM_DEVICES, 1)
   config.train.batch_size = 16 * NUM_DEVICES
   config.train.num_steps = 2_500  # fcdb.py: 20,000 steps of 16.

@@ -24,9 +24,6 @@ BATCH_SIZE = 256
 
 def get_config() -> ml_collections.ConfigDict:
   config = fcdb.get_config()
-  # Decode once, augment on the devices (canvas_cache.py, device_augment.py): a host cannot
-  # decode and augment photos as fast as its accelerators train on them.
-  config.data.canvas_cache.enabled = True
   config.mesh.shape = (-1, 1)
   config.train.batch_size = BATCH_SIZE
   config.train.num_steps = 1_250  # fcdb.py: 20,000 steps of 16.

@@ -21,9 +21,6 @@ NUM_CHIPS = 16
 
 def get_config() -> ml_collections.ConfigDict:
   config = fcdb.get_config()
-  # Decode once, augment on the devices (canvas_cache.py, device_augment.py): a host cannot
-  # decode and augment photos as fast as its accelerators train on them.
-  config.data.canvas_cache.enabled = True
   config.mesh.shape = (NUM_CHIPS, 1)
   config.train.batch_size = 16 * NUM_CHIPS
   config.train.num_steps = 1_250  # fcdb.py: 20,000 steps of 16.

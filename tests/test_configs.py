@@ -6,6 +6,7 @@ import pathlib
 import pytest
 
 from procrop_jax import evaluate
+from procrop_jax import train
 from tests.conftest import REPO_ROOT
 
 CONFIGS = sorted(p.stem for p in (REPO_ROOT / "configs").glob("*.py") if p.stem != "__init__")
@@ -24,6 +25,25 @@ def test_config_loads_and_is_consistent(name):
     evaluate.parse_protocols(benchmark["protocols"])
   # Embeddings average the reference-token grid down to the embedding grid.
   assert config.retrieval.tokens_grid % config.retrieval.embedding_grid == 0
+  # One training input (a config that enables two is refused before training).
+  assert train.input_name(config) in ("feature_cache", "canvas_cache", "tf.data")
+
+
+def test_the_accelerator_recipes_train_from_the_canvas_cache_and_the_cpu_ones_do_not():
+  for name in ("fcdb", "fcdb_gpu8", "fcdb_gpu_multihost", "fcdb_tpu_v5e"):
+    assert train.input_name(importlib.import_module(f"configs.{name}").get_config()) == (
+        "canvas_cache"), name
+  for name in ("fcdb_cpu", "fcdb_pro_cpu", "cad_fcdb_cpu", "cad_pro_cpu"):
+    assert train.input_name(importlib.import_module(f"configs.{name}").get_config()) == (
+        "feature_cache"), name
+
+
+def test_two_training_inputs_are_refused():
+  from configs import fcdb_cpu  # pylint: disable=g-import-not-at-top
+  config = fcdb_cpu.get_config()
+  config.data.canvas_cache.enabled = True
+  with pytest.raises(ValueError, match="choose one"):
+    train.input_name(config)
 
 
 def test_unknown_protocol_is_refused_with_the_choices():
