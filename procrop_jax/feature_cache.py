@@ -260,6 +260,7 @@ class FeatureCache:
     self.examples = (np.arange(self.cached_examples) if examples is None
                      else np.asarray(examples, np.int64))
     self.num_examples = len(self.examples)
+    self._order: tuple[int, int, np.ndarray] | None = None  # (seed, epoch, its permutation)
     if not self.num_examples:
       raise ValueError(f"{self.path}: no cached photo to train on")
 
@@ -279,7 +280,9 @@ class FeatureCache:
     rows = np.empty(len(positions), np.int64)
     for j, position in enumerate(positions):
       epoch, offset = divmod(int(position), n)
-      order = np.random.default_rng([seed, epoch]).permutation(n)
+      if self._order is None or self._order[:2] != (seed, epoch):  # Once per epoch, not per row.
+        self._order = (seed, epoch, np.random.default_rng([seed, epoch]).permutation(n))
+      order = self._order[2]
       view = np.random.default_rng([seed, int(position), 1]).integers(self.views)
       rows[j] = view * self.cached_examples + self.examples[order[offset]]
     return rows

@@ -184,3 +184,20 @@ def test_an_oversample_below_one_is_refused(tiny_config):
   config.data.canvas_cache.oversample = 0.9
   with pytest.raises(ValueError, match="oversample=0.9"):
     canvas_cache.canvas_side(config.data)
+
+
+def test_the_views_do_not_depend_on_the_mesh(augment):
+  """Draws come from global stream positions: one device or eight, each example is the same."""
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(3)
+  batch = batch_of([cached_example(rng, 60, 80)[0] for _ in range(8)], range(40, 48))
+  outputs = []
+  for devices in (jax.devices()[:1], jax.devices()[:8]):
+    sharding = NamedSharding(Mesh(np.array(devices), ("data",)), PartitionSpec("data"))
+    step = jax.jit(lambda b: device_augment.augment_batch(b, seed=0, image_size=S,
+                                                          augment=AUGMENT),
+                   in_shardings=(sharding,), out_shardings=sharding)
+    outputs.append(jax.device_get(step(batch)))
+  assert len(jax.devices()) >= 8
+  for k in outputs[0]:
+    np.testing.assert_allclose(outputs[0][k], outputs[1][k], atol=1e-6, err_msg=k)
