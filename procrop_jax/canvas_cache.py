@@ -36,9 +36,6 @@ import json
 import math
 import os
 import pathlib
-import shutil
-import tempfile
-import time
 from typing import Any, Iterator, Mapping
 
 from absl import logging
@@ -48,6 +45,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from procrop_jax import array_folder
 from procrop_jax import input_pipeline
 from procrop_jax.datasets import source_record
 
@@ -133,7 +131,7 @@ def build(config: ml_collections.ConfigDict, *, batch_size: int = 16) -> pathlib
   builder = input_pipeline.load_builder(settings)
   key = cache_key(config, builder)
   out = cache_dir(config, key)
-  if (out / "metadata.json").is_file():
+  if array_folder.is_complete(out):
     logging.info("Canvas cache found: %s", out)
     return out
   split = tfds.split_for_jax_process(settings.train_split, drop_remainder=True)
@@ -141,42 +139,14 @@ def build(config: ml_collections.ConfigDict, *, batch_size: int = 16) -> pathlib
   n, side = len(source), key["canvas_side"]
   if n == 0:
     raise ValueError(f"split {split!r} of {builder.name} is empty on this host")
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-  try:
-    arrays: dict[str, np.ndarray] = {}
-    ids: list[bytes] = []
-    start, row = time.time(), 0
+  with array_folder.Writer(out, n, "Canvas cache", "photos") as writer:
     for batch in _examples(source, builder.info.features, settings, side,
                            batch_size).as_numpy_iterator():
-      values = {k: batch[k] for k in ("canvas", "content_hw", *_LABEL_KEYS)}
-      if not arrays:  # Shapes are known after the first batch: open the files.
-        arrays = {k: np.lib.format.open_memmap(tmp / f"{k}.npy", mode="w+", dtype=v.dtype,
-                                               shape=(n,) + v.shape[1:])
-                  for k, v in values.items()}
-      count = len(batch["canvas"])
-      for k, v in values.items():
-        arrays[k][row:row + count] = v
-      ids.extend(batch["image_id"].tolist())
-      row += count
-      elapsed = time.time() - start
-      if row % (batch_size * 20) < batch_size or row == n:
-        logging.info("Canvas cache: %d/%d photos (%.1f/s, %.0f s left).", row, n,
-                     row / elapsed, (n - row) * elapsed / row)
-    for array in arrays.values():
-      array.flush()
-    np.save(tmp / "image_id.npy", np.array(ids, dtype=object).astype(bytes))
-    metadata = {"key": key, "num_examples": n,
-                "shapes": {k: list(v.shape) for k, v in arrays.items()},
-                "seconds": round(time.time() - start, 1)}
-    (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2))
-    del arrays
-    os.replace(tmp, out)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+      writer.append({k: batch[k] for k in ("canvas", "content_hw", *_LABEL_KEYS)},
+                    batch["image_id"])
+    seconds = writer.finish({"key": key, "num_examples": n})
   logging.info("Canvas cache of %d photos (%d px) written to %s in %.0f s.", n, side, out,
-               time.time() - start)
+               seconds)
   return out
 
 
@@ -185,19 +155,9 @@ class CanvasCache:
 
   def __init__(self, path: str | os.PathLike[str]):
     self.path = pathlib.Path(path)
-    meta_path = self.path / "metadata.json"
-    if not meta_path.is_file():
-      raise FileNotFoundError(f"{self.path} is not a complete canvas cache (no metadata.json)")
-    self.metadata = json.loads(meta_path.read_text())
+    self.metadata, self.arrays, self.image_id = array_folder.open_folder(
+        self.path, "canvas cache", lambda meta: meta["num_examples"])
     self.num_examples = self.metadata["num_examples"]
-    self.arrays = {k: np.load(self.path / f"{k}.npy", mmap_mode="r")
-                   for k in self.metadata["shapes"]}
-    self.image_id = np.load(self.path / "image_id.npy")
-    for k, v in {**self.arrays, "image_id": self.image_id}.items():
-      if len(v) != self.num_examples:
-        raise ValueError(f"{self.path}/{k}.npy has {len(v)} rows, expected "
-                         f"{self.num_examples}: the cache is damaged; delete the folder to "
-                         "rebuild it.")
     self._order: tuple[int, np.ndarray] | None = None  # (epoch, its permutation)
 
   def rows(self, positions: np.ndarray, seed: int) -> np.ndarray:
@@ -215,11 +175,7 @@ class CanvasCache:
   def batch(self, positions: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     """The examples at `positions` of the stream, with their positions (for their draws)."""
     rows = self.rows(positions, seed)
-    # Sorted reads are sequential in the memory map; the batch keeps the sampled order.
-    order = np.argsort(rows)
-    inverse = np.empty_like(order)
-    inverse[order] = np.arange(len(order))
-    out = {k: np.asarray(v[rows[order]])[inverse] for k, v in self.arrays.items()}
+    out = array_folder.read_rows(self.arrays, rows)
     out["image_id"] = self.image_id[rows]
     out["position"] = positions.astype(np.int32)
     return out

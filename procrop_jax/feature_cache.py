@@ -47,9 +47,6 @@ import hashlib
 import json
 import os
 import pathlib
-import shutil
-import tempfile
-import time
 from typing import Any, Iterator, Mapping
 
 from absl import logging
@@ -61,6 +58,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from procrop_jax import array_folder
 from procrop_jax import batch_keys
 from procrop_jax import canvas_cache
 from procrop_jax import input_pipeline
@@ -161,7 +159,7 @@ def build(config: ml_collections.ConfigDict, *, batch_size: int = 16) -> pathlib
   split = tfds.split_for_jax_process(cache_split(config), drop_remainder=True)
   key = cache_key(config, builder, cache_split(config))
   out = cache_dir(config, key)
-  if (out / "metadata.json").is_file():
+  if array_folder.is_complete(out):
     logging.info("Feature cache found: %s", out)
     return out
   source = input_pipeline.open_source(builder, split)
@@ -190,47 +188,16 @@ def build(config: ml_collections.ConfigDict, *, batch_size: int = 16) -> pathlib
     feats = backbone(images, train=False, stop_at_block=tail)
     return {k: feats[k].astype(jnp.float16) for k in keep}
 
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-  try:
-    arrays: dict[str, np.ndarray] = {}
-    ids = []
-    start, done = time.time(), 0
+  with array_folder.Writer(out, views * n, "Feature cache", "views") as writer:
     for view in range(views):
-      row = view * n
       for batch in _views_dataset(source, builder.info.features, settings, view, config.seed,
                                   batch_size).as_numpy_iterator():
         feats = jax.device_get(extract(batch["image"]))
-        values = {**{FEATURE_PREFIX + k: v for k, v in feats.items()},
-                  **{k: batch[k] for k in _LABEL_KEYS}}
-        if not arrays:  # Shapes are known after the first batch: open the files.
-          arrays = {k: np.lib.format.open_memmap(tmp / f"{k}.npy", mode="w+", dtype=v.dtype,
-                                                 shape=(views * n,) + v.shape[1:])
-                    for k, v in values.items()}
-        count = len(batch["image"])
-        for k, v in values.items():
-          arrays[k][row:row + count] = v
-        ids.extend(batch["image_id"].tolist())
-        row += count
-        done += count
-        elapsed = time.time() - start
-        if done % (batch_size * 20) < batch_size or done == views * n:
-          logging.info("Feature cache: %d/%d views (%.1f/s, %.0f s left).", done, views * n,
-                       done / elapsed, (views * n - done) * elapsed / done)
-    for array in arrays.values():
-      array.flush()
-    np.save(tmp / "image_id.npy", np.array(ids, dtype=object).astype(bytes))
-    metadata = {"key": key, "num_examples": n, "views": views,
-                "shapes": {k: list(v.shape) for k, v in arrays.items()},
-                "seconds": round(time.time() - start, 1)}
-    (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2))
-    del arrays
-    os.replace(tmp, out)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+        writer.append({**{FEATURE_PREFIX + k: v for k, v in feats.items()},
+                       **{k: batch[k] for k in _LABEL_KEYS}}, batch["image_id"])
+    seconds = writer.finish({"key": key, "num_examples": n, "views": views})
   logging.info("Feature cache of %d examples x %d views written to %s in %.0f s.", n, views,
-               out, time.time() - start)
+               out, seconds)
   return out
 
 
@@ -243,20 +210,10 @@ class FeatureCache:
 
   def __init__(self, path: str | os.PathLike[str], examples: np.ndarray | None = None):
     self.path = pathlib.Path(path)
-    meta_path = self.path / "metadata.json"
-    if not meta_path.is_file():
-      raise FileNotFoundError(f"{self.path} is not a complete feature cache (no metadata.json)")
-    self.metadata = json.loads(meta_path.read_text())
+    self.metadata, self.arrays, self.image_id = array_folder.open_folder(
+        self.path, "feature cache", lambda meta: meta["num_examples"] * meta["views"])
     self.cached_examples = self.metadata["num_examples"]
     self.views = self.metadata["views"]
-    self.arrays = {k: np.load(self.path / f"{k}.npy", mmap_mode="r")
-                   for k in self.metadata["shapes"]}
-    self.image_id = np.load(self.path / "image_id.npy")
-    rows = self.cached_examples * self.views
-    for k, v in {**self.arrays, "image_id": self.image_id}.items():
-      if len(v) != rows:
-        raise ValueError(f"{self.path}/{k}.npy has {len(v)} rows, expected {rows}: "
-                         "the cache is damaged; delete the folder to rebuild it.")
     self.examples = (np.arange(self.cached_examples) if examples is None
                      else np.asarray(examples, np.int64))
     self.num_examples = len(self.examples)
@@ -288,11 +245,7 @@ class FeatureCache:
     return rows
 
   def batch(self, rows: np.ndarray) -> dict[str, np.ndarray]:
-    # Sorted reads are sequential in the memory map; the batch keeps the sampled order.
-    order = np.argsort(rows)
-    inverse = np.empty_like(order)
-    inverse[order] = np.arange(len(order))
-    out = {k: np.asarray(v[rows[order]])[inverse] for k, v in self.arrays.items()}
+    out = array_folder.read_rows(self.arrays, rows)
     out["image_id"] = self.image_id[rows]
     return out
 

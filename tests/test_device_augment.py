@@ -201,3 +201,25 @@ def test_the_views_do_not_depend_on_the_mesh(augment):
   assert len(jax.devices()) >= 8
   for k in outputs[0]:
     np.testing.assert_allclose(outputs[0][k], outputs[1][k], atol=1e-6, err_msg=k)
+
+
+def test_an_interrupted_canvas_cache_build_leaves_nothing_that_looks_finished(
+    tiny_config, tmp_path, monkeypatch):
+  config = tiny_config.copy_and_resolve_references()
+  config.data.canvas_cache.dir = str(tmp_path)
+  real = canvas_cache._examples  # pylint: disable=protected-access
+
+  class FailingAfterOneBatch:
+    def __init__(self, *args, **kwargs):
+      self.dataset = real(*args, **kwargs)
+
+    def as_numpy_iterator(self):
+      for i, batch in enumerate(self.dataset.as_numpy_iterator()):
+        if i:
+          raise OSError("disk full")
+        yield batch
+
+  monkeypatch.setattr(canvas_cache, "_examples", FailingAfterOneBatch)
+  with pytest.raises(OSError, match="disk full"):
+    canvas_cache.build(config, batch_size=2)
+  assert not list(tmp_path.iterdir())
