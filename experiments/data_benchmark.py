@@ -93,18 +93,6 @@ def pipeline_figures(config_data, *, batch_size: int, steps: int) -> dict:
           "examples_per_cpu_s": round(n / max(timer.cpu, 1e-9), 1)}
 
 
-def pipeline_rate(config_data, *, batch_size: int, steps: int) -> str:
-  iterator = input_pipeline.create_train_iterator(config_data, seed=0,
-                                                  global_batch_size=batch_size)
-  next(iterator)  # Warm-up: graph building and the first fills.
-  with Timer() as timer:
-    for _ in range(steps):
-      next(iterator)
-  n = steps * batch_size
-  return (f"{n / timer.wall:.1f} examples/s ({n / timer.cpu:.1f} examples per CPU-second; "
-          f"{timer})")
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   root = pathlib.Path(__file__).resolve().parents[1]
@@ -132,8 +120,10 @@ def main():
     with Timer() as timer:
       prepare.ensure_dataset(config.data, config.cad, seed=config.seed)
     print(f"procrop_cad build ({report.written} images): {timer}")
-    rate = pipeline_rate(config.data, batch_size=args.batch_size, steps=args.steps)
-    print(f"Pipeline, procrop_cad, {config.data.image_size} px, augmented: {rate}")
+    print(json.dumps({"dataset": "procrop_cad", "image_size": config.data.image_size,
+                      "batch_size": args.batch_size, "augmented": True,
+                      **pipeline_figures(config.data, batch_size=args.batch_size,
+                                         steps=args.steps)}), flush=True)
 
     fcdb_dir = pathlib.Path(args.fcdb_dir)
     if (fcdb_dir / "cropping_training_set.json").exists():

@@ -30,8 +30,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-
 from procrop_jax import input_pipeline
 
 _SEED_SALT = 0xDE71CE
@@ -119,11 +117,7 @@ def _sort_boxes(boxes: jax.Array, scores: jax.Array, mask: jax.Array
 def _colour_jitter(image: jax.Array, valid: jax.Array, u: jax.Array,
                    augment: input_pipeline.Augmentation) -> jax.Array:
   """`input_pipeline._colour_jitter` on the valid pixels (the mean is theirs alone)."""
-  brightness = (2.0 * u[0] - 1.0) * augment.brightness_delta
-  log_lo, log_hi = np.log(augment.contrast_range)
-  contrast = jnp.exp(log_lo + u[1] * (log_hi - log_lo))
-  log_lo, log_hi = np.log(augment.saturation_range)
-  saturation = jnp.exp(log_lo + u[2] * (log_hi - log_lo))
+  brightness, contrast, saturation = input_pipeline.jitter_factors(u, augment, jnp.exp)
   gray = jnp.sum(image * jnp.array([0.299, 0.587, 0.114]), axis=-1, keepdims=True)
   image = gray + saturation * (image - gray)
   mean = jnp.sum(gray * valid) / jnp.maximum(jnp.sum(valid), 1.0)

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import jax
 import numpy as np
@@ -324,17 +324,25 @@ def preprocess(example: Mapping[str, tf.Tensor], *, seed: tf.Tensor | None, imag
   }
 
 
+def jitter_factors(u, augment: Augmentation, exp: Callable[[Any], Any]) -> tuple[Any, Any, Any]:
+  """(brightness shift, contrast factor, saturation factor) from three uniforms in [0, 1):
+  contrast and saturation log-uniform in their ranges. `exp` is TF's or jax.numpy's, so the
+  host and the device (device_augment.py) draw the same factors from the same uniforms."""
+  brightness = (2.0 * u[0] - 1.0) * augment.brightness_delta
+  log_lo, log_hi = np.log(augment.contrast_range)
+  contrast = exp(log_lo + u[1] * (log_hi - log_lo))
+  log_lo, log_hi = np.log(augment.saturation_range)
+  saturation = exp(log_lo + u[2] * (log_hi - log_lo))
+  return brightness, contrast, saturation
+
+
 def _colour_jitter(image: tf.Tensor, seed: tf.Tensor, augment: Augmentation) -> tf.Tensor:
   """Brightness, contrast and saturation jitter, as cheap per-pixel blends.
 
   (tf.image's saturation goes through HSV and costs as much as the resize.)
   """
   u = tf.random.stateless_uniform([3], seed)
-  brightness = (2.0 * u[0] - 1.0) * augment.brightness_delta
-  log_lo, log_hi = np.log(augment.contrast_range)
-  contrast = tf.exp(log_lo + u[1] * (log_hi - log_lo))
-  log_lo, log_hi = np.log(augment.saturation_range)
-  saturation = tf.exp(log_lo + u[2] * (log_hi - log_lo))
+  brightness, contrast, saturation = jitter_factors(u, augment, tf.exp)
   gray = tf.reduce_sum(image * tf.constant([0.299, 0.587, 0.114]), axis=-1, keepdims=True)
   image = gray + saturation * (image - gray)
   mean = tf.reduce_mean(gray)
