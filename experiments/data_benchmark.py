@@ -64,9 +64,7 @@ def canvas_cache_rates(config, *, batch_size: int, steps: int) -> dict:
     canvas_cache.build(config)
   iterator = canvas_cache.create_train_iterator(config, seed=0, global_batch_size=batch_size)
   batch = next(iterator)
-  with Timer() as host:
-    for _ in range(steps):
-      next(iterator)
+  host = _host_rates(iterator, batch_size=batch_size, steps=steps)
   augment = jax.jit(train._augmentation(config))  # pylint: disable=protected-access
   device_batch = {k: v for k, v in batch.items() if k != "image_id"}
   jax.block_until_ready(augment(device_batch))
@@ -74,9 +72,7 @@ def canvas_cache_rates(config, *, batch_size: int, steps: int) -> dict:
     for _ in range(steps):
       jax.block_until_ready(augment(device_batch))
   n = steps * batch_size
-  return {"pipeline": "canvas_cache", "examples_per_s": round(n / host.wall, 1),
-          "examples_per_cpu_s": round(n / max(host.cpu, 1e-9), 1),
-          "build_s": round(build.wall, 1), "canvas_side": canvas_cache.canvas_side(config.data),
+  return {"pipeline": "canvas_cache", **host, "build_s": round(build.wall, 1), "canvas_side": canvas_cache.canvas_side(config.data),
           "device_augment_examples_per_s": round(n / device.wall, 1),
           "device": jax.devices()[0].platform}
 
@@ -85,11 +81,16 @@ def pipeline_figures(config_data, *, batch_size: int, steps: int) -> dict:
   iterator = input_pipeline.create_train_iterator(config_data, seed=0,
                                                   global_batch_size=batch_size)
   next(iterator)  # Warm-up: graph building and the first fills.
+  return {"pipeline": "tf.data", **_host_rates(iterator, batch_size=batch_size, steps=steps)}
+
+
+def _host_rates(iterator, *, batch_size: int, steps: int) -> dict:
+  """Examples/s (wall and per CPU-second) of `steps` batches from a warmed-up iterator."""
   with Timer() as timer:
     for _ in range(steps):
       next(iterator)
   n = steps * batch_size
-  return {"pipeline": "tf.data", "examples_per_s": round(n / timer.wall, 1),
+  return {"examples_per_s": round(n / timer.wall, 1),
           "examples_per_cpu_s": round(n / max(timer.cpu, 1e-9), 1)}
 
 

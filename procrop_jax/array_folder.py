@@ -4,7 +4,7 @@ The on-disk layer of the two training caches (feature_cache.py, canvas_cache.py)
 `NAME.npy` per array (row i of each belongs to example i), `image_id.npy`, and `metadata.json`
 (the caller's key and figures, plus the arrays' shapes), written last. A folder is written under
 a temporary name and renamed into place when complete, so an interrupted build leaves nothing
-that looks finished.
+that looks finished. `EpochOrder` is the order training visits such a folder's examples in.
 """
 
 from __future__ import annotations
@@ -118,3 +118,19 @@ def read_rows(arrays: Mapping[str, np.ndarray], rows: np.ndarray) -> dict[str, n
   inverse = np.empty_like(order)
   inverse[order] = np.arange(len(order))
   return {k: np.asarray(v[rows[order]])[inverse] for k, v in arrays.items()}
+
+
+class EpochOrder:
+  """Stream position -> example: epoch e visits the n examples in a permutation seeded by
+  (seed, e), so a resumed run continues exactly where it stopped. The permutation is drawn once
+  per epoch, not once per position."""
+
+  def __init__(self, n: int, seed: int):
+    self.n, self.seed = n, seed
+    self._epoch: tuple[int, np.ndarray] | None = None  # (epoch, its permutation)
+
+  def __call__(self, position: int) -> int:
+    epoch, offset = divmod(int(position), self.n)
+    if self._epoch is None or self._epoch[0] != epoch:
+      self._epoch = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n))
+    return int(self._epoch[1][offset])

@@ -46,13 +46,12 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from procrop_jax import array_folder
+from procrop_jax import device_augment
 from procrop_jax import input_pipeline
-from procrop_jax.datasets import source_record
 
 # Bump when what is cached (or how) changes, so older caches are not reused.
 _CACHE_VERSION = 1
 _SEED_SALT_ORDER = 0x0DE5
-_LABEL_KEYS = ("image_size", "boxes", "box_scores", "box_mask", "pair_boxes", "pair_weights")
 _PREFETCH = 2  # Batches copied ahead, on a thread, while the device trains.
 
 
@@ -70,29 +69,12 @@ def canvas_side(config_data: Any) -> int:
   return int(math.ceil(config_data.image_size * oversample / 8) * 8)
 
 
-def split_identity(builder: tfds.core.DatasetBuilder, split: str) -> dict[str, Any]:
-  """What any cache of `split`'s examples depends on: the dataset's name, config and version,
-  the split and its size, and the fingerprints of its source files and refined annotations."""
-  key = {"dataset": builder.info.full_name,  # name/config/version
-         "num_examples": builder.info.splits[split].num_examples,
-         "split": split}
-  # A build remade from a changed source keeps its name and version: its source record tells.
-  source = source_record.read(builder.data_dir)
-  if source:
-    key["source_fingerprint"] = source_record.cache_fingerprint(source)
-  # A refined CAD set keeps its name, version and size but not its boxes (cad/refine_files.py).
-  refined = (builder.info.metadata or {}).get("annotations_fingerprint")
-  if refined:
-    key["annotations_fingerprint"] = refined
-  return key
-
-
 def cache_key(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder
               ) -> dict[str, Any]:
   """Everything the cached arrays depend on."""
   settings = input_pipeline.DataSettings.from_config(config.data)
   return {"cache_version": _CACHE_VERSION,
-          **split_identity(builder, settings.train_split),
+          **input_pipeline.split_identity(builder, settings.train_split),
           "canvas_side": canvas_side(config.data),
           "max_boxes": settings.max_boxes,
           "max_pairs": settings.max_pairs,
@@ -142,8 +124,7 @@ def build(config: ml_collections.ConfigDict, *, batch_size: int = 16) -> pathlib
   with array_folder.Writer(out, n, "Canvas cache", "photos") as writer:
     for batch in _examples(source, builder.info.features, settings, side,
                            batch_size).as_numpy_iterator():
-      writer.append({k: batch[k] for k in ("canvas", "content_hw", *_LABEL_KEYS)},
-                    batch["image_id"])
+      writer.append({k: batch[k] for k in device_augment.CACHED_FIELDS}, batch["image_id"])
     seconds = writer.finish({"key": key, "num_examples": n})
   logging.info("Canvas cache of %d photos (%d px) written to %s in %.0f s.", n, side, out,
                seconds)
@@ -158,26 +139,19 @@ class CanvasCache:
     self.metadata, self.arrays, self.image_id = array_folder.open_folder(
         self.path, "canvas cache", lambda meta: meta["num_examples"])
     self.num_examples = self.metadata["num_examples"]
-    self._order: tuple[int, np.ndarray] | None = None  # (epoch, its permutation)
+    self._order: array_folder.EpochOrder | None = None
 
   def rows(self, positions: np.ndarray, seed: int) -> np.ndarray:
-    """The example at each stream position: epoch e visits a permutation seeded by (seed, e)."""
-    n = self.num_examples
-    rows = np.empty(len(positions), np.int64)
-    for j, position in enumerate(positions):
-      epoch, offset = divmod(int(position), n)
-      if self._order is None or self._order[0] != epoch:
-        self._order = (epoch, np.random.default_rng([seed ^ _SEED_SALT_ORDER, epoch])
-                       .permutation(n))
-      rows[j] = self._order[1][offset]
-    return rows
+    """The example at each of this host's stream positions (`array_folder.EpochOrder`)."""
+    if self._order is None or self._order.seed != seed ^ _SEED_SALT_ORDER:
+      self._order = array_folder.EpochOrder(self.num_examples, seed ^ _SEED_SALT_ORDER)
+    return np.array([self._order(p) for p in positions], np.int64)
 
   def batch(self, positions: np.ndarray, seed: int) -> dict[str, np.ndarray]:
-    """The examples at `positions` of the stream, with their positions (for their draws)."""
+    """The examples at this host's stream `positions`, copied out of the arrays."""
     rows = self.rows(positions, seed)
     out = array_folder.read_rows(self.arrays, rows)
     out["image_id"] = self.image_id[rows]
-    out["position"] = positions.astype(np.int32)
     return out
 
 

@@ -32,6 +32,10 @@ import jax
 import jax.numpy as jnp
 from procrop_jax import input_pipeline
 
+# What canvas_cache.py stores per example (besides image_id): the canvas, the photo's size on
+# it, and the unaugmented labels.
+CACHED_FIELDS = ("canvas", "content_hw", "image_size", "boxes", "box_scores", "box_mask",
+                 "pair_boxes", "pair_weights")
 _SEED_SALT = 0xDE71CE
 _EPS = 1e-3  # A box counts as inside the crop up to this (normalised) overhang, as on the host.
 
@@ -164,9 +168,7 @@ def augment_batch(batch: dict[str, jax.Array], *, seed: int, image_size: int,
   """
   keys = example_keys(seed, batch["position"])
   draws = jax.vmap(lambda k: draw(k, augment))(keys)
-  fields = ("canvas", "content_hw", "image_size", "boxes", "box_scores", "box_mask",
-            "pair_boxes", "pair_weights")
   out = jax.vmap(lambda ex, d: augment_example(ex, d, image_size=image_size, augment=augment))(
-      {k: batch[k] for k in fields}, draws)
-  rest = {k: v for k, v in batch.items() if k not in fields and k != "position"}
+      {k: batch[k] for k in CACHED_FIELDS}, draws)
+  rest = {k: v for k, v in batch.items() if k not in CACHED_FIELDS and k != "position"}
   return {**rest, **out}

@@ -60,7 +60,6 @@ import tensorflow_datasets as tfds
 
 from procrop_jax import array_folder
 from procrop_jax import batch_keys
-from procrop_jax import canvas_cache
 from procrop_jax import input_pipeline
 from procrop_jax import model_zoo
 from procrop_jax.models import efficientnet_lite
@@ -104,7 +103,7 @@ def cache_key(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuild
   augment = settings.augmentation()
   key = {
       "cache_version": _CACHE_VERSION,
-      **canvas_cache.split_identity(builder, split),
+      **input_pipeline.split_identity(builder, split),
       "image_size": settings.image_size,
       "max_boxes": settings.max_boxes,
       "max_pairs": settings.max_pairs,
@@ -217,7 +216,7 @@ class FeatureCache:
     self.examples = (np.arange(self.cached_examples) if examples is None
                      else np.asarray(examples, np.int64))
     self.num_examples = len(self.examples)
-    self._order: tuple[int, int, np.ndarray] | None = None  # (seed, epoch, its permutation)
+    self._order: array_folder.EpochOrder | None = None
     if not self.num_examples:
       raise ValueError(f"{self.path}: no cached photo to train on")
 
@@ -233,15 +232,12 @@ class FeatureCache:
 
   def rows(self, positions: np.ndarray, seed: int) -> np.ndarray:
     """Row of each training position: epoch permutations of the examples, a view each."""
-    n = self.num_examples
+    if self._order is None or self._order.seed != seed:
+      self._order = array_folder.EpochOrder(self.num_examples, seed)
     rows = np.empty(len(positions), np.int64)
     for j, position in enumerate(positions):
-      epoch, offset = divmod(int(position), n)
-      if self._order is None or self._order[:2] != (seed, epoch):  # Once per epoch, not per row.
-        self._order = (seed, epoch, np.random.default_rng([seed, epoch]).permutation(n))
-      order = self._order[2]
       view = np.random.default_rng([seed, int(position), 1]).integers(self.views)
-      rows[j] = view * self.cached_examples + self.examples[order[offset]]
+      rows[j] = view * self.cached_examples + self.examples[self._order(position)]
     return rows
 
   def batch(self, rows: np.ndarray) -> dict[str, np.ndarray]:

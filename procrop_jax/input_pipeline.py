@@ -48,6 +48,7 @@ import tensorflow_datasets as tfds
 
 from procrop_jax import datasets  # pylint: disable=unused-import  (registers the builders)
 from procrop_jax import settings as settings_lib
+from procrop_jax.datasets import source_record
 
 # The map functions use TF ops only (no Python control flow on tensors): skipping
 # autograph's conversion makes building a pipeline several times faster.
@@ -114,6 +115,23 @@ def load_builder(settings: DataSettings) -> tfds.core.DatasetBuilder:
         f"{settings.data_dir}: run procrop_jax.datasets.prepare.ensure_dataset first "
         "(see data/README.md).")
   return builder
+
+
+def split_identity(builder: tfds.core.DatasetBuilder, split: str) -> dict[str, Any]:
+  """What any cache of `split`'s examples depends on: the dataset's name, config and version,
+  the split and its size, and the fingerprints of its source files and refined annotations."""
+  key = {"dataset": builder.info.full_name,  # name/config/version
+         "num_examples": builder.info.splits[split].num_examples,
+         "split": split}
+  # A build remade from a changed source keeps its name and version: its source record tells.
+  source = source_record.read(builder.data_dir)
+  if source:
+    key["source_fingerprint"] = source_record.cache_fingerprint(source)
+  # A refined CAD set keeps its name, version and size but not its boxes (cad/refine_files.py).
+  refined = (builder.info.metadata or {}).get("annotations_fingerprint")
+  if refined:
+    key["annotations_fingerprint"] = refined
+  return key
 
 
 def open_source(builder: tfds.core.DatasetBuilder, split: str):

@@ -89,12 +89,11 @@ class Trainer:
                        if config.model.num_references else None)
 
     base_key = jax.random.key(config.seed)
-    train_step = functools.partial(
-        steps.train_step, graphdef=self.graphdef, rng_state=self.rng_state, tx=self.tx,
-        loss_config=config.loss, ema_decay=config.optim.ema_decay, base_key=base_key,
-        is_frozen=steps.frozen_filter(config))
     self.train_step = jax.jit(
-        train_step,
+        functools.partial(steps.train_step, graphdef=self.graphdef, rng_state=self.rng_state,
+                          tx=self.tx, loss_config=config.loss,
+                          ema_decay=config.optim.ema_decay, base_key=base_key,
+                          is_frozen=steps.frozen_filter(config)),
         in_shardings=(self.state_shardings, self.batch_sharding),
         out_shardings=(self.state_shardings, replicated),
         donate_argnums=0)
