@@ -405,7 +405,10 @@ class Cropper:
     # Free proposals: the free crops, and (snapped) candidates of every fixed ratio. Fixed
     # ratios, and free proposals grown to keep a region, are then scored on the same photos:
     # the backbone, the encoder and the learned queries' decoder rows run once, in this pass.
-    reuse = (bool(ratios) or any(len(r) for r in regions)) and self.predictor.reuses_encoding
+    # With a face detector every batch keeps its encoding, photos with faces or not: one
+    # proposal pass per canvas, the one `warm_up` prepares.
+    may_grow = self.face_detector is not None or any(len(r) for r in regions)
+    reuse = (bool(ratios) or may_grow) and self.predictor.reuses_encoding
     proposals = self._predict(batch, keep_encoding=reuse)
     encoding = proposals.get("encoding")
     proposals_px = [proposals["boxes"][i].astype(np.float64) * (p.size * 2)
