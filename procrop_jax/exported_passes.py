@@ -30,6 +30,20 @@ import numpy as np
 
 FOLDER = "exported"
 SUFFIX = ".jaxexport"
+# XLA:CPU's fusion emitters (its default code generator) compile the cropper's passes, whose many
+# small fusions include the face network's depthwise convolutions written as shifted slices, in
+# 1.4x the CPU time and about 3x the peak memory of the loop emitters, and the code they make
+# runs no faster: the face pass at 384 x 384 compiled in 3.1-3.3 CPU-s (+80 MB) instead of
+# 4.5-5.2 (+225-230 MB), and a first-ever `procrop crop ONE.jpg` peaked at 639 MB instead of
+# 988 MB (experiments/README.md, "Start-up").
+_CPU_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+
+
+def compiler_options() -> dict[str, Any]:
+  """XLA options for the calls into exported passes on the current backend (`jax.jit`'s
+  `compiler_options`; only a top-level jit takes them): on CPU, the loop emitters (see
+  `_CPU_COMPILER_OPTIONS`)."""
+  return dict(_CPU_COMPILER_OPTIONS) if jax.default_backend() == "cpu" else {}
 
 
 @functools.cache
@@ -117,7 +131,7 @@ class ExportedPasses:
       exported = self._read(key)
       if exported is None:
         exported = self._export(key, *make_step(), batch)
-      self._calls[seen] = jax.jit(exported.call)
+      self._calls[seen] = jax.jit(exported.call, compiler_options=compiler_options())
     return self._calls[seen]
 
   def __len__(self) -> int:

@@ -51,6 +51,24 @@ def test_a_pass_is_exported_once_and_read_back_by_a_new_cache(tmp_path, monkeypa
   assert len(later) == 1
 
 
+def test_calls_into_passes_compile_with_the_loop_emitters_on_cpu(tmp_path, monkeypatch):
+  """On CPU the calls compile with XLA's loop emitters (a third of the compile memory for the
+  cropper's passes); the step inside, itself jitted, is exported as before."""
+  assert jax.default_backend() == "cpu"
+  assert exported_passes.compiler_options() == {"xla_cpu_use_fusion_emitters": False}
+  options, real_jit = [], jax.jit
+
+  def jit(fun, **kwargs):
+    options.append(kwargs.get("compiler_options"))
+    return real_jit(fun, **kwargs)
+  monkeypatch.setattr(jax, "jit", jit)
+  state, batch = _inputs()
+  passes = exported_passes.ExportedPasses(tmp_path, {"model": "m"})
+  got = _get(passes, state, batch)(state, batch)["y"]
+  np.testing.assert_array_equal(got, batch["x"] @ state["w"] + state["b"])
+  assert options[-1] == {"xla_cpu_use_fusion_emitters": False}
+
+
 def test_the_key_follows_shapes_options_and_model_but_not_values(tmp_path):
   passes = exported_passes.ExportedPasses(tmp_path, {"model": "m"})
   state, batch = _inputs()

@@ -87,6 +87,10 @@ def test_a_later_process_reuses_the_kept_pass(tmp_path):
                           text=True, check=True, timeout=300).stdout
 
   first = run()
+  # The kept pass, compiled as exported passes are (exported_passes.compiler_options), finds
+  # the face the plain jitted detector finds.
+  plain = faces.FaceDetector().detect(Image.fromarray(data.astronaut()))
+  np.testing.assert_allclose(json.loads(first), plain, atol=0.01)
   (kept,) = (tmp_path / "exported").glob("*.jaxexport")  # One canvas shape.
   written = kept.stat().st_mtime_ns
   assert run() == first and len(json.loads(first)) == 1
