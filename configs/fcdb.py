@@ -21,6 +21,13 @@ batch, in as many epochs: configs/fcdb_gpu8.py (one host, 8 GPUs, batch 128),
 configs/fcdb_gpu_multihost.py (N GPU hosts, 256) and configs/fcdb_tpu_v5e.py (v5litepod-16,
 256) do exactly that; each host reads its own slice of the photos.
 
+From the shipped model rather than ImageNet (experiments/fcdb/RESULTS.md, run 21: the whole
+model fine-tuned on one H200), the shipped model's fields come with its config:
+
+  python -m procrop_jax.main --config=configs/fcdb_pro_cpu.py --workdir=workdirs/fcdb_ft \
+      --config.train.init_from=fcdb_lite0 --config.optim.backbone_learning_rate=4e-5 \
+      --config.data.feature_cache.views=0 --config.data.canvas_cache.enabled=True
+
 Tuning uses a validation slice of the training split (train[85%:]); the official test split is
 evaluated too when its annotation file is present, and is meant for the final, blind figure.
 """

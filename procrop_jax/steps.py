@@ -1,13 +1,13 @@
 """The model's steps, with no input pipeline attached: forward, predict, train and eval.
 
-Everything here needs JAX, Flax and optax alone (no TensorFlow), so a bare accelerator image can
-run the exact steps the trainer and the predictor jit (experiments/fcdb/accelerator_finetune.py
-does). `train.Trainer` and `inference.Predictor` wrap them with data, checkpoints and shardings.
+Everything here needs JAX, Flax and optax alone (no TensorFlow): the steps the trainer and the
+predictor jit. `train.Trainer` and `inference.Predictor` wrap them with data, checkpoints and
+shardings.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from flax import nnx
 import jax

@@ -4,6 +4,7 @@ import json
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -11,6 +12,7 @@ import tensorflow as tf
 from procrop_jax import canvas_cache
 from procrop_jax import device_augment
 from procrop_jax import input_pipeline
+from procrop_jax import model_zoo
 from tests import test_train
 
 S = 64  # Training size.
@@ -223,3 +225,43 @@ def test_an_interrupted_canvas_cache_build_leaves_nothing_that_looks_finished(
   with pytest.raises(OSError, match="disk full"):
     canvas_cache.build(config, batch_size=2)
   assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_the_main_trainer_fine_tunes_the_whole_shipped_model_from_the_canvas_cache(
+    tiny_config, tmp_path):
+  """What the GPU/TPU recipe runs: the shipped model, backbone included, trained on views
+  augmented on the device, with the rated pairs' given-box losses, EMA and a periodic
+  evaluation, all by `python -m procrop_jax.main`'s trainer."""
+  shipped = model_zoo.load_config("fcdb_lite0")
+  config = tiny_config.copy_and_resolve_references()
+  config.model = ml_collections.ConfigDict(shipped.model.to_dict())
+  config.model.pretrained = False  # The shipped arrays replace every parameter.
+  config.data.image_size = 64  # Small photos keep the whole model's step cheap to compile.
+  config.data.canvas_cache.enabled = True
+  config.data.canvas_cache.dir = str(tmp_path / "cache")
+  config.train.init_from = "fcdb_lite0"
+  config.optim.backbone_learning_rate = 1e-4
+  config.optim.ema_decay = 0.5
+  config.loss.rank_weight = 1.0
+  config.loss.given_iou_weight = 2.0
+  config.train.eval_every = 2
+  config.train.checkpoint_every = 2
+  summary = test_train._train(config, tmp_path / "run", 2)
+
+  assert summary["step"] == 2
+  assert {"loss_given_iou", "loss_rank"} <= summary["metrics"].keys()
+  assert all(np.isfinite(v) for v in summary["metrics"].values())
+  lines = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+  assert any(line["step"] == 2 and any(k.startswith("val_") for k in line) for line in lines)
+
+  start = {k: np.asarray(v) for k, v in model_zoo.load_arrays("fcdb_lite0").arrays.items()}
+  state, _ = test_train._final_state(config, tmp_path / "run")
+  for name in ("params", "ema_params"):
+    final = test_train.params_of({"params": state[name]})
+    assert final.keys() <= start.keys()  # The stored arrays also hold batch statistics.
+    moved = {k: float(np.max(np.abs(final[k] - start[k]))) for k in final}
+    # Two small steps from the shipped model, not from an initialisation: every array stays
+    # near its shipped value, and the backbone trained too.
+    assert max(moved.values()) < 0.05, max(moved.items(), key=lambda kv: kv[1])
+    assert any(v > 0 for k, v in moved.items() if k.startswith("backbone/"))

@@ -88,10 +88,15 @@ def _train(config, workdir, num_steps):
   return train.train_and_evaluate(config, str(workdir))
 
 
-def _final_params(config, workdir):
+def _final_state(config, workdir):
+  """(state, meta) of a run's latest checkpoint."""
   trainer = train.Trainer(config, str(workdir))
   manager = checkpointing.create_checkpoint_manager(str(workdir), config)
-  state, meta = checkpointing.restore_state(manager, trainer.abstract_state)
+  return checkpointing.restore_state(manager, trainer.abstract_state)
+
+
+def _final_params(config, workdir):
+  state, meta = _final_state(config, workdir)
   return params_of(state), meta
 
 
