@@ -13,6 +13,9 @@ does, on the device and per example, what `input_pipeline.preprocess` does on th
    kernel: `jax.image.scale_and_translate`) at the top left of an `image_size` square;
 5. brightness, contrast and saturation jitter, then clipping to [0, 1] and zero padding.
 
+With `plain_probability` p, an example is instead taken as it is (no crop, flip or jitter), as
+the feature cache's view 0 is for 1 in `views` examples (p = 1 / views mirrors it).
+
 Steps 1-3 are the host's arithmetic, operation for operation, from the same four draws
 (`Draws`): tests/test_device_augment.py feeds both the draws of one TF seed and compares. The
 draws here come from `jax.random` with a key per example, `fold_in(key(seed), position)`,
@@ -38,6 +41,9 @@ CACHED_FIELDS = ("canvas", "content_hw", "image_size", "boxes", "box_scores", "b
                  "pair_boxes", "pair_weights")
 _SEED_SALT = 0xDE71CE
 _EPS = 1e-3  # A box counts as inside the crop up to this (normalised) overhang, as on the host.
+# The plain draw's key is folded from the example's key, not split with the others, so that
+# plain_probability=0 leaves every other draw (and a run's stream) as it was.
+_PLAIN_FOLD = 1
 
 
 class Draws(NamedTuple):
@@ -47,15 +53,19 @@ class Draws(NamedTuple):
   crop: jax.Array  # bool []
   flip: jax.Array  # bool []
   colour: jax.Array  # float [3]
+  plain: jax.Array | bool = False  # The example as it is: no crop, flip or colour jitter.
 
 
-def draw(key: jax.Array, augment: input_pipeline.Augmentation) -> Draws:
+def draw(key: jax.Array, augment: input_pipeline.Augmentation,
+         plain_probability: float = 0.0) -> Draws:
   """The random choices of one example's augmentation, from its key."""
   k_window, k_crop, k_flip, k_colour = jax.random.split(key, 4)
+  plain = jax.random.uniform(jax.random.fold_in(key, _PLAIN_FOLD)) < plain_probability
   return Draws(window=jax.random.uniform(k_window, (4,)),
-               crop=jax.random.uniform(k_crop) < augment.crop_probability,
-               flip=jax.random.uniform(k_flip) < augment.flip_probability,
-               colour=jax.random.uniform(k_colour, (3,)))
+               crop=(jax.random.uniform(k_crop) < augment.crop_probability) & ~plain,
+               flip=(jax.random.uniform(k_flip) < augment.flip_probability) & ~plain,
+               colour=jax.random.uniform(k_colour, (3,)),
+               plain=plain)
 
 
 def example_keys(seed: int, positions: jax.Array) -> jax.Array:
@@ -149,7 +159,8 @@ def augment_example(example: dict[str, jax.Array], draws: Draws, *, image_size: 
   columns = jnp.arange(image_size)
   mirrored = jnp.where(columns < new_w, new_w.astype(jnp.int32) - 1 - columns, columns)
   image = jnp.where(draws.flip, image[:, mirrored], image)
-  image = _colour_jitter(image, valid[..., None], draws.colour, augment)
+  image = jnp.where(draws.plain, image,
+                    _colour_jitter(image, valid[..., None], draws.colour, augment))
   image = jnp.where(valid[..., None], jnp.clip(image, 0.0, 1.0), 0.0)
   boxes, scores, mask = _sort_boxes(geometry["boxes"], example["box_scores"],
                                     geometry["box_mask"])
@@ -161,13 +172,17 @@ def augment_example(example: dict[str, jax.Array], draws: Draws, *, image_size: 
 
 
 def augment_batch(batch: dict[str, jax.Array], *, seed: int, image_size: int,
-                  augment: input_pipeline.Augmentation) -> dict[str, Any]:
+                  augment: input_pipeline.Augmentation, plain_probability: float = 0.0
+                  ) -> dict[str, Any]:
   """A canvas-cache batch (`canvas_cache.create_train_iterator`) -> the model's batch.
 
   Keys other than the cache's (e.g. retrieval references) pass through unchanged.
   """
+  if not 0.0 <= plain_probability <= 1.0:
+    raise ValueError(f"config.data.canvas_cache.plain_probability={plain_probability} must lie "
+                     "in [0, 1]")
   keys = example_keys(seed, batch["position"])
-  draws = jax.vmap(lambda k: draw(k, augment))(keys)
+  draws = jax.vmap(lambda k: draw(k, augment, plain_probability))(keys)
   out = jax.vmap(lambda ex, d: augment_example(ex, d, image_size=image_size, augment=augment))(
       {k: batch[k] for k in CACHED_FIELDS}, draws)
   rest = {k: v for k, v in batch.items() if k not in CACHED_FIELDS and k != "position"}

@@ -236,8 +236,10 @@ def training_batches(config: ml_collections.ConfigDict, start_step: int = 0
 def _augmentation(config: ml_collections.ConfigDict):
   """The augmentation of canvas-cache batches (device_augment.py) for this config."""
   settings = input_pipeline.DataSettings.from_config(config.data)
-  return functools.partial(device_augment.augment_batch, seed=config.seed,
-                           image_size=settings.image_size, augment=settings.augmentation())
+  return functools.partial(
+      device_augment.augment_batch, seed=config.seed, image_size=settings.image_size,
+      augment=settings.augmentation(),
+      plain_probability=float(config.data.canvas_cache.get("plain_probability", 0.0)))
 
 
 def _write_jsonl(path: str, record: dict[str, Any]) -> None:

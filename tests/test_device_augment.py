@@ -205,6 +205,33 @@ def test_the_views_do_not_depend_on_the_mesh(augment):
     np.testing.assert_allclose(outputs[0][k], outputs[1][k], atol=1e-6, err_msg=k)
 
 
+def test_plain_examples_are_the_cached_photo_as_it_is_and_the_others_unchanged(augment):
+  """With plain_probability p, about p of the examples are the photo resized, unflipped and
+  unjittered (what the feature cache's view 0 holds); every other example draws exactly the
+  view it drew with p = 0, so runs without plain examples keep their stream."""
+  rng = np.random.default_rng(5)
+  examples = [cached_example(rng, 60, 80)[0] for _ in range(64)]
+  batch = batch_of(examples, range(64))
+  p = 0.25
+  mixed = jax.device_get(jax.jit(lambda b: device_augment.augment_batch(
+      b, seed=0, image_size=S, augment=AUGMENT, plain_probability=p))(batch))
+  before = jax.device_get(augment(batch))
+  unaugmented = jax.device_get(jax.jit(lambda b: device_augment.augment_batch(
+      b, seed=0, image_size=S, augment=input_pipeline.NO_AUGMENTATION))(batch))
+  # (No augmentation still blends the colours with factors of 1: equal up to rounding.)
+  plain = np.array([np.allclose(m, u, atol=1e-5)
+                    for m, u in zip(mixed["image"], unaugmented["image"])])
+  same = np.array([np.array_equal(m, b) for m, b in zip(mixed["image"], before["image"])])
+  assert 8 <= plain.sum() <= 24  # 16 expected of 64.
+  assert (plain | same).all()  # Each example is plain, or the view it drew before.
+  for k in ("boxes", "box_mask", "pair_weights", "image_size"):
+    np.testing.assert_array_equal(mixed[k][plain], unaugmented[k][plain], err_msg=k)
+    np.testing.assert_array_equal(mixed[k][~plain], before[k][~plain], err_msg=k)
+  with pytest.raises(ValueError, match="plain_probability=1.5"):
+    device_augment.augment_batch(batch, seed=0, image_size=S, augment=AUGMENT,
+                                 plain_probability=1.5)
+
+
 def test_an_interrupted_canvas_cache_build_leaves_nothing_that_looks_finished(
     tiny_config, tmp_path, monkeypatch):
   config = tiny_config.copy_and_resolve_references()
