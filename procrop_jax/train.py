@@ -239,7 +239,7 @@ def _augmentation(config: ml_collections.ConfigDict):
   return functools.partial(
       device_augment.augment_batch, seed=config.seed, image_size=settings.image_size,
       augment=settings.augmentation(),
-      plain_probability=float(config.data.canvas_cache.get("plain_probability", 0.0)))
+      plain_probability=float(config.data.canvas_cache.plain_probability))
 
 
 def _write_jsonl(path: str, record: dict[str, Any]) -> None:
