@@ -18,6 +18,9 @@ measurement, then a summary line:
   first_crop_s / first_aspect_crop_s       the first `crop()` after loading (free; then with
                                            aspect="16:9"), caches warm (a process before
                                            filled them)
+  crop_loop_photos_per_s                   `Cropper.crop(path)` called once per photo over the
+                                           first 40 photos (free, top 1, decoding included),
+                                           the second of two passes in that process
   folder_first_photos_per_s                `crop.run` over --limit photos (free crops, top 1) in
                                            a process with an empty cache folder, compilations
                                            included (the model loaded before the clock starts)
@@ -49,6 +52,7 @@ import time
 from experiments import crop_benchmark
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+LOOP_PHOTOS = 40  # Photos of the crop() loop.
 
 
 def _run(command: list[str], cache: pathlib.Path, cwd: pathlib.Path) -> tuple[float, str]:
@@ -82,8 +86,9 @@ def _emit(record: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- child processes
-def child_pretrained(model: str | None, photo: str) -> None:
-  """Prints the import, load and first-crop times of this (fresh) process."""
+def child_pretrained(model: str | None, photo: str, loop_photos: list[pathlib.Path]) -> None:
+  """Prints the import, load and first-crop times of this (fresh) process, then the photos/s of
+  a `crop()` loop over `loop_photos`."""
   start = time.perf_counter()
   from procrop_jax import Cropper  # pylint: disable=g-import-not-at-top
   imported = time.perf_counter()
@@ -93,8 +98,15 @@ def child_pretrained(model: str | None, photo: str) -> None:
   first = time.perf_counter()
   cropper.crop(photo, aspect="16:9", top_k=1)
   aspect = time.perf_counter()
+  for path in loop_photos:  # The first pass compiles the canvases the photos need.
+    cropper.crop(path, top_k=1)
+  loop = time.perf_counter()
+  for path in loop_photos:
+    cropper.crop(path, top_k=1)
+  loop_s = time.perf_counter() - loop
   print(json.dumps({"import_s": imported - start, "pretrained_s": loaded - imported,
                     "first_crop_s": first - loaded, "first_aspect_crop_s": aspect - first,
+                    "crop_loop_photos_per_s": len(loop_photos) / loop_s,
                     "tensorflow_imported": "tensorflow" in sys.modules}))
 
 
@@ -126,13 +138,13 @@ def main() -> None:
   parser.add_argument("--out", help=argparse.SUPPRESS)
   parser.add_argument("--photo", help=argparse.SUPPRESS)
   args = parser.parse_args()
+  paths = sorted(p for p in pathlib.Path(args.photos).rglob("*")
+                 if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:args.limit]
   if args.child == "pretrained":
-    return child_pretrained(args.model, args.photo)
+    return child_pretrained(args.model, args.photo, paths[:LOOP_PHOTOS])
   if args.child == "folder":
     return child_folder(args.model, args.photos, args.limit, args.out)
 
-  paths = sorted(p for p in pathlib.Path(args.photos).rglob("*")
-                 if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:args.limit]
   if not paths:
     raise SystemExit(f"no photos in {args.photos}")
   for path in paths:  # Every process then reads the photos from the page cache.
@@ -158,17 +170,19 @@ def main() -> None:
                    one_photo_second_s=round(statistics.median(second), 2),
                    one_photo_peak_rss_mb=round(_children_peak_mb(), 1))
     # Cropper.pretrained() and the first crops, caches warm: the last one-photo cache, which a
-    # first process (not counted) fills with the API's passes (a batch of 8, and the aspect's).
+    # first process (not counted) fills with the API's passes (one photo alone, and the
+    # aspect's).
     loads = []
     child = [sys.executable, "-m", "experiments.startup_benchmark", "--child", "pretrained",
-             "--photo", str(paths[0]), *model]
+             "--photo", str(paths[0]), "--photos", args.photos, *model]
     _run(child, cache, tmp)
     for i in range(args.repeats):
       _, out = _run(child, cache, tmp)
       loads.append(json.loads(out.strip().splitlines()[-1]))
       _emit({"what": "Cropper.pretrained()", "repeat": i,
              **{k: round(v, 3) if isinstance(v, float) else v for k, v in loads[-1].items()}})
-    for key in ("import_s", "pretrained_s", "first_crop_s", "first_aspect_crop_s"):
+    for key in ("import_s", "pretrained_s", "first_crop_s", "first_aspect_crop_s",
+                "crop_loop_photos_per_s"):
       summary[key] = round(statistics.median(r[key] for r in loads), 3)
     summary["tensorflow_imported"] = any(r["tensorflow_imported"] for r in loads)
 

@@ -471,7 +471,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "procrop crop") -> in
   inference.use_compile_cache(args.compile_cache)
   inputs, problems = photos.list_inputs(args.paths, exclude=args.out)
   # Fewer photos than a batch: the smallest power of two that holds them (one photo runs alone).
-  args.batch_size = min(args.batch_size, 1 << max(len(inputs) - 1, 0).bit_length())
+  args.batch_size = cropper_lib.calls_batch_size(len(inputs), args.batch_size)
   try:
     source = model_source(args)
     if not args.quiet:

@@ -24,9 +24,10 @@ a few canvases (`layout`, default the model's config.crop.canvas_layout, else "b
 multiples of 32) that holds it, so a 3:2 photo at S = 320 runs on 320 x 256 and a 16:9 one on
 320 x 192 (fewest pixels, up to 5 shapes); "orientation" fits every photo inside S wide by 3/4 S
 high, or that canvas turned upright for a portrait photo (2 shapes); "square" is S x S. Batches
-are padded to `batch_size` and candidate lists to a fixed count per aspect, so a process
-compiles its forward passes once per canvas shape (a proposal pass and, for fixed aspects, the
-candidates' scoring passes). (A model with retrieval keeps its S x S canvas.) The command line
+are padded to `batch_size` photos (a call with fewer photos to the smallest power of two that
+holds them, so `crop` and `score` run one photo alone, not a padded batch) and candidate lists
+to a fixed count per aspect, so a process compiles its forward passes once per canvas shape and
+batch size (a proposal pass and, for fixed aspects, the candidates' scoring passes). (A model with retrieval keeps its S x S canvas.) The command line
 over files and folders is crop.py.
 
 Keep regions (keep.py) are boxes every crop must contain: the user's (`keep`, `focus`) and,
@@ -301,11 +302,14 @@ class Cropper:
     for i, p in enumerate(prepared):
       buckets.setdefault(p.canvas.shape, []).append(i)
     out: list[list[Crop]] = [[] for _ in prepared]
+    # Batches pad to batch_size photos, or to the power of two that holds a smaller call's
+    # photos (as the command line does): a crop() loop runs each photo alone, not padded to 8.
+    size = calls_batch_size(len(prepared), self.batch_size)
     for indices in buckets.values():
-      for start in range(0, len(indices), self.batch_size):
-        chunk = indices[start:start + self.batch_size]
+      for start in range(0, len(indices), size):
+        chunk = indices[start:start + size]
         crops = self.crop_batch([prepared[i] for i in chunk], [target], top_k=top_k,
-                                keep=[user] * len(chunk))
+                                keep=[user] * len(chunk), batch_size=size)
         for i, c in zip(chunk, crops):
           out[i] = c[target.label]
     return out
@@ -324,7 +328,7 @@ class Cropper:
     padded = np.zeros((max(16, 1 << (len(boxes) - 1).bit_length()), 4))
     padded[:len(boxes)] = boxes / [width, height, width, height]
     padded[len(boxes):] = padded[0]
-    scores = self._predict([prepared], padded[None])["scores"][0]
+    scores = self._predict([prepared], padded[None], batch_size=1)["scores"][0]
     return np.asarray(scores[:len(boxes)], np.float64)
 
   def warm_up(self, canvas_hw: tuple[int, int], targets: Sequence[Target] = (FREE,)) -> None:
@@ -367,13 +371,14 @@ class Cropper:
     return self.face_detector.detect(_to_pil(image, self.max_pixels))
 
   def _predict(self, batch: list[Prepared], boxes: np.ndarray | None = None, *,
-               encoding: dict[str, np.ndarray] | None = None, keep_encoding: bool = False
-               ) -> dict[str, Any]:
-    """Predicts on a batch padded to batch_size, so that every call has the same shapes.
+               encoding: dict[str, np.ndarray] | None = None, keep_encoding: bool = False,
+               batch_size: int | None = None) -> dict[str, Any]:
+    """Predicts on a batch padded to batch_size (default `self.batch_size`), so that calls
+    share a few shapes.
 
     The "encoding" it keeps stays padded, for the calls that reuse it."""
     n = len(batch)
-    canvases, valid = self._padded(batch)
+    canvases, valid = self._padded(batch, batch_size or self.batch_size)
     if boxes is not None:
       boxes = np.concatenate([boxes, np.repeat(boxes[:1], len(canvases) - n, 0)])
     if encoding is not None:
@@ -382,22 +387,26 @@ class Cropper:
                                      keep_encoding=keep_encoding)
     return {k: v if k == "encoding" else v[:n] for k, v in outputs.items()}
 
-  def _padded(self, batch: list[Prepared]) -> tuple[np.ndarray, np.ndarray]:
+  @staticmethod
+  def _padded(batch: list[Prepared], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     shapes = {p.canvas.shape[:2] for p in batch}
     if len(shapes) > 1:
       raise ValueError(f"one batch holds canvases of several shapes {sorted(shapes)}: batch "
                        "photos of the same Cropper.canvas_shape")
-    size = max(self.batch_size, len(batch))
+    size = max(batch_size, len(batch))
     pad = [batch[0]] * (size - len(batch))
     return (np.stack([p.canvas for p in batch + pad]),
             np.stack([p.valid_hw for p in batch + pad]))
 
   def crop_batch(self, batch: list[Prepared], targets: Sequence[Target], *, top_k: int,
-                 keep: Sequence[Sequence[Sequence[float]] | None] | None = None
-                 ) -> list[dict[str, list[Crop]]]:
+                 keep: Sequence[Sequence[Sequence[float]] | None] | None = None,
+                 batch_size: int | None = None) -> list[dict[str, list[Crop]]]:
     """For each photo, target label -> its top_k crops, best first.
 
-    `keep` holds each photo's own keep regions (pixel boxes); its faces are added to them."""
+    `keep` holds each photo's own keep regions (pixel boxes); its faces are added to them.
+    The model runs on the batch padded to `batch_size` photos (default `self.batch_size`):
+    each size is its own compiled shape."""
+    size = batch_size or self.batch_size
     results: list[dict[str, list[Crop]]] = [{} for _ in batch]
     regions = [p.keep_regions(keep[i] if keep is not None else None)
                for i, p in enumerate(batch)]
@@ -409,17 +418,18 @@ class Cropper:
     # proposal pass per canvas, the one `warm_up` prepares.
     may_grow = self.face_detector is not None or any(len(r) for r in regions)
     reuse = (bool(ratios) or may_grow) and self.predictor.reuses_encoding
-    proposals = self._predict(batch, keep_encoding=reuse)
+    proposals = self._predict(batch, keep_encoding=reuse, batch_size=size)
     encoding = proposals.get("encoding")
     proposals_px = [proposals["boxes"][i].astype(np.float64) * (p.size * 2)
                     for i, p in enumerate(batch)]
     if any(t.ratio is None for t in targets):
-      free = self._free_crops(batch, proposals, proposals_px, regions, encoding)
+      free = self._free_crops(batch, proposals, proposals_px, regions, encoding, size)
       for i, (boxes, scores) in enumerate(free):
         results[i]["free"] = self._top(boxes, scores, top_k, "free", batch[i], regions[i])
     if ratios:
       chosen = aspect.choose(
-          lambda given: self._predict(batch, given, encoding=encoding)["scores"], proposals_px,
+          lambda given: self._predict(batch, given, encoding=encoding, batch_size=size)["scores"],
+          proposals_px,
           [p.size for p in batch], [[t.ratio for t in ratios]] * len(batch),
           candidates=self.aspect_candidates, proposal_scores=list(proposals["scores"]),
           keep=regions)
@@ -432,7 +442,7 @@ class Cropper:
 
   def _free_crops(self, batch: list[Prepared], proposals: dict[str, Any],
                   proposals_px: list[np.ndarray], regions: list[keep_lib.Regions],
-                  encoding: dict[str, np.ndarray] | None
+                  encoding: dict[str, np.ndarray] | None, batch_size: int
                   ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per photo, free candidate boxes [M, 4] and their scores.
 
@@ -463,7 +473,7 @@ class Cropper:
       pending = [[b for b, s in o.items() if s is None] or [next(iter(o))] for o in out]
       given = np.stack([np.resize(np.array(b, np.float64), (count, 4)) / (p.size * 2)
                         for b, p in zip(pending, batch)])
-      scores = self._predict(batch, given, encoding=encoding)["scores"]
+      scores = self._predict(batch, given, encoding=encoding, batch_size=batch_size)["scores"]
       for i, boxes in enumerate(pending):
         for box, score in zip(boxes, scores[i]):
           if out[i][box] is None:
@@ -483,6 +493,12 @@ class Cropper:
       crops.append(Crop(box, float(scores[i]), label, tuple(int(k) for k in not_kept),
                         tuple(int(k) for k in cut)))
     return crops
+
+
+def calls_batch_size(photos_in_call: int, batch_size: int) -> int:
+  """The batch a call of this many photos pads to: batch_size, or the smallest power of two
+  that holds the photos if that is smaller (1 for a single photo)."""
+  return min(batch_size, 1 << max(photos_in_call - 1, 0).bit_length())
 
 
 def user_regions(keep: Sequence[Sequence[float]] | None = None,

@@ -164,6 +164,36 @@ def test_api_round_trip_path_pil_and_array_agree(cropper, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_single_photo_runs_alone_and_crops_as_in_a_padded_batch(cropper, monkeypatch):
+  array = np.random.default_rng(3).integers(0, 255, (48, 64, 3), np.uint8)
+  batch_rows = []
+  predict = cropper.predictor.predict
+
+  def spy(images, image_valid_hw, *args, **kwargs):
+    batch_rows.append(len(image_valid_hw))
+    return predict(images, image_valid_hw, *args, **kwargs)
+
+  monkeypatch.setattr(cropper.predictor, "predict", spy)
+  alone = cropper.crop(array, aspect="4:5", top_k=2)
+  assert batch_rows and set(batch_rows) == {1}  # Not padded to batch_size (8).
+  cropper.score(array, [[0, 0, 32, 40]])
+  assert set(batch_rows) == {1}
+  batch_rows.clear()
+  padded = cropper.crop_batch([cropper.prepare(Image.fromarray(array))],
+                              [cropper_lib.parse_aspect("4:5")], top_k=2)[0]["4x5"]
+  assert set(batch_rows) == {cropper.batch_size} == {8}
+  assert [c.box for c in alone] == [c.box for c in padded]
+  np.testing.assert_allclose([c.score for c in alone], [c.score for c in padded], atol=1e-6)
+
+
+@pytest.mark.parametrize("photos_in_call, batch_size, expected", [
+    (1, 8, 1), (2, 8, 2), (3, 8, 4), (5, 8, 8), (8, 8, 8), (20, 8, 8), (3, 2, 2), (0, 8, 1)])
+def test_a_call_pads_to_the_power_of_two_that_holds_its_photos(photos_in_call, batch_size,
+                                                               expected):
+  assert cropper_lib.calls_batch_size(photos_in_call, batch_size) == expected
+
+
+@pytest.mark.slow
 def test_command_with_an_exported_model_and_no_workdir(cropper, tmp_path, capsys):
   folder = model_zoo.export(cropper.predictor.model(), cropper.predictor.config,
                             tmp_path / "model")
