@@ -225,6 +225,9 @@ class Cropper:
     `aspect_candidates` are the boxes scored for a fixed-aspect crop (`aspect.FAST`, or
     `aspect.DENSE` as the aspect-conditioned evaluation scores them). With `faces` (True, or a
     `faces.FaceDetector` of other settings) the faces found in each photo are keep regions.
+    `batch_size` is the most photos of one canvas the model runs at once (`crop_many`, folder
+    runs); a call with fewer pads to the smallest power of two that holds them, so `crop` and
+    `score` run one photo alone. Each batch size compiles its own passes.
     """
     self.predictor = predictor
     self.aspect_candidates = aspect_candidates
