@@ -286,4 +286,4 @@ def test_a_batch_of_mixed_canvas_shapes_is_refused():
   cropper = cropper_lib.Cropper(_FakePredictor(True))
   batch = [cropper.prepare(Image.new("RGB", size)) for size in ((600, 400), (400, 600))]
   with pytest.raises(ValueError, match="several shapes"):
-    cropper._padded(batch)  # pylint: disable=protected-access
+    cropper._padded(batch, cropper.batch_size)  # pylint: disable=protected-access
