@@ -49,8 +49,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.canvas_cache.dir = ""  # Empty: DATA_DIR/canvas_cache.
   config.data.canvas_cache.oversample = 1.25
   # The share of examples taken as they are (no crop, flip or colour jitter), as the feature
-  # cache's view 0 is for 1 in `views`: 1 / 8 mirrors the CPU recipe's 8 views.
-  config.data.canvas_cache.plain_probability = 0.0
+  # cache's view 0 is for 1 in `views`: 1 / 8 mirrors the CPU recipe's 8 views. Cross-validated
+  # (experiments/fcdb/RESULTS.md, CV6): it lifts the canvas path to the feature-cache recipe.
+  config.data.canvas_cache.plain_probability = 0.125
 
   # Weak-label generation for the embedded default (procrop_jax.cad).
   config.cad = ml_collections.ConfigDict()
