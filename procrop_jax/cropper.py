@@ -27,8 +27,8 @@ high, or that canvas turned upright for a portrait photo (2 shapes); "square" is
 are padded to `batch_size` photos (a call with fewer photos to the smallest power of two that
 holds them, so `crop` and `score` run one photo alone, not a padded batch) and candidate lists
 to a fixed count per aspect, so a process compiles its forward passes once per canvas shape and
-batch size (a proposal pass and, for fixed aspects, the candidates' scoring passes). (A model with retrieval keeps its S x S canvas.) The command line
-over files and folders is crop.py.
+batch size (a proposal pass and, for fixed aspects, the candidates' scoring passes). (A model
+with retrieval keeps its S x S canvas.) The command line over files and folders is crop.py.
 
 Keep regions (keep.py) are boxes every crop must contain: the user's (`keep`, `focus`) and,
 unless `faces=False`, the main faces found in the photo (faces.py) grown for hair and chin; a
@@ -430,10 +430,10 @@ class Cropper:
       for i, (boxes, scores) in enumerate(free):
         results[i]["free"] = self._top(boxes, scores, top_k, "free", batch[i], regions[i])
     if ratios:
+      score = lambda given: self._predict(batch, given, encoding=encoding,
+                                          batch_size=size)["scores"]
       chosen = aspect.choose(
-          lambda given: self._predict(batch, given, encoding=encoding, batch_size=size)["scores"],
-          proposals_px,
-          [p.size for p in batch], [[t.ratio for t in ratios]] * len(batch),
+          score, proposals_px, [p.size for p in batch], [[t.ratio for t in ratios]] * len(batch),
           candidates=self.aspect_candidates, proposal_scores=list(proposals["scores"]),
           keep=regions)
       for i in range(len(batch)):
