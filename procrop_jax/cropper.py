@@ -334,9 +334,11 @@ class Cropper:
     scores = self._predict([prepared], padded[None], batch_size=1)["scores"][0]
     return np.asarray(scores[:len(boxes)], np.float64)
 
-  def warm_up(self, canvas_hw: tuple[int, int], targets: Sequence[Target] = (FREE,)) -> None:
+  def warm_up(self, canvas_hw: tuple[int, int], targets: Sequence[Target] = (FREE,), *,
+              batch_size: int | None = None) -> None:
     """Prepares (compiles, or loads from the compilation cache) every pass that a batch of
-    photos on a canvas_hw canvas needs for `targets`, on a blank batch.
+    photos on a canvas_hw canvas needs for `targets`, on a blank batch padded to `batch_size`
+    (default `self.batch_size`).
 
     Thread-safe: a folder run warms each canvas up in the background as soon as its first
     photo is decoded, so compilation overlaps decoding and the other canvases' batches; a
@@ -349,7 +351,7 @@ class Cropper:
       # A face at the left edge, which most proposals leave out: free crops then also prepare
       # the pass that scores boxes grown to keep a face, as photos with faces need.
       blank.faces = np.array([[0.0, 0.4 * height, 0.1 * width, 0.6 * height]])
-    self.crop_batch([blank], targets, top_k=1)
+    self.crop_batch([blank], targets, top_k=1, batch_size=batch_size)
 
   # ---------------------------------------------------------------------------------- batches
   def prepare(self, image: Image.Image,

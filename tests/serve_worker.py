@@ -40,10 +40,12 @@ class FakeCropper:
     return cropper_lib.Prepared(np.zeros((h, w, 3), np.float32), np.ones(2, np.float32),
                                 image.size)
 
-  def warm_up(self, canvas_hw, targets=(cropper_lib.FREE,)) -> None:
-    self.warmed.append((self.batch_size, tuple(canvas_hw), tuple(t.label for t in targets)))
+  def warm_up(self, canvas_hw, targets=(cropper_lib.FREE,), *, batch_size=None) -> None:
+    self.warmed.append((batch_size or self.batch_size, tuple(canvas_hw),
+                        tuple(t.label for t in targets)))
 
-  def crop_batch(self, batch, targets, *, top_k):
+  def crop_batch(self, batch, targets, *, top_k, batch_size=None):
+    del batch_size  # The fake model takes any batch.
     if self.gate is not None:
       self.gate.wait()
     time.sleep(self.delay_s)

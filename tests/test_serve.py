@@ -106,7 +106,7 @@ def test_jobs_that_arrive_together_run_as_one_batch_and_get_their_own_answers():
 
 
 def test_every_batch_size_and_canvas_is_prepared_before_ready():
-  fake = serve_worker.FakeCropper()  # Its copies per batch size share its `warmed` list.
+  fake = serve_worker.FakeCropper()  # It records each warm-up's batch size.
   batcher = batcher_lib.Batcher(fake, max_batch=4)
   batcher.start(aspects=(cropper_lib.parse_aspect("16:9"),))
   assert batcher.ready.wait(10) and batcher.failed is None

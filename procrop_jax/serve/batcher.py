@@ -16,7 +16,6 @@ from two threads at once.
 from __future__ import annotations
 
 import concurrent.futures
-import copy
 import dataclasses
 import logging
 import queue
@@ -66,11 +65,8 @@ class Batcher:
       raise ValueError(f"max_batch={max_batch}: use at least 1")
     self.max_batch = max_batch
     self.max_wait_s = max_wait_s
-    self.sizes = batch_sizes(max_batch)
-    self._croppers = {}
-    for size in self.sizes:  # The same model; each batch size is its own compiled shape.
-      self._croppers[size] = copy.copy(cropper)
-      self._croppers[size].batch_size = size
+    self.sizes = batch_sizes(max_batch)  # Each batch size is its own compiled shape.
+    self._cropper = cropper
     self._on_batch = on_batch or (lambda n, seconds: None)
     self._queue: queue.Queue = queue.Queue()
     self._thread = threading.Thread(target=self._run, name="procrop-model", daemon=True)
@@ -80,7 +76,7 @@ class Batcher:
 
   @property
   def cropper(self) -> cropper_lib.Cropper:
-    return self._croppers[self.sizes[0]]
+    return self._cropper
 
   @property
   def depth(self) -> int:
@@ -126,7 +122,7 @@ class Batcher:
       for size in self.sizes:
         for shape in self.canvas_shapes():
           for targets in self._warm_up:
-            self._croppers[size].warm_up(shape, targets)
+            self._cropper.warm_up(shape, targets, batch_size=size)
     except Exception as e:  # pylint: disable=broad-except  (reported by /readyz, not raised)
       logging.exception("procrop serve: preparing the model failed")
       self.failed = e
@@ -176,13 +172,13 @@ class Batcher:
 
   def _crop(self, group: list[CropJob]) -> None:
     """One batch of crop jobs on one canvas shape; one by one if the batch fails."""
-    size = next(s for s in self.sizes if s >= len(group))
+    size = cropper_lib.calls_batch_size(len(group), self.max_batch)
     targets = list({t.label: t for job in group for t in job.targets}.values())
     top_k = max(job.top_k for job in group)
     start = time.perf_counter()
     try:
-      results = self._croppers[size].crop_batch([j.prepared for j in group], targets,
-                                                top_k=top_k)
+      results = self._cropper.crop_batch([j.prepared for j in group], targets, top_k=top_k,
+                                         batch_size=size)
     except Exception as e:  # pylint: disable=broad-except  (retried alone: a bad photo fails alone)
       if len(group) == 1:
         group[0].future.set_exception(e)
