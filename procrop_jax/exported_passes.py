@@ -37,13 +37,22 @@ SUFFIX = ".jaxexport"
 # 4.5-5.2 (+225-230 MB), and a first-ever `procrop crop ONE.jpg` peaked at 639 MB instead of
 # 988 MB (experiments/README.md, "Start-up").
 _CPU_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+# XLA:CPU hands dots and convolutions to the YNNPACK library by default. The face network's are
+# narrow (3 to 64 channels at up to 192 x 192): there YNNPACK took 28.6-30 CPU-ms a photo at
+# 384 px against 22.6 for XLA's own kernels, and its first conv (3 -> 32 channels) alone 4.8 ms.
+# The cropper's EfficientNet passes keep it: without it they ran ~1 CPU-ms a photo faster but
+# compiled 0.5-0.7 s slower, the larger cost to a first-ever `procrop crop ONE.jpg`.
+_CPU_NO_LIBRARY_FUSIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
-def compiler_options() -> dict[str, Any]:
+def compiler_options(*, library_fusions: bool = True) -> dict[str, Any]:
   """XLA options for the calls into exported passes on the current backend (`jax.jit`'s
   `compiler_options`; only a top-level jit takes them): on CPU, the loop emitters (see
-  `_CPU_COMPILER_OPTIONS`)."""
-  return dict(_CPU_COMPILER_OPTIONS) if jax.default_backend() == "cpu" else {}
+  `_CPU_COMPILER_OPTIONS`) and, unless `library_fusions`, XLA's own dots and convolutions
+  instead of YNNPACK's (`_CPU_NO_LIBRARY_FUSIONS`)."""
+  if jax.default_backend() != "cpu":
+    return {}
+  return {**_CPU_COMPILER_OPTIONS, **({} if library_fusions else _CPU_NO_LIBRARY_FUSIONS)}
 
 
 @functools.cache
@@ -74,14 +83,17 @@ class ExportedPasses:
 
   `identity` is what, besides the inputs' shapes, decides the program (the model's config and
   graph, the step's options). The state enters an exported pass as its list of leaves, named by
-  `specs` (see `leaf_specs`); `get` returns a function of (leaves, batch).
+  `specs` (see `leaf_specs`); `get` returns a function of (leaves, batch). The calls compile
+  with the XLA `options` given (default: `compiler_options()`).
 
   The model's config and the package's code decide its leaves, so they are kept too
   (`read_specs`/`write_specs`): a later process with the weights by name (a shipped model's
   file) orders them for an exported pass without building the model at all.
   """
 
-  def __init__(self, folder: str | os.PathLike[str], identity: Mapping[str, Any]):
+  def __init__(self, folder: str | os.PathLike[str], identity: Mapping[str, Any], *,
+               options: Mapping[str, Any] | None = None):
+    self.options = dict(compiler_options() if options is None else options)
     self.folder = pathlib.Path(folder) / FOLDER
     self.identity = {**identity, "jax": jax.__version__,
                      "platform": jax.default_backend(), "source": source_fingerprint()}
@@ -131,7 +143,7 @@ class ExportedPasses:
       exported = self._read(key)
       if exported is None:
         exported = self._export(key, *make_step(), batch)
-      self._calls[seen] = jax.jit(exported.call, compiler_options=compiler_options())
+      self._calls[seen] = jax.jit(exported.call, compiler_options=self.options)
     return self._calls[seen]
 
   def __len__(self) -> int:

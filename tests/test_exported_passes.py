@@ -69,6 +69,25 @@ def test_calls_into_passes_compile_with_the_loop_emitters_on_cpu(tmp_path, monke
   assert options[-1] == {"xla_cpu_use_fusion_emitters": False}
 
 
+def test_passes_given_options_compile_with_them_and_stay_correct(tmp_path, monkeypatch):
+  """The face network's passes leave YNNPACK out (XLA's own convolutions are faster there):
+  options given to ExportedPasses reach the call's jit, and XLA accepts them."""
+  no_library = exported_passes.compiler_options(library_fusions=False)
+  assert no_library == {"xla_cpu_use_fusion_emitters": False,
+                        "xla_cpu_experimental_ynn_fusion_type": ""}
+  options, real_jit = [], jax.jit
+
+  def jit(fun, **kwargs):
+    options.append(kwargs.get("compiler_options"))
+    return real_jit(fun, **kwargs)
+  monkeypatch.setattr(jax, "jit", jit)
+  state, batch = _inputs()
+  passes = exported_passes.ExportedPasses(tmp_path, {"model": "m"}, options=no_library)
+  got = _get(passes, state, batch)(state, batch)["y"]
+  np.testing.assert_allclose(got, batch["x"] @ state["w"] + state["b"], rtol=1e-6)
+  assert options[-1] == no_library
+
+
 def test_the_key_follows_shapes_options_and_model_but_not_values(tmp_path):
   passes = exported_passes.ExportedPasses(tmp_path, {"model": "m"})
   state, batch = _inputs()
