@@ -2,8 +2,9 @@
 
 The detector is BlazeFace's full-range network (face_net.py), whose weights ship inside the
 package: nothing is downloaded at run time and no TensorFlow or OpenCV is needed. A photo is
-resized to fit a canvas of `DETECT_SIDE` px (square, or 384 x 256 for photos of 3:2 and
-longer, either way round) at its top left, so all photos run three compiled executables. Why
+resized to fit a canvas of `DETECT_SIDE` px on its long side (square, 384 x 288 for photos of
+4:3 and longer, 384 x 256 for 3:2 and longer, either way round) at its top left, so all photos
+run five compiled executables. Why
 this detector and side (experiments/README.md, "Faces", has the figures, against OpenCV's Haar
 cascade at 1024 px):
 
@@ -35,6 +36,9 @@ from procrop_jax import face_net
 DETECT_SIDE = 384  # The square canvas the detector sees (a multiple of 16).
 SCORE_THRESHOLD = 0.5
 MAX_FACES = 16
+# Short sides of the detector's canvases, as fractions of its long side: 3:2 and longer photos,
+# then 4:3 and longer; squarer photos go on a square canvas.
+SHORT_FRACTIONS = (2 / 3, 3 / 4)
 # A keep region is the face box grown by these fractions of its size: BlazeFace's box runs from
 # the forehead to the chin; hair needs room above it, the chin a little below.
 MARGIN_TOP, MARGIN_BOTTOM, MARGIN_SIDES = 0.5, 0.15, 0.15
@@ -94,17 +98,20 @@ class FaceDetector:
     return self._calls[shape](canvas, valid)
 
   def canvas_shape(self, size: tuple[int, int]) -> tuple[int, int]:
-    """The (height, width) canvas a (width, height) photo is detected on: square, or two thirds
-    of that for photos of 3:2 and longer (a third fewer pixels for most photos, three shapes to
-    compile)."""
+    """The (height, width) canvas a (width, height) photo is detected on: `detect_side` on its
+    long side, and on its short side the first of `SHORT_FRACTIONS` of that (rounded up to 16)
+    the photo fits at full scale. Five shapes to compile; for FCDB's mix of photos they have 18%
+    fewer pixels than a square canvas for all but 3:2 and longer (4:3 is 40% of its photos)."""
     side = self.detect_side
     width, height = size
-    short = -(-side * 2 // 3 // 16) * 16  # Two thirds of the side, rounded up to 16.
-    if width >= 1.5 * height:
-      return short, side
-    if height >= 1.5 * width:
-      return side, short
-    return side, side
+    long_side, short_side = max(width, height), min(width, height)
+    short = side
+    for fraction in SHORT_FRACTIONS:
+      rows = -(-round(side * fraction) // 16) * 16
+      if short_side * side <= rows * long_side:
+        short = rows
+        break
+    return (short, side) if width >= height else (side, short)
 
   def detect(self, image: Image.Image) -> np.ndarray:
     """Faces [F, 4] ([x1, y1, x2, y2] float pixels of the upright photo), largest first."""

@@ -32,13 +32,24 @@ def test_finds_a_small_face_in_a_large_photo():
   assert 955 < x1 < 990 and 410 < y1 < 445 and 1000 < x2 < 1035 and 455 < y2 < 490
 
 
-def test_three_canvas_shapes_bound_the_compiled_executables():
+def test_five_canvas_shapes_bound_the_compiled_executables():
   detector = faces.FaceDetector()
   assert detector.canvas_shape((1500, 1000)) == (256, 384)  # 3:2 and longer: (height, width).
   assert detector.canvas_shape((1920, 1080)) == (256, 384)
   assert detector.canvas_shape((1000, 1500)) == (384, 256)
-  assert detector.canvas_shape((1024, 768)) == (384, 384)  # 4:3 fits no shorter canvas.
+  assert detector.canvas_shape((1024, 768)) == (288, 384)  # 4:3 up to 3:2.
+  assert detector.canvas_shape((1400, 1000)) == (288, 384)
+  assert detector.canvas_shape((768, 1024)) == (384, 288)
+  assert detector.canvas_shape((1100, 1000)) == (384, 384)  # Squarer than 4:3.
+  assert detector.canvas_shape((1000, 1000)) == (384, 384)
   assert faces.FaceDetector(detect_side=192).canvas_shape((300, 200)) == (128, 192)
+  assert faces.FaceDetector(detect_side=192).canvas_shape((400, 300)) == (144, 192)
+  sizes = [(w, h) for w in range(100, 2000, 37) for h in range(100, 2000, 41)]
+  shapes = {detector.canvas_shape(size) for size in sizes}
+  assert len(shapes) == 5
+  for width, height in sizes:  # Every photo fits its canvas at the full long side.
+    rows, cols = detector.canvas_shape((width, height))
+    assert min(rows / height, cols / width) >= 384 / max(width, height) - 1e-9
 
 
 def test_a_detector_side_that_is_not_a_multiple_of_16_is_refused():
