@@ -36,7 +36,12 @@ SUFFIX = ".jaxexport"
 # runs no faster: the face pass at 384 x 384 compiled in 3.1-3.3 CPU-s (+80 MB) instead of
 # 4.5-5.2 (+225-230 MB), and a first-ever `procrop crop ONE.jpg` peaked at 639 MB instead of
 # 988 MB (experiments/README.md, "Start-up").
-_CPU_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+#
+# LLVM's optimization level 1 rather than 2: on CPU the heavy work is in library calls
+# (YNNPACK's or XLA's own convolution and matmul kernels), and what LLVM compiles (elementwise
+# fusions) runs as fast at -O1. A first-ever `procrop crop ONE.jpg` took 6.6-6.8 s instead of
+# 7.3, and steady photos/s did not fall (experiments/README.md, "Start-up", session 23).
+_CPU_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 1}
 # XLA:CPU hands dots and convolutions to the YNNPACK library by default. The face network's are
 # narrow (3 to 64 channels at up to 192 x 192): there YNNPACK took 28.6-30 CPU-ms a photo at
 # 384 px against 22.6 for XLA's own kernels, and its first conv (3 -> 32 channels) alone 4.8 ms.
@@ -47,9 +52,9 @@ _CPU_NO_LIBRARY_FUSIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 def compiler_options(*, library_fusions: bool = True) -> dict[str, Any]:
   """XLA options for the calls into exported passes on the current backend (`jax.jit`'s
-  `compiler_options`; only a top-level jit takes them): on CPU, the loop emitters (see
-  `_CPU_COMPILER_OPTIONS`) and, unless `library_fusions`, XLA's own dots and convolutions
-  instead of YNNPACK's (`_CPU_NO_LIBRARY_FUSIONS`)."""
+  `compiler_options`; only a top-level jit takes them): on CPU, the loop emitters at LLVM's
+  level 1 (see `_CPU_COMPILER_OPTIONS`) and, unless `library_fusions`, XLA's own dots and
+  convolutions instead of YNNPACK's (`_CPU_NO_LIBRARY_FUSIONS`)."""
   if jax.default_backend() != "cpu":
     return {}
   return {**_CPU_COMPILER_OPTIONS, **({} if library_fusions else _CPU_NO_LIBRARY_FUSIONS)}

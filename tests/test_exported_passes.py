@@ -55,7 +55,8 @@ def test_calls_into_passes_compile_with_the_loop_emitters_on_cpu(tmp_path, monke
   """On CPU the calls compile with XLA's loop emitters (a third of the compile memory for the
   cropper's passes); the step inside, itself jitted, is exported as before."""
   assert jax.default_backend() == "cpu"
-  assert exported_passes.compiler_options() == {"xla_cpu_use_fusion_emitters": False}
+  assert exported_passes.compiler_options() == {"xla_cpu_use_fusion_emitters": False,
+                                                "xla_backend_optimization_level": 1}
   options, real_jit = [], jax.jit
 
   def jit(fun, **kwargs):
@@ -66,14 +67,14 @@ def test_calls_into_passes_compile_with_the_loop_emitters_on_cpu(tmp_path, monke
   passes = exported_passes.ExportedPasses(tmp_path, {"model": "m"})
   got = _get(passes, state, batch)(state, batch)["y"]
   np.testing.assert_array_equal(got, batch["x"] @ state["w"] + state["b"])
-  assert options[-1] == {"xla_cpu_use_fusion_emitters": False}
+  assert options[-1] == exported_passes.compiler_options()
 
 
 def test_passes_given_options_compile_with_them_and_stay_correct(tmp_path, monkeypatch):
   """The face network's passes leave YNNPACK out (XLA's own convolutions are faster there):
   options given to ExportedPasses reach the call's jit, and XLA accepts them."""
   no_library = exported_passes.compiler_options(library_fusions=False)
-  assert no_library == {"xla_cpu_use_fusion_emitters": False,
+  assert no_library == {**exported_passes.compiler_options(),
                         "xla_cpu_experimental_ynn_fusion_type": ""}
   options, real_jit = [], jax.jit
 
