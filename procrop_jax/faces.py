@@ -33,7 +33,7 @@ from PIL import Image
 from procrop_jax import exported_passes
 from procrop_jax import face_net
 
-DETECT_SIDE = 384  # The square canvas the detector sees (a multiple of 16).
+DETECT_SIDE = 384  # The long side of the canvas the detector sees (see check_side).
 SCORE_THRESHOLD = 0.5
 MAX_FACES = 16
 # Short sides of the detector's canvases, as fractions of its long side: 3:2 and longer photos,
@@ -51,9 +51,7 @@ class FaceDetector:
   """Faces of photos: `detect(image) -> [F, 4]` pixel boxes, largest first."""
 
   def __init__(self, *, detect_side: int = DETECT_SIDE, score_threshold: float = SCORE_THRESHOLD):
-    if detect_side < 64 or detect_side % 16:
-      raise ValueError(f"The face detector's side must be a multiple of 16 and at least 64, got "
-                       f"{detect_side}.")
+    check_side(detect_side)
     self.detect_side = detect_side
     self.score_threshold = score_threshold
     self._lock = threading.Lock()
@@ -99,7 +97,7 @@ class FaceDetector:
 
   def canvas_shape(self, size: tuple[int, int]) -> tuple[int, int]:
     """The (height, width) canvas a (width, height) photo is detected on: `detect_side` on its
-    long side, and on its short side the first of `SHORT_FRACTIONS` of that (rounded up to 16)
+    long side, and on its short side the first of `SHORT_FRACTIONS` of that (rounded up to 32)
     the photo fits at full scale. Five shapes to compile; for FCDB's mix of photos they have 18%
     fewer pixels than a square canvas for all but 3:2 and longer (4:3 is 40% of its photos)."""
     side = self.detect_side
@@ -107,11 +105,22 @@ class FaceDetector:
     long_side, short_side = max(width, height), min(width, height)
     short = side
     for fraction in SHORT_FRACTIONS:
-      rows = -(-round(side * fraction) // 16) * 16
+      multiple = face_net.SIDE_MULTIPLE
+      rows = -(-round(side * fraction) // multiple) * multiple
       if short_side * side <= rows * long_side:
         short = rows
         break
     return (short, side) if width >= height else (side, short)
+
+  def canvas_shapes(self) -> list[tuple[int, int]]:
+    """Every (height, width) canvas photos are detected on."""
+    return sorted({self.canvas_shape(size) for size in ((3, 2), (4, 3), (1, 1), (3, 4), (2, 3))})
+
+  def warm_up(self) -> None:
+    """Prepares the pass of every canvas shape (compiled, or loaded from the compilation
+    cache), so that no photo waits for one: `procrop serve` does this before it is ready."""
+    for height, width in self.canvas_shapes():
+      self._run(np.zeros((1, height, width, 3), np.uint8), np.array([[height, width]], np.int32))
 
   def detect(self, image: Image.Image) -> np.ndarray:
     """Faces [F, 4] ([x1, y1, x2, y2] float pixels of the upright photo), largest first."""
@@ -129,6 +138,14 @@ class FaceDetector:
     boxes = boxes[scores > 0] / [sx, sy, sx, sy]
     boxes = np.clip(boxes, 0, [image.width, image.height, image.width, image.height])
     return boxes[np.argsort(-(boxes[:, 2] - boxes[:, 0]), kind="stable")]
+
+
+def check_side(side: int) -> None:
+  """Raises ValueError unless `side` can be the detector's canvas side: a multiple of
+  `face_net.SIDE_MULTIPLE` (32), at least 64."""
+  if side < 64 or side % face_net.SIDE_MULTIPLE:
+    raise ValueError(f"The face detector's side must be a multiple of {face_net.SIDE_MULTIPLE} "
+                     f"and at least 64, got {side}.")
 
 
 def main_faces(faces: np.ndarray) -> np.ndarray:

@@ -31,6 +31,7 @@ class FakeCropper:
     self.gate = gate
     self.batches: list[int] = []  # Photos per crop_batch call.
     self.warmed: list[tuple] = []  # (batch size, canvas, target labels) per warm_up call.
+    self.face_detector = None  # Or any object with warm_up(); the fake finds no faces.
 
   def canvas_shape(self, width: int, height: int) -> tuple[int, int]:
     return (8, 16) if width >= height else (16, 8)

@@ -1,5 +1,6 @@
 """`procrop crop` end to end on a trained tiny run: outputs, statuses, scores, compilations."""
 
+import argparse
 import json
 import os
 import pathlib
@@ -270,3 +271,11 @@ def test_warm_up_prepares_every_pass_a_batch_needs_once_across_threads(tiny_trai
   crops = cropper.crop_batch([photo], targets, top_k=1)
   assert all(crops[0][t.label] for t in targets)
   assert cropper.predictor.compilations() == prepared  # The real batch compiled nothing.
+
+
+@pytest.mark.parametrize("text", ["400", "48", "-1", "x"])
+def test_a_face_side_the_detector_cannot_run_is_refused_by_name(text):
+  with pytest.raises(argparse.ArgumentTypeError, match=repr(text) if text in ("-1", "x")
+                     else "multiple of 32 and at least 64"):
+    crop.face_side(text)
+  assert crop.face_side("416") == 416

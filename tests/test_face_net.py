@@ -105,10 +105,17 @@ def test_loading_the_model_compiles_nothing():
   assert all(isinstance(v, jax.Array) and v.dtype == jnp.float32 for v in net.params.values())
 
 
-def test_sides_that_are_not_multiples_of_16_are_refused():
+def test_sides_that_are_not_multiples_of_32_are_refused():
   net = face_net.FaceNet((), {}, 0, (0, 0), (4,), (1,))
-  with pytest.raises(ValueError, match="multiples of 16"):
-    face_net.detect(net, {}, jnp.zeros((1, 100, 64, 3)))
+  for shape in ((1, 100, 64, 3), (1, 400, 384, 3)):
+    with pytest.raises(ValueError, match="multiples of 32"):
+      face_net.detect(net, {}, jnp.zeros(shape))
+
+
+def test_any_side_that_is_a_multiple_of_32_runs(detect):
+  for height, width in ((416, 416), (160, 192), (288, 384)):
+    boxes, scores = detect(np.zeros((1, height, width, 3), np.uint8), None)
+    assert boxes.shape == (1, 16, 4) and float(scores.max()) == 0.0
 
 
 def test_only_the_full_range_model_ships():

@@ -43,7 +43,7 @@ def test_five_canvas_shapes_bound_the_compiled_executables():
   assert detector.canvas_shape((1100, 1000)) == (384, 384)  # Squarer than 4:3.
   assert detector.canvas_shape((1000, 1000)) == (384, 384)
   assert faces.FaceDetector(detect_side=192).canvas_shape((300, 200)) == (128, 192)
-  assert faces.FaceDetector(detect_side=192).canvas_shape((400, 300)) == (144, 192)
+  assert faces.FaceDetector(detect_side=192).canvas_shape((400, 300)) == (160, 192)
   sizes = [(w, h) for w in range(100, 2000, 37) for h in range(100, 2000, 41)]
   shapes = {detector.canvas_shape(size) for size in sizes}
   assert len(shapes) == 5
@@ -52,9 +52,22 @@ def test_five_canvas_shapes_bound_the_compiled_executables():
     assert min(rows / height, cols / width) >= 384 / max(width, height) - 1e-9
 
 
-def test_a_detector_side_that_is_not_a_multiple_of_16_is_refused():
-  with pytest.raises(ValueError, match="multiple of 16"):
-    faces.FaceDetector(detect_side=200)
+def test_warm_up_prepares_every_canvas_shape_once():
+  detector = faces.FaceDetector(detect_side=192)
+  assert detector.canvas_shapes() == [(128, 192), (160, 192), (192, 128), (192, 160),
+                                      (192, 192)]
+  detector.warm_up()
+  assert set(detector._calls) == set(detector.canvas_shapes())  # pylint: disable=protected-access
+  prepared = dict(detector._calls)  # pylint: disable=protected-access
+  detector.warm_up()
+  assert detector._calls == prepared  # pylint: disable=protected-access
+
+
+def test_a_detector_side_that_is_not_a_multiple_of_32_is_refused():
+  for side in (200, 400, 32):  # 400 = 16 x 25: the network's 1/32 maps would not line up.
+    with pytest.raises(ValueError, match="multiple of 32"):
+      faces.FaceDetector(detect_side=side)
+  faces.FaceDetector(detect_side=416)
 
 
 def test_finds_no_face_in_a_cup_of_coffee_or_a_gradient():

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from unittest import mock
 import urllib.error
 import urllib.request
 import zlib
@@ -114,6 +115,17 @@ def test_every_batch_size_and_canvas_is_prepared_before_ready():
   shapes = [(8, 16), (16, 8)]
   assert sorted(fake.warmed) == sorted((size, shape, labels) for size in (1, 2, 4)
                                        for shape in shapes for labels in (("free",), ("16x9",)))
+
+
+def test_the_face_detector_is_prepared_before_ready_unless_warm_up_is_off():
+  for warm_up, want in ((True, 1), (False, 0)):
+    fake = serve_worker.FakeCropper()
+    fake.face_detector = mock.Mock()
+    batcher = batcher_lib.Batcher(fake, max_batch=2)
+    batcher.start(warm_up=warm_up)
+    assert batcher.ready.wait(10) and batcher.failed is None
+    batcher.close()
+    assert fake.face_detector.warm_up.call_count == want
 
 
 def test_a_bad_photo_fails_alone_in_its_batch():

@@ -92,8 +92,8 @@ class Batcher:
   def start(self, *, warm_up: bool = True,
             aspects: Sequence[cropper_lib.Target] = ()) -> None:
     """Starts the model thread; it prepares every batch size's free-crop passes (and those of
-    `aspects`) on every canvas first (`ready` is set after), so no such request waits for a
-    compilation."""
+    `aspects`) on every canvas, and the face detector's on each of its canvases, first (`ready`
+    is set after), so no such request waits for a compilation."""
     self._warm_up = [(cropper_lib.FREE,)] + [(t,) for t in aspects] if warm_up else []
     self._thread.start()
 
@@ -123,6 +123,9 @@ class Batcher:
         for shape in self.canvas_shapes():
           for targets in self._warm_up:
             self._cropper.warm_up(shape, targets, batch_size=size)
+      # Faces are found in the decoding threads, on canvases of their own.
+      if self._warm_up and self._cropper.face_detector is not None:
+        self._cropper.face_detector.warm_up()
     except Exception as e:  # pylint: disable=broad-except  (reported by /readyz, not raised)
       logging.exception("procrop serve: preparing the model failed")
       self.failed = e
