@@ -49,6 +49,19 @@ def _enable_compilation_cache(path: pathlib.Path) -> None:
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+def compilation_cache_env() -> dict[str, str]:
+  """Environment for a test's subprocess to share this run's compilation cache (empty before
+  `shared_tmp` turns it on): a worker that trains the tiny config reuses the steps the tests
+  compiled."""
+  import jax  # pylint: disable=g-import-not-at-top
+  folder = jax.config.jax_compilation_cache_dir
+  if not folder:
+    return {}
+  return {"JAX_COMPILATION_CACHE_DIR": folder,
+          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1.0",
+          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
 @pytest.fixture(scope="session")
 def shared_tmp(tmp_path_factory) -> pathlib.Path:
   """A directory shared by all xdist workers of this test run."""

@@ -24,8 +24,10 @@ def main() -> None:
   config.data.data_dir, config.data.manual_dir = data_dir, manual_dir
   config.train.num_steps = num_steps
   config.train.checkpoint_every = checkpoint_every
+  # The last checkpoint before step KILL_AT (a checkpoint at KILL_AT itself is saved after the
+  # step is logged, which is when this process dies).
   last_checkpoint = pathlib.Path(workdir, "checkpoints",
-                                 str(kill_at // checkpoint_every * checkpoint_every))
+                                 str((kill_at - 1) // checkpoint_every * checkpoint_every))
   write_jsonl = train._write_jsonl  # pylint: disable=protected-access
   create_writer = train.metric_writers.create_default_writer
   writers = []
@@ -41,6 +43,8 @@ def main() -> None:
       deadline = time.time() + 120  # Saves are asynchronous: wait for the one to resume from.
       while not last_checkpoint.is_dir() and time.time() < deadline:
         time.sleep(0.1)
+      if not last_checkpoint.is_dir():
+        sys.exit(f"{last_checkpoint} did not appear within 120 s")
       os.kill(os.getpid(), signal.SIGKILL)
 
   train._write_jsonl = write_then_die  # pylint: disable=protected-access

@@ -20,7 +20,7 @@ from procrop_jax import input_pipeline
 from procrop_jax import modes
 from procrop_jax import sharding
 from procrop_jax import train
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, compilation_cache_env
 from tests.test_evaluate import embedded_images
 
 
@@ -281,7 +281,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_loss_with_one_log_line_pe
 
   # Killed after logging step 4 (last checkpoint: step 2), as a preemption would.
   workdir = tmp_path / "killed"
-  env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+  env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), **compilation_cache_env())
   result = subprocess.run(
       [sys.executable, str(KILLED_WORKER), str(workdir), config.data.data_dir,
        config.data.manual_dir, "5", "2", "4"],
