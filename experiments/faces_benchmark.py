@@ -206,7 +206,7 @@ def main() -> None:
                       "(default: faces.py's)")
   parser.add_argument("--throughput", type=int, default=48)
   parser.add_argument("--face-side", type=int, default=faces.DETECT_SIDE,
-                      help="the side of the square the face detector sees a photo in")
+                      help="the long side of the canvas the face detector sees a photo on")
   args = parser.parse_args()
   if not FCDB.exists():
     raise SystemExit(f"{FCDB} is absent: this benchmark needs FCDB's training photos")

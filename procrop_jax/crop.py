@@ -407,7 +407,7 @@ def build_parser(prog: str = "procrop crop") -> argparse.ArgumentParser:
   parser.add_argument("--no-faces", action="store_true",
                       help="do not look for faces (by default crops keep the faces found whole)")
   parser.add_argument("--face-side", type=face_side, default=faces_lib.DETECT_SIDE,
-                      help="the side of the square the face detector sees the photo in, a "
+                      help="the long side of the canvas the face detector sees the photo on, a "
                       "multiple of 32: 192 is about 4x faster and misses faces under ~10%% of "
                       "the photo's short side (default: %(default)s)")
   parser.add_argument("--quiet", action="store_true", help="no progress bar")

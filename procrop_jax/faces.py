@@ -4,9 +4,8 @@ The detector is BlazeFace's full-range network (face_net.py), whose weights ship
 package: nothing is downloaded at run time and no TensorFlow or OpenCV is needed. A photo is
 resized to fit a canvas of `DETECT_SIDE` px on its long side (square, 384 x 288 for photos of
 4:3 and longer, 384 x 256 for 3:2 and longer, either way round) at its top left, so all photos
-run five compiled executables. Why
-this detector and side (experiments/README.md, "Faces", has the figures, against OpenCV's Haar
-cascade at 1024 px):
+run five compiled executables. Why this detector and side (experiments/README.md, "Faces", has
+the figures, against OpenCV's Haar cascade at 1024 px):
 
 - Small faces. At 384 px BlazeFace finds about half the faces of 2-5% of the photo's short side,
   three quarters of those of 5-10% and nearly all larger ones. At 192 px (its native input) it

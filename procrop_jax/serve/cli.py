@@ -77,7 +77,7 @@ def build_parser(prog: str = "procrop serve") -> argparse.ArgumentParser:
   parser.add_argument("--no-faces", action="store_true",
                       help="do not look for faces (by default crops keep the faces found whole)")
   parser.add_argument("--face-side", type=crop.face_side, default=faces_lib.DETECT_SIDE,
-                      help="the side of the square the face detector sees a photo in, a "
+                      help="the long side of the canvas the face detector sees a photo on, a "
                       "multiple of 32: smaller is faster and misses small faces (default: "
                       "%(default)s)")
   parser.add_argument("--quiet", action="store_true", help="no start-up lines, no access log")
