@@ -353,6 +353,11 @@ class Cropper:
       blank.faces = np.array([[0.0, 0.4 * height, 0.1 * width, 0.6 * height]])
     self.crop_batch([blank], targets, top_k=1, batch_size=batch_size)
 
+  def warm_up_faces(self) -> None:
+    """Prepares the face detector's pass on each of its canvases (none without a detector)."""
+    if self.face_detector is not None:
+      self.face_detector.warm_up(progress=self.predictor.progress)
+
   # ---------------------------------------------------------------------------------- batches
   def prepare(self, image: Image.Image,
               on_canvas: Callable[[tuple[int, ...]], Any] | None = None) -> Prepared:

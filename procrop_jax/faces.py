@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from typing import Callable
 
 import jax
@@ -115,11 +116,19 @@ class FaceDetector:
     """Every (height, width) canvas photos are detected on."""
     return sorted({self.canvas_shape(size) for size in ((3, 2), (4, 3), (1, 1), (3, 4), (2, 3))})
 
-  def warm_up(self) -> None:
+  def warm_up(self, progress: Callable[[str], None] | None = None) -> None:
     """Prepares the pass of every canvas shape (compiled, or loaded from the compilation
-    cache), so that no photo waits for one: `procrop serve` does this before it is ready."""
-    for height, width in self.canvas_shapes():
+    cache), so that no photo waits for one: `procrop serve` does this before it is ready.
+    `progress` (e.g. `inference.progress_to_stderr`) is told before and after."""
+    shapes = self.canvas_shapes()
+    start = time.perf_counter()
+    if progress is not None:
+      progress(f"Preparing the face detector for its {len(shapes)} canvases: compiled once, or "
+               f"loaded from {jax.config.jax_compilation_cache_dir or 'nowhere (no cache)'}")
+    for height, width in shapes:
       self._run(np.zeros((1, height, width, 3), np.uint8), np.array([[height, width]], np.int32))
+    if progress is not None:
+      progress(f"  ready in {time.perf_counter() - start:.1f} s")
 
   def detect(self, image: Image.Image) -> np.ndarray:
     """Faces [F, 4] ([x1, y1, x2, y2] float pixels of the upright photo), largest first."""

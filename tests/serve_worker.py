@@ -31,7 +31,7 @@ class FakeCropper:
     self.gate = gate
     self.batches: list[int] = []  # Photos per crop_batch call.
     self.warmed: list[tuple] = []  # (batch size, canvas, target labels) per warm_up call.
-    self.face_detector = None  # Or any object with warm_up(); the fake finds no faces.
+    self.faces_warmed = 0  # warm_up_faces calls (the fake finds no faces).
 
   def canvas_shape(self, width: int, height: int) -> tuple[int, int]:
     return (8, 16) if width >= height else (16, 8)
@@ -44,6 +44,9 @@ class FakeCropper:
   def warm_up(self, canvas_hw, targets=(cropper_lib.FREE,), *, batch_size=None) -> None:
     self.warmed.append((batch_size or self.batch_size, tuple(canvas_hw),
                         tuple(t.label for t in targets)))
+
+  def warm_up_faces(self) -> None:
+    self.faces_warmed += 1
 
   def crop_batch(self, batch, targets, *, top_k, batch_size=None):
     del batch_size  # The fake model takes any batch.

@@ -13,6 +13,7 @@ import pytest
 from procrop_jax import aspect
 from procrop_jax import crop
 from procrop_jax import cropper as cropper_lib
+from procrop_jax import faces as faces_lib
 from procrop_jax import photos
 
 
@@ -287,3 +288,20 @@ def test_a_batch_of_mixed_canvas_shapes_is_refused():
   batch = [cropper.prepare(Image.new("RGB", size)) for size in ((600, 400), (400, 600))]
   with pytest.raises(ValueError, match="several shapes"):
     cropper._padded(batch, cropper.batch_size)  # pylint: disable=protected-access
+
+
+def test_warm_up_faces_prepares_the_detectors_canvases_with_the_predictors_progress():
+  class RecordingDetector(faces_lib.FaceDetector):
+    def __init__(self):
+      super().__init__()
+      self.progress = []
+
+    def warm_up(self, progress=None):
+      self.progress.append(progress)
+
+  predictor = _FakePredictor(True)
+  predictor.progress = print
+  detector = RecordingDetector()
+  cropper_lib.Cropper(predictor, faces=detector).warm_up_faces()
+  assert detector.progress == [print]
+  cropper_lib.Cropper(predictor, faces=False).warm_up_faces()  # No detector: nothing to do.

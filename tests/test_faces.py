@@ -56,7 +56,9 @@ def test_warm_up_prepares_every_canvas_shape_once():
   detector = faces.FaceDetector(detect_side=192)
   assert detector.canvas_shapes() == [(128, 192), (160, 192), (192, 128), (192, 160),
                                       (192, 192)]
-  detector.warm_up()
+  lines = []
+  detector.warm_up(progress=lines.append)
+  assert "5 canvases" in lines[0] and lines[1].startswith("  ready in")
   assert set(detector._calls) == set(detector.canvas_shapes())  # pylint: disable=protected-access
   prepared = dict(detector._calls)  # pylint: disable=protected-access
   detector.warm_up()

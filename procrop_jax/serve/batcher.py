@@ -123,9 +123,8 @@ class Batcher:
         for shape in self.canvas_shapes():
           for targets in self._warm_up:
             self._cropper.warm_up(shape, targets, batch_size=size)
-      # Faces are found in the decoding threads, on canvases of their own.
-      if self._warm_up and self._cropper.face_detector is not None:
-        self._cropper.face_detector.warm_up()
+      if self._warm_up:  # Faces are found in the decoding threads, on canvases of their own.
+        self._cropper.warm_up_faces()
     except Exception as e:  # pylint: disable=broad-except  (reported by /readyz, not raised)
       logging.exception("procrop serve: preparing the model failed")
       self.failed = e
