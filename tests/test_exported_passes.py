@@ -51,42 +51,36 @@ def test_a_pass_is_exported_once_and_read_back_by_a_new_cache(tmp_path, monkeypa
   assert len(later) == 1
 
 
-def test_calls_into_passes_compile_with_the_loop_emitters_on_cpu(tmp_path, monkeypatch):
+def _jit_options(monkeypatch) -> list:
+  """The `compiler_options` of every jax.jit made from now on, in order."""
+  options, real_jit = [], jax.jit
+
+  def jit(fun, **kwargs):
+    options.append(kwargs.get("compiler_options"))
+    return real_jit(fun, **kwargs)
+  monkeypatch.setattr(jax, "jit", jit)
+  return options
+
+
+@pytest.mark.parametrize("library_fusions", [True, False])
+def test_calls_into_passes_compile_with_their_options_on_cpu(tmp_path, monkeypatch,
+                                                             library_fusions):
   """On CPU the calls compile with XLA's loop emitters (a third of the compile memory for the
-  cropper's passes); the step inside, itself jitted, is exported as before."""
+  cropper's passes) at LLVM's level 1; the face network's passes also leave YNNPACK out (XLA's
+  own convolutions are faster there). The options reach the call's jit, XLA accepts them, and
+  the step inside, itself jitted, is exported as before."""
   assert jax.default_backend() == "cpu"
-  assert exported_passes.compiler_options() == {"xla_cpu_use_fusion_emitters": False,
-                                                "xla_backend_optimization_level": 1}
-  options, real_jit = [], jax.jit
-
-  def jit(fun, **kwargs):
-    options.append(kwargs.get("compiler_options"))
-    return real_jit(fun, **kwargs)
-  monkeypatch.setattr(jax, "jit", jit)
+  want = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 1}
+  if not library_fusions:
+    want["xla_cpu_experimental_ynn_fusion_type"] = ""
+  assert exported_passes.compiler_options(library_fusions=library_fusions) == want
+  options = _jit_options(monkeypatch)
   state, batch = _inputs()
-  passes = exported_passes.ExportedPasses(tmp_path, {"model": "m"})
-  got = _get(passes, state, batch)(state, batch)["y"]
-  np.testing.assert_array_equal(got, batch["x"] @ state["w"] + state["b"])
-  assert options[-1] == exported_passes.compiler_options()
-
-
-def test_passes_given_options_compile_with_them_and_stay_correct(tmp_path, monkeypatch):
-  """The face network's passes leave YNNPACK out (XLA's own convolutions are faster there):
-  options given to ExportedPasses reach the call's jit, and XLA accepts them."""
-  no_library = exported_passes.compiler_options(library_fusions=False)
-  assert no_library == {**exported_passes.compiler_options(),
-                        "xla_cpu_experimental_ynn_fusion_type": ""}
-  options, real_jit = [], jax.jit
-
-  def jit(fun, **kwargs):
-    options.append(kwargs.get("compiler_options"))
-    return real_jit(fun, **kwargs)
-  monkeypatch.setattr(jax, "jit", jit)
-  state, batch = _inputs()
-  passes = exported_passes.ExportedPasses(tmp_path, {"model": "m"}, options=no_library)
+  passes = exported_passes.ExportedPasses(
+      tmp_path, {"model": "m"}, options=None if library_fusions else want)
   got = _get(passes, state, batch)(state, batch)["y"]
   np.testing.assert_allclose(got, batch["x"] @ state["w"] + state["b"], rtol=1e-6)
-  assert options[-1] == no_library
+  assert options[-1] == want
 
 
 def test_the_key_follows_shapes_options_and_model_but_not_values(tmp_path):
