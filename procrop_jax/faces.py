@@ -104,9 +104,8 @@ class FaceDetector:
     side = self.detect_side
     width, height = size
     long_side, short_side = max(width, height), min(width, height)
-    short = side
+    short, multiple = side, face_net.SIDE_MULTIPLE
     for fraction in SHORT_FRACTIONS:
-      multiple = face_net.SIDE_MULTIPLE
       rows = -(-round(side * fraction) // multiple) * multiple
       if short_side * side <= rows * long_side:
         short = rows
