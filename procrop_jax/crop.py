@@ -224,8 +224,13 @@ def run(inputs: Sequence[photos.Input], cropper: cropper_lib.Cropper, *,
       other canvases' batches, rather than when its first batch is full (called by the
       decoding threads as soon as a photo's canvas is made)."""
       with warming_lock:
-        if shape not in warming:
+        new = shape not in warming
+        if new:
           warming[shape] = compiler.submit(cropper.warm_up, shape[:2], targets)
+      if new and cropper.face_detector is not None:
+        # This thread looks for faces next. The model's pass is traced first (Cropper.lower):
+        # it compiles the longest, and tracing both at once would delay both.
+        cropper.lower(shape[:2], targets)
 
     decoded = _ordered(
         decoder, lambda i: (i, _decode(inputs[i], cropper.max_pixels, cropper, warm)),

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import pathlib
+import threading
 from typing import Any, Callable, Mapping, Sequence
 
 from absl import logging
@@ -103,6 +104,9 @@ class ExportedPasses:
     self.identity = {**identity, "jax": jax.__version__,
                      "platform": jax.default_backend(), "source": source_fingerprint()}
     self._calls: dict[tuple[Any, ...], Callable] = {}
+    # One thread exports a shape's pass; another asking for it meanwhile waits for that one.
+    self._locks: dict[tuple[Any, ...], threading.Lock] = {}
+    self._locks_lock = threading.Lock()
 
   def _identity_key(self) -> str:
     return hashlib.sha256(json.dumps(self.identity, sort_keys=True, default=str).encode()
@@ -139,16 +143,21 @@ class ExportedPasses:
     or an earlier process.
 
     `make_step()` returns (the jitted function of (state, batch), the state whose leaves are
-    `specs`): called only to export a pass no process has kept yet.
+    `specs`): called only to export a pass no process has kept yet. Thread-safe: threads asking
+    for the same shapes at once export it once.
     """
     # Every call asks: hashing the whole state's shapes is left to the first call of a shape.
     seen = (what, tuple((k, np.shape(v)) for k, v in sorted(batch.items())))
     if seen not in self._calls:
-      key = self.key(what, specs, batch)
-      exported = self._read(key)
-      if exported is None:
-        exported = self._export(key, *make_step(), batch)
-      self._calls[seen] = jax.jit(exported.call, compiler_options=self.options)
+      with self._locks_lock:
+        lock = self._locks.setdefault(seen, threading.Lock())
+      with lock:
+        if seen not in self._calls:
+          key = self.key(what, specs, batch)
+          exported = self._read(key)
+          if exported is None:
+            exported = self._export(key, *make_step(), batch)
+          self._calls[seen] = jax.jit(exported.call, compiler_options=self.options)
     return self._calls[seen]
 
   def __len__(self) -> int:

@@ -142,7 +142,8 @@ class FaceDetector:
     canvas[0, :height, :width] = np.asarray(image.convert("RGB").resize(
         (width, height), Image.Resampling.BILINEAR, reducing_gap=2.0))
     boxes, scores = self._run(canvas, np.array([[height, width]], np.int32))
-    boxes, scores = np.asarray(boxes[0], np.float64), np.asarray(scores[0])
+    # On the host first: indexing the device arrays would compile a slicing op of its own.
+    boxes, scores = np.asarray(boxes, np.float64)[0], np.asarray(scores)[0]
     sx, sy = width / image.width, height / image.height
     boxes = boxes[scores > 0] / [sx, sy, sx, sy]
     boxes = np.clip(boxes, 0, [image.width, image.height, image.width, image.height])

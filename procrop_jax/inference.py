@@ -408,13 +408,40 @@ class Predictor:
       or Q with `boxes`); "encoding" with keep_encoding. B is padded to a multiple of the device
       count inside: keep B (and Q) fixed across calls to compile once.
     """
+    batch, kind, what = self._batch(images, image_valid_hw, boxes, encoding, keep_encoding)
+    outputs = self._run(kind, batch, what)
+    n = len(image_valid_hw)
+    return jax.tree.map(lambda v: np.asarray(v)[:n], outputs)
+
+  def output_shapes(self, images: np.ndarray | None, image_valid_hw: np.ndarray,
+                    boxes: np.ndarray | None = None, *,
+                    encoding: dict[str, np.ndarray] | None = None,
+                    keep_encoding: bool = False) -> dict[str, Any]:
+    """The shapes and dtypes (`jax.ShapeDtypeStruct`s, batch padded to the device count) that
+    `predict` with these arguments returns, without compiling or running its pass.
+
+    It traces and lowers the pass (with a cache folder: exports it, or reads it back), which
+    its first `predict` then reuses: the Python-bound half of preparing a pass, which a caller
+    may want done before other work that needs the interpreter (a first-ever run's longest
+    wait is the proposal pass's compilation, which can start only after it)."""
+    batch, kind, _ = self._batch(images, image_valid_hw, boxes, encoding, keep_encoding)
+    device_batch = self.to_device(batch)  # Placed as `predict` places it: one lowering.
+    passes = self._exported_passes()
+    if passes is None:
+      return self._step(*kind).lower(self.state, device_batch).out_info
+    specs, leaves = self._exported_leaves
+    call = passes.get(repr(kind), specs, batch, lambda: (self._step(*kind), self.state))
+    return call.lower(leaves, device_batch).out_info
+
+  def _batch(self, images, image_valid_hw, boxes, encoding, keep_encoding
+             ) -> tuple[dict[str, np.ndarray], tuple[bool, bool], str]:
+    """`predict`'s arguments as (the batch its pass takes, the pass's kind, its description)."""
     if (encoding is not None or keep_encoding) and not self.reuses_encoding:
       raise ValueError("an encoding cannot replace the images with config.inference.flip: the "
                        "mirrored pass needs the pixels")
     if encoding is not None and boxes is None:
       raise ValueError("an encoding scores given boxes only: pass boxes, or the images to "
                        "propose crops")
-    n = len(image_valid_hw)
     batch: dict[str, Any] = {"image_valid_hw": np.asarray(image_valid_hw, np.float32)}
     if encoding is None:
       batch["image"] = np.asarray(images, np.float32)
@@ -422,15 +449,14 @@ class Predictor:
       batch.update({batch_keys.ENCODING_PREFIX + k: v for k, v in encoding.items()})
     if boxes is not None:
       batch["boxes"] = np.asarray(boxes, np.float32)
-    pad = -n % self.num_devices
-    if pad:  # Repeat the last example: its outputs are dropped below.
+    pad = -len(image_valid_hw) % self.num_devices
+    if pad:  # Repeat the last example: its outputs are dropped by `predict`.
       batch = {k: np.concatenate([v, np.repeat(v[-1:], pad, 0)]) for k, v in batch.items()}
     if encoding is None:
       batch = self.add_references(batch)
     what = ("scoring given boxes" if boxes is not None else "proposing crops") + (
         " from a kept encoding" if encoding is not None else "")
-    outputs = self._run((boxes is not None, keep_encoding), batch, what)
-    return jax.tree.map(lambda v: np.asarray(v)[:n], outputs)
+    return batch, (boxes is not None, keep_encoding), what
 
   def compilations(self) -> int:
     """How many forward passes `predict` has prepared: one per new input shape, each compiled

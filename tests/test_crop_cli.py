@@ -273,6 +273,46 @@ def test_warm_up_prepares_every_pass_a_batch_needs_once_across_threads(tiny_trai
   assert cropper.predictor.compilations() == prepared  # The real batch compiled nothing.
 
 
+def test_warm_up_with_faces_also_prepares_the_pass_that_scores_grown_boxes(
+    tiny_trained_workdir):
+  """Prepared beside the proposal pass (Cropper._warm_up_grown): a photo whose face the
+  proposals leave out then grows them and scores them without compiling anything."""
+  cropper = cropper_lib.Cropper.from_workdir(tiny_trained_workdir)
+  shape = cropper.canvas_shape(300, 200)
+  cropper.warm_up(shape)
+  prepared = cropper.predictor.compilations()
+  scored = []
+  real_predict = cropper.predictor.predict
+
+  def predict(images, valid, boxes=None, **kwargs):
+    scored.append(boxes is not None)
+    return real_predict(images, valid, boxes, **kwargs)
+  cropper.predictor.predict = predict
+  photo = cropper.prepare(Image.new("RGB", (300, 200), (90, 120, 150)))
+  photo.faces = np.array([[0.0, 80.0, 30.0, 120.0]])  # At the left edge.
+  crops = cropper.crop_batch([photo], [cropper_lib.FREE], top_k=1)
+  assert scored == [False, True]  # Proposals, then the grown boxes' scores.
+  assert crops[0]["free"][0].box[0] == 0  # The top crop keeps the face.
+  assert cropper.predictor.compilations() == prepared
+
+
+def test_a_folder_run_lowers_the_models_pass_before_it_looks_for_faces(tiny_trained_workdir,
+                                                                       tmp_path):
+  """Tracing needs the interpreter: the model's pass, the slowest to compile, is traced
+  before the face detector's, so that its compilation starts first (Cropper.lower)."""
+  cropper = cropper_lib.Cropper.from_workdir(tiny_trained_workdir)
+  events = []
+  real_lower, real_detect = cropper.lower, cropper.face_detector.detect
+  cropper.lower = lambda *args, **kwargs: (events.append("lower"),
+                                           real_lower(*args, **kwargs))[1]
+  cropper.face_detector.detect = lambda image: (events.append("faces"), real_detect(image))[1]
+  Image.new("RGB", (90, 60), (200, 120, 90)).save(tmp_path / "one.jpg")
+  inputs, _ = photos.list_inputs([str(tmp_path / "one.jpg")])
+  summary = crop.run(inputs, cropper, out_dir=tmp_path / "out", top_k=1, progress=False)
+  assert summary.ok == 1
+  assert events == ["lower", "faces"]
+
+
 @pytest.mark.parametrize("text", ["400", "48", "-1", "x"])
 def test_a_face_side_the_detector_cannot_run_is_refused_by_name(text):
   with pytest.raises(argparse.ArgumentTypeError, match=repr(text) if text in ("-1", "x")

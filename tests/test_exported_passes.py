@@ -3,6 +3,7 @@ depends on; an unreadable file is exported again; the Predictor's crops do not c
 shipped model's later predictor runs without building the model."""
 
 import json
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -83,6 +84,22 @@ def test_calls_into_passes_compile_with_their_options_on_cpu(tmp_path, monkeypat
   assert options[-1] == want
 
 
+def test_threads_asking_for_one_pass_at_once_export_it_once(tmp_path):
+  import concurrent.futures  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+  state, batch = _inputs()
+  passes = exported_passes.ExportedPasses(tmp_path, {"model": "m"})
+  made, both_asked = [], threading.Barrier(2)
+
+  def ask():
+    both_asked.wait()
+    return passes.get("propose", _specs(state), batch,
+                      lambda: (made.append(1), (_step(), state))[1])
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    calls = [f.result() for f in [pool.submit(ask) for _ in range(2)]]
+  assert len(made) == 1 and calls[0] is calls[1]
+
+
 def test_the_key_follows_shapes_options_and_model_but_not_values(tmp_path):
   passes = exported_passes.ExportedPasses(tmp_path, {"model": "m"})
   state, batch = _inputs()
@@ -127,6 +144,43 @@ def test_the_predictor_crops_the_same_through_exported_passes(tmp_path, monkeypa
   folder = tmp_path / exported_passes.FOLDER
   assert len(list(folder.glob("*" + exported_passes.SUFFIX))) == 1
   assert len(list(folder.glob("*.leaves.json"))) == 1
+
+
+def _lowerings(fn) -> int:
+  """How many jitted functions `fn()` lowers to MLIR (JAX logs each with log_compiles on)."""
+  messages = []
+  handler = logging.Handler()
+  handler.emit = lambda record: messages.append(record.getMessage())
+  logger = logging.getLogger("jax._src.dispatch")
+  logger.addHandler(handler)
+  try:
+    with jax.log_compiles():
+      fn()
+  finally:
+    logger.removeHandler(handler)
+  return sum("to MLIR module conversion" in m for m in messages)
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_output_shapes_are_predicts_and_its_lowering_is_reused(tmp_path, monkeypatch, cached):
+  """`Predictor.output_shapes` traces and lowers a pass without running it; the first
+  `predict` of those shapes then lowers nothing again (a predictor that did not ask does)."""
+  from configs import testing  # pylint: disable=g-import-not-at-top
+  config = testing.get_config()
+  config.model.num_references = 0
+  model = model_zoo.create_model(config)
+  images = np.random.default_rng(0).random((2, 128, 96, 3), np.float32)
+  valid = np.array([[1.0, 1.0], [0.8, 1.0]], np.float32)
+  monkeypatch.setattr(inference, "exported_folder", lambda: str(tmp_path) if cached else "")
+  new = lambda: inference.Predictor(model, config, source="random", devices=jax.devices()[:1])
+  asked = new()
+  shapes = asked.output_shapes(images, valid, keep_encoding=True)
+  got = {}
+  assert _lowerings(lambda: got.update(asked.predict(images, valid, keep_encoding=True))) == 0
+  assert jax.tree.map(lambda s: (s.shape, s.dtype), shapes) == jax.tree.map(
+      lambda v: (v.shape, v.dtype), got)
+  assert asked.compilations() == 1
+  assert _lowerings(lambda: new().predict(images, valid, keep_encoding=True)) >= 1
 
 
 def test_the_leaf_order_is_kept_and_an_unreadable_one_is_ignored(tmp_path):
