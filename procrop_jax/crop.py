@@ -226,11 +226,12 @@ def run(inputs: Sequence[photos.Input], cropper: cropper_lib.Cropper, *,
       with warming_lock:
         new = shape not in warming
         if new:
-          warming[shape] = compiler.submit(cropper.warm_up, shape[:2], targets)
+          warming[shape] = compiler.submit(cropper.warm_up, shape[:2], targets,
+                                           keep=bool(keep))
       if new and cropper.face_detector is not None:
         # This thread looks for faces next. The model's pass is traced first (Cropper.lower):
         # it compiles the longest, and tracing both at once would delay both.
-        cropper.lower(shape[:2], targets)
+        cropper.lower(shape[:2], targets, keep=bool(keep))
 
     decoded = _ordered(
         decoder, lambda i: (i, _decode(inputs[i], cropper.max_pixels, cropper, warm)),

@@ -336,10 +336,11 @@ class Cropper:
     return np.asarray(scores[:len(boxes)], np.float64)
 
   def warm_up(self, canvas_hw: tuple[int, int], targets: Sequence[Target] = (FREE,), *,
-              batch_size: int | None = None) -> None:
+              batch_size: int | None = None, keep: bool = False) -> None:
     """Prepares (compiles, or loads from the compilation cache) every pass that a batch of
     photos on a canvas_hw canvas needs for `targets`, on a blank batch padded to `batch_size`
-    (default `self.batch_size`).
+    (default `self.batch_size`). `keep`: the photos come with keep regions of the user's
+    (`crop_batch`'s `keep`), whose free proposals may grow as those with faces do.
 
     Thread-safe: a folder run warms each canvas up in the background as soon as its first
     photo is decoded, so compilation overlaps decoding and the other canvases' batches; a
@@ -347,26 +348,29 @@ class Cropper:
     """
     size = batch_size or self.batch_size
     blank = self._blank(canvas_hw)
-    if self.face_detector is None or not any(t.ratio is None for t in targets):
-      self.crop_batch([blank], targets, top_k=1, batch_size=size)
+    # A region at the blank's left edge, which most proposals leave out: free crops of it then
+    # also run the pass that scores boxes grown to keep a region, as the photos will.
+    regions = [[_edge_region(canvas_hw)]] if keep else None
+    grows = ((self.face_detector is not None or keep) and self.predictor.reuses_encoding
+             and any(t.ratio is None for t in targets))
+    if not grows:
+      self.crop_batch([blank], targets, top_k=1, batch_size=size, keep=regions)
       return
-    # Free crops with faces also need the pass that scores boxes grown to keep a face. It is
-    # prepared beside the proposal pass rather than after it: the two compile at once (on a
-    # first-ever `procrop crop ONE.jpg`, 1 s sooner on 2 CPU cores).
+    # That pass is prepared beside the proposal pass rather than after it: the two compile at
+    # once (on a first-ever `procrop crop ONE.jpg`, 1 s sooner on 2 CPU cores).
     with concurrent.futures.ThreadPoolExecutor(1) as side:
       grown = side.submit(self._warm_up_grown, blank, size)
-      self.crop_batch([blank], targets, top_k=1, batch_size=size)
+      self.crop_batch([blank], targets, top_k=1, batch_size=size, keep=regions)
       grown.result()
 
   def _blank(self, canvas_hw: tuple[int, int]) -> Prepared:
-    """A grey photo that fills a canvas_hw canvas, with a face (when the cropper looks for
-    them) at its left edge, which most proposals leave out: free crops of it then also run the
-    pass that scores boxes grown to keep a face, as photos with faces need."""
+    """A grey photo that fills a canvas_hw canvas; with a face detector, with a face at its
+    left edge (`warm_up`)."""
     height, width = canvas_hw
     blank = Prepared(np.full((height, width, 3), 0.5, np.float32),
                      np.ones((2,), np.float32), (width, height))
     if self.face_detector is not None:
-      blank.faces = np.array([[0.0, 0.4 * height, 0.1 * width, 0.6 * height]])
+      blank.faces = np.array([_edge_region(canvas_hw)])
     return blank
 
   def _warm_up_grown(self, blank: Prepared, batch_size: int) -> None:
@@ -379,16 +383,16 @@ class Cropper:
     self._predict([blank], boxes, encoding=encoding, batch_size=batch_size)
 
   def lower(self, canvas_hw: tuple[int, int], targets: Sequence[Target] = (FREE,), *,
-            batch_size: int | None = None) -> None:
+            batch_size: int | None = None, keep: bool = False) -> None:
     """Traces and lowers (or reads back) the proposal pass of a canvas_hw canvas, without
-    compiling it (`Predictor.output_shapes`).
+    compiling it (`Predictor.output_shapes`); `keep` as for `warm_up`.
 
     A folder run calls it in a decoding thread before that thread looks for faces: tracing
     needs the interpreter, so the face detector's tracing would only slow the model's down,
     while the model's pass, the slowest to compile, can then start compiling sooner."""
     canvases, valid = self._padded([self._blank(canvas_hw)], batch_size or self.batch_size)
     self.predictor.output_shapes(canvases, valid,
-                                 keep_encoding=self._keeps_encoding(targets, False))
+                                 keep_encoding=self._keeps_encoding(targets, keep))
 
   def _keeps_encoding(self, targets: Sequence[Target], keeps_regions: bool) -> bool:
     """Whether a batch's proposal pass keeps its encoding for a scoring pass: for fixed
@@ -545,6 +549,12 @@ class Cropper:
       crops.append(Crop(box, float(scores[i]), label, tuple(int(k) for k in not_kept),
                         tuple(int(k) for k in cut)))
     return crops
+
+
+def _edge_region(canvas_hw: tuple[int, int]) -> list[float]:
+  """A box at the left edge of a canvas_hw photo, which most proposals leave out."""
+  height, width = canvas_hw
+  return [0.0, 0.4 * height, 0.1 * width, 0.6 * height]
 
 
 def calls_batch_size(photos_in_call: int, batch_size: int) -> int:

@@ -313,6 +313,19 @@ def test_a_folder_run_lowers_the_models_pass_before_it_looks_for_faces(tiny_trai
   assert events == ["lower", "faces"]
 
 
+def test_a_folder_run_with_keep_regions_prepares_only_the_passes_its_batches_use(
+    tiny_trained_workdir, tmp_path):
+  """Without a face detector, keep regions of the user's make the proposal pass keep its
+  encoding for the grown boxes: the warm-up prepares that pass, not the plain one."""
+  cropper = cropper_lib.Cropper.from_workdir(tiny_trained_workdir, faces=False)
+  Image.new("RGB", (90, 60), (200, 120, 90)).save(tmp_path / "one.jpg")
+  inputs, _ = photos.list_inputs([str(tmp_path / "one.jpg")])
+  summary = crop.run(inputs, cropper, out_dir=tmp_path / "out", top_k=1, progress=False,
+                     keep=[(0, 20, 9, 40)])
+  assert summary.ok == 1
+  assert cropper.predictor.compilations() == 2  # Proposals with their encoding; grown boxes.
+
+
 @pytest.mark.parametrize("text", ["400", "48", "-1", "x"])
 def test_a_face_side_the_detector_cannot_run_is_refused_by_name(text):
   with pytest.raises(argparse.ArgumentTypeError, match=repr(text) if text in ("-1", "x")
