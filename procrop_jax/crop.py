@@ -438,11 +438,18 @@ def model_source(args: argparse.Namespace) -> str:
     raise UsageError(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
 
 
-def load_cropper(args: argparse.Namespace) -> cropper_lib.Cropper:
-  """The cropper the flags ask for; a problem is one line and exit status 2."""
+def face_detector(args: argparse.Namespace) -> faces_lib.FaceDetector | None:
+  """The face detector the flags ask for (None with --no-faces)."""
+  return None if args.no_faces else faces_lib.FaceDetector(detect_side=args.face_side)
+
+
+def load_cropper(args: argparse.Namespace, *, faces: faces_lib.FaceDetector | None = None
+                 ) -> cropper_lib.Cropper:
+  """The cropper the flags ask for, with the face detector `faces` if given (else the one the
+  flags ask for); a problem is one line and exit status 2."""
   kwargs = dict(nms_iou=args.nms_iou, max_pixels=args.max_pixels, batch_size=args.batch_size,
                 canvas_size=args.canvas_size, layout=args.canvas_layout,
-                faces=not args.no_faces and faces_lib.FaceDetector(detect_side=args.face_side),
+                faces=faces or face_detector(args) or False,
                 progress=None if args.quiet else inference.progress_to_stderr)
   try:
     if args.workdir:
@@ -450,6 +457,14 @@ def load_cropper(args: argparse.Namespace) -> cropper_lib.Cropper:
     return cropper_lib.Cropper.pretrained(args.model or model_zoo.DEFAULT_MODEL, **kwargs)
   except (FileNotFoundError, ValueError) as e:
     raise UsageError(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
+
+
+def _warm_up_faces_for(detector: faces_lib.FaceDetector, source: str) -> None:
+  """Prepares the face pass of the canvas `source`'s photo is detected on, if its header can
+  be read (otherwise its decoding says why, later)."""
+  size = photos.upright_size(source)
+  if size is not None:
+    detector.warm_up(shapes=[detector.canvas_shape(size)])
 
 
 class UsageError(Exception):
@@ -482,20 +497,30 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "procrop crop") -> in
   args.batch_size = cropper_lib.calls_batch_size(len(inputs), args.batch_size)
   try:
     source = model_source(args)
-    if not args.quiet:
-      inference.progress_to_stderr(f"Loading {source} (compiled passes: "
-                                   f"{args.compile_cache or 'not kept'})")
-    start = time.perf_counter()
-    cropper = load_cropper(args)
   except UsageError as e:
     print(f"{prog}: error: {e}", file=sys.stderr)
     return 2
-  if not args.quiet:
-    inference.progress_to_stderr(f"  loaded in {time.perf_counter() - start:.1f} s")
-  summary = run(inputs, cropper, out_dir=args.out, targets=targets, top_k=args.top_k,
-                fmt=args.format, quality=args.quality, problems=problems,
-                workers=args.workers, progress=not args.quiet,
-                keep=cropper_lib.user_regions(args.keep, args.focus))
+  detector = face_detector(args)
+  with concurrent.futures.ThreadPoolExecutor(1) as early:
+    if detector is not None and inputs:
+      # The first photo's face pass is prepared while the model loads: loading is Python on
+      # one core, and compiling the face pass (seconds on a first-ever run) needs the other.
+      early.submit(_warm_up_faces_for, detector, inputs[0].source)
+    try:
+      if not args.quiet:
+        inference.progress_to_stderr(f"Loading {source} (compiled passes: "
+                                     f"{args.compile_cache or 'not kept'})")
+      start = time.perf_counter()
+      cropper = load_cropper(args, faces=detector)
+    except UsageError as e:
+      print(f"{prog}: error: {e}", file=sys.stderr)
+      return 2
+    if not args.quiet:
+      inference.progress_to_stderr(f"  loaded in {time.perf_counter() - start:.1f} s")
+    summary = run(inputs, cropper, out_dir=args.out, targets=targets, top_k=args.top_k,
+                  fmt=args.format, quality=args.quality, problems=problems,
+                  workers=args.workers, progress=not args.quiet,
+                  keep=cropper_lib.user_regions(args.keep, args.focus))
   print(f"Cropped {summary.ok} of {summary.total} inputs into {summary.out_dir} "
         f"({summary.photos_per_second:.2f} photos/s)"
         + (f"; {summary.failed} failed (see {summary.out_dir / 'results.jsonl'})"

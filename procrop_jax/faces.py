@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import numpy as np
@@ -116,15 +116,19 @@ class FaceDetector:
     """Every (height, width) canvas photos are detected on."""
     return sorted({self.canvas_shape(size) for size in ((3, 2), (4, 3), (1, 1), (3, 4), (2, 3))})
 
-  def warm_up(self, progress: Callable[[str], None] | None = None) -> None:
+  def warm_up(self, progress: Callable[[str], None] | None = None,
+              shapes: Sequence[tuple[int, int]] | None = None) -> None:
     """Prepares the pass of every canvas shape (compiled, or loaded from the compilation
     cache), so that no photo waits for one: `procrop serve` does this before it is ready.
-    `progress` (e.g. `inference.progress_to_stderr`) is told before and after."""
-    shapes = self.canvas_shapes()
+    `shapes`: only these (height, width) canvases (`canvas_shape`). `progress` (e.g.
+    `inference.progress_to_stderr`) is told before and after."""
+    every = shapes is None
+    shapes = self.canvas_shapes() if every else list(shapes)
     start = time.perf_counter()
     if progress is not None:
       cache = jax.config.jax_compilation_cache_dir
-      progress(f"Preparing the face detector for its {len(shapes)} canvases: "
+      progress(f"Preparing the face detector for {'its ' if every else ''}{len(shapes)} "
+               f"{'' if every else 'of its '}canvases: "
                + (f"compiled once, or loaded from {cache}" if cache else "compiled (no cache)"))
     for height, width in shapes:
       self._run(np.zeros((1, height, width, 3), np.uint8), np.array([[height, width]], np.int32))

@@ -192,6 +192,21 @@ def read_photo(source: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
     return _decode(fp, max_pixels)
 
 
+def upright_size(source: str) -> tuple[int, int] | None:
+  """(width, height) of a photo file as it will be cropped (EXIF orientation applied), read
+  from its header only; None for stdin or a file that cannot be read that far (`read_photo`
+  then says why)."""
+  if source == STDIN:
+    return None
+  try:
+    with Image.open(source) as image:
+      width, height = image.size
+      turned = image.getexif().get(_EXIF_ORIENTATION) in (5, 6, 7, 8)
+  except Exception:  # pylint: disable=broad-except  (any unreadable header: no size)
+    return None
+  return (height, width) if turned else (width, height)
+
+
 def decode_photo(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
   """`read_photo` for a photo's bytes (an upload); raises PhotoError (PhotoTooLargeError for
   the pixel limit) with the reason."""

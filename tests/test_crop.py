@@ -193,6 +193,41 @@ def test_crops_keep_the_icc_profile_and_reset_the_orientation(tmp_path):
   assert not os.path.exists(tmp_path / ".out.jpg.tmp")
 
 
+def test_upright_size_reads_the_header_with_its_orientation(tmp_path):
+  exif = Image.Exif()
+  exif[0x0112] = 6  # Stored 64x48, shown 48x64.
+  (tmp_path / "turned.jpg").write_bytes(_jpeg_bytes((64, 48), exif=exif.tobytes()))
+  Image.new("RGB", (30, 20)).save(tmp_path / "plain.png")
+  (tmp_path / "text.jpg").write_text("not an image")
+  assert photos.upright_size(str(tmp_path / "turned.jpg")) == (48, 64)
+  assert photos.upright_size(str(tmp_path / "plain.png")) == (30, 20)
+  for source in (str(tmp_path / "text.jpg"), str(tmp_path / "missing.jpg"), photos.STDIN):
+    assert photos.upright_size(source) is None  # Its decoding says why, later.
+
+
+def test_the_first_photos_face_pass_is_prepared_while_the_model_loads(tmp_path, monkeypatch):
+  """`procrop crop` starts the face pass of its first photo's canvas before loading the
+  model (two cores: one loads, one compiles), then hands that detector to the cropper."""
+  Image.new("RGB", (300, 200)).save(tmp_path / "a.jpg")
+  warmed, given = [], []
+
+  class Detector(faces_lib.FaceDetector):
+    def warm_up(self, progress=None, shapes=None):
+      warmed.append(shapes)
+
+  monkeypatch.setattr(crop, "face_detector", lambda args: Detector(detect_side=args.face_side))
+
+  def load_cropper(args, *, faces=None):
+    given.append(faces)
+    raise crop.UsageError("stop here")
+  monkeypatch.setattr(crop, "load_cropper", load_cropper)
+  assert crop.main([str(tmp_path / "a.jpg"), "--out", str(tmp_path / "out"),
+                    "--face-side", "192"]) == 2
+  assert warmed == [[(128, 192)]]  # The 3:2 landscape canvas at 192 px.
+  assert isinstance(given[0], Detector)
+  assert given[0].canvas_shape((300, 200)) == (128, 192)
+
+
 @pytest.mark.parametrize("size, bucket, photo_hw", [
     ((600, 400), (256, 320), (213, 320)),  # 3:2 landscape: 320 x 256 instead of 320 x 320.
     ((400, 600), (320, 256), (320, 213)),  # Portrait.

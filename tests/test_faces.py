@@ -63,6 +63,11 @@ def test_warm_up_prepares_every_canvas_shape_once():
   prepared = dict(detector._calls)  # pylint: disable=protected-access
   detector.warm_up()
   assert detector._calls == prepared  # pylint: disable=protected-access
+  one = faces.FaceDetector(detect_side=192)
+  lines = []
+  one.warm_up(progress=lines.append, shapes=[(128, 192)])
+  assert "1 of its canvases" in lines[0]
+  assert list(one._calls) == [(128, 192)]  # pylint: disable=protected-access
 
 
 def test_a_detector_side_that_is_not_a_multiple_of_32_is_refused():
