@@ -30,7 +30,8 @@ Exit status: 0 all inputs cropped, 1 some failed (the others are still written),
 The crops themselves come from the `Cropper` (cropper.py: free crops, fixed aspects, canvas
 buckets). Photos are decoded in threads while the model runs, and crops are written while the
 model runs on the next batch; batches are formed per canvas bucket, and each canvas's passes
-are prepared in the background from its first decoded photo on. Start-up costs are kept to
+are prepared in the background from its first decoded photo on (the first photo's face pass
+already while the model loads). Start-up costs are kept to
 what the model needs: no TensorFlow is imported (unless the model uses retrieval), the
 parameters are read into abstract shapes, and the compiled passes are kept in JAX's persistent
 compilation cache (--compile-cache, default $PROCROP_COMPILE_CACHE, else
