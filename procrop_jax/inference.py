@@ -417,8 +417,8 @@ class Predictor:
                     boxes: np.ndarray | None = None, *,
                     encoding: dict[str, np.ndarray] | None = None,
                     keep_encoding: bool = False) -> dict[str, Any]:
-    """The shapes and dtypes (`jax.ShapeDtypeStruct`s, batch padded to the device count) that
-    `predict` with these arguments returns, without compiling or running its pass.
+    """The shapes and dtypes (`jax.ShapeDtypeStruct`s) of what `predict` with these arguments
+    returns, without compiling or running its pass.
 
     It traces and lowers the pass (with a cache folder: exports it, or reads it back), which
     its first `predict` then reuses: the Python-bound half of preparing a pass, which a caller
@@ -428,10 +428,13 @@ class Predictor:
     device_batch = self.to_device(batch)  # Placed as `predict` places it: one lowering.
     passes = self._exported_passes()
     if passes is None:
-      return self._step(*kind).lower(self.state, device_batch).out_info
-    specs, leaves = self._exported_leaves
-    call = passes.get(repr(kind), specs, batch, lambda: (self._step(*kind), self.state))
-    return call.lower(leaves, device_batch).out_info
+      padded = self._step(*kind).lower(self.state, device_batch).out_info
+    else:
+      specs, leaves = self._exported_leaves
+      call = passes.get(repr(kind), specs, batch, lambda: (self._step(*kind), self.state))
+      padded = call.lower(leaves, device_batch).out_info
+    n = len(image_valid_hw)  # Without the rows padded to the device count, as `predict`.
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct((n, *s.shape[1:]), s.dtype), padded)
 
   def _batch(self, images, image_valid_hw, boxes, encoding, keep_encoding
              ) -> tuple[dict[str, np.ndarray], tuple[bool, bool], str]:

@@ -161,10 +161,12 @@ def _lowerings(fn) -> int:
   return sum("to MLIR module conversion" in m for m in messages)
 
 
-@pytest.mark.parametrize("cached", [True, False])
-def test_output_shapes_are_predicts_and_its_lowering_is_reused(tmp_path, monkeypatch, cached):
+@pytest.mark.parametrize("cached, devices", [(True, 1), (False, 1), (False, 8)])
+def test_output_shapes_are_predicts_and_its_lowering_is_reused(tmp_path, monkeypatch, cached,
+                                                               devices):
   """`Predictor.output_shapes` traces and lowers a pass without running it; the first
-  `predict` of those shapes then lowers nothing again (a predictor that did not ask does)."""
+  `predict` of those shapes then lowers nothing again (a predictor that did not ask does).
+  With 8 devices the pass runs 8 rows: the shapes are still those of the 2 photos given."""
   from configs import testing  # pylint: disable=g-import-not-at-top
   config = testing.get_config()
   config.model.num_references = 0
@@ -172,7 +174,9 @@ def test_output_shapes_are_predicts_and_its_lowering_is_reused(tmp_path, monkeyp
   images = np.random.default_rng(0).random((2, 128, 96, 3), np.float32)
   valid = np.array([[1.0, 1.0], [0.8, 1.0]], np.float32)
   monkeypatch.setattr(inference, "exported_folder", lambda: str(tmp_path) if cached else "")
-  new = lambda: inference.Predictor(model, config, source="random", devices=jax.devices()[:1])
+  assert len(jax.devices()) >= devices
+  new = lambda: inference.Predictor(model, config, source="random",
+                                    devices=jax.devices()[:devices])
   asked = new()
   shapes = asked.output_shapes(images, valid, keep_encoding=True)
   got = {}
