@@ -462,7 +462,8 @@ def load_cropper(args: argparse.Namespace, *, faces: faces_lib.FaceDetector | No
 
 def _warm_up_faces_for(detector: faces_lib.FaceDetector, source: str) -> None:
   """Prepares the face pass of the canvas `source`'s photo is detected on, if its header can
-  be read (otherwise its decoding says why, later)."""
+  be read (otherwise its decoding says why, later). An error here is left to the photo's own
+  face detection, which prepares the pass again and reports it."""
   size = photos.upright_size(source)
   if size is not None:
     detector.warm_up(shapes=[detector.canvas_shape(size)])

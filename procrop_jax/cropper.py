@@ -357,7 +357,7 @@ class Cropper:
       self.crop_batch([blank], targets, top_k=1, batch_size=size, keep=regions)
       return
     # That pass is prepared beside the proposal pass rather than after it: the two compile at
-    # once (on a first-ever `procrop crop ONE.jpg`, 1 s sooner on 2 CPU cores).
+    # once (experiments/README.md, "Start-up", session 24).
     with concurrent.futures.ThreadPoolExecutor(1) as side:
       grown = side.submit(self._warm_up_grown, blank, size)
       self.crop_batch([blank], targets, top_k=1, batch_size=size, keep=regions)
