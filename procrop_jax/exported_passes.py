@@ -75,6 +75,26 @@ def source_fingerprint() -> str:
 LeafSpecs = list[tuple[str, tuple[int, ...], str]]  # (name, shape, dtype) per state leaf
 
 
+class OncePerKey(dict):
+  """A dict whose values are made once per key, thread-safe: a thread asking for a key that
+  another is making (a pass exporting or compiling, seconds) waits for it rather than making
+  it again; threads asking for other keys go on."""
+
+  def __init__(self):
+    super().__init__()
+    self._locks: dict[Any, threading.Lock] = {}
+    self._locks_lock = threading.Lock()
+
+  def get_or_make(self, key: Any, make: Callable[[], Any]) -> Any:
+    if key not in self:
+      with self._locks_lock:
+        lock = self._locks.setdefault(key, threading.Lock())
+      with lock:
+        if key not in self:
+          self[key] = make()
+    return self[key]
+
+
 def leaf_specs(named_leaves: Sequence[tuple[str, Any]]) -> LeafSpecs:
   """(name, shape, dtype) of each (name, array) in the state's leaf order."""
   return [(name, tuple(np.shape(x)), str(x.dtype)) for name, x in named_leaves]
@@ -103,10 +123,7 @@ class ExportedPasses:
     self.folder = pathlib.Path(folder) / FOLDER
     self.identity = {**identity, "jax": jax.__version__,
                      "platform": jax.default_backend(), "source": source_fingerprint()}
-    self._calls: dict[tuple[Any, ...], Callable] = {}
-    # One thread exports a shape's pass; another asking for it meanwhile waits for that one.
-    self._locks: dict[tuple[Any, ...], threading.Lock] = {}
-    self._locks_lock = threading.Lock()
+    self._calls = OncePerKey()  # (what, input shapes) -> the call into its exported pass.
 
   def _identity_key(self) -> str:
     return hashlib.sha256(json.dumps(self.identity, sort_keys=True, default=str).encode()
@@ -148,17 +165,14 @@ class ExportedPasses:
     """
     # Every call asks: hashing the whole state's shapes is left to the first call of a shape.
     seen = (what, tuple((k, np.shape(v)) for k, v in sorted(batch.items())))
-    if seen not in self._calls:
-      with self._locks_lock:
-        lock = self._locks.setdefault(seen, threading.Lock())
-      with lock:
-        if seen not in self._calls:
-          key = self.key(what, specs, batch)
-          exported = self._read(key)
-          if exported is None:
-            exported = self._export(key, *make_step(), batch)
-          self._calls[seen] = jax.jit(exported.call, compiler_options=self.options)
-    return self._calls[seen]
+
+    def make() -> Callable:
+      key = self.key(what, specs, batch)
+      exported = self._read(key)
+      if exported is None:
+        exported = self._export(key, *make_step(), batch)
+      return jax.jit(exported.call, compiler_options=self.options)
+    return self._calls.get_or_make(seen, make)
 
   def __len__(self) -> int:
     """The passes this process has prepared (one per input shape)."""

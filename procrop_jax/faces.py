@@ -22,7 +22,6 @@ the figures, against OpenCV's Haar cascade at 1024 px):
 from __future__ import annotations
 
 import functools
-import threading
 import time
 from typing import Callable, Sequence
 
@@ -54,9 +53,7 @@ class FaceDetector:
     check_side(detect_side)
     self.detect_side = detect_side
     self.score_threshold = score_threshold
-    self._lock = threading.Lock()
-    self._shape_locks: dict[tuple[int, int], threading.Lock] = {}
-    self._calls: dict[tuple[int, int], Callable] = {}  # Canvas shape -> its prepared pass.
+    self._calls = exported_passes.OncePerKey()  # Canvas shape -> its prepared pass.
 
   @functools.cached_property
   def _net(self) -> face_net.FaceNet:
@@ -87,13 +84,7 @@ class FaceDetector:
     """The detector on one canvas. A shape's first call prepares its pass (seconds) while
     threads decoding other photos of that shape wait for it, rather than preparing it again."""
     shape = canvas.shape[1:3]
-    if shape not in self._calls:
-      with self._lock:
-        lock = self._shape_locks.setdefault(shape, threading.Lock())
-      with lock:
-        if shape not in self._calls:
-          self._calls[shape] = self._prepare(shape)
-    return self._calls[shape](canvas, valid)
+    return self._calls.get_or_make(shape, lambda: self._prepare(shape))(canvas, valid)
 
   def canvas_shape(self, size: tuple[int, int]) -> tuple[int, int]:
     """The (height, width) canvas a (width, height) photo is detected on: `detect_side` on its
@@ -124,11 +115,11 @@ class FaceDetector:
     `inference.progress_to_stderr`) is told before and after."""
     every = shapes is None
     shapes = self.canvas_shapes() if every else list(shapes)
+    which = f"its {len(shapes)}" if every else f"{len(shapes)} of its"
     start = time.perf_counter()
     if progress is not None:
       cache = jax.config.jax_compilation_cache_dir
-      progress(f"Preparing the face detector for {'its ' if every else ''}{len(shapes)} "
-               f"{'' if every else 'of its '}canvases: "
+      progress(f"Preparing the face detector for {which} canvases: "
                + (f"compiled once, or loaded from {cache}" if cache else "compiled (no cache)"))
     for height, width in shapes:
       self._run(np.zeros((1, height, width, 3), np.uint8), np.array([[height, width]], np.int32))
