@@ -135,15 +135,13 @@ def main(argv) -> None:
 
 def run() -> None:
   """Console-script entry point (`procrop`; `procrop crop ...` is the cropping command)."""
-  # The collector's full passes walk every object the process holds: JAX's and the imported
-  # modules', which live until exit anyway. Frozen (the permanent generation), they are skipped
-  # by the collections during the run and by those at interpreter shutdown, which took
-  # 0.15-0.25 s of a warm 1.6 s `procrop crop ONE.jpg` (experiments/README.md, "Start-up").
-  gc.freeze()
   try:
     _run()
   finally:
-    gc.freeze()  # What the command made, before the shutdown's collections.
+    # The process is ending: the collections at interpreter shutdown walked every object JAX
+    # left, 0.15-0.25 s of a warm 1.6 s `procrop crop ONE.jpg`. Frozen (the collector's
+    # permanent generation), they are skipped (experiments/README.md, "Start-up").
+    gc.freeze()
 
 
 def _run() -> None:
