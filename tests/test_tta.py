@@ -52,8 +52,12 @@ def test_predict_step_with_flip_pools_both_passes_and_averages_given_box_scores(
   trainer = train.Trainer(config, "/nonexistent-unused")
   batch = next(input_pipeline.create_eval_iterator(config.data, global_batch_size=8))
   batch = trainer.device_batch({k: v for k, v in batch.items() if k != "valid"})
-  predict = functools.partial(steps.predict_step, trainer.state, graphdef=trainer.graphdef,
-                              rng_state=trainer.rng_state)
+  # Jitted, as evaluation and the cropper run it: op by op, the model's hundreds of primitives
+  # each compiled on their own took most of this test's time.
+  step = jax.jit(functools.partial(steps.predict_step, graphdef=trainer.graphdef,
+                                   rng_state=trainer.rng_state),
+                 static_argnames=("score_given_boxes", "flip", "vote_iou"))
+  predict = functools.partial(step, trainer.state)
   plain = predict(batch, score_given_boxes=False)
   flipped = predict(batch, score_given_boxes=False, flip=True)
   n = config.model.num_queries
