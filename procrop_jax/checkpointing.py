@@ -17,8 +17,8 @@ import tempfile
 from typing import Any, Iterator
 
 from absl import logging
-import ml_collections
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import tensorflow as tf
