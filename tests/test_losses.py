@@ -195,6 +195,7 @@ def test_ranking_loss_orders_a_pair_after_a_few_steps():
   a, b = [0.1, 0.1, 0.6, 0.7], [0.3, 0.2, 0.9, 0.9]
   boxes = jnp.array([[a, b]])
 
+  @nnx.jit  # Op by op, the forward pass compiled each primitive: most of this test's time.
   def given_logits(model):
     return model(None, features=features, query_boxes=boxes)["logits"]
 
