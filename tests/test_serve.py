@@ -126,6 +126,52 @@ def test_the_face_detector_is_prepared_before_ready_unless_warm_up_is_off():
     assert fake.faces_warmed == want
 
 
+class _OverlapRecorder(serve_worker.FakeCropper):
+  """Records how many warm-ups run at once; the one for `fail_size` raises."""
+
+  def __init__(self, fail_size=None):
+    super().__init__()
+    self.fail_size = fail_size
+    self.lock = threading.Lock()
+    self.running = self.most_at_once = 0
+
+  def _enter(self):
+    with self.lock:
+      self.running += 1
+      self.most_at_once = max(self.most_at_once, self.running)
+    time.sleep(0.3)
+    with self.lock:
+      self.running -= 1
+
+  def warm_up(self, canvas_hw, targets=(cropper_lib.FREE,), *, batch_size=None):
+    if batch_size == self.fail_size:
+      raise RuntimeError("compilation failed")
+    self._enter()
+    super().warm_up(canvas_hw, targets, batch_size=batch_size)
+
+  def warm_up_faces(self):
+    self._enter()
+    super().warm_up_faces()
+
+
+def test_passes_are_prepared_two_at_a_time_and_a_failure_skips_the_rest():
+  fake = _OverlapRecorder()
+  batcher = batcher_lib.Batcher(fake, max_batch=4)
+  batcher.start()
+  assert batcher.ready.wait(10) and batcher.failed is None
+  batcher.close()
+  assert fake.most_at_once == 2 and fake.faces_warmed == 1 and len(fake.warmed) == 6
+
+  # The first batch size fails at once: the passes not started by then never are.
+  fake = _OverlapRecorder(fail_size=1)
+  batcher = batcher_lib.Batcher(fake, max_batch=16)
+  batcher.start()
+  assert batcher.ready.wait(10)
+  batcher.close()
+  assert isinstance(batcher.failed, RuntimeError)
+  assert len(fake.warmed) <= 1 < 2 * (len(batcher.sizes) - 1)
+
+
 def test_a_bad_photo_fails_alone_in_its_batch():
   fake = serve_worker.FakeCropper()
   batcher = batcher_lib.Batcher(fake, max_batch=4, max_wait_s=0.2)
