@@ -169,7 +169,7 @@ def test_passes_are_prepared_two_at_a_time_and_a_failure_skips_the_rest():
   assert batcher.ready.wait(10)
   batcher.close()
   assert isinstance(batcher.failed, RuntimeError)
-  assert len(fake.warmed) <= 1 < 2 * (len(batcher.sizes) - 1)
+  assert len(fake.warmed) <= 1  # Of the 8 warm-ups that follow batch size 1's two.
 
 
 def test_a_bad_photo_fails_alone_in_its_batch():

@@ -141,8 +141,8 @@ class Batcher:
   def _prepare(self) -> None:
     """Prepares the passes `start` asked for, two at a time: one after another they left a
     core idle for about a quarter of the time (tracing holds the interpreter, some compilations
-    run on one thread), and the server was ready 6 s later with an empty compilation cache, 1 s
-    later with a filled one (experiments/README.md, "Serving")."""
+    run on one thread), and the server was ready 6-9 s later with an empty compilation cache,
+    1 s later with a filled one (experiments/README.md, "Serving")."""
     if not self._warm_up:
       return
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
@@ -152,7 +152,7 @@ class Batcher:
                for size in self.sizes for shape in self.canvas_shapes()
                for targets in self._warm_up]
       done, _ = concurrent.futures.wait(jobs, return_when=concurrent.futures.FIRST_EXCEPTION)
-      for job in jobs:  # After a failure, those not started yet: it is reported sooner.
+      for job in jobs:  # After a failure, drops those not started, so it is reported sooner.
         job.cancel()
       for job in done:
         job.result()  # Raises the failure, if any.
