@@ -145,12 +145,12 @@ class Batcher:
     1 s later with a filled one (experiments/README.md, "Serving")."""
     if not self._warm_up:
       return
+    shapes = self.canvas_shapes()
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
       # Faces are found in the decoding threads, on canvases of their own.
       jobs = [pool.submit(self._cropper.warm_up_faces)]
       jobs += [pool.submit(self._cropper.warm_up, shape, targets, batch_size=size)
-               for size in self.sizes for shape in self.canvas_shapes()
-               for targets in self._warm_up]
+               for size in self.sizes for shape in shapes for targets in self._warm_up]
       done, _ = concurrent.futures.wait(jobs, return_when=concurrent.futures.FIRST_EXCEPTION)
       for job in jobs:  # After a failure, drops those not started, so it is reported sooner.
         job.cancel()
